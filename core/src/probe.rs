@@ -1,0 +1,107 @@
+//! What one connection to a segment saw. The SQL layer fills these in (one
+//! short-timeout connection per segment, all at once); everything that is
+//! decided from them lives in this crate.
+
+use serde::{Deserialize, Serialize};
+
+/// The application_name mirrors stream with, as in Greenplum. Primaries list
+/// it in `synchronous_standby_names`.
+pub const MIRROR_APPLICATION_NAME: &str = "gp_walreceiver";
+
+/// A row of the primary's `pg_stat_replication`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replication {
+    pub application_name: String,
+    /// startup | catchup | streaming | backup | stopping
+    pub state: String,
+    /// async | potential | sync | quorum
+    pub sync_state: String,
+    pub sent_lsn: Option<String>,
+    pub flush_lsn: Option<String>,
+    pub replay_lsn: Option<String>,
+    /// pg_current_wal_flush_lsn() - sent_lsn on the primary: gpstate's
+    /// "WAL sync remaining bytes".
+    pub wal_sync_remaining_bytes: Option<i64>,
+    /// pg_current_wal_flush_lsn() - replay_lsn on the primary.
+    pub bytes_behind: Option<i64>,
+}
+
+impl Replication {
+    /// Streaming and acknowledged as the synchronous standby.
+    pub fn is_synchronous_stream(&self) -> bool {
+        self.state == "streaming" && self.sync_state == "sync"
+    }
+}
+
+/// `pg_stat_wal_receiver` of a standby.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalReceiver {
+    pub status: String,
+    pub sender_host: Option<String>,
+    pub sender_port: Option<i32>,
+}
+
+/// The facts one probe of an answering instance gathered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceProbe {
+    pub in_recovery: bool,
+    pub data_directory: String,
+    pub system_identifier: String,
+    pub wal_receiver: Option<WalReceiver>,
+    /// Empty on a standby: only a primary has walsenders to report.
+    pub replication: Vec<Replication>,
+}
+
+impl InstanceProbe {
+    /// The walsender that serves this primary's mirror: the one named
+    /// `gp_walreceiver` if there is one, otherwise any that is not a base
+    /// backup (a pg_basebackup also shows up in pg_stat_replication).
+    pub fn mirror_replication(&self) -> Option<&Replication> {
+        self.replication
+            .iter()
+            .find(|r| r.application_name == MIRROR_APPLICATION_NAME)
+            .or_else(|| {
+                self.replication
+                    .iter()
+                    .find(|r| r.state != "backup" && r.application_name != "pg_basebackup")
+            })
+    }
+}
+
+/// The result of probing one segment: what it reported, or why it did not answer.
+pub type ProbeResult = Result<InstanceProbe, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rep(app: &str, state: &str) -> Replication {
+        Replication {
+            application_name: app.into(),
+            state: state.into(),
+            sync_state: "async".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn picks_the_mirror_not_a_base_backup() {
+        let p = InstanceProbe {
+            replication: vec![rep("pg_basebackup", "backup"), rep("walreceiver", "streaming")],
+            ..Default::default()
+        };
+        assert_eq!(p.mirror_replication().unwrap().application_name, "walreceiver");
+
+        let p = InstanceProbe {
+            replication: vec![rep("other", "streaming"), rep(MIRROR_APPLICATION_NAME, "catchup")],
+            ..Default::default()
+        };
+        assert_eq!(p.mirror_replication().unwrap().application_name, MIRROR_APPLICATION_NAME);
+
+        let p = InstanceProbe {
+            replication: vec![rep("pg_basebackup", "backup")],
+            ..Default::default()
+        };
+        assert!(p.mirror_replication().is_none());
+    }
+}

@@ -1,0 +1,381 @@
+//! `gp_add_segment`: the rules for registering a running instance in the
+//! catalog. Planning checks the request against the catalog; verification
+//! checks the claim against what a probe of the instance (and, for a mirror,
+//! of its primary) found.
+
+use crate::error::CoreError;
+use crate::probe::InstanceProbe;
+use crate::segment::{Mode, Role, Segment, Status, COORDINATOR_CONTENT, COORDINATOR_DBID};
+
+/// The arguments of `gp_add_segment`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRequest {
+    pub content: i32,
+    pub role: char,
+    pub hostname: String,
+    pub port: i32,
+    pub datadir: String,
+    pub address: Option<String>,
+}
+
+/// Checks a data directory given by a DBA: absolute, not the root directory.
+pub fn validate_datadir(datadir: &str) -> Result<(), CoreError> {
+    let invalid = |expected| CoreError::InvalidValue {
+        what: "data directory",
+        value: datadir.to_string(),
+        expected,
+    };
+    if !datadir.starts_with('/') {
+        return Err(invalid("must be an absolute path"));
+    }
+    if datadir.trim_end_matches('/').is_empty() {
+        return Err(invalid("must not be the root directory"));
+    }
+    Ok(())
+}
+
+/// Checks a port number.
+pub fn validate_port(port: i32) -> Result<(), CoreError> {
+    if (1..=65535).contains(&port) {
+        Ok(())
+    } else {
+        Err(CoreError::InvalidValue {
+            what: "port",
+            value: port.to_string(),
+            expected: "must be between 1 and 65535",
+        })
+    }
+}
+
+/// Checks a host name or address: not empty, no white space.
+pub fn validate_host(what: &'static str, host: &str) -> Result<(), CoreError> {
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
+        return Err(CoreError::InvalidValue {
+            what,
+            value: host.to_string(),
+            expected: "must be a host name or address without white space",
+        });
+    }
+    Ok(())
+}
+
+/// Finds a segment other than `except_dbid` that already uses host+port or
+/// host+datadir; the error names it. Used for registrations and, later, for
+/// relocation targets.
+pub fn check_location_free(
+    catalog: &[Segment],
+    except_dbid: Option<i16>,
+    hostname: &str,
+    address: &str,
+    port: i32,
+    datadir: &str,
+) -> Result<(), CoreError> {
+    let same_host = |s: &Segment| {
+        s.hostname == hostname || s.address == address || s.hostname == address || s.address == hostname
+    };
+    let datadir = datadir.trim_end_matches('/');
+    for s in catalog.iter().filter(|s| Some(s.dbid) != except_dbid && same_host(s)) {
+        if s.port == port {
+            return Err(CoreError::Duplicate(format!(
+                "port {port} on host {hostname} is already used by dbid {} (content {})",
+                s.dbid, s.content
+            )));
+        }
+        if s.datadir.trim_end_matches('/') == datadir {
+            return Err(CoreError::Duplicate(format!(
+                "data directory {datadir} on host {hostname} is already used by dbid {} (content {})",
+                s.dbid, s.content
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a registration request against the catalog and returns the row to
+/// insert (mode still 'n': [`verify_claim`] decides whether the pair is in sync).
+pub fn plan(catalog: &[Segment], req: &SegmentRequest) -> Result<Segment, CoreError> {
+    let role = Role::from_letter(req.role)?;
+    let content = i16::try_from(req.content)
+        .ok()
+        .filter(|c| *c >= COORDINATOR_CONTENT)
+        .ok_or_else(|| CoreError::InvalidValue {
+            what: "content",
+            value: req.content.to_string(),
+            expected: "must be -1 (the coordinator) or a segment content id from 0 to 32767",
+        })?;
+    validate_host("host name", &req.hostname)?;
+    let address = req.address.clone().unwrap_or_else(|| req.hostname.clone());
+    validate_host("address", &address)?;
+    validate_port(req.port)?;
+    validate_datadir(&req.datadir)?;
+
+    if content == COORDINATOR_CONTENT && role == Role::Mirror {
+        return Err(CoreError::InvalidValue {
+            what: "role",
+            value: role.letter().to_string(),
+            expected: "the coordinator (content -1) must be registered as 'p'; a standby coordinator is not supported",
+        });
+    }
+    if let Some(same) = catalog.iter().find(|s| s.content == content && s.role == role) {
+        return Err(CoreError::Duplicate(format!(
+            "content {content} already has a {}: dbid {} at {}",
+            role.label().to_lowercase(),
+            same.dbid,
+            same.location()
+        )));
+    }
+    if role == Role::Mirror && !catalog.iter().any(|s| s.content == content && s.role == Role::Primary) {
+        return Err(CoreError::WrongState(format!(
+            "content {content} has no primary; register its primary before its mirror"
+        )));
+    }
+    check_location_free(catalog, None, &req.hostname, &address, req.port, &req.datadir)?;
+
+    let dbid = if content == COORDINATOR_CONTENT {
+        COORDINATOR_DBID
+    } else {
+        let max = catalog.iter().map(|s| s.dbid).max().unwrap_or(COORDINATOR_DBID);
+        max.max(COORDINATOR_DBID).checked_add(1).ok_or_else(|| {
+            CoreError::WrongState("no dbid left: the catalog already uses dbid 32767".into())
+        })?
+    };
+    Ok(Segment {
+        dbid,
+        content,
+        role,
+        preferred_role: role,
+        mode: Mode::NotInSync,
+        status: Status::Up,
+        port: req.port,
+        hostname: req.hostname.clone(),
+        address,
+        datadir: req.datadir.clone(),
+    })
+}
+
+/// The content's registered primary, which a mirror must stream from.
+pub fn primary_of<'a>(catalog: &'a [Segment], content: i16) -> Option<&'a Segment> {
+    catalog.iter().find(|s| s.content == content && s.role == Role::Primary)
+}
+
+/// Checks that the instance is what the request claims. `primary` is the
+/// content's primary with its probe result, needed when registering a mirror.
+/// Returns the mode the pair gets: 's' when the mirror already streams as the
+/// primary's synchronous standby.
+pub fn verify_claim(
+    row: &Segment,
+    probe: &Result<InstanceProbe, String>,
+    primary: Option<(&Segment, &Result<InstanceProbe, String>)>,
+) -> Result<Mode, CoreError> {
+    let here = row.location();
+    let probe = probe.as_ref().map_err(|reason| CoreError::Unreachable {
+        host: row.hostname.clone(),
+        port: row.port,
+        reason: reason.clone(),
+    })?;
+    if probe.data_directory.trim_end_matches('/') != row.datadir.trim_end_matches('/') {
+        return Err(CoreError::WrongState(format!(
+            "{here} runs with data directory {}, not {}",
+            probe.data_directory, row.datadir
+        )));
+    }
+    match row.role {
+        Role::Primary if probe.in_recovery => Err(CoreError::WrongState(format!(
+            "{here} is in recovery (a standby), so it cannot be registered as a primary"
+        ))),
+        Role::Primary => Ok(Mode::NotInSync),
+        Role::Mirror => {
+            let (primary, primary_probe) = primary.ok_or_else(|| {
+                CoreError::WrongState(format!(
+                    "content {} has no primary; register its primary before its mirror",
+                    row.content
+                ))
+            })?;
+            let there = primary.location();
+            if !probe.in_recovery {
+                return Err(CoreError::WrongState(format!(
+                    "{here} is not in recovery, so it cannot be the mirror of content {}",
+                    row.content
+                )));
+            }
+            let primary_probe = primary_probe.as_ref().map_err(|reason| {
+                CoreError::WrongState(format!(
+                    "cannot check the mirror: content {}'s primary {there} does not answer: {reason}",
+                    row.content
+                ))
+            })?;
+            if primary_probe.system_identifier != probe.system_identifier {
+                return Err(CoreError::WrongState(format!(
+                    "{here} has database system identifier {} but content {}'s primary {there} has {}: it is not a copy of that primary",
+                    probe.system_identifier, row.content, primary_probe.system_identifier
+                )));
+            }
+            let receiver = probe.wal_receiver.as_ref().filter(|w| w.status == "streaming");
+            let Some(receiver) = receiver else {
+                return Err(CoreError::WrongState(format!(
+                    "{here} is in recovery but not streaming (WAL receiver: {})",
+                    probe.wal_receiver.as_ref().map_or("none", |w| w.status.as_str())
+                )));
+            };
+            if receiver.sender_port != Some(primary.port) {
+                return Err(CoreError::WrongState(format!(
+                    "{here} is streaming from {}:{}, not from content {}'s primary {there}",
+                    receiver.sender_host.as_deref().unwrap_or("?"),
+                    receiver.sender_port.map_or("?".to_string(), |p| p.to_string()),
+                    row.content
+                )));
+            }
+            let synced = primary_probe
+                .mirror_replication()
+                .is_some_and(|r| r.is_synchronous_stream());
+            Ok(if synced { Mode::Synchronized } else { Mode::NotInSync })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::{Replication, WalReceiver};
+
+    fn seg(dbid: i16, content: i16, role: Role, port: i32, datadir: &str) -> Segment {
+        Segment {
+            dbid,
+            content,
+            role,
+            preferred_role: role,
+            mode: Mode::Synchronized,
+            status: Status::Up,
+            port,
+            hostname: "localhost".into(),
+            address: "127.0.0.1".into(),
+            datadir: datadir.into(),
+        }
+    }
+
+    fn catalog() -> Vec<Segment> {
+        vec![
+            seg(1, -1, Role::Primary, 7000, "/d/coordinator"),
+            seg(2, 0, Role::Primary, 7001, "/d/primary/gpseg0"),
+        ]
+    }
+
+    fn req(content: i32, role: char, port: i32, datadir: &str) -> SegmentRequest {
+        SegmentRequest {
+            content,
+            role,
+            hostname: "localhost".into(),
+            port,
+            datadir: datadir.into(),
+            address: Some("127.0.0.1".into()),
+        }
+    }
+
+    #[test]
+    fn plans_next_dbid_and_coordinator_dbid_1() {
+        let row = plan(&catalog(), &req(0, 'm', 7002, "/d/mirror/gpseg0")).unwrap();
+        assert_eq!((row.dbid, row.role, row.mode), (3, Role::Mirror, Mode::NotInSync));
+        let row = plan(&[], &req(-1, 'p', 7000, "/c")).unwrap();
+        assert_eq!(row.dbid, 1);
+        let row = plan(&[], &req(0, 'p', 7001, "/p")).unwrap();
+        assert_eq!(row.dbid, 2, "segments never take the coordinator's dbid");
+    }
+
+    #[test]
+    fn rejects_bad_input_with_named_problem() {
+        let c = catalog();
+        let msg = |r| plan(&c, &r).unwrap_err().to_string();
+        assert!(msg(req(0, 'x', 7009, "/x")).contains("invalid role \"x\""));
+        assert!(msg(req(-2, 'p', 7009, "/x")).contains("invalid content \"-2\""));
+        assert!(msg(req(0, 'm', 0, "/x")).contains("invalid port \"0\""));
+        assert!(msg(req(0, 'm', 7009, "rel/dir")).contains("must be an absolute path"));
+        assert!(msg(req(0, 'm', 7009, "/")).contains("must not be the root directory"));
+        assert_eq!(
+            msg(req(0, 'm', 7001, "/x")),
+            "port 7001 on host localhost is already used by dbid 2 (content 0)"
+        );
+        assert_eq!(
+            msg(req(1, 'p', 7009, "/d/primary/gpseg0/")),
+            "data directory /d/primary/gpseg0 on host localhost is already used by dbid 2 (content 0)"
+        );
+        assert_eq!(
+            msg(req(0, 'p', 7009, "/x")),
+            "content 0 already has a primary: dbid 2 at localhost:7001"
+        );
+        assert!(msg(req(5, 'm', 7009, "/x")).contains("content 5 has no primary"));
+        assert!(msg(req(-1, 'm', 7009, "/x")).contains("standby coordinator is not supported"));
+        let e = plan(&c, &req(0, 'p', 7009, "/x")).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Duplicate);
+    }
+
+    fn probe(in_recovery: bool, datadir: &str, sysid: &str) -> Result<InstanceProbe, String> {
+        Ok(InstanceProbe {
+            in_recovery,
+            data_directory: datadir.into(),
+            system_identifier: sysid.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn verifies_primary_claims() {
+        let row = seg(3, 1, Role::Primary, 7003, "/p1");
+        assert_eq!(verify_claim(&row, &probe(false, "/p1", "1"), None).unwrap(), Mode::NotInSync);
+        let e = verify_claim(&row, &probe(true, "/p1", "1"), None).unwrap_err();
+        assert!(e.to_string().contains("is in recovery (a standby)"));
+        let e = verify_claim(&row, &probe(false, "/other", "1"), None).unwrap_err();
+        assert_eq!(e.to_string(), "localhost:7003 runs with data directory /other, not /p1");
+        let e = verify_claim(&row, &Err("connection refused".into()), None).unwrap_err();
+        assert_eq!(e.to_string(), "segment localhost:7003 does not answer: connection refused");
+        assert_eq!(e.kind(), crate::ErrorKind::Unreachable);
+    }
+
+    #[test]
+    fn verifies_mirror_claims() {
+        let primary = seg(2, 0, Role::Primary, 7001, "/p0");
+        let row = seg(3, 0, Role::Mirror, 7002, "/m0");
+        let streaming = |port| WalReceiver {
+            status: "streaming".into(),
+            sender_host: Some("127.0.0.1".into()),
+            sender_port: Some(port),
+        };
+        let mut mirror = probe(true, "/m0", "42").unwrap();
+        mirror.wal_receiver = Some(streaming(7001));
+        let mut prim = probe(false, "/p0", "42").unwrap();
+        prim.replication = vec![Replication {
+            application_name: "gp_walreceiver".into(),
+            state: "streaming".into(),
+            sync_state: "sync".into(),
+            ..Default::default()
+        }];
+        let p = Ok(prim.clone());
+        assert_eq!(
+            verify_claim(&row, &Ok(mirror.clone()), Some((&primary, &p))).unwrap(),
+            Mode::Synchronized
+        );
+
+        prim.replication[0].sync_state = "async".into();
+        let async_p = Ok(prim);
+        assert_eq!(
+            verify_claim(&row, &Ok(mirror.clone()), Some((&primary, &async_p))).unwrap(),
+            Mode::NotInSync
+        );
+
+        let err = |m: InstanceProbe| verify_claim(&row, &Ok(m), Some((&primary, &p))).unwrap_err().to_string();
+        let mut m = mirror.clone();
+        m.in_recovery = false;
+        assert!(err(m).contains("is not in recovery, so it cannot be the mirror of content 0"));
+        let mut m = mirror.clone();
+        m.system_identifier = "7".into();
+        assert!(err(m).contains("it is not a copy of that primary"));
+        let mut m = mirror.clone();
+        m.wal_receiver = None;
+        assert!(err(m).contains("not streaming (WAL receiver: none)"));
+        let mut m = mirror.clone();
+        m.wal_receiver = Some(streaming(7005));
+        assert!(err(m).contains("is streaming from 127.0.0.1:7005, not from content 0's primary localhost:7001"));
+        let down: Result<InstanceProbe, String> = Err("timeout".into());
+        let e = verify_claim(&row, &Ok(mirror), Some((&primary, &down))).unwrap_err();
+        assert!(e.to_string().contains("primary localhost:7001 does not answer: timeout"));
+    }
+}
