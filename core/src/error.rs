@@ -47,3 +47,34 @@ impl CoreError {
         }
     }
 }
+
+/// An error with its chain of causes, "outer: inner: innermost", so that a
+/// client error such as "error connecting to server" keeps its reason.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.ends_with(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Error)]
+    #[error("error connecting to server")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_keeps_the_cause() {
+        let e = Outer(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused"));
+        assert_eq!(error_chain(&e), "error connecting to server: Connection refused");
+    }
+}

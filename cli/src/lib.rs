@@ -1,0 +1,507 @@
+//! Local demo clusters for gp_recovery, as Greenplum's gpdemo makes them: a
+//! coordinator with the extension, and N primaries each with a mirror made
+//! by pg_basebackup, streaming through a physical replication slot as the
+//! primary's synchronous standby.
+//!
+//! The `gpdemo` command and the integration tests (pg_test/) both drive
+//! clusters through this library, so what the tests prove is what the demo
+//! runs. When run as root, every Postgres program runs as the OS user
+//! `postgres` (Postgres refuses root); otherwise as the calling user.
+
+use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+/// The replication slot a mirror streams from, named as in Greenplum.
+pub const SLOT_NAME: &str = "internal_wal_replication_slot";
+/// The application_name mirrors stream with, as in Greenplum.
+pub const MIRROR_APPLICATION_NAME: &str = "gp_walreceiver";
+/// Listen address and the address registered in the catalog.
+pub const ADDRESS: &str = "127.0.0.1";
+/// Host name registered in the catalog.
+pub const HOSTNAME: &str = "localhost";
+
+#[derive(Debug, Error)]
+pub enum DemoError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{command} failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("{context}: {message}")]
+    Sql { context: String, message: String },
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+}
+
+pub type Result<T> = std::result::Result<T, DemoError>;
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
+    let context = context.into();
+    move |source| DemoError::Io { context, source }
+}
+
+/// Describes a client error; a server ERROR is shown with its message.
+pub fn sql_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => gp_recovery_core::error::error_chain(e),
+    }
+}
+
+fn sql_err(context: impl Into<String>) -> impl FnOnce(postgres::Error) -> DemoError {
+    let context = context.into();
+    move |e| DemoError::Sql { context, message: sql_message(&e) }
+}
+
+/// True when this process runs as root, so servers must run as `postgres`.
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The OS user the servers run as; it is also their bootstrap superuser.
+pub fn server_user() -> String {
+    if running_as_root() {
+        return "postgres".into();
+    }
+    // SAFETY: getpwuid returns static storage or NULL; copied out at once.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() {
+            return std::env::var("USER").unwrap_or_else(|_| "postgres".into());
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
+    }
+}
+
+/// Directory of the PostgreSQL 15 server programs.
+pub fn pg_bindir() -> PathBuf {
+    std::env::var_os("PG_BINDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+/// A command for a Postgres server program, run as the server user.
+pub fn pg_command(program: &str) -> Command {
+    let path = pg_bindir().join(program);
+    let mut cmd = if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    };
+    // The caller's working directory may be unreadable for `postgres` (/root).
+    cmd.current_dir("/");
+    cmd.env("LC_ALL", "C");
+    cmd
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs a command and fails with its stderr when it exits non-zero.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().map_err(io_err(format!("could not run {}", describe(cmd))))?;
+    if !out.status.success() {
+        return Err(DemoError::Command {
+            command: describe(cmd),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Runs several commands at once and waits for all of them.
+fn run_all(mut cmds: Vec<Command>) -> Result<()> {
+    let children = cmds
+        .iter_mut()
+        .map(|c| {
+            c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            c.spawn().map(|child| (describe(c), child)).map_err(io_err(format!("could not run {}", describe(c))))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut first_error = None;
+    for (command, child) in children {
+        let out = child.wait_with_output().map_err(io_err(format!("waiting for {command}")))?;
+        if !out.status.success() && first_error.is_none() {
+            first_error = Some(DemoError::Command {
+                command,
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Creates a directory (and parents) owned by the server user.
+pub fn make_server_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(io_err(format!("could not create {}", dir.display())))?;
+    if running_as_root() {
+        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir))?;
+    }
+    Ok(())
+}
+
+/// Appends lines to a file owned by the server user, keeping its owner.
+pub fn append_server_file(path: &Path, text: &str) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io_err(format!("could not open {}", path.display())))?;
+    f.write_all(text.as_bytes()).map_err(io_err(format!("could not write {}", path.display())))?;
+    if running_as_root() {
+        run(Command::new("chown").arg("postgres:postgres").arg(path))?;
+    }
+    Ok(())
+}
+
+/// True when nothing listens on 127.0.0.1:port.
+pub fn port_free(port: u16) -> bool {
+    TcpListener::bind((ADDRESS, port)).is_ok()
+}
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A base port with `count` consecutive free ports, not handed out before by
+/// this process (tests create clusters in parallel).
+pub fn free_port_range(count: u16) -> Result<u16> {
+    let seed = 20000 + (std::process::id() % 200) as u16 * 100;
+    let _ = NEXT_PORT.compare_exchange(0, seed, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..200 {
+        let base = NEXT_PORT.fetch_add(count, Ordering::SeqCst);
+        if base > 60000 {
+            NEXT_PORT.store(20000, Ordering::SeqCst);
+            continue;
+        }
+        if (base..base + count).all(port_free) {
+            return Ok(base);
+        }
+    }
+    Err(DemoError::Usage(format!("found no {count} consecutive free ports")))
+}
+
+/// One Postgres instance of a demo cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// -1 for the coordinator.
+    pub content: i32,
+    /// 'p' or 'm'
+    pub role: char,
+    pub port: u16,
+    pub datadir: PathBuf,
+    pub logfile: PathBuf,
+}
+
+impl Instance {
+    pub fn name(&self) -> String {
+        match (self.content, self.role) {
+            (-1, _) => "coordinator".into(),
+            (c, 'p') => format!("primary{c}"),
+            (c, _) => format!("mirror{c}"),
+        }
+    }
+
+    pub fn conninfo(&self) -> String {
+        format!("host={ADDRESS} port={} user={} dbname=postgres connect_timeout=10", self.port, server_user())
+    }
+
+    /// A client connection as the server's superuser.
+    pub fn connect(&self) -> Result<postgres::Client> {
+        postgres::Client::connect(&self.conninfo(), postgres::NoTls)
+            .map_err(sql_err(format!("could not connect to {} on port {}", self.name(), self.port)))
+    }
+
+    pub fn start(&self) -> Result<()> {
+        run(pg_command("pg_ctl")
+            .args(["-w", "-t", "120", "-D"])
+            .arg(&self.datadir)
+            .arg("-l")
+            .arg(&self.logfile)
+            .arg("start"))?;
+        Ok(())
+    }
+
+    /// pg_ctl stop with a mode: smart, fast or immediate.
+    pub fn stop(&self, mode: &str) -> Result<()> {
+        run(pg_command("pg_ctl").args(["-w", "-t", "120", "-m", mode, "-D"]).arg(&self.datadir).arg("stop"))?;
+        Ok(())
+    }
+
+    /// The postmaster's pid, from postmaster.pid, if the instance runs.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.datadir.join("postmaster.pid")).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        // SAFETY: signal 0 only checks that the process exists.
+        (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+    }
+}
+
+/// Layout of a demo cluster: ports BASE (coordinator), BASE+1..BASE+N
+/// (primaries), BASE+N+1..BASE+2N (mirrors).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub coordinator: Instance,
+    pub primaries: Vec<Instance>,
+    pub mirrors: Vec<Instance>,
+}
+
+/// Settings every instance gets.
+fn common_conf(port: u16, socket_dir: &Path) -> String {
+    format!(
+        "\n# gpdemo\nport = {port}\nlisten_addresses = '{ADDRESS}'\nunix_socket_directories = '{}'\n\
+         wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
+         wal_log_hints = on\nhot_standby = on\nshared_buffers = 32MB\nmax_connections = 50\n\
+         log_line_prefix = '%m [%p] '\n",
+        socket_dir.display()
+    )
+}
+
+impl Cluster {
+    /// The layout of a cluster in `dir`, whether or not it exists yet.
+    pub fn layout(dir: &Path, pairs: u16, base_port: u16) -> Cluster {
+        let logs = dir.join("logs");
+        let instance = |content: i32, role: char, port: u16, datadir: PathBuf| {
+            let mut i = Instance { content, role, port, datadir, logfile: PathBuf::new() };
+            i.logfile = logs.join(format!("{}.log", i.name()));
+            i
+        };
+        Cluster {
+            dir: dir.to_path_buf(),
+            coordinator: instance(-1, 'p', base_port, dir.join("coordinator")),
+            primaries: (0..pairs)
+                .map(|c| instance(c.into(), 'p', base_port + 1 + c, dir.join("primary").join(format!("gpseg{c}"))))
+                .collect(),
+            mirrors: (0..pairs)
+                .map(|c| instance(c.into(), 'm', base_port + 1 + pairs + c, dir.join("mirror").join(format!("gpseg{c}"))))
+                .collect(),
+        }
+    }
+
+    pub fn instances(&self) -> impl Iterator<Item = &Instance> {
+        std::iter::once(&self.coordinator).chain(&self.primaries).chain(&self.mirrors)
+    }
+
+    fn env_file(dir: &Path) -> PathBuf {
+        dir.join("gpdemo.env")
+    }
+
+    /// Creates and starts the cluster, creates the extension and registers
+    /// every instance with gp_add_segment.
+    pub fn create(dir: &Path, pairs: u16, base_port: u16) -> Result<Cluster> {
+        if pairs == 0 {
+            return Err(DemoError::Usage("--pairs must be at least 1".into()));
+        }
+        if u32::from(base_port) + 2 * u32::from(pairs) > 65535 {
+            return Err(DemoError::Usage(format!("ports {base_port}.. do not fit below 65536")));
+        }
+        if Self::env_file(dir).exists() || dir.join("coordinator").exists() {
+            return Err(DemoError::Usage(format!(
+                "a demo cluster already exists in {}; run ./gpdemo destroy --dir {} first",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        let cluster = Self::layout(dir, pairs, base_port);
+        if let Some(busy) = cluster.instances().find(|i| !port_free(i.port)) {
+            return Err(DemoError::Usage(format!(
+                "port {} is already in use; choose another base port with --port",
+                busy.port
+            )));
+        }
+        make_server_dir(&dir.join("logs"))?;
+        make_server_dir(&dir.join("primary"))?;
+        make_server_dir(&dir.join("mirror"))?;
+        make_server_dir(dir)?;
+
+        let writable: Vec<&Instance> = std::iter::once(&cluster.coordinator).chain(&cluster.primaries).collect();
+        run_all(
+            writable
+                .iter()
+                .map(|i| {
+                    let mut c = pg_command("initdb");
+                    c.args(["--auth=trust", "--no-sync", "--no-instructions", "-E", "UTF8", "-D"]).arg(&i.datadir);
+                    c
+                })
+                .collect(),
+        )?;
+        for i in &writable {
+            let mut conf = common_conf(i.port, dir);
+            if i.content == -1 {
+                conf.push_str("shared_preload_libraries = 'gp_recovery'\n");
+            }
+            append_server_file(&i.datadir.join("postgresql.conf"), &conf)?;
+            i.start()?;
+        }
+        run_all(cluster.primaries.iter().zip(&cluster.mirrors).map(|(p, m)| base_backup(p, m)).collect())?;
+        for (p, m) in cluster.primaries.iter().zip(&cluster.mirrors) {
+            configure_mirror(p, m)?;
+            m.start()?;
+            let mut client = p.connect()?;
+            // Two statements: ALTER SYSTEM refuses to run in a transaction block.
+            client
+                .batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = '{MIRROR_APPLICATION_NAME}'"))
+                .and_then(|_| client.batch_execute("SELECT pg_reload_conf()"))
+                .map_err(sql_err("could not turn on synchronous replication"))?;
+        }
+        for p in &cluster.primaries {
+            wait_for_sync_mirror(p, Duration::from_secs(120))?;
+        }
+        cluster.register()?;
+        cluster.write_env()?;
+        Ok(cluster)
+    }
+
+    /// CREATE EXTENSION and gp_add_segment for every instance.
+    fn register(&self) -> Result<()> {
+        let mut c = self.coordinator.connect()?;
+        c.batch_execute("CREATE EXTENSION IF NOT EXISTS gp_recovery")
+            .map_err(sql_err("could not create the extension gp_recovery"))?;
+        for i in self.instances() {
+            let datadir = i.datadir.to_string_lossy().into_owned();
+            let role = i.role.to_string();
+            c.execute(
+                "SELECT gp_add_segment($1, $2::text::\"char\", $3, $4, $5, $6)",
+                &[&i.content, &role, &HOSTNAME, &i32::from(i.port), &datadir, &ADDRESS],
+            )
+            .map_err(sql_err(format!("could not register {}", i.name())))?;
+        }
+        Ok(())
+    }
+
+    /// The libpq environment that reaches the coordinator.
+    pub fn env_lines(&self) -> String {
+        format!(
+            "export PGHOST={ADDRESS}\nexport PGPORT={}\nexport PGUSER={}\nexport PGDATABASE=postgres\n",
+            self.coordinator.port,
+            server_user()
+        )
+    }
+
+    fn write_env(&self) -> Result<()> {
+        let path = Self::env_file(&self.dir);
+        fs::write(&path, self.env_lines()).map_err(io_err(format!("could not write {}", path.display())))
+    }
+
+    /// The saved connection settings of the cluster in `dir`.
+    pub fn read_env(dir: &Path) -> Result<String> {
+        let path = Self::env_file(dir);
+        fs::read_to_string(&path)
+            .map_err(io_err(format!("no demo cluster in {} (could not read {})", dir.display(), path.display())))
+    }
+
+    /// Stops every instance found under `dir` and removes the directory.
+    pub fn destroy(dir: &Path) -> Result<()> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        for datadir in find_datadirs(dir) {
+            if datadir.join("postmaster.pid").exists() {
+                // immediate: nothing of a demo needs a clean shutdown checkpoint.
+                let _ = run(pg_command("pg_ctl").args(["-w", "-t", "60", "-m", "immediate", "-D"]).arg(&datadir).arg("stop"));
+            }
+        }
+        fs::remove_dir_all(dir).map_err(io_err(format!("could not remove {}", dir.display())))
+    }
+}
+
+/// Every data directory (a directory holding PG_VERSION) up to three levels below `dir`.
+pub fn find_datadirs(dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: u8, out: &mut Vec<PathBuf>) {
+        if dir.join("PG_VERSION").is_file() && dir.join("global").is_dir() {
+            out.push(dir.to_path_buf());
+            return;
+        }
+        if depth == 0 {
+            return;
+        }
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    walk(&e.path(), depth - 1, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, 3, &mut out);
+    out.sort();
+    out
+}
+
+/// pg_basebackup of a primary into the mirror's directory, creating the slot.
+fn base_backup(primary: &Instance, mirror: &Instance) -> Command {
+    let mut c = pg_command("pg_basebackup");
+    c.args(["-h", ADDRESS, "-p", &primary.port.to_string(), "-U", &server_user()])
+        .arg("-D")
+        .arg(&mirror.datadir)
+        .args(["-X", "stream", "-c", "fast", "--no-sync", "-C", "-S", SLOT_NAME]);
+    c
+}
+
+/// Makes a copy of a primary a mirror streaming from it.
+pub fn configure_mirror(primary: &Instance, mirror: &Instance) -> Result<()> {
+    append_server_file(
+        &mirror.datadir.join("postgresql.auto.conf"),
+        &format!(
+            "port = {}\nprimary_conninfo = 'host={ADDRESS} port={} user={} application_name={MIRROR_APPLICATION_NAME}'\n\
+             primary_slot_name = '{SLOT_NAME}'\n",
+            mirror.port,
+            primary.port,
+            server_user()
+        ),
+    )?;
+    append_server_file(&mirror.datadir.join("standby.signal"), "")
+}
+
+/// Polls `f` every 200 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(DemoError::Timeout(timeout, what.to_string()))
+}
+
+/// Waits until the primary reports its mirror streaming as the synchronous standby.
+pub fn wait_for_sync_mirror(primary: &Instance, timeout: Duration) -> Result<()> {
+    let mut client = primary.connect()?;
+    wait_until(timeout, &format!("the mirror of {} to stream synchronously", primary.name()), || {
+        client
+            .query_opt(
+                "SELECT 1 FROM pg_stat_replication WHERE application_name = $1 \
+                 AND state = 'streaming' AND sync_state = 'sync'",
+                &[&MIRROR_APPLICATION_NAME],
+            )
+            .map(|r| r.is_some())
+            .unwrap_or(false)
+    })
+}

@@ -1,0 +1,200 @@
+//! `gpdemo`: create, inspect and destroy local demo clusters, and the tour.
+//! The `./gpdemo` script at the repository root sets the machine up, builds
+//! and installs the extension, then runs this.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use gpdemo::{server_user, wait_for_sync_mirror, Cluster, DemoError, Result, ADDRESS};
+
+const USAGE: &str = "\
+usage: gpdemo create  [--dir DIR] [--pairs N] [--port BASE]
+       gpdemo destroy [--dir DIR]
+       gpdemo env     [--dir DIR]
+       gpdemo tour    [--dir DIR] [--port BASE]
+
+create   a coordinator on BASE with gp_recovery, N primaries on BASE+1..BASE+N,
+         and their mirrors on BASE+N+1..BASE+2N (defaults: 3 pairs, port 7000)
+destroy  stop every instance of the cluster and remove its directory
+env      print the settings that connect psql to the coordinator
+tour     create a demo cluster (own directory, port 7100) and walk through it";
+
+fn default_dir(suffix: &str) -> PathBuf {
+    let user = if gpdemo::running_as_root() { String::new() } else { format!("-{}", server_user()) };
+    PathBuf::from(format!("/var/tmp/gpdemo{suffix}{user}"))
+}
+
+struct Args {
+    command: String,
+    dir: Option<PathBuf>,
+    pairs: u16,
+    port: Option<u16>,
+}
+
+fn parse(args: &[String]) -> Result<Args> {
+    let usage = |msg: String| DemoError::Usage(format!("{msg}\n{USAGE}"));
+    let mut it = args.iter();
+    let command = it.next().cloned().ok_or_else(|| usage("no command given".into()))?;
+    let mut parsed = Args { command, dir: None, pairs: 3, port: None };
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().cloned().ok_or_else(|| usage(format!("{flag} needs a value")));
+        match flag.as_str() {
+            "--dir" => parsed.dir = Some(PathBuf::from(value()?)),
+            "--pairs" => {
+                let v = value()?;
+                parsed.pairs = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| usage(format!("--pairs takes a number from 1 to 64, not {v}")))?;
+            }
+            "--port" => {
+                let v = value()?;
+                parsed.port = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|p| *p >= 1024)
+                        .ok_or_else(|| usage(format!("--port takes a port number from 1024 to 65535, not {v}")))?,
+                );
+            }
+            other => return Err(usage(format!("unknown option {other}"))),
+        }
+    }
+    if parsed.dir.as_deref().is_some_and(|d| !d.is_absolute()) {
+        return Err(usage("--dir must be an absolute path".into()));
+    }
+    Ok(parsed)
+}
+
+fn print_connect(cluster: &Cluster) {
+    println!("Demo cluster in {} is running:", cluster.dir.display());
+    for i in cluster.instances() {
+        println!("  {:<12} port {:<5} {}", i.name(), i.port, i.datadir.display());
+    }
+    println!("\nConnect with:\n  psql -h {ADDRESS} -p {} -U {} postgres", cluster.coordinator.port, server_user());
+    println!("or:\n  eval \"$(./gpdemo env --dir {})\" && psql", cluster.dir.display());
+}
+
+/// Runs SQL through psql, so the tour shows exactly what a DBA would see,
+/// ERRORs included; returns whether psql succeeded.
+fn psql_shown(cluster: &Cluster, sql: &str) -> Result<bool> {
+    println!("postgres=# {sql}");
+    let mut cmd = Command::new(gpdemo::pg_bindir().join("psql"));
+    cmd.args(["-X", "-h", ADDRESS, "-p", &cluster.coordinator.port.to_string(), "-U", &server_user()])
+        .args(["-d", "postgres", "-P", "pager=off", "-c", sql]);
+    let out = cmd
+        .output()
+        .map_err(|e| DemoError::Usage(format!("could not run psql: {e}")))?;
+    println!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok(out.status.success())
+}
+
+/// Runs SQL that must succeed.
+fn psql(cluster: &Cluster, sql: &str) -> Result<()> {
+    if psql_shown(cluster, sql)? {
+        Ok(())
+    } else {
+        Err(DemoError::Usage(format!("the tour's statement failed: {sql}")))
+    }
+}
+
+fn step(title: &str) {
+    println!("\n==> {title}\n");
+}
+
+fn tour(dir: &Path, port: u16) -> Result<()> {
+    step("Creating a demo cluster: a coordinator and 3 primary/mirror pairs");
+    Cluster::destroy(dir)?;
+    let cluster = Cluster::create(dir, 3, port)?;
+    print_connect(&cluster);
+
+    step("The segment catalog, as in Greenplum (role/preferred_role p|m, mode s|n, status u|d)");
+    psql(&cluster, "SELECT * FROM gp_segment_configuration ORDER BY dbid;")?;
+
+    step("Live status: every segment is probed now, mirrors as their primary reports them");
+    let status_sql = "SELECT dbid, content, role, port, answering, in_recovery, replication_state, \
+                      sync_state, replay_lsn, bytes_behind FROM gp_segment_status;";
+    psql(&cluster, status_sql)?;
+
+    step("gpstate -m: the mirrors");
+    psql(&cluster, "SELECT * FROM gp_mirror_status;")?;
+
+    step("gpstate -e: the status report");
+    psql(&cluster, "SELECT * FROM gp_state_report();")?;
+
+    let mirror = &cluster.mirrors[0];
+    step(&format!(
+        "Stopping the mirror of content 0 (port {}) with pg_ctl stop -m immediate",
+        mirror.port
+    ));
+    mirror.stop("immediate")?;
+    psql(&cluster, status_sql)?;
+    psql(&cluster, "SELECT * FROM gp_state_report();")?;
+    println!(
+        "The catalog still says 'u': marking segments down is the job of the fault tolerance\n\
+         service; the live views show the truth at once."
+    );
+
+    step("Starting the mirror again: it catches up through its replication slot");
+    mirror.start()?;
+    wait_for_sync_mirror(&cluster.primaries[0], Duration::from_secs(60))?;
+    psql(&cluster, "SELECT * FROM gp_state_report();")?;
+
+    step("Every catalog change left a history row");
+    psql(&cluster, "SELECT * FROM gp_configuration_history ORDER BY \"time\", dbid;")?;
+
+    step("Bad input is refused with an ERROR that names the problem, and nothing changes");
+    for sql in [
+        "SELECT gp_add_segment(0, 'p', 'localhost', 7199, '/var/tmp/nowhere');",
+        "SELECT gp_add_segment(5, 'x', 'localhost', 7199, '/var/tmp/nowhere');",
+    ] {
+        if psql_shown(&cluster, sql)? {
+            return Err(DemoError::Usage(format!("expected an ERROR from: {sql}")));
+        }
+    }
+
+    step("Done");
+    print_connect(&cluster);
+    println!("\nRemove it with:\n  ./gpdemo destroy --dir {}", cluster.dir.display());
+    Ok(())
+}
+
+fn main_result(argv: &[String]) -> Result<()> {
+    let args = parse(argv)?;
+    match args.command.as_str() {
+        "create" => {
+            let dir = args.dir.unwrap_or_else(|| default_dir(""));
+            let cluster = Cluster::create(&dir, args.pairs, args.port.unwrap_or(7000))?;
+            print_connect(&cluster);
+            Ok(())
+        }
+        "destroy" => {
+            let dir = args.dir.unwrap_or_else(|| default_dir(""));
+            Cluster::destroy(&dir)?;
+            println!("Removed the demo cluster in {}", dir.display());
+            Ok(())
+        }
+        "env" => {
+            print!("{}", Cluster::read_env(&args.dir.unwrap_or_else(|| default_dir("")))?);
+            Ok(())
+        }
+        "tour" => tour(&args.dir.unwrap_or_else(|| default_dir("-tour")), args.port.unwrap_or(7100)),
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(DemoError::Usage(format!("unknown command {other}\n{USAGE}"))),
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    match main_result(&argv) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gpdemo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,49 @@
+-- The segment catalog, as in Greenplum 7 (gp_segment_configuration and
+-- gp_configuration_history). Created first: every function and view of the
+-- extension reads these tables.
+
+CREATE TABLE gp_segment_configuration (
+    dbid           smallint PRIMARY KEY CHECK (dbid > 0),
+    content        smallint NOT NULL CHECK (content >= -1),
+    role           "char"   NOT NULL CHECK (role IN ('p', 'm')),
+    preferred_role "char"   NOT NULL CHECK (preferred_role IN ('p', 'm')),
+    mode           "char"   NOT NULL CHECK (mode IN ('s', 'n')),
+    status         "char"   NOT NULL CHECK (status IN ('u', 'd')),
+    port           integer  NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    hostname       text     NOT NULL CHECK (hostname <> ''),
+    address        text     NOT NULL CHECK (address <> ''),
+    datadir        text     NOT NULL CHECK (datadir LIKE '/_%'),
+    -- The coordinator is dbid 1, content -1, and always the primary.
+    CONSTRAINT gp_segment_configuration_coordinator_check
+        CHECK ((content = -1) = (dbid = 1) AND (content <> -1 OR role = 'p')),
+    -- One primary and one mirror per content. Deferrable, so that a failover
+    -- can swap the two roles inside one transaction.
+    CONSTRAINT gp_segment_configuration_content_role_key
+        UNIQUE (content, role) DEFERRABLE INITIALLY IMMEDIATE,
+    CONSTRAINT gp_segment_configuration_content_preferred_role_key
+        UNIQUE (content, preferred_role) DEFERRABLE INITIALLY IMMEDIATE,
+    CONSTRAINT gp_segment_configuration_hostname_port_key
+        UNIQUE (hostname, port) DEFERRABLE INITIALLY IMMEDIATE,
+    CONSTRAINT gp_segment_configuration_address_port_key
+        UNIQUE (address, port) DEFERRABLE INITIALLY IMMEDIATE,
+    CONSTRAINT gp_segment_configuration_hostname_datadir_key
+        UNIQUE (hostname, datadir) DEFERRABLE INITIALLY IMMEDIATE
+);
+
+COMMENT ON TABLE gp_segment_configuration IS
+    'Segments of the cluster: role/preferred_role p|m, mode s (synchronized) | n (not in sync), status u|d';
+
+CREATE TABLE gp_configuration_history (
+    "time" timestamptz NOT NULL DEFAULT now(),
+    dbid   smallint    NOT NULL,
+    "desc" text        NOT NULL
+);
+
+CREATE INDEX gp_configuration_history_time_idx ON gp_configuration_history ("time");
+
+COMMENT ON TABLE gp_configuration_history IS
+    'One row for every change gp_recovery makes to gp_segment_configuration, written in the same transaction';
+
+-- pg_dump keeps the rows of extension tables only when they are marked.
+SELECT pg_catalog.pg_extension_config_dump('gp_segment_configuration', '');
+SELECT pg_catalog.pg_extension_config_dump('gp_configuration_history', '');

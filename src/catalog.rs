@@ -1,0 +1,132 @@
+//! The segment catalog over SPI. Every write to gp_segment_configuration
+//! goes through this module and writes its gp_configuration_history row in
+//! the same transaction.
+
+use gp_recovery_core::registration::{self, SegmentRequest};
+use gp_recovery_core::segment::{Mode, Segment};
+use pgrx::prelude::*;
+
+use crate::error::{internal, OrRaise};
+use crate::segment_probe;
+
+/// The whole catalog, ordered by dbid.
+pub fn load() -> Vec<Segment> {
+    let json = Spi::get_one::<pgrx::JsonB>(
+        "SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.dbid), '[]'::jsonb) \
+           FROM public.gp_segment_configuration c",
+    )
+    .or_raise()
+    .map(|j| j.0)
+    .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+    serde_json::from_value(json).unwrap_or_else(|e| internal("unexpected gp_segment_configuration row", e))
+}
+
+/// "char" values travel as i8 through pgrx.
+pub fn letter(c: char) -> i8 {
+    c as u8 as i8
+}
+
+fn history(dbid: i16, desc: &str) {
+    Spi::run_with_args(
+        "INSERT INTO public.gp_configuration_history (\"time\", dbid, \"desc\") VALUES (now(), $1, $2)",
+        &[dbid.into(), desc.into()],
+    )
+    .or_raise();
+}
+
+/// Inserts a catalog row, with its history row.
+pub fn insert(row: &Segment, desc: &str) {
+    Spi::run_with_args(
+        "INSERT INTO public.gp_segment_configuration \
+           (dbid, content, role, preferred_role, mode, status, port, hostname, address, datadir) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            row.dbid.into(),
+            row.content.into(),
+            letter(row.role.letter()).into(),
+            letter(row.preferred_role.letter()).into(),
+            letter(row.mode.letter()).into(),
+            letter(row.status.letter()).into(),
+            row.port.into(),
+            row.hostname.as_str().into(),
+            row.address.as_str().into(),
+            row.datadir.as_str().into(),
+        ],
+    )
+    .or_raise();
+    history(row.dbid, desc);
+}
+
+/// Sets the mode of one row, with its history row.
+pub fn set_mode(row: &Segment, mode: Mode, program: &str) {
+    Spi::run_with_args(
+        "UPDATE public.gp_segment_configuration SET mode = $2 WHERE dbid = $1",
+        &[row.dbid.into(), letter(mode.letter()).into()],
+    )
+    .or_raise();
+    history(
+        row.dbid,
+        &format!(
+            "{program}: update mode for dbid {} with contentid {} to {}",
+            row.dbid,
+            row.content,
+            mode.letter()
+        ),
+    );
+}
+
+/// Registers a running instance after checking it is what the caller says.
+#[pg_extern]
+fn gp_add_segment(
+    content: i32,
+    role: i8,
+    hostname: &str,
+    port: i32,
+    datadir: &str,
+    address: default!(Option<&str>, "NULL"),
+) -> i16 {
+    let request = SegmentRequest {
+        content,
+        role: role as u8 as char,
+        hostname: hostname.to_string(),
+        port,
+        datadir: datadir.to_string(),
+        address: address.map(str::to_string),
+    };
+    // Registrations are serialized; readers of the catalog are not blocked.
+    Spi::run("LOCK TABLE public.gp_segment_configuration IN SHARE ROW EXCLUSIVE MODE").or_raise();
+    let catalog = load();
+    let row = registration::plan(&catalog, &request).or_raise();
+    let primary = if row.content >= 0 && row.role == gp_recovery_core::segment::Role::Mirror {
+        registration::primary_of(&catalog, row.content).cloned()
+    } else {
+        None
+    };
+    let mut to_probe = vec![row.clone()];
+    to_probe.extend(primary.clone());
+    let probes = segment_probe::probe_all(&to_probe);
+    let missing = || Err("not probed".to_string());
+    let probe = probes.get(&row.dbid).cloned().unwrap_or_else(missing);
+    let primary_probe = primary.as_ref().map(|p| probes.get(&p.dbid).cloned().unwrap_or_else(missing));
+    let mode = registration::verify_claim(
+        &row,
+        &probe,
+        primary.as_ref().zip(primary_probe.as_ref()),
+    )
+    .or_raise();
+
+    let row = Segment { mode, ..row };
+    insert(
+        &row,
+        &format!(
+            "gp_add_segment: inserted {} segment configuration for dbid {} with contentid {}",
+            row.role.label().to_lowercase(),
+            row.dbid,
+            row.content
+        ),
+    );
+    if let Some(primary) = primary.filter(|p| p.mode != mode) {
+        set_mode(&primary, mode, "gp_add_segment");
+    }
+    row.dbid
+}
