@@ -24,3 +24,7 @@ COMMENT ON VIEW gp_mirror_status IS
 
 -- Changing the catalog is for superusers only.
 REVOKE ALL ON FUNCTION gp_add_segment(integer, "char", text, integer, text, text) FROM PUBLIC;
+
+-- Reading the catalog and the status is for everyone, monitoring roles included.
+GRANT SELECT ON gp_segment_configuration, gp_configuration_history,
+                gp_segment_status, gp_mirror_status TO PUBLIC;

@@ -1,4 +1,4 @@
-//! Settings of gp_recovery (all reloadable with pg_reload_conf()).
+//! Settings of gp_recovery.
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
@@ -13,7 +13,7 @@ pub fn define() {
         &SEGMENT_CONNECT_TIMEOUT,
         1,
         3600,
-        GucContext::Sighup,
+        GucContext::Userset,
         GucFlags::UNIT_S,
     );
     // Typos such as gp_recovery.segment_conect_timeout are rejected instead

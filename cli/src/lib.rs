@@ -205,6 +205,15 @@ pub fn free_port_range(count: u16) -> Result<u16> {
     Err(DemoError::Usage(format!("found no {count} consecutive free ports")))
 }
 
+/// True when the process exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name.
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 /// One Postgres instance of a demo cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
@@ -256,8 +265,7 @@ impl Instance {
     pub fn postmaster_pid(&self) -> Option<i32> {
         let text = fs::read_to_string(self.datadir.join("postmaster.pid")).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        // SAFETY: signal 0 only checks that the process exists.
-        (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+        process_alive(pid).then_some(pid)
     }
 }
 

@@ -1,1 +1,171 @@
+//! Harness for the integration tests: real PostgreSQL 15 clusters made by
+//! the same library as `./gpdemo`, on free ports in a directory of their
+//! own, stopped and removed when the test ends, whether it passed or not.
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use gpdemo::{Cluster, Instance};
+use postgres::Client;
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh directory the server user can write, under /tmp (short, so unix
+/// socket paths stay within their limit).
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
+    let dir = PathBuf::from(format!("/tmp/gpr-{}-{tag}{n}", std::process::id()));
+    let _ = Cluster::destroy(&dir);
+    gpdemo::make_server_dir(&dir).expect("scratch directory");
+    dir
+}
+
+/// A demo cluster that is destroyed when dropped.
+pub struct TestCluster {
+    pub cluster: Cluster,
+}
+
+impl TestCluster {
+    pub fn new(pairs: u16) -> TestCluster {
+        let dir = scratch_dir("cluster");
+        std::fs::remove_dir(&dir).expect("empty scratch dir");
+        let base = gpdemo::free_port_range(2 * pairs + 1).expect("free ports");
+        let cluster = Cluster::create(&dir, pairs, base).unwrap_or_else(|e| {
+            let _ = Cluster::destroy(&dir);
+            panic!("could not create a test cluster: {e}")
+        });
+        TestCluster { cluster }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.cluster.dir
+    }
+
+    /// A connection to the coordinator, where the extension lives.
+    pub fn coordinator(&self) -> Client {
+        self.cluster.coordinator.connect().expect("coordinator connection")
+    }
+
+    pub fn primary(&self, content: usize) -> &Instance {
+        &self.cluster.primaries[content]
+    }
+
+    pub fn mirror(&self, content: usize) -> &Instance {
+        &self.cluster.mirrors[content]
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if let Err(e) = Cluster::destroy(&self.cluster.dir) {
+            eprintln!("could not destroy {}: {e}", self.cluster.dir.display());
+        }
+    }
+}
+
+/// A single running instance outside any cluster (initdb + start), removed
+/// on drop; `standby_of` makes it a streaming standby of that instance.
+pub struct SpareInstance {
+    pub instance: Instance,
+    dir: PathBuf,
+}
+
+impl SpareInstance {
+    pub fn new(standby_of: Option<&Instance>) -> SpareInstance {
+        let dir = scratch_dir("spare");
+        let port = gpdemo::free_port_range(1).expect("free port");
+        let instance = Instance {
+            content: 99,
+            role: 'p',
+            port,
+            datadir: dir.join("data"),
+            logfile: dir.join("postgres.log"),
+        };
+        let spare = SpareInstance { instance, dir };
+        let i = &spare.instance;
+        match standby_of {
+            None => {
+                gpdemo::run(
+                    gpdemo::pg_command("initdb")
+                        .args(["--auth=trust", "--no-sync", "-D"])
+                        .arg(&i.datadir),
+                )
+                .expect("initdb");
+                gpdemo::append_server_file(
+                    &i.datadir.join("postgresql.conf"),
+                    &format!(
+                        "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n",
+                        spare.dir.display()
+                    ),
+                )
+                .expect("conf");
+            }
+            Some(primary) => {
+                gpdemo::run(
+                    gpdemo::pg_command("pg_basebackup")
+                        .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", &gpdemo::server_user()])
+                        .arg("-D")
+                        .arg(&i.datadir)
+                        .args(["-X", "stream", "-c", "fast", "--no-sync"]),
+                )
+                .expect("pg_basebackup");
+                gpdemo::append_server_file(
+                    &i.datadir.join("postgresql.auto.conf"),
+                    &format!(
+                        "port = {port}\nunix_socket_directories = '{}'\nprimary_conninfo = 'host=127.0.0.1 port={} user={} application_name=spare'\n",
+                        spare.dir.display(),
+                        primary.port,
+                        gpdemo::server_user()
+                    ),
+                )
+                .expect("conf");
+                gpdemo::append_server_file(&i.datadir.join("standby.signal"), "").expect("standby.signal");
+            }
+        }
+        i.start().expect("start spare instance");
+        spare
+    }
+}
+
+impl Drop for SpareInstance {
+    fn drop(&mut self) {
+        let _ = Cluster::destroy(&self.dir);
+    }
+}
+
+/// The whole catalog and history as text, to prove a failed call changed nothing.
+pub fn catalog_snapshot(client: &mut Client) -> (Vec<String>, i64) {
+    let rows = client
+        .query("SELECT c::text FROM gp_segment_configuration c ORDER BY dbid", &[])
+        .expect("catalog")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    let history: i64 = client
+        .query_one("SELECT count(*) FROM gp_configuration_history", &[])
+        .expect("history")
+        .get(0);
+    (rows, history)
+}
+
+/// Runs a statement that must fail; returns (SQLSTATE, message).
+pub fn expect_error(client: &mut Client, sql: &str) -> (String, String) {
+    match client.batch_execute(sql) {
+        Ok(()) => panic!("expected an ERROR from: {sql}"),
+        Err(e) => {
+            let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e}"));
+            (db.code().code().to_string(), db.message().to_string())
+        }
+    }
+}
+
+/// Row count and an md5 of every row of a table, ordered by its first column.
+pub fn table_checksum(client: &mut Client, table: &str) -> (i64, String) {
+    let row = client
+        .query_one(
+            &format!("SELECT count(*), coalesce(md5(string_agg(t::text, ',' ORDER BY t)), '') FROM {table} t"),
+            &[],
+        )
+        .expect("checksum");
+    (row.get(0), row.get(1))
+}
