@@ -513,3 +513,44 @@ pub fn wait_for_sync_mirror(primary: &Instance, timeout: Duration) -> Result<()>
             .unwrap_or(false)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_follows_gpdemo_ports_and_directories() {
+        let c = Cluster::layout(Path::new("/var/tmp/demo"), 3, 7000);
+        let ports: Vec<u16> = c.instances().map(|i| i.port).collect();
+        assert_eq!(ports, vec![7000, 7001, 7002, 7003, 7004, 7005, 7006]);
+        assert_eq!(c.primaries[2].datadir, Path::new("/var/tmp/demo/primary/gpseg2"));
+        assert_eq!(c.mirrors[0].datadir, Path::new("/var/tmp/demo/mirror/gpseg0"));
+        assert_eq!(c.mirrors[0].logfile, Path::new("/var/tmp/demo/logs/mirror0.log"));
+        assert_eq!((c.mirrors[1].content, c.mirrors[1].role), (1, 'm'));
+        assert_eq!(c.coordinator.name(), "coordinator");
+    }
+
+    #[test]
+    fn finds_data_directories_below_a_cluster() {
+        let root = std::env::temp_dir().join(format!("gpdemo-find-{}", std::process::id()));
+        for d in ["coordinator", "primary/gpseg0", "mirror/gpseg0", "logs"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for d in ["coordinator", "primary/gpseg0", "mirror/gpseg0"] {
+            fs::write(root.join(d).join("PG_VERSION"), "15\n").unwrap();
+            fs::create_dir_all(root.join(d).join("global")).unwrap();
+        }
+        let found = find_datadirs(&root);
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(
+            found,
+            vec![root.join("coordinator"), root.join("mirror/gpseg0"), root.join("primary/gpseg0")]
+        );
+    }
+
+    #[test]
+    fn process_alive_sees_itself_and_not_a_missing_pid() {
+        assert!(process_alive(std::process::id() as i32));
+        assert!(!process_alive(i32::MAX));
+    }
+}
