@@ -7,7 +7,7 @@ use gp_recovery_core::segment::{Mode, Segment};
 use pgrx::prelude::*;
 
 use crate::error::{internal, OrRaise};
-use crate::segment_probe;
+use crate::segment_client;
 
 /// The whole catalog, ordered by dbid.
 pub fn load() -> Vec<Segment> {
@@ -26,7 +26,8 @@ pub fn letter(c: char) -> i8 {
     c as u8 as i8
 }
 
-fn history(dbid: i16, desc: &str) {
+/// Writes one gp_configuration_history row.
+pub fn history(dbid: i16, desc: &str) {
     Spi::run_with_args(
         "INSERT INTO public.gp_configuration_history (\"time\", dbid, \"desc\") VALUES (now(), $1, $2)",
         &[dbid.into(), desc.into()],
@@ -75,6 +76,60 @@ pub fn set_mode(row: &Segment, mode: Mode, program: &str) {
     );
 }
 
+/// Writes new role, status and mode for rows, each with its history row.
+/// Constraints are checked at commit, so a failover can swap two roles.
+pub fn update_rows(rows: &[Segment], history_text: impl Fn(&Segment) -> String) {
+    Spi::run("SET CONSTRAINTS ALL DEFERRED").or_raise();
+    for row in rows {
+        Spi::run_with_args(
+            "UPDATE public.gp_segment_configuration SET role = $2, status = $3, mode = $4 WHERE dbid = $1",
+            &[
+                row.dbid.into(),
+                letter(row.role.letter()).into(),
+                letter(row.status.letter()).into(),
+                letter(row.mode.letter()).into(),
+            ],
+        )
+        .or_raise();
+        history(row.dbid, &history_text(row));
+    }
+}
+
+/// Locks the rows of the given dbids until the end of the transaction and
+/// returns them as they are now.
+pub fn lock_rows(dbids: &[i16]) -> Vec<Segment> {
+    let json = Spi::get_one_with_args::<pgrx::JsonB>(
+        "SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.dbid), '[]'::jsonb) FROM \
+           (SELECT * FROM public.gp_segment_configuration WHERE dbid = ANY($1) ORDER BY dbid FOR UPDATE) c",
+        &[dbids.to_vec().into()],
+    )
+    .or_raise()
+    .map(|j| j.0)
+    .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+    serde_json::from_value(json).unwrap_or_else(|e| internal("unexpected gp_segment_configuration row", e))
+}
+
+/// Contents whose latest double-fault history row says the fault is still on.
+pub fn contents_in_double_fault() -> Vec<i16> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT content FROM ( \
+                   SELECT DISTINCT ON (c.content) c.content, h.\"desc\" LIKE 'FTS: double fault detected%' AS in_fault \
+                     FROM public.gp_configuration_history h \
+                     JOIN public.gp_segment_configuration c USING (dbid) \
+                    WHERE h.\"desc\" LIKE 'FTS: double fault detected for content id %' \
+                       OR h.\"desc\" LIKE 'FTS: content id % is out of double fault%' \
+                    ORDER BY c.content, h.\"time\" DESC) d WHERE in_fault",
+                None,
+                &[],
+            )?
+            .map(|row| row.get::<i16>(1).map(|c| c.unwrap_or_default()))
+            .collect::<Result<Vec<i16>, _>>()
+    })
+    .or_raise()
+}
+
 /// Registers a running instance after checking it is what the caller says.
 #[pg_extern]
 fn gp_add_segment(
@@ -104,7 +159,7 @@ fn gp_add_segment(
     };
     let mut to_probe = vec![row.clone()];
     to_probe.extend(primary.clone());
-    let probes = segment_probe::probe_all(&to_probe);
+    let probes = segment_client::probe_all(&to_probe);
     let missing = || Err("not probed".to_string());
     let probe = probes.get(&row.dbid).cloned().unwrap_or_else(missing);
     let primary_probe = primary.as_ref().map(|p| probes.get(&p.dbid).cloned().unwrap_or_else(missing));

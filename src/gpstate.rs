@@ -4,12 +4,12 @@ use gp_recovery_core::gpstate::{self, SegmentStatus};
 use pgrx::prelude::*;
 
 use crate::catalog::{self, letter};
-use crate::segment_probe;
+use crate::segment_client;
 
 /// The catalog joined with a fresh probe of every segment.
 fn live_status() -> Vec<SegmentStatus> {
     let catalog = catalog::load();
-    let probes = segment_probe::probe_all(&catalog);
+    let probes = segment_client::probe_all(&catalog);
     gpstate::segment_statuses(&catalog, &probes)
 }
 

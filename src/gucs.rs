@@ -1,9 +1,26 @@
-//! Settings of gp_recovery.
+//! Settings of gp_recovery. The fault tolerance settings are read by the
+//! worker and reloadable (pg_reload_conf()); Greenplum's ranges start at
+//! 10 s, ours at 1 s so tests and demos can run fast.
+
+use std::ffi::CString;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// How long a view or registration waits for one segment to answer.
 pub static SEGMENT_CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static FTS_PROBE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static FTS_PROBE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(20);
+pub static FTS_PROBE_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static MIRROR_DOWN_GRACE_PERIOD: GucSetting<i32> = GucSetting::<i32>::new(30);
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// The database holding the catalog, where the worker connects.
+pub fn database() -> String {
+    DATABASE
+        .get()
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "postgres".into())
+}
 
 pub fn define() {
     GucRegistry::define_int_guc(
@@ -16,7 +33,55 @@ pub fn define() {
         GucContext::Userset,
         GucFlags::UNIT_S,
     );
-    // Typos such as gp_recovery.segment_conect_timeout are rejected instead
-    // of silently creating a placeholder.
+    GucRegistry::define_int_guc(
+        c"gp_recovery.fts_probe_interval",
+        c"Seconds between the fault tolerance service's probe rounds.",
+        c"gp_request_fts_probe_scan() starts a round at once.",
+        &FTS_PROBE_INTERVAL,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"gp_recovery.fts_probe_timeout",
+        c"Seconds one probe of a segment may take, from connecting to its answer.",
+        c"",
+        &FTS_PROBE_TIMEOUT,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"gp_recovery.fts_probe_retries",
+        c"Probe attempts, about a second apart, before a primary is declared failed.",
+        c"A primary is failed over after 1 + this many failed attempts in one round.",
+        &FTS_PROBE_RETRIES,
+        0,
+        100,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"gp_recovery.mirror_down_grace_period",
+        c"Seconds a primary may report no stream to its mirror before the mirror is marked down.",
+        c"Until then commits on the primary wait for the mirror (synchronous replication stays on).",
+        &MIRROR_DOWN_GRACE_PERIOD,
+        0,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"gp_recovery.database",
+        c"Database in which the gp_recovery extension (and so the segment catalog) lives.",
+        c"The fault tolerance service connects to it.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    // Typos such as gp_recovery.fts_probe_intervall are rejected instead of
+    // silently creating a placeholder.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"gp_recovery".as_ptr()) };
 }

@@ -7,6 +7,7 @@
 //! and ERRORs, so all of this is unit tested with a plain `cargo test`.
 
 pub mod error;
+pub mod fts;
 pub mod gpstate;
 pub mod probe;
 pub mod registration;

@@ -47,6 +47,8 @@ pub struct InstanceProbe {
     pub in_recovery: bool,
     pub data_directory: String,
     pub system_identifier: String,
+    /// The primary's current setting; empty when synchronous replication is off.
+    pub synchronous_standby_names: String,
     pub wal_receiver: Option<WalReceiver>,
     /// Empty on a standby: only a primary has walsenders to report.
     pub replication: Vec<Replication>,

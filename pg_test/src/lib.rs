@@ -169,3 +169,76 @@ pub fn table_checksum(client: &mut Client, table: &str) -> (i64, String) {
         .expect("checksum");
     (row.get(0), row.get(1))
 }
+
+impl TestCluster {
+    /// Sets the fault tolerance service's settings (seconds) and reloads.
+    pub fn set_fts(&self, interval: u32, timeout: u32, retries: u32, grace: u32) {
+        let mut c = self.coordinator();
+        for (name, value) in [
+            ("fts_probe_interval", interval),
+            ("fts_probe_timeout", timeout),
+            ("fts_probe_retries", retries),
+            ("mirror_down_grace_period", grace),
+        ] {
+            c.batch_execute(&format!("ALTER SYSTEM SET gp_recovery.{name} = {value}")).unwrap();
+        }
+        c.batch_execute("SELECT pg_reload_conf()").unwrap();
+        // The worker has read the new settings once a round it started has finished.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        c.batch_execute("SELECT gp_request_fts_probe_scan()").unwrap();
+    }
+
+    /// role, status, mode of a dbid, e.g. "p u s".
+    pub fn row_state(&self, dbid: i16) -> String {
+        let row = self
+            .coordinator()
+            .query_one(
+                "SELECT role::text || ' ' || status::text || ' ' || mode::text FROM gp_segment_configuration WHERE dbid = $1",
+                &[&dbid],
+            )
+            .unwrap();
+        row.get(0)
+    }
+
+    /// The dbid of an instance, from the catalog.
+    pub fn dbid_of(&self, instance: &Instance) -> i16 {
+        self.coordinator()
+            .query_one("SELECT dbid FROM gp_segment_configuration WHERE port = $1", &[&i32::from(instance.port)])
+            .unwrap()
+            .get(0)
+    }
+
+    /// The history texts, oldest first.
+    pub fn history(&self) -> Vec<String> {
+        self.coordinator()
+            .query("SELECT \"desc\" FROM gp_configuration_history ORDER BY \"time\", dbid", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+}
+
+/// Resumes a process stopped with SIGSTOP when dropped, so a failing test
+/// never leaves a frozen postmaster behind.
+pub struct Stopped(pub i32);
+
+impl Stopped {
+    pub fn new(pid: i32) -> Stopped {
+        // SAFETY: stops a postmaster this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: resumes the process stopped in new().
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// Waits up to `secs` seconds for `f`, panicking with `what` otherwise.
+pub fn wait_for(secs: u64, what: &str, f: impl FnMut() -> bool) {
+    gpdemo::wait_until(std::time::Duration::from_secs(secs), what, f).unwrap_or_else(|e| panic!("{e}"));
+}

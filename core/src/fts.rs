@@ -1,0 +1,657 @@
+//! The fault tolerance service's decisions, one content at a time.
+//!
+//! As in pg_auto_failover's state machine, the decisions are one table:
+//! each rule has a name, the reason it exists (which is also the log text
+//! when it fires), a predicate over what a probe round saw, and one small
+//! named action. The first rule that matches wins. The worker (src/fts.rs)
+//! gathers an [`Observation`], calls [`decide`], and carries out the
+//! [`Plan`]: segment operations before the catalog write, the catalog rows
+//! and history in one transaction, then the operations after it.
+
+use std::time::Duration;
+
+use crate::probe::{InstanceProbe, ProbeResult};
+use crate::segment::{Mode, Role, Segment, Status};
+
+/// What the probes of a content's acting primary found, after retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrimaryHealth {
+    Alive(InstanceProbe),
+    /// Every attempt was answered with "the database system is starting up"
+    /// (or in recovery mode): a restart or crash recovery is under way.
+    StartingUp(String),
+    Unreachable(String),
+}
+
+/// True when a connection error says the server is restarting or in crash
+/// recovery rather than gone.
+pub fn is_starting_up(error: &str) -> bool {
+    [
+        "the database system is starting up",
+        "the database system is in recovery mode",
+        "the database system is not yet accepting connections",
+    ]
+    .iter()
+    .any(|m| error.contains(m))
+}
+
+impl PrimaryHealth {
+    /// Classifies the last error of a primary whose every attempt failed.
+    pub fn from_failure(error: String) -> Self {
+        if is_starting_up(&error) {
+            PrimaryHealth::StartingUp(error)
+        } else {
+            PrimaryHealth::Unreachable(error)
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            PrimaryHealth::Alive(p) if p.in_recovery => "answers, in recovery".into(),
+            PrimaryHealth::Alive(_) => "answers".into(),
+            PrimaryHealth::StartingUp(e) => format!("starting up ({e})"),
+            PrimaryHealth::Unreachable(e) => format!("unreachable ({e})"),
+        }
+    }
+}
+
+/// Everything the decision for one content rests on.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// The catalog row of the acting primary (role 'p').
+    pub primary: Segment,
+    /// The catalog row of the mirror (role 'm').
+    pub mirror: Segment,
+    pub primary_health: PrimaryHealth,
+    pub mirror_probe: ProbeResult,
+    /// How long the acting primary has reported no stream to its mirror;
+    /// None while it reports one.
+    pub mirror_gone_for: Option<Duration>,
+    /// The last history row about this content is a double fault.
+    pub in_double_fault: bool,
+    /// Consecutive rounds (this one included) the primary was starting up.
+    pub starting_rounds: u32,
+    /// The primary's WAL flush position when synchronous replication was
+    /// last turned on; the mirror must have flushed it before the pair counts
+    /// as synchronized. None when not known (turn it on again to learn it).
+    pub sync_from_lsn: Option<u64>,
+}
+
+/// Settings the rules read.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub mirror_down_grace_period: Duration,
+    /// Rounds a primary may keep answering "starting up" before it counts as failed.
+    pub max_starting_rounds: u32,
+}
+
+/// Named, small actions; the worker turns each into a [`Plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Nothing,
+    EnableSyncRep,
+    MarkSynchronized,
+    MarkMirrorDown,
+    DisableSyncRep,
+    FailOver,
+    RepeatPromotion,
+    RecordDoubleFault,
+    ClearDoubleFault,
+}
+
+/// One row of the decision table.
+pub struct Rule {
+    pub name: &'static str,
+    /// Why the rule exists; logged when it fires.
+    pub reason: &'static str,
+    pub when: fn(&Observation, &Settings) -> bool,
+    pub action: Action,
+}
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+// Predicates, each a plain question about the observation.
+
+fn primary_alive(o: &Observation) -> Option<&InstanceProbe> {
+    match &o.primary_health {
+        PrimaryHealth::Alive(p) => Some(p),
+        _ => None,
+    }
+}
+
+fn primary_writable(o: &Observation) -> Option<&InstanceProbe> {
+    primary_alive(o).filter(|p| !p.in_recovery)
+}
+
+fn primary_failed(o: &Observation, s: &Settings) -> bool {
+    match o.primary_health {
+        PrimaryHealth::Alive(_) => false,
+        PrimaryHealth::StartingUp(_) => o.starting_rounds > s.max_starting_rounds,
+        PrimaryHealth::Unreachable(_) => true,
+    }
+}
+
+fn mirror_can_take_over(o: &Observation) -> bool {
+    o.primary.mode == Mode::Synchronized
+        && o.mirror.mode == Mode::Synchronized
+        && o.mirror.status == Status::Up
+        && o.mirror_probe.as_ref().is_ok_and(|m| m.in_recovery)
+}
+
+/// The stream to the mirror as a writable primary reports it.
+pub fn mirror_stream(health: &PrimaryHealth) -> Option<&crate::probe::Replication> {
+    match health {
+        PrimaryHealth::Alive(p) if !p.in_recovery => p.mirror_replication(),
+        _ => None,
+    }
+}
+
+fn stream(o: &Observation) -> Option<&crate::probe::Replication> {
+    mirror_stream(&o.primary_health)
+}
+
+fn streaming(o: &Observation) -> bool {
+    stream(o).is_some_and(|r| r.state == "streaming")
+}
+
+fn sync_rep_on(o: &Observation) -> bool {
+    primary_writable(o).is_some_and(|p| !p.synchronous_standby_names.is_empty())
+}
+
+fn pair_marked_synchronized(o: &Observation) -> bool {
+    o.primary.mode == Mode::Synchronized && o.mirror.mode == Mode::Synchronized
+}
+
+fn mirror_flushed_sync_point(o: &Observation) -> bool {
+    let flushed = stream(o).and_then(|r| r.flush_lsn.as_deref()).and_then(parse_lsn);
+    matches!((flushed, o.sync_from_lsn), (Some(f), Some(from)) if f >= from)
+}
+
+/// The decision table. Order matters: the first rule whose `when` holds wins.
+pub const RULES: &[Rule] = &[
+    Rule {
+        name: "double_fault_cleared",
+        reason: "the primary answers again after a double fault: the content is available again",
+        when: |o, _| o.in_double_fault && primary_alive(o).is_some(),
+        action: Action::ClearDoubleFault,
+    },
+    Rule {
+        name: "promotion_unfinished",
+        reason: "the acting primary is still in recovery while its peer is down: its promotion did not finish, promoting it again",
+        when: |o, _| primary_alive(o).is_some_and(|p| p.in_recovery) && o.mirror.status == Status::Down,
+        action: Action::RepeatPromotion,
+    },
+    Rule {
+        name: "acting_primary_in_recovery",
+        reason: "the acting primary is in recovery while its mirror is up in the catalog: not acting, the DBA must check this pair",
+        when: |o, _| primary_alive(o).is_some_and(|p| p.in_recovery),
+        action: Action::Nothing,
+    },
+    Rule {
+        name: "primary_starting_up",
+        reason: "the primary is restarting or in crash recovery: no failover while it recovers",
+        when: |o, s| matches!(o.primary_health, PrimaryHealth::StartingUp(_)) && !primary_failed(o, s),
+        action: Action::Nothing,
+    },
+    Rule {
+        name: "primary_failed_mirror_in_sync",
+        reason: "the primary is unreachable after every retry and its mirror was in sync: promoting the mirror",
+        when: |o, s| primary_failed(o, s) && mirror_can_take_over(o),
+        action: Action::FailOver,
+    },
+    Rule {
+        name: "double_fault",
+        reason: "the primary is unreachable and its mirror is not in sync or not up: no promotion, it could lose acknowledged commits",
+        when: |o, s| primary_failed(o, s) && !o.in_double_fault,
+        action: Action::RecordDoubleFault,
+    },
+    Rule {
+        name: "double_fault_persists",
+        reason: "the content is still in double fault: waiting for its primary",
+        when: |o, s| primary_failed(o, s),
+        action: Action::Nothing,
+    },
+    Rule {
+        name: "mirror_down_sync_rep_on",
+        reason: "the mirror is down in the catalog but its primary still waits for a synchronous standby: turning synchronous replication off",
+        when: |o, _| o.mirror.status == Status::Down && sync_rep_on(o),
+        action: Action::DisableSyncRep,
+    },
+    Rule {
+        name: "mirror_down",
+        reason: "the mirror is down in the catalog: it stays down until a recovery brings it back",
+        when: |o, _| o.mirror.status == Status::Down,
+        action: Action::Nothing,
+    },
+    Rule {
+        name: "mirror_gone_within_grace",
+        reason: "the primary reports no stream to its mirror, within the grace period: waiting",
+        when: |o, s| stream(o).is_none() && o.mirror_gone_for.is_none_or(|g| g < s.mirror_down_grace_period),
+        action: Action::Nothing,
+    },
+    Rule {
+        name: "mirror_gone",
+        reason: "the primary has reported no stream to its mirror for longer than the grace period: marking the mirror down and turning synchronous replication off so waiting commits complete",
+        when: |o, _| stream(o).is_none(),
+        action: Action::MarkMirrorDown,
+    },
+    Rule {
+        name: "mirror_caught_up",
+        reason: "the mirror streams and has caught up but is not the synchronous standby: turning synchronous replication on",
+        when: |o, _| {
+            streaming(o)
+                && (stream(o).is_some_and(|r| r.sync_state != "sync")
+                    || (!pair_marked_synchronized(o) && o.sync_from_lsn.is_none()))
+        },
+        action: Action::EnableSyncRep,
+    },
+    Rule {
+        name: "mirror_synchronized",
+        reason: "the mirror is the synchronous standby and has flushed all WAL from before synchronous replication was on: marking the pair synchronized",
+        when: |o, _| streaming(o) && !pair_marked_synchronized(o) && mirror_flushed_sync_point(o),
+        action: Action::MarkSynchronized,
+    },
+    Rule {
+        name: "healthy_or_catching_up",
+        reason: "nothing to change",
+        when: |_, _| true,
+        action: Action::Nothing,
+    },
+];
+
+/// A segment operation carried out over a connection to the segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentOp {
+    /// synchronous_standby_names = gp_walreceiver, reload, wait until the
+    /// stream is 'sync', and report the WAL flush position then.
+    EnableSyncRep(Segment),
+    /// synchronous_standby_names = '', reload: waiting commits complete.
+    DisableSyncRep(Segment),
+    /// pg_promote(), waiting for it to finish.
+    Promote(Segment),
+    /// The slot the old primary will stream from once recovered.
+    CreateSlot(Segment),
+}
+
+/// What to do for one content.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub rule: &'static Rule,
+    pub before_catalog: Vec<SegmentOp>,
+    /// Rows whose role, status or mode change; each gets its history row.
+    pub catalog: Vec<Segment>,
+    /// Further history rows (dbid, text), e.g. double faults.
+    pub history: Vec<(i16, String)>,
+    pub after_catalog: Vec<SegmentOp>,
+    /// Log at WARNING rather than LOG.
+    pub warning: bool,
+}
+
+impl Plan {
+    pub fn changes_anything(&self) -> bool {
+        !(self.before_catalog.is_empty()
+            && self.catalog.is_empty()
+            && self.history.is_empty()
+            && self.after_catalog.is_empty())
+    }
+
+    /// One log line: the content, what was seen, the rule and why.
+    pub fn log_line(&self, o: &Observation) -> String {
+        let mirror = match &o.mirror_probe {
+            Ok(m) if m.in_recovery => "answers, in recovery".to_string(),
+            Ok(_) => "answers, not in recovery".to_string(),
+            Err(e) => format!("unreachable ({e})"),
+        };
+        let stream = stream(o).map_or("none".to_string(), |r| format!("{} {}", r.state, r.sync_state));
+        format!(
+            "FTS: content {}: primary dbid {} at {} {}; mirror dbid {} at {} {}; stream {}; rule {}: {}",
+            o.primary.content,
+            o.primary.dbid,
+            o.primary.location(),
+            o.primary_health.describe(),
+            o.mirror.dbid,
+            o.mirror.location(),
+            mirror,
+            stream,
+            self.rule.name,
+            self.rule.reason
+        )
+    }
+}
+
+/// The history text Greenplum's FTS writes for a catalog row change.
+pub fn update_history(s: &Segment) -> String {
+    format!(
+        "FTS: update role, status, and mode for dbid {} with contentid {} to {}, {}, and {}",
+        s.dbid,
+        s.content,
+        s.role.letter(),
+        s.status.letter(),
+        s.mode.letter()
+    )
+}
+
+fn with(s: &Segment, role: Role, status: Status, mode: Mode) -> Segment {
+    Segment { role, status, mode, ..s.clone() }
+}
+
+/// Rows that differ from the catalog, so unchanged rows get no history.
+fn changed(rows: Vec<(Segment, &Segment)>) -> Vec<Segment> {
+    rows.into_iter().filter(|(new, old)| new != *old).map(|(new, _)| new).collect()
+}
+
+/// Decides what to do for one content.
+pub fn decide(o: &Observation, s: &Settings) -> Plan {
+    let rule = RULES.iter().find(|r| (r.when)(o, s)).unwrap_or(&RULES[RULES.len() - 1]);
+    let (p, m) = (&o.primary, &o.mirror);
+    let mut plan = Plan {
+        rule,
+        before_catalog: vec![],
+        catalog: vec![],
+        history: vec![],
+        after_catalog: vec![],
+        warning: false,
+    };
+    match rule.action {
+        Action::Nothing => plan.warning = rule.name == "acting_primary_in_recovery",
+        Action::EnableSyncRep => plan.before_catalog.push(SegmentOp::EnableSyncRep(p.clone())),
+        Action::MarkSynchronized => {
+            plan.catalog = changed(vec![
+                (with(p, Role::Primary, Status::Up, Mode::Synchronized), p),
+                (with(m, Role::Mirror, Status::Up, Mode::Synchronized), m),
+            ])
+        }
+        Action::MarkMirrorDown => {
+            plan.catalog = changed(vec![
+                (with(p, Role::Primary, Status::Up, Mode::NotInSync), p),
+                (with(m, Role::Mirror, Status::Down, Mode::NotInSync), m),
+            ]);
+            plan.after_catalog.push(SegmentOp::DisableSyncRep(p.clone()));
+        }
+        Action::DisableSyncRep => plan.after_catalog.push(SegmentOp::DisableSyncRep(p.clone())),
+        Action::FailOver => {
+            // The catalog first, as Greenplum does: if the promotion is lost,
+            // the next round finds the new primary in recovery and promotes again.
+            plan.catalog = vec![
+                with(p, Role::Mirror, Status::Down, Mode::NotInSync),
+                with(m, Role::Primary, Status::Up, Mode::NotInSync),
+            ];
+            plan.after_catalog = vec![
+                SegmentOp::Promote(m.clone()),
+                SegmentOp::DisableSyncRep(m.clone()),
+                SegmentOp::CreateSlot(m.clone()),
+            ];
+        }
+        Action::RepeatPromotion => {
+            plan.after_catalog = vec![
+                SegmentOp::Promote(p.clone()),
+                SegmentOp::DisableSyncRep(p.clone()),
+                SegmentOp::CreateSlot(p.clone()),
+            ];
+        }
+        Action::RecordDoubleFault => {
+            plan.history.push((p.dbid, format!("FTS: double fault detected for content id {}", p.content)));
+            plan.warning = true;
+        }
+        Action::ClearDoubleFault => plan.history.push((
+            p.dbid,
+            format!("FTS: content id {} is out of double fault, dbid {} is up", p.content, p.dbid),
+        )),
+    }
+    plan
+}
+
+/// Parses an LSN such as "16/B374D848".
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::Replication;
+
+    fn seg(dbid: i16, role: Role, mode: Mode, status: Status) -> Segment {
+        Segment {
+            dbid,
+            content: 0,
+            role,
+            preferred_role: role,
+            mode,
+            status,
+            port: 7000 + dbid as i32,
+            hostname: "localhost".into(),
+            address: "127.0.0.1".into(),
+            datadir: format!("/d/{dbid}"),
+        }
+    }
+
+    fn primary_probe(stream: Option<(&str, &str, &str)>, sync_names: &str) -> InstanceProbe {
+        InstanceProbe {
+            synchronous_standby_names: sync_names.into(),
+            replication: stream
+                .map(|(state, sync, flush)| Replication {
+                    application_name: "gp_walreceiver".into(),
+                    state: state.into(),
+                    sync_state: sync.into(),
+                    flush_lsn: Some(flush.into()),
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn mirror_probe() -> ProbeResult {
+        Ok(InstanceProbe { in_recovery: true, ..Default::default() })
+    }
+
+    /// A synchronized, healthy pair.
+    fn healthy() -> Observation {
+        Observation {
+            primary: seg(2, Role::Primary, Mode::Synchronized, Status::Up),
+            mirror: seg(5, Role::Mirror, Mode::Synchronized, Status::Up),
+            primary_health: PrimaryHealth::Alive(primary_probe(
+                Some(("streaming", "sync", "0/3000000")),
+                "gp_walreceiver",
+            )),
+            mirror_probe: mirror_probe(),
+            mirror_gone_for: None,
+            in_double_fault: false,
+            starting_rounds: 0,
+            sync_from_lsn: None,
+        }
+    }
+
+    const SETTINGS: Settings = Settings {
+        mirror_down_grace_period: Duration::from_secs(30),
+        max_starting_rounds: 5,
+    };
+
+    fn rule(o: &Observation) -> &'static str {
+        decide(o, &SETTINGS).rule.name
+    }
+
+    #[test]
+    fn healthy_pair_changes_nothing() {
+        let plan = decide(&healthy(), &SETTINGS);
+        assert_eq!(plan.rule.name, "healthy_or_catching_up");
+        assert!(!plan.changes_anything());
+    }
+
+    #[test]
+    fn lost_mirror_waits_for_the_grace_period_then_goes_down() {
+        let mut o = healthy();
+        o.primary_health = PrimaryHealth::Alive(primary_probe(None, "gp_walreceiver"));
+        o.mirror_probe = Err("connection refused".into());
+        o.mirror_gone_for = Some(Duration::from_secs(10));
+        assert_eq!(rule(&o), "mirror_gone_within_grace");
+        o.mirror_gone_for = Some(Duration::from_secs(30));
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.name, "mirror_gone");
+        let texts: Vec<String> = plan.catalog.iter().map(update_history).collect();
+        assert_eq!(
+            texts,
+            vec![
+                "FTS: update role, status, and mode for dbid 2 with contentid 0 to p, u, and n",
+                "FTS: update role, status, and mode for dbid 5 with contentid 0 to m, d, and n",
+            ]
+        );
+        // The catalog says 'n' before synchronous replication is turned off.
+        assert!(plan.before_catalog.is_empty());
+        assert_eq!(plan.after_catalog, vec![SegmentOp::DisableSyncRep(o.primary.clone())]);
+    }
+
+    #[test]
+    fn down_mirror_stays_down_but_never_blocks_commits() {
+        let mut o = healthy();
+        o.mirror.status = Status::Down;
+        o.mirror.mode = Mode::NotInSync;
+        o.primary.mode = Mode::NotInSync;
+        // It answers and even streams again: still down until recovered.
+        assert_eq!(rule(&o), "mirror_down_sync_rep_on");
+        o.primary_health = PrimaryHealth::Alive(primary_probe(Some(("streaming", "async", "0/1")), ""));
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.name, "mirror_down");
+        assert!(!plan.changes_anything());
+    }
+
+    #[test]
+    fn failover_only_from_an_in_sync_mirror() {
+        let mut o = healthy();
+        o.primary_health = PrimaryHealth::Unreachable("connection refused".into());
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.name, "primary_failed_mirror_in_sync");
+        let texts: Vec<String> = plan.catalog.iter().map(update_history).collect();
+        assert_eq!(
+            texts,
+            vec![
+                "FTS: update role, status, and mode for dbid 2 with contentid 0 to m, d, and n",
+                "FTS: update role, status, and mode for dbid 5 with contentid 0 to p, u, and n",
+            ]
+        );
+        assert_eq!(
+            plan.after_catalog,
+            vec![
+                SegmentOp::Promote(o.mirror.clone()),
+                SegmentOp::DisableSyncRep(o.mirror.clone()),
+                SegmentOp::CreateSlot(o.mirror.clone()),
+            ]
+        );
+        assert_eq!(plan.catalog[0].preferred_role, Role::Primary, "preferred roles never change");
+
+        // Not in sync, down, or unreachable: a double fault, recorded once.
+        for spoil in [
+            |o: &mut Observation| o.mirror.mode = Mode::NotInSync,
+            |o: &mut Observation| o.mirror.status = Status::Down,
+            |o: &mut Observation| o.mirror_probe = Err("timeout".into()),
+            |o: &mut Observation| o.primary.mode = Mode::NotInSync,
+        ] {
+            let mut o = o.clone();
+            spoil(&mut o);
+            let plan = decide(&o, &SETTINGS);
+            assert_eq!(plan.rule.name, "double_fault");
+            assert!(plan.catalog.is_empty() && plan.after_catalog.is_empty());
+            assert_eq!(plan.history, vec![(2, "FTS: double fault detected for content id 0".to_string())]);
+            assert!(plan.warning);
+            o.in_double_fault = true;
+            assert_eq!(rule(&o), "double_fault_persists");
+            o.primary_health = PrimaryHealth::Alive(primary_probe(None, ""));
+            let plan = decide(&o, &SETTINGS);
+            assert_eq!(plan.rule.name, "double_fault_cleared");
+            assert_eq!(
+                plan.history,
+                vec![(2, "FTS: content id 0 is out of double fault, dbid 2 is up".to_string())]
+            );
+        }
+    }
+
+    #[test]
+    fn starting_up_primary_is_given_time() {
+        let mut o = healthy();
+        o.primary_health = PrimaryHealth::from_failure("FATAL: the database system is starting up".into());
+        o.starting_rounds = 1;
+        assert_eq!(rule(&o), "primary_starting_up");
+        o.starting_rounds = 6;
+        assert_eq!(rule(&o), "primary_failed_mirror_in_sync");
+        assert!(matches!(
+            PrimaryHealth::from_failure("error connecting to server: Connection refused".into()),
+            PrimaryHealth::Unreachable(_)
+        ));
+    }
+
+    #[test]
+    fn returning_mirror_is_synchronized_in_two_steps() {
+        let mut o = healthy();
+        o.primary.mode = Mode::NotInSync;
+        o.mirror.mode = Mode::NotInSync;
+        o.primary_health = PrimaryHealth::Alive(primary_probe(Some(("catchup", "async", "0/1")), ""));
+        assert_eq!(rule(&o), "healthy_or_catching_up");
+
+        o.primary_health = PrimaryHealth::Alive(primary_probe(Some(("streaming", "async", "0/2000")), ""));
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.name, "mirror_caught_up");
+        assert_eq!(plan.before_catalog, vec![SegmentOp::EnableSyncRep(o.primary.clone())]);
+
+        // Sync, but the flush point from when sync rep came on is unknown: learn it.
+        o.primary_health =
+            PrimaryHealth::Alive(primary_probe(Some(("streaming", "sync", "0/2000")), "gp_walreceiver"));
+        assert_eq!(rule(&o), "mirror_caught_up");
+        o.sync_from_lsn = Some(0x3000);
+        assert_eq!(rule(&o), "healthy_or_catching_up", "not flushed up to the sync point yet");
+        o.sync_from_lsn = Some(0x2000);
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.name, "mirror_synchronized");
+        assert_eq!(plan.catalog.len(), 2);
+        assert!(plan.catalog.iter().all(|s| s.mode == Mode::Synchronized));
+    }
+
+    #[test]
+    fn unfinished_promotion_is_repeated() {
+        let mut o = healthy();
+        o.mirror.status = Status::Down;
+        o.primary_health =
+            PrimaryHealth::Alive(InstanceProbe { in_recovery: true, ..Default::default() });
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.name, "promotion_unfinished");
+        assert_eq!(plan.after_catalog[0], SegmentOp::Promote(o.primary.clone()));
+        o.mirror.status = Status::Up;
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.name, "acting_primary_in_recovery");
+        assert!(plan.warning && !plan.changes_anything());
+    }
+
+    #[test]
+    fn rule_names_are_unique_and_the_last_catches_all() {
+        let mut names: Vec<&str> = RULES.iter().map(|r| r.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), RULES.len());
+        // The last rule is the catch-all.
+        assert!((RULES[RULES.len() - 1].when)(&healthy(), &SETTINGS));
+    }
+
+    #[test]
+    fn lsn_parsing() {
+        assert_eq!(parse_lsn("0/3000000"), Some(0x3000000));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
+        assert_eq!(parse_lsn("junk"), None);
+    }
+
+    #[test]
+    fn log_line_says_what_was_seen_and_why() {
+        let o = healthy();
+        let line = decide(&o, &SETTINGS).log_line(&o);
+        assert_eq!(
+            line,
+            "FTS: content 0: primary dbid 2 at localhost:7002 answers; mirror dbid 5 at localhost:7005 \
+             answers, in recovery; stream streaming sync; rule healthy_or_catching_up: nothing to change"
+        );
+    }
+}

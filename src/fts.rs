@@ -1,0 +1,461 @@
+//! The fault tolerance service: a background worker on the coordinator that
+//! probes every primary/mirror pair, decides with the rule table of
+//! `gp_recovery_core::fts`, and carries the decision out.
+//!
+//! Each content is probed by its own task, so a hung segment (a postmaster
+//! under SIGSTOP) delays only its own content: a round starts every
+//! `gp_recovery.fts_probe_interval` for every content not still busy with an
+//! earlier probe. Decisions are written on the worker's main thread in short
+//! transactions, never while a probe or a segment operation is waiting.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gp_recovery_core::fts::{self, Observation, Plan, PrimaryHealth, SegmentOp, Settings};
+use gp_recovery_core::probe::ProbeResult;
+use gp_recovery_core::segment::{Pair, Segment};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PgAtomic, PgSqlErrorCode};
+use tokio::task::JoinSet;
+
+use crate::segment_client::{block_on, runtime, Target};
+use crate::{catalog, gucs};
+
+/// Rounds started and the highest round whose probes have all finished, so
+/// gp_request_fts_probe_scan() can wait for a round that began after it.
+static ROUNDS_STARTED: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"gp_recovery_fts_rounds_started") };
+static ROUNDS_FINISHED: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"gp_recovery_fts_rounds_finished") };
+static ROUND_REQUESTED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"gp_recovery_fts_round_requested") };
+static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"gp_recovery_fts_worker_pid") };
+
+/// Set in the postmaster when the library is preloaded; backends inherit it.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// Shared memory and the worker; only while loading via shared_preload_libraries.
+pub fn init() {
+    pg_shmem_init!(ROUNDS_STARTED);
+    pg_shmem_init!(ROUNDS_FINISHED);
+    pg_shmem_init!(ROUND_REQUESTED);
+    pg_shmem_init!(WORKER_PID);
+    PRELOADED.store(true, Ordering::SeqCst);
+    BackgroundWorkerBuilder::new("gp_recovery fts")
+        .set_type("gp_recovery fts")
+        .set_library("gp_recovery")
+        .set_function("gp_recovery_fts_main")
+        .enable_spi_access()
+        // Restarted 5 s after it exits for any reason other than shutdown.
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+/// Starts a probe round now and returns when a round that began after the
+/// call has finished; callers arriving together share one round.
+#[pg_extern]
+fn gp_request_fts_probe_scan() -> bool {
+    if !PRELOADED.load(Ordering::SeqCst) {
+        pgrx::ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "the fault tolerance service is not running: gp_recovery must be in shared_preload_libraries"
+        );
+    }
+    let target = ROUNDS_STARTED.get().load(Ordering::SeqCst) + 1;
+    ROUND_REQUESTED.get().store(true, Ordering::SeqCst);
+    let mut without_worker = Duration::ZERO;
+    let mut woken = 0;
+    while ROUNDS_FINISHED.get().load(Ordering::SeqCst) < target {
+        let pid = WORKER_PID.get().load(Ordering::SeqCst);
+        if pid > 0 && woken != pid {
+            // SIGUSR1 sets the worker's latch (procsignal handler).
+            // SAFETY: signals a process of this cluster.
+            unsafe { libc::kill(pid, libc::SIGUSR1) };
+            woken = pid;
+        }
+        if pid == 0 {
+            without_worker += Duration::from_millis(50);
+            if without_worker > Duration::from_secs(30) {
+                pgrx::ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    "the fault tolerance service is not running: no gp_recovery fts worker for 30 s, see the server log"
+                );
+            }
+        }
+        // SAFETY: waits on this backend's own latch, then handles interrupts
+        // (statement_timeout, pg_cancel_backend) as any wait must.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                50,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+    }
+    true
+}
+
+/// The worker's memory of one content, reset when its primary changes.
+#[derive(Default)]
+struct Memory {
+    primary_dbid: i16,
+    mirror_gone_since: Option<Instant>,
+    starting_rounds: u32,
+    sync_from_lsn: Option<u64>,
+}
+
+/// What one content's probe task brings back.
+struct Probed {
+    round: u64,
+    primary: Segment,
+    mirror: Segment,
+    primary_health: PrimaryHealth,
+    mirror_probe: ProbeResult,
+}
+
+enum Event {
+    Probed(Probed),
+    Wake,
+    Stop,
+}
+
+struct WorkerSettings {
+    interval: Duration,
+    timeout: Duration,
+    retries: u32,
+    rules: Settings,
+}
+
+fn settings() -> WorkerSettings {
+    let secs = |v: i32| Duration::from_secs(u64::try_from(v).unwrap_or(1));
+    let retries = u32::try_from(gucs::FTS_PROBE_RETRIES.get()).unwrap_or(0);
+    WorkerSettings {
+        interval: secs(gucs::FTS_PROBE_INTERVAL.get()),
+        timeout: secs(gucs::FTS_PROBE_TIMEOUT.get()),
+        retries,
+        rules: Settings {
+            mirror_down_grace_period: secs(gucs::MIRROR_DOWN_GRACE_PERIOD.get()),
+            max_starting_rounds: retries,
+        },
+    }
+}
+
+struct Fts {
+    tasks: JoinSet<Probed>,
+    /// content → round of its probe in flight
+    in_flight: HashMap<i16, u64>,
+    /// round → probes of it still in flight
+    outstanding: BTreeMap<u64, usize>,
+    round: u64,
+    round_to_spawn: bool,
+    next_round: Instant,
+    /// content → when to probe it again outside the rounds
+    follow_up: HashMap<i16, Instant>,
+    memory: HashMap<i16, Memory>,
+    double_faults: HashSet<i16>,
+    stopping: bool,
+}
+
+impl Fts {
+    fn new() -> Fts {
+        Fts {
+            tasks: JoinSet::new(),
+            in_flight: HashMap::new(),
+            outstanding: BTreeMap::new(),
+            round: 0,
+            round_to_spawn: false,
+            next_round: Instant::now(),
+            follow_up: HashMap::new(),
+            memory: HashMap::new(),
+            double_faults: HashSet::new(),
+            stopping: false,
+        }
+    }
+
+    fn extension_exists() -> bool {
+        BackgroundWorker::transaction(|| {
+            Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'gp_recovery')")
+                .ok()
+                .flatten()
+                .unwrap_or(false)
+        })
+    }
+
+    fn run(&mut self) {
+        while !Self::extension_exists() {
+            if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
+                return;
+            }
+            self.reload_config_if_asked();
+        }
+        self.double_faults = BackgroundWorker::transaction(catalog::contents_in_double_fault)
+            .into_iter()
+            .collect();
+        let s = settings();
+        log!(
+            "gp_recovery fault tolerance service started: probe interval {} s, timeout {} s, retries {}, mirror down grace period {} s",
+            s.interval.as_secs(),
+            s.timeout.as_secs(),
+            s.retries,
+            s.rules.mirror_down_grace_period.as_secs()
+        );
+        while !self.stopping {
+            self.reload_config_if_asked();
+            let now = Instant::now();
+            if ROUND_REQUESTED.get().swap(false, Ordering::SeqCst) || now >= self.next_round {
+                self.round = ROUNDS_STARTED.get().fetch_add(1, Ordering::SeqCst) + 1;
+                self.round_to_spawn = true;
+                self.next_round = now + settings().interval;
+            }
+            self.spawn_due(now);
+            match self.next_event() {
+                Event::Probed(p) => self.finish(p),
+                Event::Wake => {}
+                Event::Stop => self.stopping = true,
+            }
+        }
+    }
+
+    fn reload_config_if_asked(&mut self) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: called on the worker's main thread outside a transaction.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            self.next_round = self.next_round.min(Instant::now() + settings().interval);
+        }
+    }
+
+    /// Starts probes for the contents a new round or a follow-up wants.
+    fn spawn_due(&mut self, now: Instant) {
+        let due_follow_ups = self.follow_up.values().any(|t| *t <= now);
+        if !self.round_to_spawn && !due_follow_ups {
+            return;
+        }
+        let catalog = BackgroundWorker::transaction(catalog::load);
+        let s = settings();
+        for pair in Pair::all(&catalog) {
+            let content = pair.primary.content;
+            let wanted = self.round_to_spawn || self.follow_up.get(&content).is_some_and(|t| *t <= now);
+            if !wanted || self.in_flight.contains_key(&content) {
+                continue;
+            }
+            self.follow_up.remove(&content);
+            let (primary, mirror) = (pair.primary.clone(), pair.mirror.clone());
+            let (pt, mt) = (Target::new(&primary, s.timeout), Target::new(&mirror, s.timeout));
+            let (round, retries) = (self.round, s.retries);
+            self.in_flight.insert(content, round);
+            *self.outstanding.entry(round).or_default() += 1;
+            let probe = async move {
+                let (primary_health, mirror_probe) = tokio::join!(pt.probe_primary(retries), mt.probe());
+                Probed { round, primary, mirror, primary_health, mirror_probe }
+            };
+            self.tasks.spawn_on(probe, runtime().handle());
+        }
+        if self.round_to_spawn && !self.outstanding.contains_key(&self.round) {
+            // Nothing to probe (no pairs, or all still busy): the round is done.
+            ROUNDS_FINISHED.get().fetch_max(self.round, Ordering::SeqCst);
+        }
+        self.round_to_spawn = false;
+        // Follow-ups of contents that no longer exist are dropped.
+        let contents: HashSet<i16> = catalog.iter().map(|s| s.content).collect();
+        self.follow_up.retain(|c, _| contents.contains(c));
+    }
+
+    /// Waits for a finished probe, the next round or follow-up, a round
+    /// request, SIGTERM or postmaster death.
+    fn next_event(&mut self) -> Event {
+        let wake_at = self.follow_up.values().copied().chain([self.next_round]).min().unwrap_or(self.next_round);
+        let tasks = &mut self.tasks;
+        block_on(async move {
+            let deadline = tokio::time::Instant::from_std(wake_at);
+            let probed = async {
+                loop {
+                    match tasks.join_next().await {
+                        Some(Ok(p)) => return p,
+                        // A task only fails by panicking, which a probe never does;
+                        // its content is probed again next round.
+                        Some(Err(_)) => {}
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            let flags = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // SAFETY: reads the postmaster's pid, set before fork.
+                    let orphaned = unsafe { libc::getppid() != pg_sys::PostmasterPid };
+                    if BackgroundWorker::sigterm_received() || orphaned {
+                        return Event::Stop;
+                    }
+                    if ROUND_REQUESTED.get().load(Ordering::SeqCst) {
+                        return Event::Wake;
+                    }
+                }
+            };
+            tokio::select! {
+                p = probed => Event::Probed(p),
+                e = flags => e,
+                _ = tokio::time::sleep_until(deadline) => Event::Wake,
+            }
+        })
+    }
+
+    /// Decides for one probed content and carries the plan out.
+    fn finish(&mut self, p: Probed) {
+        let content = p.primary.content;
+        self.in_flight.remove(&content);
+        if let Some(left) = self.outstanding.get_mut(&p.round) {
+            *left -= 1;
+            if *left == 0 {
+                self.outstanding.remove(&p.round);
+                ROUNDS_FINISHED.get().fetch_max(p.round, Ordering::SeqCst);
+            }
+        }
+        let s = settings();
+        let now = Instant::now();
+        let memory = self.memory.entry(content).or_default();
+        if memory.primary_dbid != p.primary.dbid {
+            *memory = Memory { primary_dbid: p.primary.dbid, ..Memory::default() };
+        }
+        let stream_seen = fts::mirror_stream(&p.primary_health).is_some();
+        match &p.primary_health {
+            PrimaryHealth::Alive(_) if stream_seen => memory.mirror_gone_since = None,
+            PrimaryHealth::Alive(_) => {
+                memory.mirror_gone_since.get_or_insert(now);
+                memory.sync_from_lsn = None;
+            }
+            _ => {}
+        }
+        memory.starting_rounds = match p.primary_health {
+            PrimaryHealth::StartingUp(_) => memory.starting_rounds + 1,
+            _ => 0,
+        };
+        let mirror_gone_since = memory.mirror_gone_since;
+        let observation = Observation {
+            primary: p.primary,
+            mirror: p.mirror,
+            primary_health: p.primary_health,
+            mirror_probe: p.mirror_probe,
+            mirror_gone_for: mirror_gone_since.map(|t| now - t),
+            in_double_fault: self.double_faults.contains(&content),
+            starting_rounds: memory.starting_rounds,
+            sync_from_lsn: memory.sync_from_lsn,
+        };
+        let plan = fts::decide(&observation, &s.rules);
+        if plan.warning {
+            pgrx::warning!("{}", plan.log_line(&observation));
+        } else if plan.changes_anything() {
+            log!("{}", plan.log_line(&observation));
+        } else {
+            pgrx::debug1!("{}", plan.log_line(&observation));
+        }
+        if plan.rule.name == "mirror_gone_within_grace" {
+            if let Some(since) = mirror_gone_since {
+                self.follow_up.insert(content, since + s.rules.mirror_down_grace_period);
+            }
+        }
+        if plan.changes_anything() {
+            let done = self.carry_out(&observation, &plan, s.timeout);
+            // Look again soon: to confirm, or to retry what failed.
+            self.follow_up.insert(content, now + if done { Duration::from_millis(200) } else { Duration::from_secs(1) });
+        }
+    }
+
+    /// Segment operations before the catalog, the catalog and history in one
+    /// transaction, then the operations after it. Returns false when a step
+    /// failed; the next probe of the content decides again.
+    fn carry_out(&mut self, o: &Observation, plan: &Plan, timeout: Duration) -> bool {
+        let content = o.primary.content;
+        for op in &plan.before_catalog {
+            if !self.segment_op(content, op, timeout) {
+                return false;
+            }
+        }
+        if !plan.catalog.is_empty() || !plan.history.is_empty() {
+            let (expected, dbids) = (vec![o.primary.clone(), o.mirror.clone()], [o.primary.dbid, o.mirror.dbid]);
+            let mut sorted = expected.clone();
+            sorted.sort_by_key(|s| s.dbid);
+            let written = BackgroundWorker::transaction(|| {
+                // Decided on what the probe round saw: if a recovery or a DBA
+                // changed these rows meanwhile, decide again instead.
+                if catalog::lock_rows(&dbids) != sorted {
+                    return false;
+                }
+                catalog::update_rows(&plan.catalog, fts::update_history);
+                for (dbid, text) in &plan.history {
+                    catalog::history(*dbid, text);
+                }
+                true
+            });
+            if !written {
+                log!("FTS: content {content}: the catalog changed while it was probed; deciding again");
+                return false;
+            }
+            match plan.rule.action {
+                fts::Action::RecordDoubleFault => {
+                    self.double_faults.insert(content);
+                }
+                fts::Action::ClearDoubleFault => {
+                    self.double_faults.remove(&content);
+                }
+                _ => {}
+            }
+        }
+        plan.after_catalog.iter().all(|op| self.segment_op(content, op, timeout))
+    }
+
+    fn segment_op(&mut self, content: i16, op: &SegmentOp, timeout: Duration) -> bool {
+        let (what, result) = match op {
+            SegmentOp::EnableSyncRep(s) => {
+                let result = block_on(Target::new(s, timeout).enable_sync_rep());
+                if let Ok(lsn) = result {
+                    if let Some(m) = self.memory.get_mut(&content) {
+                        m.sync_from_lsn = Some(lsn);
+                    }
+                }
+                (format!("turn synchronous replication on at dbid {}", s.dbid), result.map(|_| ()))
+            }
+            SegmentOp::DisableSyncRep(s) => (
+                format!("turn synchronous replication off at dbid {}", s.dbid),
+                block_on(Target::new(s, timeout).disable_sync_rep()),
+            ),
+            SegmentOp::Promote(s) => (
+                format!("promote dbid {} at {}", s.dbid, s.location()),
+                block_on(Target::new(s, timeout).promote()),
+            ),
+            SegmentOp::CreateSlot(s) => (
+                format!("create the replication slot on dbid {}", s.dbid),
+                block_on(Target::new(s, timeout).create_slot()),
+            ),
+        };
+        match result {
+            Ok(()) => {
+                log!("FTS: content {content}: did {what}");
+                true
+            }
+            Err(e) => {
+                pgrx::warning!("FTS: content {content}: could not {what}: {e}; will retry");
+                false
+            }
+        }
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn gp_recovery_fts_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = gucs::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // SAFETY: MyProcPid is set for every backend before this runs.
+    WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
+    Fts::new().run();
+    WORKER_PID.get().store(0, Ordering::SeqCst);
+    log!("gp_recovery fault tolerance service stopped");
+    // Exit code 1: the postmaster starts the worker again after its restart
+    // time unless the server is shutting down.
+    unsafe { pg_sys::proc_exit(1) };
+}

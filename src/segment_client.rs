@@ -1,0 +1,317 @@
+//! Connections from the coordinator to segments: status probes (one
+//! connection per segment, all at once, each bounded by a timeout, so one
+//! hung or unreachable segment never delays the others) and the operations
+//! the fault tolerance service performs on segments.
+//!
+//! The futures run on a current-thread tokio runtime driven by the backend's
+//! main thread, and Postgres is never called from inside them. tokio resolves
+//! host names on its blocking pool; that pool is limited to one thread,
+//! started once with every signal blocked and kept for the life of the
+//! process, because a Postgres signal handler running on a foreign thread
+//! aborts the backend. The main thread keeps its signals, so a background
+//! worker still sees SIGTERM while it waits on segments.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use gp_recovery_core::fts::PrimaryHealth;
+use gp_recovery_core::probe::{InstanceProbe, ProbeResult, Replication, WalReceiver, MIRROR_APPLICATION_NAME};
+use gp_recovery_core::segment::Segment;
+use once_cell::sync::OnceCell;
+use tokio::runtime::Runtime;
+
+use crate::error::internal;
+
+/// The replication slot mirrors stream from, named as in Greenplum.
+pub const SLOT_NAME: &str = "internal_wal_replication_slot";
+
+static RUNTIME: OnceCell<Runtime> = OnceCell::new();
+
+/// Blocks every signal on this thread until dropped.
+struct SignalsBlocked(libc::sigset_t);
+
+impl SignalsBlocked {
+    fn new() -> Self {
+        // SAFETY: sigset_t is plain data; the calls only read and write the
+        // sets passed to them.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            SignalsBlocked(old)
+        }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in new().
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
+        }
+    }
+}
+
+fn build_runtime() -> std::io::Result<Runtime> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        // Kept for the life of the process, so it is never started again
+        // from a thread whose signals are not blocked.
+        .thread_keep_alive(Duration::from_secs(100 * 365 * 24 * 3600))
+        .build()?;
+    // The blocking thread inherits the mask of the thread that spawns it.
+    let _blocked = SignalsBlocked::new();
+    runtime.block_on(async { tokio::task::spawn_blocking(|| ()).await })?;
+    Ok(runtime)
+}
+
+/// The backend's runtime, started on first use.
+pub fn runtime() -> &'static Runtime {
+    RUNTIME
+        .get_or_try_init(build_runtime)
+        .unwrap_or_else(|e| internal("could not start the segment client runtime", e))
+}
+
+/// Runs a future to completion on the backend's runtime; tasks spawned on
+/// it make progress only while some block_on runs.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    runtime().block_on(future)
+}
+
+/// The OS user this server runs as; segments are reached as the role of the
+/// same name, as Greenplum uses gpadmin everywhere.
+pub fn server_user() -> String {
+    // SAFETY: getpwuid returns a pointer into static storage or NULL; the
+    // name is copied out at once on this (the only Postgres) thread.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() {
+            return "postgres".into();
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
+    }
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => gp_recovery_core::error::error_chain(e),
+    }
+}
+
+/// How to reach one segment, with the timeout that bounds every call to it.
+#[derive(Clone)]
+pub struct Target {
+    segment: Segment,
+    user: String,
+    timeout: Duration,
+}
+
+impl Target {
+    pub fn new(segment: &Segment, timeout: Duration) -> Target {
+        Target { segment: segment.clone(), user: server_user(), timeout }
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.segment.address)
+            .port(u16::try_from(self.segment.port).unwrap_or(0))
+            .user(&self.user)
+            .dbname("postgres")
+            .application_name("gp_recovery")
+            .connect_timeout(self.timeout);
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        // The connection ends by itself when the client is dropped.
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Runs `work` on a fresh connection, bounded by the timeout.
+    async fn with_client<T, F, Fut>(&self, work: F) -> Result<T, String>
+    where
+        F: FnOnce(tokio_postgres::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let attempt = async {
+            let client = self.connect().await?;
+            work(client).await
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(result) => result.map_err(|e| describe(&e)),
+            Err(_) => Err(format!("no answer within {} s", self.timeout.as_secs())),
+        }
+    }
+
+    /// What the segment reports about itself and its replication.
+    pub async fn probe(&self) -> ProbeResult {
+        self.with_client(|client| async move { query_instance(&client).await }).await
+    }
+
+    /// Probes a primary up to 1 + `retries` times, about a second apart, as
+    /// Greenplum's FTS does before it declares a primary failed.
+    pub async fn probe_primary(&self, retries: u32) -> PrimaryHealth {
+        let mut attempt = 0;
+        loop {
+            match self.probe().await {
+                Ok(p) => return PrimaryHealth::Alive(p),
+                Err(e) if attempt >= retries => return PrimaryHealth::from_failure(e),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Promotes a standby and waits until it accepts writes. A server that is
+    /// no longer in recovery is left alone, so repeating this is harmless.
+    pub async fn promote(&self) -> Result<(), String> {
+        let wait = i32::try_from(self.timeout.as_secs()).unwrap_or(60).max(1);
+        self.with_client(|client| async move {
+            let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await?;
+            if row.try_get::<_, bool>(0)? {
+                client.execute("SELECT pg_promote(true, $1)", &[&wait]).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_sync_standby_names(client: &tokio_postgres::Client, value: &str) -> Result<(), tokio_postgres::Error> {
+        // ALTER SYSTEM takes no parameters; the value is a fixed name or ''.
+        client
+            .batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = '{value}'"))
+            .await?;
+        client.batch_execute("SELECT pg_reload_conf()").await
+    }
+
+    /// Turns synchronous replication off: commits waiting for the mirror complete.
+    pub async fn disable_sync_rep(&self) -> Result<(), String> {
+        self.with_client(|client| async move { Self::set_sync_standby_names(&client, "").await })
+            .await
+    }
+
+    /// Turns synchronous replication to the mirror on, waits until the
+    /// mirror's stream is 'sync', and returns the WAL flush position at that
+    /// moment: every commit acknowledged before it may still be missing on
+    /// the mirror until the mirror has flushed this far.
+    pub async fn enable_sync_rep(&self) -> Result<u64, String> {
+        self.with_client(|client| async move {
+            Self::set_sync_standby_names(&client, MIRROR_APPLICATION_NAME).await?;
+            loop {
+                let row = client
+                    .query_opt(
+                        "SELECT pg_current_wal_flush_lsn()::text FROM pg_stat_replication \
+                         WHERE application_name = $1 AND sync_state = 'sync'",
+                        &[&MIRROR_APPLICATION_NAME],
+                    )
+                    .await?;
+                if let Some(row) = row {
+                    let lsn: String = row.try_get(0)?;
+                    return Ok(gp_recovery_core::fts::parse_lsn(&lsn).unwrap_or(u64::MAX));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+    }
+
+    /// Creates the replication slot the content's mirror streams from, if missing.
+    pub async fn create_slot(&self) -> Result<(), String> {
+        self.with_client(|client| async move {
+            client
+                .execute(
+                    "SELECT pg_create_physical_replication_slot($1) \
+                     WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                    &[&SLOT_NAME],
+                )
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+}
+
+const IDENTITY_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('data_directory'), \
+     (SELECT system_identifier::text FROM pg_control_system()), \
+     current_setting('synchronous_standby_names')";
+const WAL_RECEIVER_SQL: &str = "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver";
+const REPLICATION_SQL: &str = "SELECT application_name, state, sync_state, \
+     sent_lsn::text, flush_lsn::text, replay_lsn::text, \
+     pg_wal_lsn_diff(pg_current_wal_flush_lsn(), sent_lsn)::bigint, \
+     pg_wal_lsn_diff(pg_current_wal_flush_lsn(), replay_lsn)::bigint \
+     FROM pg_stat_replication ORDER BY pid";
+
+async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe, tokio_postgres::Error> {
+    let row = client.query_one(IDENTITY_SQL, &[]).await?;
+    let in_recovery: bool = row.try_get(0)?;
+    let wal_receiver = client
+        .query_opt(WAL_RECEIVER_SQL, &[])
+        .await?
+        .map(|r| -> Result<WalReceiver, tokio_postgres::Error> {
+            Ok(WalReceiver {
+                status: r.try_get::<_, Option<String>>(0)?.unwrap_or_default(),
+                sender_host: r.try_get(1)?,
+                sender_port: r.try_get(2)?,
+            })
+        })
+        .transpose()?;
+    let replication = if in_recovery {
+        Vec::new()
+    } else {
+        client
+            .query(REPLICATION_SQL, &[])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Replication {
+                    application_name: r.try_get::<_, Option<String>>(0)?.unwrap_or_default(),
+                    state: r.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    sync_state: r.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    sent_lsn: r.try_get(3)?,
+                    flush_lsn: r.try_get(4)?,
+                    replay_lsn: r.try_get(5)?,
+                    wal_sync_remaining_bytes: r.try_get(6)?,
+                    bytes_behind: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<_, tokio_postgres::Error>>()?
+    };
+    Ok(InstanceProbe {
+        in_recovery,
+        data_directory: row.try_get(1)?,
+        system_identifier: row.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+        synchronous_standby_names: row.try_get(3)?,
+        wal_receiver,
+        replication,
+    })
+}
+
+/// The timeout of status probes made from SQL (the views, gp_add_segment).
+fn status_timeout() -> Duration {
+    let secs = u64::try_from(crate::gucs::SEGMENT_CONNECT_TIMEOUT.get()).unwrap_or(5);
+    Duration::from_secs(secs.max(1))
+}
+
+/// Probes every given segment at once; the map is keyed by dbid.
+pub fn probe_all(segments: &[Segment]) -> HashMap<i16, ProbeResult> {
+    let timeout = status_timeout();
+    block_on(async {
+        let handles: Vec<_> = segments
+            .iter()
+            .map(|s| {
+                let target = Target::new(s, timeout);
+                (s.dbid, tokio::spawn(async move { target.probe().await }))
+            })
+            .collect();
+        let mut results = HashMap::new();
+        for (dbid, handle) in handles {
+            let result = handle.await.unwrap_or_else(|e| Err(format!("probe failed: {e}")));
+            results.insert(dbid, result);
+        }
+        results
+    })
+}
