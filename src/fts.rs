@@ -99,6 +99,14 @@ fn gp_request_fts_probe_scan() -> bool {
     true
 }
 
+/// The fault tolerance service's rule table, in the order rules are tried.
+#[pg_extern]
+fn gp_fts_rules() -> TableIterator<'static, (name!(position, i32), name!(rule, String), name!(action, String), name!(reason, String))> {
+    TableIterator::new(fts::RULES.iter().zip(1..).map(|(r, i)| {
+        (i, r.name.to_string(), format!("{:?}", r.action), r.reason.to_string())
+    }))
+}
+
 /// The worker's memory of one content, reset when its primary changes.
 #[derive(Default)]
 struct Memory {

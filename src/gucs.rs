@@ -73,6 +73,17 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
+    // A postmaster-level setting can only be defined while preloading;
+    // loaded later (CREATE EXTENSION without the preload) it would be FATAL.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        define_database();
+    }
+    // Typos such as gp_recovery.fts_probe_intervall are rejected instead of
+    // silently creating a placeholder.
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"gp_recovery".as_ptr()) };
+}
+
+fn define_database() {
     GucRegistry::define_string_guc(
         c"gp_recovery.database",
         c"Database in which the gp_recovery extension (and so the segment catalog) lives.",
@@ -81,7 +92,4 @@ pub fn define() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
-    // Typos such as gp_recovery.fts_probe_intervall are rejected instead of
-    // silently creating a placeholder.
-    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"gp_recovery".as_ptr()) };
 }

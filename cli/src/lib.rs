@@ -279,6 +279,12 @@ pub struct Cluster {
     pub mirrors: Vec<Instance>,
 }
 
+/// The fault tolerance service's settings of a demo cluster: fast enough to
+/// watch a failover happen (Greenplum's defaults are 60 s, 20 s, 5, 30 s).
+pub const DEMO_FTS_SETTINGS: &str = "gp_recovery.fts_probe_interval = 2s\n\
+     gp_recovery.fts_probe_timeout = 2s\ngp_recovery.fts_probe_retries = 2\n\
+     gp_recovery.mirror_down_grace_period = 5s\n";
+
 /// Settings every instance gets.
 fn common_conf(port: u16, socket_dir: &Path) -> String {
     format!(
@@ -362,6 +368,7 @@ impl Cluster {
             let mut conf = common_conf(i.port, dir);
             if i.content == -1 {
                 conf.push_str("shared_preload_libraries = 'gp_recovery'\n");
+                conf.push_str(DEMO_FTS_SETTINGS);
             }
             append_server_file(&i.datadir.join("postgresql.conf"), &conf)?;
             i.start()?;

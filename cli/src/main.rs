@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gpdemo::{server_user, wait_for_sync_mirror, Cluster, DemoError, Result, ADDRESS};
 
@@ -132,14 +132,51 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     psql(&cluster, status_sql)?;
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
     println!(
-        "The catalog still says 'u': marking segments down is the job of the fault tolerance\n\
-         service; the live views show the truth at once."
+        "The catalog still says 'u': the fault tolerance service marks a mirror down only after\n\
+         gp_recovery.mirror_down_grace_period (5 s in this demo); the live views show the truth at once."
     );
 
-    step("Starting the mirror again: it catches up through its replication slot");
+    step("Starting the mirror again within the grace period: it catches up through its replication slot");
     mirror.start()?;
     wait_for_sync_mirror(&cluster.primaries[0], Duration::from_secs(60))?;
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
+
+    let victim = &cluster.primaries[1];
+    step(&format!(
+        "A real failure: kill -9 of the primary of content 1 (port {}). The fault tolerance\n\
+         service (probe interval 2 s, timeout 2 s, 2 retries in this demo) promotes its mirror",
+        victim.port
+    ));
+    let pid = victim
+        .postmaster_pid()
+        .ok_or_else(|| DemoError::Usage("the primary of content 1 is not running".into()))?;
+    // SAFETY: kills a postmaster this demo started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let killed = Instant::now();
+    let new_primary = &cluster.mirrors[1];
+    gpdemo::wait_until(Duration::from_secs(60), "the failover", || {
+        new_primary
+            .connect()
+            .and_then(|mut c| {
+                c.query_one("SELECT NOT pg_is_in_recovery()", &[])
+                    .map(|r| r.get::<_, bool>(0))
+                    .map_err(|e| DemoError::Usage(gpdemo::sql_message(&e)))
+            })
+            .unwrap_or(false)
+    })?;
+    println!("The mirror on port {} accepts writes {:.1} s after the kill.\n", new_primary.port, killed.elapsed().as_secs_f64());
+    println!("What the fault tolerance service logged:");
+    let log = std::fs::read_to_string(&cluster.coordinator.logfile).unwrap_or_default();
+    for line in log.lines().filter(|l| l.contains("FTS: content 1")) {
+        println!("  {line}");
+    }
+    println!();
+    psql(&cluster, "SELECT * FROM gp_segment_configuration WHERE content = 1;")?;
+    psql(&cluster, "SELECT * FROM gp_mirror_status;")?;
+    psql(&cluster, "SELECT * FROM gp_state_report();")?;
+
+    step("The fault tolerance service decides with one table of rules; each reason is also its log text");
+    psql(&cluster, "SELECT * FROM gp_fts_rules();")?;
 
     step("Every catalog change left a history row");
     psql(&cluster, "SELECT * FROM gp_configuration_history ORDER BY \"time\", dbid;")?;

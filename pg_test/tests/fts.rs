@@ -274,3 +274,37 @@ fn worker_is_restarted_after_it_is_terminated() {
     wait_for(30, "the worker to come back", || pid_of_worker(&mut c).is_some_and(|p| p != first));
     assert!(c.query_one("SELECT gp_request_fts_probe_scan()", &[]).unwrap().get::<_, bool>(0));
 }
+
+#[test]
+fn without_preload_the_catalog_works_and_the_probe_request_says_why_not() {
+    let spare = gp_recovery_pg_test::SpareInstance::new(None);
+    let mut c = spare.instance.connect().unwrap();
+    c.batch_execute("CREATE EXTENSION gp_recovery").unwrap();
+    let (code, message) = gp_recovery_pg_test::expect_error(&mut c, "SELECT gp_request_fts_probe_scan()");
+    assert_eq!(code, "55000");
+    assert_eq!(
+        message,
+        "the fault tolerance service is not running: gp_recovery must be in shared_preload_libraries"
+    );
+    let report: Vec<String> = c
+        .query("SELECT * FROM gp_state_report()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(report, vec!["Segment Mirroring Status Report", "Physical mirroring is not configured"]);
+}
+
+#[test]
+fn rule_table_is_visible_in_sql() {
+    let tc = TestCluster::new(1);
+    let rows = tc
+        .coordinator()
+        .query("SELECT position, rule, action, reason FROM gp_fts_rules() ORDER BY position", &[])
+        .unwrap();
+    assert!(rows.len() >= 10);
+    let first: String = rows[0].get(1);
+    let last: String = rows[rows.len() - 1].get(1);
+    assert_eq!((first.as_str(), last.as_str()), ("double_fault_cleared", "healthy_or_catching_up"));
+    assert!(rows.iter().any(|r| r.get::<_, String>(2) == "FailOver"));
+}
