@@ -126,7 +126,7 @@ struct Probed {
 }
 
 enum Event {
-    Probed(Probed),
+    Probed(Box<Probed>),
     Wake,
     Stop,
 }
@@ -221,7 +221,7 @@ impl Fts {
             }
             self.spawn_due(now);
             match self.next_event() {
-                Event::Probed(p) => self.finish(p),
+                Event::Probed(p) => self.finish(*p),
                 Event::Wake => {}
                 Event::Stop => self.stopping = true,
             }
@@ -304,7 +304,7 @@ impl Fts {
                 }
             };
             tokio::select! {
-                p = probed => Event::Probed(p),
+                p = probed => Event::Probed(Box::new(p)),
                 e = flags => e,
                 _ = tokio::time::sleep_until(deadline) => Event::Wake,
             }

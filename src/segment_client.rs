@@ -15,15 +15,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use gp_recovery_core::fts::PrimaryHealth;
-use gp_recovery_core::probe::{InstanceProbe, ProbeResult, Replication, WalReceiver, MIRROR_APPLICATION_NAME};
+use gp_recovery_core::probe::{
+    os_user_name, InstanceProbe, ProbeResult, Replication, WalReceiver, MIRROR_APPLICATION_NAME, SLOT_NAME,
+};
 use gp_recovery_core::segment::Segment;
 use once_cell::sync::OnceCell;
 use tokio::runtime::Runtime;
 
 use crate::error::internal;
-
-/// The replication slot mirrors stream from, named as in Greenplum.
-pub const SLOT_NAME: &str = "internal_wal_replication_slot";
 
 static RUNTIME: OnceCell<Runtime> = OnceCell::new();
 
@@ -83,15 +82,7 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// The OS user this server runs as; segments are reached as the role of the
 /// same name, as Greenplum uses gpadmin everywhere.
 pub fn server_user() -> String {
-    // SAFETY: getpwuid returns a pointer into static storage or NULL; the
-    // name is copied out at once on this (the only Postgres) thread.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if pw.is_null() {
-            return "postgres".into();
-        }
-        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
-    }
+    os_user_name().unwrap_or_else(|| "postgres".into())
 }
 
 fn describe(e: &tokio_postgres::Error) -> String {

@@ -18,10 +18,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-/// The replication slot a mirror streams from, named as in Greenplum.
-pub const SLOT_NAME: &str = "internal_wal_replication_slot";
-/// The application_name mirrors stream with, as in Greenplum.
-pub const MIRROR_APPLICATION_NAME: &str = "gp_walreceiver";
+pub use gp_recovery_core::probe::{MIRROR_APPLICATION_NAME, SLOT_NAME};
 /// Listen address and the address registered in the catalog.
 pub const ADDRESS: &str = "127.0.0.1";
 /// Host name registered in the catalog.
@@ -79,14 +76,9 @@ pub fn server_user() -> String {
     if running_as_root() {
         return "postgres".into();
     }
-    // SAFETY: getpwuid returns static storage or NULL; copied out at once.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if pw.is_null() {
-            return std::env::var("USER").unwrap_or_else(|_| "postgres".into());
-        }
-        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
-    }
+    gp_recovery_core::probe::os_user_name()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "postgres".into())
 }
 
 /// Directory of the PostgreSQL 15 server programs.

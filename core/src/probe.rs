@@ -8,6 +8,22 @@ use serde::{Deserialize, Serialize};
 /// it in `synchronous_standby_names`.
 pub const MIRROR_APPLICATION_NAME: &str = "gp_walreceiver";
 
+/// The replication slot a mirror streams from, named as in Greenplum.
+pub const SLOT_NAME: &str = "internal_wal_replication_slot";
+
+/// The name of the OS user this process runs as (effective uid).
+pub fn os_user_name() -> Option<String> {
+    // SAFETY: getpwuid returns a pointer into static storage or NULL; the
+    // name is copied out at once, before any other call could reuse it.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() {
+            return None;
+        }
+        Some(std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned())
+    }
+}
+
 /// A row of the primary's `pg_stat_replication`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replication {
@@ -84,6 +100,11 @@ mod tests {
             sync_state: "async".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn knows_who_runs_it() {
+        assert!(os_user_name().is_some_and(|n| !n.is_empty()));
     }
 
     #[test]

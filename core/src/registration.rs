@@ -154,7 +154,7 @@ pub fn plan(catalog: &[Segment], req: &SegmentRequest) -> Result<Segment, CoreEr
 }
 
 /// The content's registered primary, which a mirror must stream from.
-pub fn primary_of<'a>(catalog: &'a [Segment], content: i16) -> Option<&'a Segment> {
+pub fn primary_of(catalog: &[Segment], content: i16) -> Option<&Segment> {
     catalog.iter().find(|s| s.content == content && s.role == Role::Primary)
 }
 
