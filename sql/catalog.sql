@@ -47,3 +47,58 @@ COMMENT ON TABLE gp_configuration_history IS
 -- pg_dump keeps the rows of extension tables only when they are marked.
 SELECT pg_catalog.pg_extension_config_dump('gp_segment_configuration', '');
 SELECT pg_catalog.pg_extension_config_dump('gp_configuration_history', '');
+
+-- Members of gp_recovery_admin (and superusers) may start and cancel
+-- recoveries. Roles belong to the cluster, so it may exist already.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'gp_recovery_admin') THEN
+        CREATE ROLE gp_recovery_admin NOLOGIN;
+    END IF;
+END
+$$;
+
+-- Recovery jobs: written by the SQL functions, run by the "gp_recovery jobs"
+-- background worker. Finished jobs stay here as the record of what was done.
+CREATE TABLE gp_recovery_job (
+    job_id              bigserial PRIMARY KEY,
+    recovery_type       text        NOT NULL CHECK (recovery_type IN ('incremental', 'differential', 'full')),
+    dbid                smallint    NOT NULL,
+    content             smallint    NOT NULL,
+    relocate            boolean     NOT NULL DEFAULT false,
+    source_dbid         smallint    NOT NULL,
+    source_hostname     text        NOT NULL,
+    source_address      text        NOT NULL,
+    source_port         integer     NOT NULL,
+    source_datadir      text        NOT NULL,
+    target_hostname     text        NOT NULL,
+    target_address      text        NOT NULL,
+    target_port         integer     NOT NULL,
+    target_datadir      text        NOT NULL,
+    -- The catalog row before the job, to put back if a full recovery fails.
+    original            jsonb       NOT NULL,
+    state               text        NOT NULL DEFAULT 'queued'
+                        CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'canceled')),
+    phase               text        NOT NULL DEFAULT 'queued',
+    cancel_requested    boolean     NOT NULL DEFAULT false,
+    bytes_done          bigint,
+    bytes_total         bigint,
+    wal_remaining_bytes bigint,
+    logfile             text,
+    error               text,
+    submitted_by        name        NOT NULL DEFAULT current_user,
+    submitted_at        timestamptz NOT NULL DEFAULT now(),
+    started_at          timestamptz,
+    updated_at          timestamptz,
+    finished_at         timestamptz
+);
+
+-- One job at a time per content.
+CREATE UNIQUE INDEX gp_recovery_job_active_content ON gp_recovery_job (content)
+    WHERE state IN ('queued', 'running');
+
+COMMENT ON TABLE gp_recovery_job IS
+    'Recovery jobs (gp_recover_segment, gp_recover_all, gp_recover_from_config): queued, running, succeeded, failed or canceled';
+
+SELECT pg_catalog.pg_extension_config_dump('gp_recovery_job', '');
+SELECT pg_catalog.pg_extension_config_dump('gp_recovery_job_job_id_seq', '');

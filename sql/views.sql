@@ -28,3 +28,35 @@ REVOKE ALL ON FUNCTION gp_add_segment(integer, "char", text, integer, text, text
 -- Reading the catalog and the status is for everyone, monitoring roles included.
 GRANT SELECT ON gp_segment_configuration, gp_configuration_history,
                 gp_segment_status, gp_mirror_status TO PUBLIC;
+
+-- Queued and running recovery jobs with their progress (updated by the
+-- worker every second); finished jobs leave the view and stay in gp_recovery_job.
+CREATE VIEW gp_recovery_progress AS
+SELECT job_id, dbid, content, target_hostname AS hostname, target_port AS port,
+       recovery_type, phase, bytes_done, bytes_total,
+       CASE WHEN bytes_total > 0
+            THEN round(100.0 * least(bytes_done, bytes_total) / bytes_total, 1) END AS percent,
+       started_at,
+       now() - started_at AS elapsed,
+       wal_remaining_bytes,
+       state, submitted_by, updated_at
+  FROM gp_recovery_job
+ WHERE state IN ('queued', 'running')
+ ORDER BY job_id;
+
+COMMENT ON VIEW gp_recovery_progress IS
+    'gp_recovery jobs in progress: phase, bytes copied, percent, and the WAL still to replay while catching up';
+
+GRANT SELECT ON gp_recovery_job, gp_recovery_progress TO PUBLIC;
+
+-- Starting and canceling recoveries: superusers and gp_recovery_admin.
+REVOKE ALL ON FUNCTION gp_recover_segment(integer, text, text, integer, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gp_recover_all(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gp_recover_from_config(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gp_recovery_cancel(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION gp_recover_segment(integer, text, text, integer, text),
+                          gp_recover_all(text),
+                          gp_recover_from_config(text),
+                          gp_recovery_cancel(bigint) TO gp_recovery_admin;
+GRANT INSERT, UPDATE ON gp_recovery_job TO gp_recovery_admin;
+GRANT USAGE ON SEQUENCE gp_recovery_job_job_id_seq TO gp_recovery_admin;

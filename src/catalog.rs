@@ -76,18 +76,24 @@ pub fn set_mode(row: &Segment, mode: Mode, program: &str) {
     );
 }
 
-/// Writes new role, status and mode for rows, each with its history row.
-/// Constraints are checked at commit, so a failover can swap two roles.
+/// Writes rows (role, status, mode and location; the dbid stays), each with
+/// its history row. Constraints are checked at commit, so a failover can
+/// swap two roles.
 pub fn update_rows(rows: &[Segment], history_text: impl Fn(&Segment) -> String) {
     Spi::run("SET CONSTRAINTS ALL DEFERRED").or_raise();
     for row in rows {
         Spi::run_with_args(
-            "UPDATE public.gp_segment_configuration SET role = $2, status = $3, mode = $4 WHERE dbid = $1",
+            "UPDATE public.gp_segment_configuration SET role = $2, status = $3, mode = $4, \
+                    hostname = $5, address = $6, port = $7, datadir = $8 WHERE dbid = $1",
             &[
                 row.dbid.into(),
                 letter(row.role.letter()).into(),
                 letter(row.status.letter()).into(),
                 letter(row.mode.letter()).into(),
+                row.hostname.as_str().into(),
+                row.address.as_str().into(),
+                row.port.into(),
+                row.datadir.as_str().into(),
             ],
         )
         .or_raise();

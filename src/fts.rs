@@ -21,7 +21,7 @@ use pgrx::{pg_shmem_init, PgAtomic, PgSqlErrorCode};
 use tokio::task::JoinSet;
 
 use crate::segment_client::{block_on, runtime, Target};
-use crate::{catalog, gucs};
+use crate::{catalog, gucs, latch};
 
 /// Rounds started and the highest round whose probes have all finished, so
 /// gp_request_fts_probe_scan() can wait for a round that began after it.
@@ -30,16 +30,12 @@ static ROUNDS_FINISHED: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"gp_recove
 static ROUND_REQUESTED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"gp_recovery_fts_round_requested") };
 static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"gp_recovery_fts_worker_pid") };
 
-/// Set in the postmaster when the library is preloaded; backends inherit it.
-static PRELOADED: AtomicBool = AtomicBool::new(false);
-
 /// Shared memory and the worker; only while loading via shared_preload_libraries.
 pub fn init() {
     pg_shmem_init!(ROUNDS_STARTED);
     pg_shmem_init!(ROUNDS_FINISHED);
     pg_shmem_init!(ROUND_REQUESTED);
     pg_shmem_init!(WORKER_PID);
-    PRELOADED.store(true, Ordering::SeqCst);
     BackgroundWorkerBuilder::new("gp_recovery fts")
         .set_type("gp_recovery fts")
         .set_library("gp_recovery")
@@ -50,11 +46,17 @@ pub fn init() {
         .load();
 }
 
+/// Asks for a probe round without waiting for it (used by recovery jobs).
+pub fn request_round() {
+    ROUND_REQUESTED.get().store(true, Ordering::SeqCst);
+    latch::wake(WORKER_PID.get().load(Ordering::SeqCst));
+}
+
 /// Starts a probe round now and returns when a round that began after the
 /// call has finished; callers arriving together share one round.
 #[pg_extern]
 fn gp_request_fts_probe_scan() -> bool {
-    if !PRELOADED.load(Ordering::SeqCst) {
+    if !crate::preloaded() {
         pgrx::ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -68,9 +70,7 @@ fn gp_request_fts_probe_scan() -> bool {
     while ROUNDS_FINISHED.get().load(Ordering::SeqCst) < target {
         let pid = WORKER_PID.get().load(Ordering::SeqCst);
         if pid > 0 && woken != pid {
-            // SIGUSR1 sets the worker's latch (procsignal handler).
-            // SAFETY: signals a process of this cluster.
-            unsafe { libc::kill(pid, libc::SIGUSR1) };
+            latch::wake(pid);
             woken = pid;
         }
         if pid == 0 {
@@ -83,18 +83,7 @@ fn gp_request_fts_probe_scan() -> bool {
                 );
             }
         }
-        // SAFETY: waits on this backend's own latch, then handles interrupts
-        // (statement_timeout, pg_cancel_backend) as any wait must.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                50,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pgrx::check_for_interrupts!();
+        latch::nap(50);
     }
     true
 }
@@ -436,7 +425,7 @@ impl Fts {
             ),
             SegmentOp::CreateSlot(s) => (
                 format!("create the replication slot on dbid {}", s.dbid),
-                block_on(Target::new(s, timeout).create_slot()),
+                block_on(Target::new(s, timeout).create_slot(false)),
             ),
         };
         match result {

@@ -12,6 +12,8 @@ pub static FTS_PROBE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static FTS_PROBE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(20);
 pub static FTS_PROBE_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static MIRROR_DOWN_GRACE_PERIOD: GucSetting<i32> = GucSetting::<i32>::new(30);
+pub static MAX_PARALLEL_JOBS: GucSetting<i32> = GucSetting::<i32>::new(16);
+pub static MAX_RATE: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// The database holding the catalog, where the worker connects.
@@ -72,6 +74,26 @@ pub fn define() {
         3600,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"gp_recovery.max_parallel_jobs",
+        c"Recovery jobs run at the same time (gprecoverseg -B).",
+        c"Further jobs wait in the queue; each segment starts as soon as its own copy ends.",
+        &MAX_PARALLEL_JOBS,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"gp_recovery.max_rate",
+        c"Transfer limit of a full or differential copy, in kB/s per segment; 0 for none.",
+        c"Passed to pg_basebackup --max-rate and rsync --bwlimit, like gprecoverseg --max-rate. pg_rewind has no limit.",
+        &MAX_RATE,
+        0,
+        1048576,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
     );
     // A postmaster-level setting can only be defined while preloading;
     // loaded later (CREATE EXTENSION without the preload) it would be FATAL.

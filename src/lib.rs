@@ -7,6 +7,8 @@
 //! background worker (`fts`), the gpstate views (`gpstate`) and the mapping
 //! of errors to SQLSTATEs (`error`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use pgrx::prelude::*;
 
 mod catalog;
@@ -14,6 +16,9 @@ mod error;
 mod fts;
 mod gpstate;
 mod gucs;
+mod latch;
+mod recovery;
+mod recovery_worker;
 mod segment_client;
 
 ::pgrx::pg_module_magic!();
@@ -21,13 +26,23 @@ mod segment_client;
 pgrx::extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
 pgrx::extension_sql_file!("../sql/views.sql", name = "views", finalize);
 
+/// Set in the postmaster when the library is preloaded; backends inherit it.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// True when the background workers and their shared memory exist.
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::SeqCst)
+}
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::define();
-    // Shared memory and the fault tolerance worker exist only when loaded
-    // through shared_preload_libraries; without it the catalog and views
-    // still work and gp_request_fts_probe_scan() says what is missing.
+    // Shared memory and the workers exist only when loaded through
+    // shared_preload_libraries; without it the catalog and views still work
+    // and the functions that need a worker say what is missing.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         fts::init();
+        recovery_worker::init();
+        PRELOADED.store(true, Ordering::SeqCst);
     }
 }

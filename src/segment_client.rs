@@ -210,12 +210,24 @@ impl Target {
         .await
     }
 
-    /// Creates the replication slot the content's mirror streams from, if missing.
-    pub async fn create_slot(&self) -> Result<(), String> {
+    /// Creates the replication slot the content's mirror streams from, if
+    /// missing, reserving WAL from now on. With `fresh`, an existing slot
+    /// nobody streams from is dropped first, so it retains WAL from now
+    /// rather than from an old position (a new copy needs nothing older).
+    pub async fn create_slot(&self, fresh: bool) -> Result<(), String> {
         self.with_client(|client| async move {
+            if fresh {
+                client
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                         WHERE slot_name = $1 AND NOT active",
+                        &[&SLOT_NAME],
+                    )
+                    .await?;
+            }
             client
                 .execute(
-                    "SELECT pg_create_physical_replication_slot($1) \
+                    "SELECT pg_create_physical_replication_slot($1, true) \
                      WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
                     &[&SLOT_NAME],
                 )
@@ -223,6 +235,38 @@ impl Target {
                 .map(|_| ())
         })
         .await
+    }
+
+    /// A CHECKPOINT, so the source's control file shows its current timeline
+    /// (pg_rewind reads it).
+    pub async fn checkpoint(&self) -> Result<(), String> {
+        self.with_client(|client| async move { client.batch_execute("CHECKPOINT").await }).await
+    }
+
+    /// Opens a session and starts a non-exclusive base backup in it; the
+    /// backup lasts as long as the returned session.
+    pub async fn backup_start(&self, label: &str) -> Result<tokio_postgres::Client, String> {
+        let label = label.to_string();
+        self.with_client(|client| async move {
+            client.execute("SELECT pg_backup_start($1, true)", &[&label]).await?;
+            Ok(client)
+        })
+        .await
+    }
+
+    /// Ends the backup started in `session`; returns the backup_label and
+    /// tablespace_map contents the copy needs.
+    pub async fn backup_stop(&self, session: &tokio_postgres::Client) -> Result<(String, String), String> {
+        let stop = async {
+            let row = session
+                .query_one("SELECT labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(false)", &[])
+                .await?;
+            Ok::<_, tokio_postgres::Error>((row.try_get(0)?, row.try_get(1)?))
+        };
+        match tokio::time::timeout(self.timeout, stop).await {
+            Ok(r) => r.map_err(|e| describe(&e)),
+            Err(_) => Err(format!("pg_backup_stop did not answer within {} s", self.timeout.as_secs())),
+        }
     }
 }
 

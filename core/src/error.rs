@@ -25,6 +25,8 @@ pub enum CoreError {
         value: String,
         expected: &'static str,
     },
+    #[error("recovery configuration line {line}: {message}")]
+    Config { line: usize, message: String },
     #[error("{0}")]
     Duplicate(String),
     #[error("segment {host}:{port} does not answer: {reason}")]
@@ -40,7 +42,7 @@ pub enum CoreError {
 impl CoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            CoreError::InvalidValue { .. } => ErrorKind::InvalidParameter,
+            CoreError::InvalidValue { .. } | CoreError::Config { .. } => ErrorKind::InvalidParameter,
             CoreError::Duplicate(_) => ErrorKind::Duplicate,
             CoreError::Unreachable { .. } => ErrorKind::Unreachable,
             CoreError::WrongState(_) => ErrorKind::WrongState,

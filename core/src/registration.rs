@@ -31,6 +31,11 @@ pub fn validate_datadir(datadir: &str) -> Result<(), CoreError> {
     if datadir.trim_end_matches('/').is_empty() {
         return Err(invalid("must not be the root directory"));
     }
+    // pg_ctl starts the postmaster through a shell with the directory inside
+    // double quotes, where these would still be interpreted.
+    if datadir.chars().any(|c| matches!(c, '"' | '$' | '`' | '\\' | '\n' | '\r')) {
+        return Err(invalid("must not contain \", $, `, \\ or a line break (pg_ctl passes it through a shell)"));
+    }
     Ok(())
 }
 
@@ -290,6 +295,8 @@ mod tests {
         assert!(msg(req(0, 'm', 0, "/x")).contains("invalid port \"0\""));
         assert!(msg(req(0, 'm', 7009, "rel/dir")).contains("must be an absolute path"));
         assert!(msg(req(0, 'm', 7009, "/")).contains("must not be the root directory"));
+        assert!(msg(req(0, 'm', 7009, "/a/$(reboot)")).contains("must not contain"));
+        assert!(msg(req(0, 'm', 7009, "/a/\"q")).contains("must not contain"));
         assert_eq!(
             msg(req(0, 'm', 7001, "/x")),
             "port 7001 on host localhost is already used by dbid 2 (content 0)"

@@ -1,0 +1,629 @@
+//! gprecoverseg's rules without Postgres: which segment may be recovered
+//! how, the `-i`/`-o` configuration format, the argument vectors of the copy
+//! tools, their progress lines, and the settings a recovered mirror gets.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::CoreError;
+use crate::registration::{check_location_free, validate_datadir, validate_host, validate_port};
+use crate::segment::{Role, Segment, Status};
+
+/// How a down segment is brought back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// pg_rewind against the acting primary (or only a restart when the
+    /// segment was a mirror that merely stopped).
+    Incremental,
+    /// rsync of what differs, inside pg_backup_start/pg_backup_stop.
+    Differential,
+    /// pg_basebackup of the acting primary.
+    Full,
+}
+
+pub const MODES: &str = "incremental, differential, full";
+
+impl RecoveryMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryMode::Incremental => "incremental",
+            RecoveryMode::Differential => "differential",
+            RecoveryMode::Full => "full",
+        }
+    }
+
+    /// The recovery-type letter of a gprecoverseg -i line.
+    fn from_type_letter(s: &str) -> Option<RecoveryMode> {
+        match s {
+            "I" | "i" => Some(RecoveryMode::Incremental),
+            "D" | "d" => Some(RecoveryMode::Differential),
+            "F" | "f" => Some(RecoveryMode::Full),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RecoveryMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RecoveryMode {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self, CoreError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "incremental" => Ok(RecoveryMode::Incremental),
+            "differential" => Ok(RecoveryMode::Differential),
+            "full" => Ok(RecoveryMode::Full),
+            _ => Err(CoreError::InvalidValue {
+                what: "recovery mode",
+                value: s.to_string(),
+                expected: "must be one of incremental, differential, full",
+            }),
+        }
+    }
+}
+
+/// A new place for a segment (relocation). Fields left None keep the
+/// segment's current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewLocation {
+    pub hostname: Option<String>,
+    pub address: Option<String>,
+    pub port: Option<i32>,
+    pub datadir: Option<String>,
+}
+
+impl NewLocation {
+    pub fn is_empty(&self) -> bool {
+        self.hostname.is_none() && self.address.is_none() && self.port.is_none() && self.datadir.is_none()
+    }
+}
+
+/// A recovery job not yet finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveJob {
+    pub job_id: i64,
+    pub dbid: i16,
+    pub content: i16,
+    pub state: String,
+}
+
+/// What a validated request becomes: a job row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    pub mode: RecoveryMode,
+    /// The segment as the catalog has it now.
+    pub original: Segment,
+    /// The segment where it will be: the same as `original` unless relocating.
+    pub target: Segment,
+    /// The content's acting primary, the source of the copy.
+    pub source: Segment,
+    pub relocate: bool,
+}
+
+/// Checks a recovery request against the catalog and the jobs in flight.
+pub fn plan_recovery(
+    catalog: &[Segment],
+    active: &[ActiveJob],
+    dbid: i32,
+    mode: RecoveryMode,
+    new: &NewLocation,
+) -> Result<JobSpec, CoreError> {
+    let failed = i16::try_from(dbid)
+        .ok()
+        .and_then(|d| catalog.iter().find(|s| s.dbid == d))
+        .ok_or_else(|| CoreError::InvalidValue {
+            what: "dbid",
+            value: dbid.to_string(),
+            expected: "no segment with this dbid in gp_segment_configuration",
+        })?;
+    if failed.is_coordinator() {
+        return Err(CoreError::InvalidValue {
+            what: "dbid",
+            value: dbid.to_string(),
+            expected: "it is the coordinator; only segments can be recovered",
+        });
+    }
+    let relocate = !new.is_empty();
+    if relocate && mode != RecoveryMode::Full {
+        return Err(CoreError::InvalidValue {
+            what: "recovery mode",
+            value: mode.to_string(),
+            expected: "a segment moved to a new host, port or data directory is always copied in full: use mode 'full'",
+        });
+    }
+    let mut target = failed.clone();
+    if relocate {
+        if let Some(h) = &new.hostname {
+            validate_host("host name", h)?;
+            target.hostname = h.clone();
+            target.address = new.address.clone().unwrap_or_else(|| h.clone());
+        } else if let Some(a) = &new.address {
+            target.address = a.clone();
+        }
+        validate_host("address", &target.address)?;
+        if let Some(p) = new.port {
+            validate_port(p)?;
+            target.port = p;
+        }
+        if let Some(d) = &new.datadir {
+            validate_datadir(d)?;
+            target.datadir = d.clone();
+        }
+        if (target.hostname.as_str(), target.port, target.datadir.trim_end_matches('/'))
+            == (failed.hostname.as_str(), failed.port, failed.datadir.trim_end_matches('/'))
+        {
+            return Err(CoreError::InvalidValue {
+                what: "new location",
+                value: format!("{}:{}:{}", target.hostname, target.port, target.datadir),
+                expected: "it is where the segment already is; leave out new_hostname, new_port and new_datadir to recover in place",
+            });
+        }
+        check_location_free(
+            catalog,
+            Some(failed.dbid),
+            &target.hostname,
+            &target.address,
+            target.port,
+            &target.datadir,
+        )?;
+    }
+    if failed.status == Status::Up {
+        return Err(CoreError::WrongState(format!(
+            "segment dbid {} at {} is up; only a down segment (status 'd') can be recovered",
+            failed.dbid,
+            failed.location()
+        )));
+    }
+    let source = catalog
+        .iter()
+        .find(|s| s.content == failed.content && s.role == Role::Primary && s.dbid != failed.dbid)
+        .ok_or_else(|| {
+            CoreError::WrongState(format!(
+                "double fault: content {} has no acting primary to recover dbid {} from",
+                failed.content, failed.dbid
+            ))
+        })?;
+    if source.status == Status::Down {
+        return Err(double_fault(source, "is down in the catalog"));
+    }
+    if let Some(job) = active.iter().find(|j| j.content == failed.content) {
+        return Err(CoreError::Duplicate(format!(
+            "content {} already has recovery job {} ({}) for dbid {}",
+            job.content, job.job_id, job.state, job.dbid
+        )));
+    }
+    Ok(JobSpec { mode, original: failed.clone(), target, source: source.clone(), relocate })
+}
+
+/// The error for a content whose acting primary cannot serve as a source.
+pub fn double_fault(source: &Segment, why: &str) -> CoreError {
+    CoreError::WrongState(format!(
+        "double fault: content {}'s acting primary dbid {} at {} {why}; no recovery is possible until it runs again",
+        source.content,
+        source.dbid,
+        source.location()
+    ))
+}
+
+/// One segment location of a gprecoverseg configuration line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigLocation {
+    pub hostname: Option<String>,
+    pub address: String,
+    pub port: i32,
+    pub datadir: String,
+}
+
+/// One line of a gprecoverseg -i file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigLine {
+    pub line: usize,
+    pub mode: Option<RecoveryMode>,
+    pub failed: ConfigLocation,
+    pub new: Option<ConfigLocation>,
+}
+
+fn line_error(line: usize, msg: impl fmt::Display) -> CoreError {
+    CoreError::Config { line, message: msg.to_string() }
+}
+
+/// Prefixes an error about one configuration line with its number.
+pub fn at_line(line: usize, e: CoreError) -> CoreError {
+    match e {
+        CoreError::Config { .. } => e,
+        other => line_error(line, other),
+    }
+}
+
+fn parse_location(line: usize, parts: &[&str], group: &str) -> Result<ConfigLocation, CoreError> {
+    let (hostname, rest) = match parts.len() {
+        3 => (None, parts),
+        4 => (Some(parts[0].to_string()), &parts[1..]),
+        n => return Err(line_error(line, format!("expected 3 or 4 parts on {group} segment group, obtained {n}"))),
+    };
+    let port = rest[1]
+        .parse::<i32>()
+        .ok()
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or_else(|| line_error(line, format!("invalid port \"{}\" on {group} segment group", rest[1])))?;
+    if rest[0].is_empty() || !rest[2].starts_with('/') {
+        return Err(line_error(
+            line,
+            format!("{group} segment group needs an address and an absolute data directory"),
+        ));
+    }
+    Ok(ConfigLocation { hostname, address: rest[0].to_string(), port, datadir: rest[2].to_string() })
+}
+
+/// Parses a gprecoverseg -i file: one failed segment a line as
+/// `[type|][hostname|]address|port|datadir [[hostname|]address|port|datadir]`,
+/// type I, D or F; `#` comments and blank lines are skipped.
+pub fn parse_config(text: &str) -> Result<Vec<ConfigLine>, CoreError> {
+    let mut lines = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let groups: Vec<&str> = trimmed.split_whitespace().collect();
+        if groups.len() > 2 {
+            return Err(line_error(line, format!("expected 1 or 2 groups but found {}", groups.len())));
+        }
+        let mut first: Vec<&str> = groups[0].split('|').collect();
+        let mode = match first.first().and_then(|t| RecoveryMode::from_type_letter(t)) {
+            Some(m) if first.len() >= 4 => {
+                first.remove(0);
+                Some(m)
+            }
+            _ => None,
+        };
+        let failed = parse_location(line, &first, "failed")?;
+        let new = match groups.get(1) {
+            Some(g) => {
+                let second: Vec<&str> = g.split('|').collect();
+                if second.len() != first.len() {
+                    return Err(line_error(
+                        line,
+                        format!(
+                            "expected equal parts, either 3 or 4 on both segment groups, obtained {} on group1 and {} on group2",
+                            first.len(),
+                            second.len()
+                        ),
+                    ));
+                }
+                Some(parse_location(line, &second, "new")?)
+            }
+            None => None,
+        };
+        if new.is_some() && matches!(mode, Some(RecoveryMode::Incremental | RecoveryMode::Differential)) {
+            return Err(line_error(line, "a segment moved to a new location is always copied in full: use type F or none"));
+        }
+        lines.push(ConfigLine { line, mode, failed, new });
+    }
+    Ok(lines)
+}
+
+/// The catalog row a configuration line names.
+pub fn config_line_segment<'a>(catalog: &'a [Segment], l: &ConfigLine) -> Result<&'a Segment, CoreError> {
+    let f = &l.failed;
+    catalog
+        .iter()
+        .find(|s| {
+            s.address == f.address
+                && s.port == f.port
+                && s.datadir.trim_end_matches('/') == f.datadir.trim_end_matches('/')
+                && f.hostname.as_ref().is_none_or(|h| *h == s.hostname)
+        })
+        .ok_or_else(|| {
+            line_error(
+                l.line,
+                format!(
+                    "a segment to recover was not found in configuration: no segment at address|port|directory '{}|{}|{}'",
+                    f.address, f.port, f.datadir
+                ),
+            )
+        })
+}
+
+/// The gprecoverseg -o output for the segments now down.
+pub fn config_for_down_segments(catalog: &[Segment]) -> String {
+    let mut down: Vec<&Segment> = catalog
+        .iter()
+        .filter(|s| !s.is_coordinator() && s.status == Status::Down)
+        .collect();
+    down.sort_by_key(|s| (s.content, s.dbid));
+    let mut out = String::from(
+        "# gp_recover_from_config() input: one down segment a line, [I|D|F|]address|port|datadir\n\
+         # optionally followed by a new location address|port|datadir (always a full copy)\n",
+    );
+    for s in down {
+        out.push_str(&format!("{}|{}|{}\n", s.address, s.port, s.datadir));
+    }
+    out
+}
+
+/// Bytes copied so far and, when known, in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub done_bytes: i64,
+    pub total_bytes: Option<i64>,
+}
+
+/// The latest progress in the output of pg_basebackup --progress,
+/// pg_rewind --progress ("N/M kB (P%)") or rsync --info=progress2
+/// ("1,234,567  45%  ..."). Lines end in \n or \r.
+pub fn parse_progress(output: &str) -> Option<Progress> {
+    output.split(['\r', '\n']).rev().find_map(|line| parse_kb_line(line).or_else(|| parse_rsync_line(line)))
+}
+
+fn parse_kb_line(line: &str) -> Option<Progress> {
+    let before = &line[..line.find(" kB (")?];
+    let token = before.split_whitespace().last()?;
+    let (done, total) = token.split_once('/')?;
+    let kb = |s: &str| s.parse::<i64>().ok().map(|v| v * 1024);
+    Some(Progress { done_bytes: kb(done)?, total_bytes: Some(kb(total)?) })
+}
+
+fn parse_rsync_line(line: &str) -> Option<Progress> {
+    let mut tokens = line.split_whitespace();
+    let bytes: i64 = tokens.next()?.replace(',', "").parse().ok()?;
+    let percent: i64 = tokens.next()?.strip_suffix('%')?.parse().ok()?;
+    let total = (percent > 0).then(|| bytes * 100 / percent);
+    Some(Progress { done_bytes: bytes, total_bytes: total })
+}
+
+/// A libpq conninfo value, quoted when it needs to be.
+pub fn conninfo_value(v: &str) -> String {
+    if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c)) {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+/// A conninfo string from key/value pairs.
+pub fn conninfo(pairs: &[(&str, &str)]) -> String {
+    pairs.iter().map(|(k, v)| format!("{k}={}", conninfo_value(v))).collect::<Vec<_>>().join(" ")
+}
+
+/// postgresql.auto.conf with `settings` replacing any earlier lines for the
+/// same parameters (the copy brings the source's own settings along).
+pub fn rewrite_auto_conf(existing: &str, settings: &[(&str, String)]) -> String {
+    let key_of = |line: &str| -> Option<String> {
+        let t = line.trim_start();
+        if t.starts_with('#') {
+            return None;
+        }
+        let key = t.split(['=', ' ', '\t']).next()?.trim().to_ascii_lowercase();
+        (!key.is_empty()).then_some(key)
+    };
+    let mut out: String = existing
+        .lines()
+        .filter(|l| key_of(l).is_none_or(|k| !settings.iter().any(|(s, _)| s.eq_ignore_ascii_case(&k))))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for (k, v) in settings {
+        out.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+    }
+    out
+}
+
+/// Files and directories a copy of a data directory leaves out, as
+/// pg_basebackup does (and gprecoverseg's differential rsync).
+pub const RSYNC_EXCLUDES: &[&str] = &[
+    "/pg_wal/*",
+    "/postmaster.pid",
+    "/postmaster.opts",
+    "/pg_replslot/*",
+    "/pg_dynshmem/*",
+    "/pg_notify/*",
+    "/pg_serial/*",
+    "/pg_snapshots/*",
+    "/pg_stat_tmp/*",
+    "/pg_subtrans/*",
+    "pgsql_tmp*",
+    "/backup_label",
+    "/backup_label.old",
+    "/tablespace_map",
+    "/standby.signal",
+    "/recovery.signal",
+    "/postgresql.auto.conf.tmp",
+    "/current_logfiles*",
+    "/log/*",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::Mode;
+
+    fn seg(dbid: i16, content: i16, role: Role, status: Status, port: i32) -> Segment {
+        Segment {
+            dbid,
+            content,
+            role,
+            preferred_role: role,
+            mode: Mode::NotInSync,
+            status,
+            port,
+            hostname: "localhost".into(),
+            address: "127.0.0.1".into(),
+            datadir: format!("/d/{dbid}"),
+        }
+    }
+
+    fn catalog() -> Vec<Segment> {
+        vec![
+            seg(1, -1, Role::Primary, Status::Up, 7000),
+            seg(2, 0, Role::Mirror, Status::Down, 7001),
+            seg(3, 0, Role::Primary, Status::Up, 7003),
+            seg(4, 1, Role::Primary, Status::Up, 7002),
+            seg(5, 1, Role::Mirror, Status::Up, 7004),
+        ]
+    }
+
+    fn plan(dbid: i32, mode: RecoveryMode, new: NewLocation) -> Result<JobSpec, CoreError> {
+        plan_recovery(&catalog(), &[], dbid, mode, &new)
+    }
+
+    #[test]
+    fn plans_in_place_and_relocation() {
+        let j = plan(2, RecoveryMode::Incremental, NewLocation::default()).unwrap();
+        assert_eq!((j.source.dbid, j.relocate, j.target.port), (3, false, 7001));
+        let new = NewLocation { port: Some(7100), datadir: Some("/new/2".into()), ..Default::default() };
+        let j = plan(2, RecoveryMode::Full, new).unwrap();
+        assert!(j.relocate);
+        assert_eq!((j.target.dbid, j.target.port, j.target.datadir.as_str()), (2, 7100, "/new/2"));
+        assert_eq!(j.original.port, 7001);
+    }
+
+    #[test]
+    fn refuses_bad_requests_naming_the_problem() {
+        let msg = |dbid, mode, new| plan(dbid, mode, new).unwrap_err().to_string();
+        use RecoveryMode::*;
+        assert!(msg(42, Full, NewLocation::default()).contains("invalid dbid \"42\": no segment with this dbid"));
+        assert!(msg(1, Full, NewLocation::default()).contains("it is the coordinator"));
+        assert!(msg(5, Full, NewLocation::default()).contains("segment dbid 5 at localhost:7004 is up"));
+        let port = |p| NewLocation { port: Some(p), ..Default::default() };
+        assert!(msg(2, Incremental, port(7100)).contains("always copied in full: use mode 'full'"));
+        assert!(msg(2, Differential, port(7100)).contains("always copied in full"));
+        assert!(msg(2, Full, port(7002)).contains("port 7002 on host localhost is already used by dbid 4"));
+        assert!(msg(2, Full, port(7001)).contains("it is where the segment already is"));
+        let dir = |d: &str| NewLocation { datadir: Some(d.into()), ..Default::default() };
+        assert!(msg(2, Full, dir("relative")).contains("must be an absolute path"));
+        assert!(msg(2, Full, dir("")).contains("must be an absolute path"));
+        assert!(msg(2, Full, dir("/")).contains("must not be the root directory"));
+        assert!(msg(2, Full, dir("/d/1")).contains("already used by dbid 1 (content -1)"), "the coordinator's datadir");
+        assert_eq!(
+            "x".parse::<RecoveryMode>().unwrap_err().to_string(),
+            "invalid recovery mode \"x\": must be one of incremental, differential, full"
+        );
+        let active = [ActiveJob { job_id: 12, dbid: 2, content: 0, state: "running".into() }];
+        let e = plan_recovery(&catalog(), &active, 2, Full, &NewLocation::default()).unwrap_err();
+        assert_eq!(e.to_string(), "content 0 already has recovery job 12 (running) for dbid 2");
+        let mut c = catalog();
+        c[2].status = Status::Down;
+        let e = plan_recovery(&c, &[], 2, Full, &NewLocation::default()).unwrap_err();
+        assert!(e.to_string().starts_with("double fault: content 0's acting primary dbid 3"), "{e}");
+    }
+
+    #[test]
+    fn parses_gprecoverseg_config_lines() {
+        let text = "# comment\n\n127.0.0.1|7001|/d/2\n\
+                    localhost|127.0.0.1|7001|/d/2 localhost|127.0.0.1|7101|/n/2\n\
+                    D|127.0.0.1|7001|/d/2\nf|h|127.0.0.1|7001|/d/2\n";
+        let lines = parse_config(text).unwrap();
+        assert_eq!(lines.len(), 4);
+        assert_eq!((lines[0].line, lines[0].mode, lines[0].failed.port), (3, None, 7001));
+        assert_eq!(lines[1].new.as_ref().unwrap().port, 7101);
+        assert_eq!(lines[1].failed.hostname.as_deref(), Some("localhost"));
+        assert_eq!(lines[2].mode, Some(RecoveryMode::Differential));
+        assert_eq!(lines[3].mode, Some(RecoveryMode::Full));
+        assert_eq!(lines[3].failed.hostname.as_deref(), Some("h"));
+        assert_eq!(config_line_segment(&catalog(), &lines[0]).unwrap().dbid, 2);
+    }
+
+    #[test]
+    fn config_errors_name_the_line() {
+        let err = |t: &str| parse_config(t).unwrap_err().to_string();
+        assert!(err("a|1|/x b|2|/y c|3|/z").contains("line 1: expected 1 or 2 groups but found 3"));
+        assert!(err("# c\na|1").contains("line 2: expected 3 or 4 parts on failed segment group, obtained 2"));
+        assert!(err("a|x|/d").contains("line 1: invalid port \"x\""));
+        assert!(err("a|1|rel").contains("absolute data directory"));
+        assert!(err("a|1|/d h|a|2|/e").contains("expected equal parts"));
+        assert!(err("I|a|1|/d b|2|/e").contains("always copied in full"));
+        let lines = parse_config("10.0.0.9|7001|/nope").unwrap();
+        let e = config_line_segment(&catalog(), &lines[0]).unwrap_err().to_string();
+        assert!(e.contains("line 1: a segment to recover was not found in configuration"), "{e}");
+    }
+
+    #[test]
+    fn writes_the_config_of_down_segments() {
+        let out = config_for_down_segments(&catalog());
+        assert!(out.ends_with("127.0.0.1|7001|/d/2\n"));
+        let lines = parse_config(&out).unwrap();
+        assert_eq!(lines.len(), 1, "the output is valid input");
+    }
+
+    #[test]
+    fn reads_progress_of_every_tool() {
+        let bb = "waiting for checkpoint\r 1024/4096 kB (25%), 0/1 tablespace (/d/base/1/123)\r\
+                  2048/4096 kB (50%), 0/1 tablespace (/d/base/1/124)\n";
+        assert_eq!(parse_progress(bb), Some(Progress { done_bytes: 2048 * 1024, total_bytes: Some(4096 * 1024) }));
+        let rw = "pg_rewind: reading source file list\n10/100 kB (10%) copied\n";
+        assert_eq!(parse_progress(rw), Some(Progress { done_bytes: 10 * 1024, total_bytes: Some(100 * 1024) }));
+        let rs = "      1,036,923,510  50%   39.90MB/s    0:00:24 (xfr#1, to-chk=0/1)\r";
+        assert_eq!(
+            parse_progress(rs),
+            Some(Progress { done_bytes: 1_036_923_510, total_bytes: Some(2_073_847_020) })
+        );
+        assert_eq!(parse_progress("pg_basebackup: starting\n"), None);
+    }
+
+    #[test]
+    fn auto_conf_settings_replace_earlier_ones() {
+        let existing = "# Do not edit this file manually!\nport = '7004'\nPRIMARY_CONNINFO = 'x'\nwork_mem = '8MB'\n";
+        let out = rewrite_auto_conf(
+            existing,
+            &[("port", "7001".into()), ("primary_conninfo", "host=a application_name='o''k'".into())],
+        );
+        assert_eq!(
+            out,
+            "# Do not edit this file manually!\nwork_mem = '8MB'\nport = '7001'\nprimary_conninfo = 'host=a application_name=''o''''k'''\n"
+        );
+    }
+
+    #[test]
+    fn conninfo_quotes_what_needs_it() {
+        assert_eq!(conninfo(&[("host", "127.0.0.1"), ("port", "7001")]), "host=127.0.0.1 port=7001");
+        assert_eq!(conninfo_value("a b'c"), "'a b\\'c'");
+    }
+}
+
+/// Checks what a live probe of the source found: it must answer and be a primary.
+pub fn verify_source(source: &Segment, probe: &crate::probe::ProbeResult) -> Result<(), CoreError> {
+    match probe {
+        Err(e) => Err(double_fault(source, &format!("does not answer ({e})"))),
+        Ok(p) if p.in_recovery => Err(double_fault(source, "is in recovery, not a primary")),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// A recovery job as the worker reads it from gp_recovery_job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobRecord {
+    pub job_id: i64,
+    pub recovery_type: String,
+    pub dbid: i16,
+    pub content: i16,
+    pub relocate: bool,
+    pub source_dbid: i16,
+    pub target_hostname: String,
+    pub target_address: String,
+    pub target_port: i32,
+    pub target_datadir: String,
+    pub original: Segment,
+    pub phase: String,
+}
+
+impl JobRecord {
+    pub fn mode(&self) -> Result<RecoveryMode, CoreError> {
+        self.recovery_type.parse()
+    }
+
+    /// The segment where the job puts it.
+    pub fn target(&self) -> Segment {
+        Segment {
+            hostname: self.target_hostname.clone(),
+            address: self.target_address.clone(),
+            port: self.target_port,
+            datadir: self.target_datadir.clone(),
+            ..self.original.clone()
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! gprecoverseg as SQL: the functions that validate a recovery, queue it as
+//! a job for the "gp_recovery jobs" worker (src/recovery_worker.rs) and
+//! return its id at once, and those that wait for and cancel jobs.
+
+use gp_recovery_core::recovery::{
+    self, at_line, config_line_segment, plan_recovery, ActiveJob, JobSpec, NewLocation, RecoveryMode,
+};
+use gp_recovery_core::segment::{Segment, Status};
+use gp_recovery_core::CoreError;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+use crate::error::{internal, raise, OrRaise};
+use crate::{catalog, latch, recovery_worker, segment_client};
+
+fn require_worker() {
+    if !crate::preloaded() {
+        pgrx::ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "recovery jobs are run by the gp_recovery background worker: gp_recovery must be in shared_preload_libraries"
+        );
+    }
+}
+
+fn active_jobs() -> Vec<ActiveJob> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT job_id, dbid, content, state FROM public.gp_recovery_job \
+                  WHERE state IN ('queued', 'running') ORDER BY job_id",
+                None,
+                &[],
+            )?
+            .map(|r| {
+                Ok(ActiveJob {
+                    job_id: r.get::<i64>(1)?.unwrap_or_default(),
+                    dbid: r.get::<i16>(2)?.unwrap_or_default(),
+                    content: r.get::<i16>(3)?.unwrap_or_default(),
+                    state: r.get::<String>(4)?.unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .or_raise()
+}
+
+/// Checks that every job's source answers as a primary now (a double fault
+/// otherwise), all sources at once.
+fn verify_sources(specs: &[JobSpec]) -> Result<(), CoreError> {
+    let sources: Vec<Segment> = specs.iter().map(|s| s.source.clone()).collect();
+    let probes = segment_client::probe_all(&sources);
+    for s in &sources {
+        let probe = probes.get(&s.dbid).cloned().unwrap_or_else(|| Err("not probed".into()));
+        recovery::verify_source(s, &probe)?;
+    }
+    Ok(())
+}
+
+fn insert_job(spec: &JobSpec) -> i64 {
+    let original = serde_json::to_value(&spec.original).unwrap_or_else(|e| internal("job row", e));
+    let (s, t) = (&spec.source, &spec.target);
+    Spi::get_one_with_args::<i64>(
+        "INSERT INTO public.gp_recovery_job (recovery_type, dbid, content, relocate, \
+           source_dbid, source_hostname, source_address, source_port, source_datadir, \
+           target_hostname, target_address, target_port, target_datadir, original) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING job_id",
+        &[
+            spec.mode.as_str().into(),
+            t.dbid.into(),
+            t.content.into(),
+            spec.relocate.into(),
+            s.dbid.into(),
+            s.hostname.as_str().into(),
+            s.address.as_str().into(),
+            s.port.into(),
+            s.datadir.as_str().into(),
+            t.hostname.as_str().into(),
+            t.address.as_str().into(),
+            t.port.into(),
+            t.datadir.as_str().into(),
+            pgrx::JsonB(original).into(),
+        ],
+    )
+    .or_raise()
+    .unwrap_or_else(|| internal("job row", "INSERT returned no job_id"))
+}
+
+/// Validates the jobs, checks their sources live, and queues them all (or
+/// none) in this transaction; the worker is woken at commit time or sooner.
+fn submit(specs: Vec<JobSpec>) -> Vec<i64> {
+    verify_sources(&specs).or_raise();
+    let ids: Vec<i64> = specs.iter().map(insert_job).collect();
+    for (id, spec) in ids.iter().zip(&specs) {
+        notice!(
+            "recovery job {id}: {} recovery of dbid {} (content {}) at {}:{} from dbid {} at {}",
+            spec.mode,
+            spec.target.dbid,
+            spec.target.content,
+            spec.target.hostname,
+            spec.target.port,
+            spec.source.dbid,
+            spec.source.location()
+        );
+    }
+    recovery_worker::wake();
+    ids
+}
+
+/// One job for the whole queue and catalog view: serialized with other
+/// submitters so two callers cannot both plan a job for one content.
+fn lock_jobs() {
+    Spi::run("LOCK TABLE public.gp_recovery_job IN SHARE ROW EXCLUSIVE MODE").or_raise();
+}
+
+/// Recovers one down segment (gprecoverseg for one segment); returns the job id.
+#[pg_extern]
+fn gp_recover_segment(
+    dbid: i32,
+    mode: default!(&str, "'incremental'"),
+    new_hostname: default!(Option<&str>, "NULL"),
+    new_port: default!(Option<i32>, "NULL"),
+    new_datadir: default!(Option<&str>, "NULL"),
+) -> i64 {
+    require_worker();
+    let mode = mode.parse::<RecoveryMode>().or_raise();
+    lock_jobs();
+    let new = NewLocation {
+        hostname: new_hostname.map(str::to_string),
+        address: None,
+        port: new_port,
+        datadir: new_datadir.map(str::to_string),
+    };
+    let spec = plan_recovery(&catalog::load(), &active_jobs(), dbid, mode, &new).or_raise();
+    submit(vec![spec])[0]
+}
+
+/// Recovers every down segment in place (gprecoverseg with no arguments).
+#[pg_extern]
+fn gp_recover_all(mode: default!(&str, "'incremental'")) -> SetOfIterator<'static, i64> {
+    require_worker();
+    let mode = mode.parse::<RecoveryMode>().or_raise();
+    lock_jobs();
+    let catalog = catalog::load();
+    let mut active = active_jobs();
+    let mut specs = Vec::new();
+    for s in catalog.iter().filter(|s| !s.is_coordinator() && s.status == Status::Down) {
+        match plan_recovery(&catalog, &active, s.dbid.into(), mode, &NewLocation::default()) {
+            Ok(spec) => {
+                active.push(ActiveJob { job_id: 0, dbid: s.dbid, content: s.content, state: "planned".into() });
+                specs.push(spec);
+            }
+            Err(e) => warning!("skipping dbid {}: {e}", s.dbid),
+        }
+    }
+    if specs.is_empty() {
+        notice!("No segments to recover");
+        return SetOfIterator::new(Vec::new());
+    }
+    SetOfIterator::new(submit(specs))
+}
+
+/// Recovers the segments a gprecoverseg -i configuration lists, all or none.
+#[pg_extern]
+fn gp_recover_from_config(config: &str) -> SetOfIterator<'static, i64> {
+    require_worker();
+    let lines = recovery::parse_config(config).or_raise();
+    lock_jobs();
+    let catalog = catalog::load();
+    let mut active = active_jobs();
+    let mut specs = Vec::new();
+    let mut seen: Vec<(i16, usize)> = Vec::new();
+    for line in &lines {
+        let segment = config_line_segment(&catalog, line).or_raise();
+        if let Some((_, first)) = seen.iter().find(|(d, _)| *d == segment.dbid) {
+            raise(CoreError::Config {
+                line: line.line,
+                message: format!("dbid {} is already recovered by line {first}", segment.dbid),
+            });
+        }
+        seen.push((segment.dbid, line.line));
+        let new = line.new.as_ref().map_or_else(NewLocation::default, |n| NewLocation {
+            hostname: Some(n.hostname.clone().unwrap_or_else(|| n.address.clone())),
+            address: Some(n.address.clone()),
+            port: Some(n.port),
+            datadir: Some(n.datadir.clone()),
+        });
+        let mode = line.mode.unwrap_or(if line.new.is_some() { RecoveryMode::Full } else { RecoveryMode::Incremental });
+        let spec = plan_recovery(&catalog, &active, segment.dbid.into(), mode, &new)
+            .map_err(|e| at_line(line.line, e))
+            .or_raise();
+        active.push(ActiveJob { job_id: 0, dbid: segment.dbid, content: segment.content, state: "planned".into() });
+        specs.push(spec);
+    }
+    if specs.is_empty() {
+        notice!("No segments to recover");
+        return SetOfIterator::new(Vec::new());
+    }
+    SetOfIterator::new(submit(specs))
+}
+
+/// The gprecoverseg -o output: a configuration for the segments now down.
+#[pg_extern]
+fn gp_recovery_config() -> String {
+    recovery::config_for_down_segments(&catalog::load())
+}
+
+fn job_state(job_id: i64) -> Option<(String, String, Option<String>)> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT state, phase, error FROM public.gp_recovery_job WHERE job_id = $1",
+            None,
+            &[job_id.into()],
+        )?;
+        match rows.into_iter().next() {
+            Some(r) => Ok::<_, pgrx::spi::Error>(Some((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?,
+            ))),
+            None => Ok(None),
+        }
+    })
+    .or_raise()
+}
+
+fn no_such_job(job_id: i64) -> ! {
+    pgrx::ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+        format!("recovery job {job_id} does not exist")
+    );
+}
+
+/// Waits until a job ends and returns its final state; a failed job is an
+/// ERROR carrying its error, so scripts and pg_cron see the failure.
+#[pg_extern]
+fn gp_recovery_wait(job_id: i64, timeout: default!(Option<pgrx::datum::Interval>, "NULL")) -> String {
+    let limit = timeout.map(|t| {
+        let secs = Spi::get_one_with_args::<f64>("SELECT extract(epoch FROM $1)::float8", &[t.into()])
+            .or_raise()
+            .unwrap_or(0.0);
+        std::time::Duration::from_secs_f64(secs.max(0.0))
+    });
+    let started = std::time::Instant::now();
+    loop {
+        let Some((state, phase, error)) = job_state(job_id) else { no_such_job(job_id) };
+        match state.as_str() {
+            "succeeded" | "canceled" => return state,
+            "failed" => {
+                pgrx::ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+                    format!("recovery job {job_id} failed: {}", error.unwrap_or_default())
+                );
+            }
+            _ => {}
+        }
+        if limit.is_some_and(|l| started.elapsed() >= l) {
+            pgrx::ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+                format!("recovery job {job_id} did not end within the timeout: it is {state} (phase {phase})")
+            );
+        }
+        latch::nap(200);
+    }
+}
+
+/// Cancels a job: a queued job never starts; a running one has its child
+/// processes stopped, the segment left down and the catalog put back.
+/// Returns false when the job had already ended.
+#[pg_extern]
+fn gp_recovery_cancel(job_id: i64) -> bool {
+    let queued = Spi::get_one_with_args::<i64>(
+        "UPDATE public.gp_recovery_job SET state = 'canceled', phase = 'canceled', finished_at = now(), \
+                updated_at = now(), error = 'canceled by ' || current_user || ' before it started' \
+          WHERE job_id = $1 AND state = 'queued' RETURNING job_id",
+        &[job_id.into()],
+    )
+    .or_raise();
+    if queued.is_some() {
+        return true;
+    }
+    let running = Spi::get_one_with_args::<i64>(
+        "UPDATE public.gp_recovery_job SET cancel_requested = true \
+          WHERE job_id = $1 AND state = 'running' RETURNING job_id",
+        &[job_id.into()],
+    )
+    .or_raise();
+    if running.is_some() {
+        recovery_worker::wake();
+        return true;
+    }
+    match job_state(job_id) {
+        Some((state, _, _)) => {
+            notice!("recovery job {job_id} has already ended: {state}");
+            false
+        }
+        None => no_such_job(job_id),
+    }
+}

@@ -1,0 +1,1046 @@
+//! The recovery jobs worker: a background worker on the coordinator that
+//! runs queued gp_recovery_job rows, several at once up to
+//! gp_recovery.max_parallel_jobs, each through its phases:
+//!
+//!   stopping → checking source → rewinding / copying → configuring →
+//!   starting → connecting → marking up → catching up → synchronizing
+//!
+//! The copy tools (pg_rewind, pg_basebackup, rsync) and pg_ctl run as child
+//! processes whose output goes to a log file under the coordinator's
+//! gp_recovery_log/, read back for progress. Nothing holds a transaction
+//! open while a child runs: each tick polls the children, then writes phase
+//! and progress in one short transaction. The pair becomes synchronized
+//! through the fault tolerance service, which the job asks for rounds.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use gp_recovery_core::probe::{ProbeResult, MIRROR_APPLICATION_NAME, SLOT_NAME};
+use gp_recovery_core::recovery::{self, JobRecord, Progress, RecoveryMode};
+use gp_recovery_core::segment::{Mode, Role, Segment, Status};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PgAtomic};
+
+use crate::error::OrRaise;
+use crate::segment_client::{block_on, server_user, Target};
+use crate::{catalog, fts, gucs, latch};
+
+static JOBS_WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"gp_recovery_jobs_worker_pid") };
+
+/// Shared memory and the worker; only while loading via shared_preload_libraries.
+pub fn init() {
+    pg_shmem_init!(JOBS_WORKER_PID);
+    BackgroundWorkerBuilder::new("gp_recovery jobs")
+        .set_type("gp_recovery jobs")
+        .set_library("gp_recovery")
+        .set_function("gp_recovery_jobs_main")
+        .enable_spi_access()
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+/// Tells the worker there is something to do.
+pub fn wake() {
+    if crate::preloaded() {
+        latch::wake(JOBS_WORKER_PID.get().load(Ordering::SeqCst));
+    }
+}
+
+/// History texts, as gprecoverseg writes them.
+const RESYNC: &str = "gprecoverseg: segment config for resync";
+const BACKOUT: &str = "gprecoverseg: segment config for backout";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Stopping,
+    CheckingSource,
+    Copying,
+    Configuring,
+    Starting,
+    Connecting,
+    MarkingUp,
+    CatchingUp,
+    Synchronizing,
+}
+
+impl Phase {
+    fn name(self, mode: RecoveryMode) -> &'static str {
+        match self {
+            Phase::Stopping => "stopping",
+            Phase::CheckingSource => "checking source",
+            Phase::Copying if mode == RecoveryMode::Incremental => "rewinding",
+            Phase::Copying => "copying",
+            Phase::Configuring => "configuring",
+            Phase::Starting => "starting",
+            Phase::Connecting => "connecting",
+            Phase::MarkingUp => "marking up",
+            Phase::CatchingUp => "catching up",
+            Phase::Synchronizing => "synchronizing",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Phase> {
+        [
+            Phase::Stopping,
+            Phase::CheckingSource,
+            Phase::Copying,
+            Phase::Configuring,
+            Phase::Starting,
+            Phase::Connecting,
+            Phase::MarkingUp,
+            Phase::CatchingUp,
+            Phase::Synchronizing,
+        ]
+        .into_iter()
+        .find(|p| p.name(RecoveryMode::Full) == name || p.name(RecoveryMode::Incremental) == name)
+    }
+}
+
+/// What one step of a job decided.
+enum Step {
+    Stay,
+    Next(Phase),
+    Succeeded,
+    Fail(String),
+}
+
+/// A child process of a job, with the file its output goes to.
+struct Tool {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// A running job.
+struct Job {
+    rec: JobRecord,
+    mode: RecoveryMode,
+    target: Segment,
+    source: Option<Segment>,
+    phase: Phase,
+    tool: Option<Tool>,
+    /// The session holding a differential recovery's base backup open.
+    backup: Option<tokio_postgres::Client>,
+    /// A full recovery in place moved the old data directory aside.
+    swapped: bool,
+    next_check: Instant,
+    deadline: Option<Instant>,
+    progress: Option<Progress>,
+    wal_remaining: Option<i64>,
+    logfile: Option<PathBuf>,
+}
+
+fn suffixed(dir: &str, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", dir.trim_end_matches('/')))
+}
+
+/// The directory of the server's own programs (pg_ctl, pg_rewind, ...).
+fn bindir() -> PathBuf {
+    // SAFETY: my_exec_path is a NUL-terminated path set at backend start.
+    let exec = unsafe { std::ffi::CStr::from_ptr(std::ptr::addr_of!(pg_sys::my_exec_path).cast()) };
+    Path::new(&*exec.to_string_lossy()).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// gp_recovery_log/ under the coordinator's data directory.
+fn log_dir() -> PathBuf {
+    // SAFETY: DataDir is set before any worker starts.
+    let data = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
+    PathBuf::from(&*data.to_string_lossy()).join("gp_recovery_log")
+}
+
+/// The last lines of a tool's output, for error messages.
+fn tail(path: &Path) -> String {
+    let text = fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let lines: Vec<&str> = text.split(['\n', '\r']).filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" / ")
+}
+
+fn remove_dir(path: &Path) -> Result<(), String> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("could not remove {}: {e}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Adds gp_recovery.max_rate (kB/s) to a copy tool's arguments.
+fn with_rate(mut args: Vec<String>, option: &str) -> Vec<String> {
+    let rate = gucs::MAX_RATE.get();
+    if rate > 0 {
+        // pg_basebackup accepts 32 kB/s at the least.
+        args.insert(0, format!("{option}{}k", rate.max(32)));
+    }
+    args
+}
+
+fn timeout() -> Duration {
+    Duration::from_secs(u64::try_from(gucs::FTS_PROBE_TIMEOUT.get()).unwrap_or(20).max(1))
+}
+
+impl Job {
+    fn new(rec: JobRecord) -> Result<Job, String> {
+        let mode = rec.mode().map_err(|e| e.to_string())?;
+        let phase = Phase::from_name(&rec.phase).unwrap_or(Phase::Stopping);
+        Ok(Job {
+            target: rec.target(),
+            rec,
+            mode,
+            source: None,
+            phase,
+            tool: None,
+            backup: None,
+            swapped: false,
+            next_check: Instant::now(),
+            deadline: None,
+            progress: None,
+            wal_remaining: None,
+            logfile: None,
+        })
+    }
+
+    fn id(&self) -> i64 {
+        self.rec.job_id
+    }
+
+    fn dbid(&self) -> i16 {
+        self.rec.dbid
+    }
+
+    fn phase_name(&self) -> &'static str {
+        self.phase.name(self.mode)
+    }
+
+    fn source(&self) -> Result<&Segment, String> {
+        self.source.as_ref().ok_or_else(|| "the source was not checked".to_string())
+    }
+
+    /// Starts a child process whose output goes to the job's log file for
+    /// that tool. Copy tools die with the worker (PR_SET_PDEATHSIG) and run
+    /// in their own process group so a cancel stops all they started.
+    fn spawn(&mut self, name: &'static str, args: &[String], dies_with_worker: bool) -> Result<(), String> {
+        let dir = log_dir();
+        fs::create_dir_all(&dir).map_err(|e| format!("could not create {}: {e}", dir.display()))?;
+        let log = dir.join(format!("{name}.job{}.dbid{}.out", self.id(), self.dbid()));
+        let out = fs::File::create(&log).map_err(|e| format!("could not create {}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let program = if name == "rsync" { PathBuf::from("rsync") } else { bindir().join(name) };
+        let mut cmd = Command::new(&program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .current_dir("/")
+            .env("LC_ALL", "C")
+            .env("PGAPPNAME", "gp_recovery")
+            .env("PGCONNECT_TIMEOUT", timeout().as_secs().to_string())
+            .process_group(0);
+        if dies_with_worker {
+            // SAFETY: prctl is async-signal-safe; it only sets this child's
+            // parent-death signal.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().map_err(|e| format!("could not run {}: {e}", program.display()))?;
+        log!(
+            "gp_recovery: job {} (dbid {}): running {} {}; output in {}",
+            self.id(),
+            self.dbid(),
+            program.display(),
+            args.join(" "),
+            log.display()
+        );
+        if name != "pg_ctl" {
+            self.logfile = Some(log.clone());
+        }
+        self.tool = Some(Tool { name, child, log });
+        Ok(())
+    }
+
+    /// None while the child runs; its result once it has exited.
+    fn poll_tool(&mut self) -> Option<Result<(), String>> {
+        let tool = self.tool.as_mut()?;
+        if tool.name != "pg_ctl" {
+            let text = fs::read(&tool.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            if let Some(p) = recovery::parse_progress(&text) {
+                self.progress = Some(p);
+            }
+        }
+        let status = match tool.child.try_wait() {
+            Ok(None) => return None,
+            Ok(Some(status)) => status,
+            Err(e) => return Some(Err(format!("could not wait for {}: {e}", tool.name))),
+        };
+        let tool = self.tool.take()?;
+        // rsync's 24: some source files vanished while copying (dropped
+        // tables); the WAL replayed from the backup start covers them.
+        let ok = status.success() || (tool.name == "rsync" && status.code() == Some(24));
+        Some(if ok {
+            Ok(())
+        } else {
+            Err(format!("{} failed ({status}): {} (output in {})", tool.name, tail(&tool.log), tool.log.display()))
+        })
+    }
+
+    /// Stops a child and everything it started.
+    fn kill_tool(&mut self) {
+        if let Some(mut tool) = self.tool.take() {
+            let group = -(tool.child.id() as i32);
+            // SAFETY: signals the process group this job created.
+            unsafe { libc::kill(group, libc::SIGTERM) };
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                if let Ok(Some(_)) = tool.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // SAFETY: as above; it did not stop on SIGTERM.
+            unsafe { libc::kill(group, libc::SIGKILL) };
+            let _ = tool.child.wait();
+        }
+    }
+
+    /// Runs the current phase one step further.
+    fn step(&mut self) -> Step {
+        match self.phase {
+            Phase::Stopping => self.stopping(),
+            Phase::CheckingSource => self.checking_source(),
+            Phase::Copying => self.copying(),
+            Phase::Configuring => self.configuring(),
+            Phase::Starting => self.starting(),
+            Phase::Connecting => self.connecting(),
+            Phase::MarkingUp => self.marking_up(),
+            Phase::CatchingUp => self.catching_up(),
+            Phase::Synchronizing => self.synchronizing(),
+        }
+    }
+
+    /// Makes sure the failed segment is not running.
+    fn stopping(&mut self) -> Step {
+        if self.tool.is_some() {
+            return match self.poll_tool() {
+                None => Step::Stay,
+                // pg_ctl fails when nothing runs; what counts is below.
+                Some(_) => self.check_stopped(),
+            };
+        }
+        let datadir = PathBuf::from(&self.rec.original.datadir);
+        if !datadir.join("postmaster.pid").exists() {
+            return Step::Next(Phase::CheckingSource);
+        }
+        let args = vec!["stop".into(), "-D".into(), self.rec.original.datadir.clone(), "-m".into(), "fast".into(), "-w".into(), "-t".into(), "60".into()];
+        match self.spawn("pg_ctl", &args, true) {
+            Ok(()) => Step::Stay,
+            Err(e) => Step::Fail(e),
+        }
+    }
+
+    fn check_stopped(&mut self) -> Step {
+        let pidfile = Path::new(&self.rec.original.datadir).join("postmaster.pid");
+        let running = fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            // SAFETY: signal 0 only checks that the process exists.
+            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        if running {
+            Step::Fail(format!("could not stop the failed segment in {}", self.rec.original.datadir))
+        } else {
+            Step::Next(Phase::CheckingSource)
+        }
+    }
+
+    /// The source must still be the content's acting primary, up, and answer
+    /// as a primary.
+    fn checking_source(&mut self) -> Step {
+        let catalog = BackgroundWorker::transaction(catalog::load);
+        let Some(source) = catalog.iter().find(|s| s.content == self.rec.content && s.role == Role::Primary).cloned()
+        else {
+            return Step::Fail(format!("double fault: content {} has no acting primary", self.rec.content));
+        };
+        if source.dbid != self.rec.source_dbid {
+            return Step::Fail(format!(
+                "the acting primary of content {} changed from dbid {} to dbid {} since the job was submitted; submit it again",
+                self.rec.content, self.rec.source_dbid, source.dbid
+            ));
+        }
+        let probe = block_on(Target::new(&source, timeout()).probe());
+        if let Err(e) = recovery::verify_source(&source, &probe) {
+            return Step::Fail(e.to_string());
+        }
+        self.source = Some(source);
+        Step::Next(Phase::Copying)
+    }
+
+    fn copying(&mut self) -> Step {
+        if self.tool.is_some() {
+            return match self.poll_tool() {
+                None => Step::Stay,
+                Some(Err(e)) => Step::Fail(self.copy_failure(e)),
+                Some(Ok(())) => match self.copy_done() {
+                    Ok(()) => Step::Next(Phase::Configuring),
+                    Err(e) => Step::Fail(self.copy_failure(e)),
+                },
+            };
+        }
+        match self.start_copy() {
+            Ok(true) => Step::Stay,
+            Ok(false) => Step::Next(Phase::Configuring),
+            Err(e) => Step::Fail(self.copy_failure(e)),
+        }
+    }
+
+    /// Adds gprecoverseg's advice to a failed copy.
+    fn copy_failure(&self, e: String) -> String {
+        let dbid = self.dbid();
+        match self.mode {
+            RecoveryMode::Incremental => format!(
+                "{e}. Incremental recovery failed: run gp_recover_segment({dbid}, 'differential') or gp_recover_segment({dbid}, 'full')"
+            ),
+            RecoveryMode::Differential => format!(
+                "{e}. Differential recovery failed and may have changed the data directory: run gp_recover_segment({dbid}, 'differential') again or gp_recover_segment({dbid}, 'full')"
+            ),
+            RecoveryMode::Full => e,
+        }
+    }
+
+    fn user_conninfo(source: &Segment, application_name: &str) -> String {
+        let port = source.port.to_string();
+        let user = server_user();
+        recovery::conninfo(&[
+            ("host", &source.address),
+            ("port", &port),
+            ("user", &user),
+            ("dbname", "postgres"),
+            ("application_name", application_name),
+        ])
+    }
+
+    /// Starts the mode's copy; Ok(false) when there is nothing to copy.
+    fn start_copy(&mut self) -> Result<bool, String> {
+        let source = self.source()?.clone();
+        let src = Target::new(&source, timeout());
+        let target_dir = self.target.datadir.clone();
+        match self.mode {
+            RecoveryMode::Incremental => {
+                block_on(src.create_slot(false))?;
+                if Path::new(&target_dir).join("standby.signal").exists() {
+                    log!(
+                        "gp_recovery: job {} (dbid {}): skipping pg_rewind on mirror as standby.signal is present",
+                        self.id(),
+                        self.dbid()
+                    );
+                    return Ok(false);
+                }
+                block_on(src.checkpoint())?;
+                let args = vec![
+                    format!("--target-pgdata={target_dir}"),
+                    format!("--source-server={}", Self::user_conninfo(&source, "gp_recovery_pg_rewind")),
+                    "--progress".into(),
+                ];
+                self.spawn("pg_rewind", &args, true)?;
+            }
+            RecoveryMode::Full => {
+                let new_dir = suffixed(&target_dir, ".gp_recovery_new");
+                remove_dir(&new_dir)?;
+                if self.rec.relocate {
+                    let existing = fs::read_dir(&target_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+                    if existing {
+                        return Err(format!("the new data directory {target_dir} exists and is not empty"));
+                    }
+                }
+                if let Some(parent) = new_dir.parent() {
+                    fs::create_dir_all(parent).map_err(|e| format!("could not create {}: {e}", parent.display()))?;
+                }
+                block_on(src.create_slot(true))?;
+                let args = vec![
+                    "-h".into(),
+                    source.address.clone(),
+                    "-p".into(),
+                    source.port.to_string(),
+                    "-U".into(),
+                    server_user(),
+                    "-D".into(),
+                    new_dir.to_string_lossy().into_owned(),
+                    "-X".into(),
+                    "stream".into(),
+                    "-c".into(),
+                    "fast".into(),
+                    "-S".into(),
+                    SLOT_NAME.into(),
+                    "--no-verify-checksums".into(),
+                    "--progress".into(),
+                    "--verbose".into(),
+                ];
+                self.spawn("pg_basebackup", &with_rate(args, "--max-rate="), true)?;
+            }
+            RecoveryMode::Differential => {
+                // The slot keeps all WAL from before the backup starts, so
+                // the mirror streams what the copy needs.
+                block_on(src.create_slot(true))?;
+                self.backup = Some(block_on(src.backup_start(&format!("gp_recovery job {}", self.id())))?);
+                let mut args: Vec<String> =
+                    vec!["-a".into(), "--delete".into(), "--checksum".into(), "--info=progress2".into(), "--no-inc-recursive".into()];
+                args.extend(recovery::RSYNC_EXCLUDES.iter().map(|e| format!("--exclude={e}")));
+                args.push(format!("{}/", source.datadir.trim_end_matches('/')));
+                args.push(format!("{}/", target_dir.trim_end_matches('/')));
+                self.spawn("rsync", &with_rate(args, "--bwlimit="), true)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// What follows a successful copy.
+    fn copy_done(&mut self) -> Result<(), String> {
+        let target_dir = self.target.datadir.clone();
+        match self.mode {
+            RecoveryMode::Incremental => Ok(()),
+            RecoveryMode::Full => {
+                // The new copy is complete: only now does the old data
+                // directory move aside (removed once the job succeeds).
+                let new_dir = suffixed(&target_dir, ".gp_recovery_new");
+                if !self.rec.relocate && Path::new(&target_dir).exists() {
+                    let old = suffixed(&target_dir, ".gp_recovery_old");
+                    remove_dir(&old)?;
+                    fs::rename(&target_dir, &old).map_err(|e| format!("could not move {target_dir} aside: {e}"))?;
+                    self.swapped = true;
+                }
+                fs::rename(&new_dir, &target_dir)
+                    .map_err(|e| format!("could not move {} to {target_dir}: {e}", new_dir.display()))
+            }
+            RecoveryMode::Differential => {
+                let source = self.source()?.clone();
+                let session = self.backup.take().ok_or("the backup session is gone")?;
+                let (label, map) = block_on(Target::new(&source, timeout()).backup_stop(&session))?;
+                drop(session);
+                let dir = Path::new(&target_dir);
+                fs::write(dir.join("backup_label"), label).map_err(|e| format!("could not write backup_label: {e}"))?;
+                if !map.is_empty() {
+                    fs::write(dir.join("tablespace_map"), map).map_err(|e| format!("could not write tablespace_map: {e}"))?;
+                }
+                // WAL of the old timeline must not be replayed: the mirror
+                // streams what it needs from the slot.
+                if let Ok(entries) = fs::read_dir(dir.join("pg_wal")) {
+                    for e in entries.flatten().filter(|e| e.path().is_file()) {
+                        fs::remove_file(e.path()).map_err(|err| format!("could not clear pg_wal: {err}"))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// standby.signal, primary_conninfo to the acting primary, the slot, and
+    /// the segment's own port (the copy brought the source's settings).
+    fn configuring(&mut self) -> Step {
+        let source = match self.source() {
+            Ok(s) => s.clone(),
+            Err(e) => return Step::Fail(e),
+        };
+        let dir = PathBuf::from(&self.target.datadir);
+        let auto = dir.join("postgresql.auto.conf");
+        let existing = fs::read_to_string(&auto).unwrap_or_default();
+        let text = recovery::rewrite_auto_conf(
+            &existing,
+            &[
+                ("port", self.target.port.to_string()),
+                ("primary_conninfo", Self::user_conninfo(&source, MIRROR_APPLICATION_NAME)),
+                ("primary_slot_name", SLOT_NAME.to_string()),
+                ("synchronous_standby_names", String::new()),
+            ],
+        );
+        let result = fs::write(&auto, text)
+            .and_then(|_| fs::write(dir.join("standby.signal"), ""))
+            .and_then(|_| match fs::remove_file(dir.join("recovery.signal")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            });
+        match result {
+            Ok(()) => Step::Next(Phase::Starting),
+            Err(e) => Step::Fail(format!("could not configure {}: {e}", dir.display())),
+        }
+    }
+
+    fn starting(&mut self) -> Step {
+        if self.tool.is_some() {
+            return match self.poll_tool() {
+                None => Step::Stay,
+                Some(Err(e)) => Step::Fail(format!("the segment did not start: {e}")),
+                Some(Ok(())) => {
+                    self.deadline = Some(Instant::now() + Duration::from_secs(120));
+                    Step::Next(Phase::Connecting)
+                }
+            };
+        }
+        let log = log_dir().join(format!("postgres.dbid{}.log", self.dbid()));
+        let args = vec![
+            "start".into(),
+            "-D".into(),
+            self.target.datadir.clone(),
+            "-l".into(),
+            log.to_string_lossy().into_owned(),
+            "-w".into(),
+            "-t".into(),
+            "600".into(),
+        ];
+        // The postmaster must outlive this worker: no parent-death signal.
+        match self.spawn("pg_ctl", &args, false) {
+            Ok(()) => Step::Stay,
+            Err(e) => Step::Fail(e),
+        }
+    }
+
+    /// What the acting primary reports now, at most once a second.
+    fn source_probe(&mut self) -> Option<ProbeResult> {
+        if Instant::now() < self.next_check {
+            return None;
+        }
+        self.next_check = Instant::now() + Duration::from_secs(1);
+        let source = self.source.clone()?;
+        Some(block_on(Target::new(&source, timeout()).probe()))
+    }
+
+    /// Waits until the primary reports a stream from the new mirror, so that
+    /// the fault tolerance service never sees an 'up' mirror without one.
+    fn connecting(&mut self) -> Step {
+        if let Some(Ok(p)) = self.source_probe() {
+            if let Some(r) = p.mirror_replication() {
+                self.wal_remaining = r.bytes_behind;
+                return Step::Next(Phase::MarkingUp);
+            }
+        }
+        if self.deadline.is_some_and(|d| Instant::now() > d) {
+            return Step::Fail("the segment started but did not stream from its primary within 120 s".into());
+        }
+        Step::Stay
+    }
+
+    fn marking_up(&mut self) -> Step {
+        let target = self.target.clone();
+        let marked = BackgroundWorker::transaction(|| {
+            let rows = catalog::lock_rows(&[target.dbid]);
+            match rows.first() {
+                Some(now) if now.status == Status::Down => {
+                    let up = Segment { status: Status::Up, mode: Mode::NotInSync, role: Role::Mirror, ..target.clone() };
+                    catalog::update_rows(&[up], |s| {
+                        format!(
+                            "{RESYNC}: update role, status, and mode for dbid {} with contentid {} to {}, {}, and {}",
+                            s.dbid,
+                            s.content,
+                            s.role.letter(),
+                            s.status.letter(),
+                            s.mode.letter()
+                        )
+                    });
+                    true
+                }
+                _ => false,
+            }
+        });
+        if !marked {
+            return Step::Fail(format!("dbid {} is no longer down in the catalog", target.dbid));
+        }
+        fts::request_round();
+        Step::Next(Phase::CatchingUp)
+    }
+
+    fn catching_up(&mut self) -> Step {
+        if let Some(Ok(p)) = self.source_probe() {
+            match p.mirror_replication() {
+                Some(r) => {
+                    self.wal_remaining = r.bytes_behind;
+                    if r.state == "streaming" {
+                        fts::request_round();
+                        return Step::Next(Phase::Synchronizing);
+                    }
+                }
+                None => self.wal_remaining = None,
+            }
+        }
+        Step::Stay
+    }
+
+    /// The fault tolerance service turns synchronous replication on and
+    /// marks the pair 's'; the job ends when it has.
+    fn synchronizing(&mut self) -> Step {
+        if Instant::now() < self.next_check {
+            return Step::Stay;
+        }
+        self.next_check = Instant::now() + Duration::from_millis(500);
+        let catalog = BackgroundWorker::transaction(catalog::load);
+        let pair: Vec<&Segment> = catalog.iter().filter(|s| s.content == self.rec.content).collect();
+        if pair.len() == 2 && pair.iter().all(|s| s.status == Status::Up && s.mode == Mode::Synchronized) {
+            self.wal_remaining = Some(0);
+            return Step::Succeeded;
+        }
+        fts::request_round();
+        Step::Stay
+    }
+
+    /// After a failure or cancel: stop what runs, put the old data directory
+    /// back (full), and leave the segment down with the catalog as before.
+    /// Returns notes for the error text.
+    fn back_out(&mut self) -> String {
+        let mut notes = Vec::new();
+        self.kill_tool();
+        // Closing the session ends a differential's base backup.
+        self.backup = None;
+        if self.phase >= Phase::Starting {
+            let _ = Command::new(bindir().join("pg_ctl"))
+                .args(["stop", "-D", &self.target.datadir, "-m", "fast", "-w", "-t", "60"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        if self.mode == RecoveryMode::Full {
+            let target_dir = self.target.datadir.clone();
+            let old = suffixed(&target_dir, ".gp_recovery_old");
+            let restored = if self.swapped {
+                remove_dir(Path::new(&target_dir)).and_then(|_| {
+                    fs::rename(&old, &target_dir).map_err(|e| format!("could not move {} back: {e}", old.display()))
+                })
+            } else if self.rec.relocate && self.phase > Phase::Copying {
+                remove_dir(Path::new(&target_dir))
+            } else {
+                Ok(())
+            };
+            if let Err(e) = restored.and_then(|_| remove_dir(&suffixed(&target_dir, ".gp_recovery_new"))) {
+                notes.push(e);
+            }
+        }
+        let (original, relocate, mode) = (self.rec.original.clone(), self.rec.relocate, self.mode);
+        BackgroundWorker::transaction(|| {
+            let catalog_now = catalog::load();
+            let Some(now) = catalog_now.iter().find(|s| s.dbid == original.dbid) else { return };
+            let down = Segment { status: Status::Down, mode: Mode::NotInSync, role: Role::Mirror, ..now.clone() };
+            let row = if mode == RecoveryMode::Full || relocate {
+                Segment { status: Status::Down, mode: Mode::NotInSync, ..original.clone() }
+            } else {
+                down
+            };
+            if &row != now {
+                catalog::lock_rows(&[row.dbid]);
+                catalog::update_rows(&[row], |s| {
+                    if mode == RecoveryMode::Full {
+                        format!("{BACKOUT}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
+                    } else {
+                        format!(
+                            "{BACKOUT}: update role, status, and mode for dbid {} with contentid {} to m, d, and n",
+                            s.dbid, s.content
+                        )
+                    }
+                });
+            }
+            // A pair whose mirror is down is not in sync.
+            if let Some(p) = catalog_now
+                .iter()
+                .find(|s| s.content == original.content && s.dbid != original.dbid && s.mode == Mode::Synchronized)
+            {
+                let p = Segment { mode: Mode::NotInSync, ..p.clone() };
+                catalog::update_rows(&[p], |s| {
+                    format!("{BACKOUT}: update role, status, and mode for dbid {} with contentid {} to p, u, and n", s.dbid, s.content)
+                });
+            }
+        });
+        notes.join("; ")
+    }
+}
+
+/// Finishes a job row.
+fn record_end(job_id: i64, state: &str, error: Option<&str>) {
+    BackgroundWorker::transaction(|| {
+        Spi::run_with_args(
+            "UPDATE public.gp_recovery_job SET state = $2, error = $3, finished_at = now(), updated_at = now(), \
+                    phase = CASE WHEN $2 = 'succeeded' THEN 'done' ELSE phase END \
+              WHERE job_id = $1",
+            &[job_id.into(), state.into(), error.into()],
+        )
+        .or_raise();
+    });
+}
+
+struct Worker {
+    jobs: Vec<Job>,
+    last_flush: Instant,
+    stopping: bool,
+}
+
+impl Worker {
+    /// Jobs left 'running' by a worker that died (or a coordinator restart)
+    /// are ended: backed out before their segment started, otherwise left
+    /// up for the fault tolerance service to synchronize.
+    fn reconcile(&mut self) {
+        let leftovers = load_jobs("state = 'running'");
+        for rec in leftovers {
+            let id = rec.job_id;
+            let phase = rec.phase.clone();
+            let message = match Job::new(rec) {
+                Ok(mut job) if job.phase < Phase::MarkingUp => {
+                    job.swapped = Path::new(&suffixed(&job.target.datadir, ".gp_recovery_old")).exists();
+                    let notes = job.back_out();
+                    format!(
+                        "interrupted in phase {phase}: the coordinator or the recovery worker restarted; the segment was left down{}{notes}",
+                        if notes.is_empty() { "" } else { "; " }
+                    )
+                }
+                Ok(_) => format!(
+                    "interrupted in phase {phase}: the coordinator or the recovery worker restarted after the segment was started; it stays up and the fault tolerance service synchronizes it"
+                ),
+                Err(e) => format!("interrupted: {e}"),
+            };
+            warning!("gp_recovery: job {id}: {message}");
+            record_end(id, "failed", Some(&message));
+        }
+    }
+
+    /// Claims queued jobs while there is room, in submission order.
+    fn claim(&mut self) {
+        let room = usize::try_from(gucs::MAX_PARALLEL_JOBS.get()).unwrap_or(16).saturating_sub(self.jobs.len());
+        if room == 0 {
+            return;
+        }
+        let claimed: Vec<JobRecord> = BackgroundWorker::transaction(|| {
+            let recs = load_jobs_locked(room);
+            let mut started = Vec::new();
+            for rec in recs {
+                if let Err(e) = start_in_catalog(&rec) {
+                    Spi::run_with_args(
+                        "UPDATE public.gp_recovery_job SET state = 'failed', error = $2, started_at = now(), \
+                                finished_at = now(), updated_at = now() WHERE job_id = $1",
+                        &[rec.job_id.into(), e.as_str().into()],
+                    )
+                    .or_raise();
+                    warning!("gp_recovery: job {} failed to start: {e}", rec.job_id);
+                    continue;
+                }
+                Spi::run_with_args(
+                    "UPDATE public.gp_recovery_job SET state = 'running', phase = 'stopping', started_at = now(), \
+                            updated_at = now() WHERE job_id = $1",
+                    &[rec.job_id.into()],
+                )
+                .or_raise();
+                started.push(JobRecord { phase: "stopping".into(), ..rec });
+            }
+            started
+        });
+        for rec in claimed {
+            log!(
+                "gp_recovery: job {}: {} recovery of dbid {} (content {}) to {}:{} {}",
+                rec.job_id,
+                rec.recovery_type,
+                rec.dbid,
+                rec.content,
+                rec.target_hostname,
+                rec.target_port,
+                rec.target_datadir
+            );
+            match Job::new(rec) {
+                Ok(job) => self.jobs.push(job),
+                Err(e) => warning!("gp_recovery: {e}"),
+            }
+        }
+    }
+
+    /// One pass over the running jobs.
+    fn tick(&mut self) {
+        let cancels = self.cancel_requests();
+        let mut i = 0;
+        while i < self.jobs.len() {
+            let id = self.jobs[i].id();
+            let outcome = if cancels.contains(&id) {
+                Some(("canceled", format!("canceled in phase {}", self.jobs[i].phase_name())))
+            } else {
+                loop {
+                    let before = self.jobs[i].phase;
+                    match self.jobs[i].step() {
+                        Step::Stay => break None,
+                        Step::Next(p) => {
+                            log!(
+                                "gp_recovery: job {id} (dbid {}): {} done, now {}",
+                                self.jobs[i].dbid(),
+                                before.name(self.jobs[i].mode),
+                                p.name(self.jobs[i].mode)
+                            );
+                            self.jobs[i].phase = p;
+                        }
+                        Step::Succeeded => break Some(("succeeded", String::new())),
+                        Step::Fail(e) => break Some(("failed", e)),
+                    }
+                }
+            };
+            let Some((state, message)) = outcome else {
+                i += 1;
+                continue;
+            };
+            let mut job = self.jobs.remove(i);
+            if state == "succeeded" {
+                if job.mode == RecoveryMode::Full && !job.rec.relocate {
+                    if let Err(e) = remove_dir(&suffixed(&job.target.datadir, ".gp_recovery_old")) {
+                        warning!("gp_recovery: job {id}: {e}");
+                    }
+                }
+                log!("gp_recovery: job {id}: dbid {} recovered and synchronized", job.dbid());
+                record_end(id, "succeeded", None);
+            } else {
+                let notes = job.back_out();
+                let error = if notes.is_empty() { message } else { format!("{message}; {notes}") };
+                warning!("gp_recovery: job {id} (dbid {}) {state}: {error}", job.dbid());
+                record_end(id, state, Some(&error));
+            }
+        }
+    }
+
+    fn cancel_requests(&self) -> Vec<i64> {
+        if self.jobs.is_empty() {
+            return Vec::new();
+        }
+        BackgroundWorker::transaction(|| {
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT job_id FROM public.gp_recovery_job WHERE state = 'running' AND cancel_requested",
+                        None,
+                        &[],
+                    )?
+                    .map(|r| r.get::<i64>(1).map(|v| v.unwrap_or_default()))
+                    .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+            })
+            .or_raise()
+        })
+    }
+
+    /// Writes phase and progress of every running job, twice a second.
+    fn flush_progress(&mut self) {
+        if self.jobs.is_empty() || self.last_flush.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        self.last_flush = Instant::now();
+        let rows: Vec<_> = self
+            .jobs
+            .iter()
+            .map(|j| {
+                (
+                    j.id(),
+                    j.phase_name(),
+                    j.progress.map(|p| p.done_bytes),
+                    j.progress.and_then(|p| p.total_bytes),
+                    j.wal_remaining,
+                    j.logfile.as_ref().map(|l| l.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        BackgroundWorker::transaction(|| {
+            for (id, phase, done, total, wal, logfile) in &rows {
+                Spi::run_with_args(
+                    "UPDATE public.gp_recovery_job SET phase = $2, bytes_done = $3, bytes_total = $4, \
+                            wal_remaining_bytes = $5, logfile = $6, updated_at = now() WHERE job_id = $1",
+                    &[(*id).into(), (*phase).into(), (*done).into(), (*total).into(), (*wal).into(), logfile.clone().into()],
+                )
+                .or_raise();
+            }
+        });
+    }
+
+    fn run(&mut self) {
+        while !self.stopping {
+            if BackgroundWorker::sighup_received() {
+                // SAFETY: on the worker's main thread, outside a transaction.
+                unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            }
+            self.claim();
+            self.tick();
+            self.flush_progress();
+            let nap = if self.jobs.is_empty() { 1000 } else { 200 };
+            if !BackgroundWorker::wait_latch(Some(Duration::from_millis(nap))) {
+                self.stopping = true;
+            }
+        }
+        // Shutting down: running jobs are ended at the next start.
+        for job in &mut self.jobs {
+            job.kill_tool();
+        }
+    }
+}
+
+/// Queued jobs, locked for this transaction, oldest first.
+fn load_jobs_locked(limit: usize) -> Vec<JobRecord> {
+    let json = Spi::get_one_with_args::<pgrx::JsonB>(
+        "SELECT coalesce(jsonb_agg(to_jsonb(j) ORDER BY j.job_id), '[]') FROM \
+           (SELECT * FROM public.gp_recovery_job WHERE state = 'queued' ORDER BY job_id \
+             LIMIT $1 FOR UPDATE SKIP LOCKED) j",
+        &[i64::try_from(limit).unwrap_or(16).into()],
+    )
+    .or_raise();
+    parse_jobs(json)
+}
+
+fn load_jobs(condition: &str) -> Vec<JobRecord> {
+    let sql = format!(
+        "SELECT coalesce(jsonb_agg(to_jsonb(j) ORDER BY j.job_id), '[]') FROM public.gp_recovery_job j WHERE {condition}"
+    );
+    parse_jobs(BackgroundWorker::transaction(|| Spi::get_one::<pgrx::JsonB>(&sql).or_raise()))
+}
+
+fn parse_jobs(json: Option<pgrx::JsonB>) -> Vec<JobRecord> {
+    let value = json.map(|j| j.0).unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+    serde_json::from_value(value).unwrap_or_else(|e| crate::error::internal("unexpected gp_recovery_job row", e))
+}
+
+/// The catalog step when a job starts: a relocation moves the row to its
+/// new place (same dbid) and a full recovery records that it replaces the
+/// segment, as gprecoverseg does. The row must still be what was planned.
+fn start_in_catalog(rec: &JobRecord) -> Result<(), String> {
+    let rows = catalog::lock_rows(&[rec.dbid]);
+    let now = rows.first().ok_or_else(|| format!("dbid {} is no longer in gp_segment_configuration", rec.dbid))?;
+    if now.status != Status::Down {
+        return Err(format!("dbid {} is no longer down", rec.dbid));
+    }
+    if rec.mode().map_err(|e| e.to_string())? == RecoveryMode::Full {
+        let target = Segment { status: Status::Down, mode: Mode::NotInSync, ..rec.target() };
+        catalog::update_rows(&[target], |s| {
+            format!("{RESYNC}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
+        });
+    }
+    Ok(())
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
+    // SAFETY: MyProcPid is set for every backend before this runs.
+    JOBS_WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
+    let exists = || {
+        BackgroundWorker::transaction(|| {
+            Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'gp_recovery')")
+                .ok()
+                .flatten()
+                .unwrap_or(false)
+        })
+    };
+    let mut worker = Worker { jobs: Vec::new(), last_flush: Instant::now(), stopping: false };
+    while !exists() {
+        if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
+            worker.stopping = true;
+            break;
+        }
+    }
+    if !worker.stopping {
+        worker.reconcile();
+        log!("gp_recovery recovery worker started");
+        worker.run();
+    }
+    JOBS_WORKER_PID.get().store(0, Ordering::SeqCst);
+    // Exit code 1: restarted after its restart time unless shutting down.
+    unsafe { pg_sys::proc_exit(1) };
+}
