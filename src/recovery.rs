@@ -272,23 +272,21 @@ fn gp_recovery_wait(job_id: i64, timeout: default!(Option<pgrx::datum::Interval>
 /// Returns false when the job had already ended.
 #[pg_extern]
 fn gp_recovery_cancel(job_id: i64) -> bool {
-    let queued = Spi::get_one_with_args::<i64>(
+    let updated = |sql: &str| {
+        Spi::connect_mut(|client| client.update(sql, None, &[job_id.into()]).map(|t| t.len())).or_raise()
+    };
+    let queued = updated(
         "UPDATE public.gp_recovery_job SET state = 'canceled', phase = 'canceled', finished_at = now(), \
                 updated_at = now(), error = 'canceled by ' || current_user || ' before it started' \
-          WHERE job_id = $1 AND state = 'queued' RETURNING job_id",
-        &[job_id.into()],
-    )
-    .or_raise();
-    if queued.is_some() {
+          WHERE job_id = $1 AND state = 'queued'",
+    );
+    if queued > 0 {
         return true;
     }
-    let running = Spi::get_one_with_args::<i64>(
-        "UPDATE public.gp_recovery_job SET cancel_requested = true \
-          WHERE job_id = $1 AND state = 'running' RETURNING job_id",
-        &[job_id.into()],
-    )
-    .or_raise();
-    if running.is_some() {
+    let running = updated(
+        "UPDATE public.gp_recovery_job SET cancel_requested = true WHERE job_id = $1 AND state = 'running'",
+    );
+    if running > 0 {
         recovery_worker::wake();
         return true;
     }

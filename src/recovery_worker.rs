@@ -721,24 +721,23 @@ impl Job {
         BackgroundWorker::transaction(|| {
             let catalog_now = catalog::load();
             let Some(now) = catalog_now.iter().find(|s| s.dbid == original.dbid) else { return };
-            let down = Segment { status: Status::Down, mode: Mode::NotInSync, role: Role::Mirror, ..now.clone() };
-            let row = if mode == RecoveryMode::Full || relocate {
-                Segment { status: Status::Down, mode: Mode::NotInSync, ..original.clone() }
-            } else {
-                down
-            };
-            if &row != now {
-                catalog::lock_rows(&[row.dbid]);
+            catalog::lock_rows(&[original.dbid]);
+            if mode == RecoveryMode::Full || relocate {
+                // As gprecoverseg: the original row goes back, with a backout row.
+                let row = Segment { status: Status::Down, mode: Mode::NotInSync, ..original.clone() };
                 catalog::update_rows(&[row], |s| {
-                    if mode == RecoveryMode::Full {
-                        format!("{BACKOUT}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
-                    } else {
+                    format!("{BACKOUT}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
+                });
+            } else {
+                let down = Segment { status: Status::Down, mode: Mode::NotInSync, role: Role::Mirror, ..now.clone() };
+                if &down != now {
+                    catalog::update_rows(&[down], |s| {
                         format!(
                             "{BACKOUT}: update role, status, and mode for dbid {} with contentid {} to m, d, and n",
                             s.dbid, s.content
                         )
-                    }
-                });
+                    });
+                }
             }
             // A pair whose mirror is down is not in sync.
             if let Some(p) = catalog_now

@@ -242,3 +242,102 @@ impl Drop for Stopped {
 pub fn wait_for(secs: u64, what: &str, f: impl FnMut() -> bool) {
     gpdemo::wait_until(std::time::Duration::from_secs(secs), what, f).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// SIGKILL of an instance's postmaster.
+pub fn kill9(instance: &Instance) {
+    let pid = instance.postmaster_pid().expect("instance runs");
+    // SAFETY: kills a postmaster this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// pgbench tables of the given scale (about 15 MB a scale unit).
+pub fn pgbench_init(instance: &Instance, scale: u32) {
+    gpdemo::run(
+        std::process::Command::new(gpdemo::pg_bindir().join("pgbench"))
+            .args(["-h", "127.0.0.1", "-p", &instance.port.to_string(), "-U", &gpdemo::server_user()])
+            .args(["-i", "-q", "-s", &scale.to_string(), "postgres"]),
+    )
+    .expect("pgbench -i");
+}
+
+pub const PGBENCH_TABLES: [&str; 4] = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"];
+
+/// Proves a mirror holds what its primary holds: a commit with
+/// synchronous_commit = remote_apply returns only once the mirror has
+/// replayed it, then every pgbench table's row count and checksum must
+/// be equal on both.
+pub fn assert_same_data(primary: &Instance, mirror: &Instance) {
+    let mut p = primary.connect().unwrap();
+    p.batch_execute(
+        "SET synchronous_commit = remote_apply; CREATE TABLE IF NOT EXISTS sync_marker (x int); \
+         INSERT INTO sync_marker VALUES (1)",
+    )
+    .unwrap();
+    let mut m = mirror.connect().unwrap();
+    let in_recovery: bool = m.query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get(0);
+    assert!(in_recovery, "the mirror is a hot standby");
+    for table in PGBENCH_TABLES.iter().chain(&["sync_marker"]) {
+        let (on_primary, on_mirror) = (table_checksum(&mut p, table), table_checksum(&mut m, table));
+        assert_eq!(on_primary, on_mirror, "{table} differs between primary and mirror");
+    }
+}
+
+impl TestCluster {
+    /// Kills the primary of a content and waits for the fault tolerance
+    /// service to promote its mirror; returns (old primary, new primary) dbids.
+    pub fn fail_over(&self, content: usize) -> (i16, i16) {
+        let (old, new) = (self.dbid_of(self.primary(content)), self.dbid_of(self.mirror(content)));
+        kill9(self.primary(content));
+        wait_for(60, "the failover", || self.row_state(new) == "p u n" && self.row_state(old) == "m d n");
+        (old, new)
+    }
+
+    /// Submits SQL returning a job id.
+    pub fn submit(&self, sql: &str) -> i64 {
+        self.coordinator().query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    }
+
+    /// gp_recovery_wait's answer, or the ERROR it raised.
+    pub fn wait_job(&self, job: i64) -> Result<String, String> {
+        let mut c = self.coordinator();
+        c.query_one("SELECT gp_recovery_wait($1, '300s')", &[&job])
+            .map(|r| r.get(0))
+            .map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))
+    }
+
+    /// Watches gp_recovery_progress while `job` runs; returns the
+    /// (phase, percent) rows seen, in order.
+    pub fn watch_progress(&self, job: i64) -> std::thread::JoinHandle<Vec<(String, Option<f64>)>> {
+        let coordinator = self.cluster.coordinator.clone();
+        std::thread::spawn(move || {
+            let mut c = coordinator.connect().unwrap();
+            let mut seen = Vec::new();
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(300);
+            while std::time::Instant::now() < until {
+                let row = c
+                    .query_opt("SELECT phase, percent::float8 FROM gp_recovery_progress WHERE job_id = $1", &[&job])
+                    .unwrap();
+                match row {
+                    Some(r) => seen.push((r.get(0), r.get(1))),
+                    None if !seen.is_empty() => break,
+                    None => {}
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            seen
+        })
+    }
+}
+
+/// The percents seen during the copy phase, without repeats.
+pub fn copy_percents(seen: &[(String, Option<f64>)]) -> Vec<f64> {
+    let mut out: Vec<f64> = Vec::new();
+    for (phase, pct) in seen {
+        if let (true, Some(p)) = (phase == "copying" || phase == "rewinding", pct) {
+            if out.last() != Some(p) {
+                out.push(*p);
+            }
+        }
+    }
+    out
+}
