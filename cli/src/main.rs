@@ -90,6 +90,21 @@ fn psql_shown(cluster: &Cluster, sql: &str) -> Result<bool> {
     Ok(out.status.success())
 }
 
+/// The rows of a query as psql prints them unaligned, '|' between columns.
+fn psql_rows(cluster: &Cluster, sql: &str) -> Result<String> {
+    let out = gpdemo::run(
+        Command::new(gpdemo::pg_bindir().join("psql"))
+            .args(["-X", "-A", "-t", "-h", ADDRESS, "-p", &cluster.coordinator.port.to_string(), "-U", &server_user()])
+            .args(["-d", "postgres", "-c", sql]),
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The single value a query returns.
+fn first_value(cluster: &Cluster, sql: &str) -> Result<String> {
+    Ok(psql_rows(cluster, sql)?.lines().next().unwrap_or_default().to_string())
+}
+
 /// Runs SQL that must succeed.
 fn psql(cluster: &Cluster, sql: &str) -> Result<()> {
     if psql_shown(cluster, sql)? {
@@ -142,6 +157,11 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
 
     let victim = &cluster.primaries[1];
+    step("Some data on content 1: pgbench -i -s 5 (about 80 MB)");
+    gpdemo::run(
+        Command::new(gpdemo::pg_bindir().join("pgbench"))
+            .args(["-h", ADDRESS, "-p", &victim.port.to_string(), "-U", &server_user(), "-i", "-q", "-s", "5", "postgres"]),
+    )?;
     step(&format!(
         "A real failure: kill -9 of the primary of content 1 (port {}). The fault tolerance\n\
          service (probe interval 2 s, timeout 2 s, 2 retries in this demo) promotes its mirror",
@@ -174,6 +194,45 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     psql(&cluster, "SELECT * FROM gp_segment_configuration WHERE content = 1;")?;
     psql(&cluster, "SELECT * FROM gp_mirror_status;")?;
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
+
+    step("Recovering the failed segment: a full copy (pg_basebackup) from the new primary, run by a\n\
+          background worker; the function returns the job id at once");
+    let old = 3; // dbid of content 1's original primary in a demo cluster
+    println!("(The copy is limited to 40 MB/s here, like gprecoverseg --max-rate, so progress can be watched.)\n");
+    psql(&cluster, "ALTER SYSTEM SET gp_recovery.max_rate = '40MB';")?;
+    psql(&cluster, "SELECT pg_reload_conf();")?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let job = first_value(&cluster, &format!("SELECT gp_recover_segment({old}, 'full')"))?;
+    println!("postgres=# SELECT gp_recover_segment({old}, 'full');\n job {job}\n");
+    println!("Progress, as gp_recovery_progress shows it while the job runs:");
+    let progress_sql = format!(
+        "SELECT job_id, dbid, recovery_type, phase, bytes_done, bytes_total, percent, wal_remaining_bytes \
+         FROM gp_recovery_progress WHERE job_id = {job}"
+    );
+    let mut last = String::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(300) {
+        let rows = psql_rows(&cluster, &progress_sql)?;
+        if rows.is_empty() {
+            break;
+        }
+        if rows != last {
+            println!("  {rows}");
+            last = rows;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!();
+    psql(&cluster, &format!("SELECT gp_recovery_wait({job});"))?;
+    psql(&cluster, "ALTER SYSTEM RESET gp_recovery.max_rate;")?;
+    psql(&cluster, "SELECT pg_reload_conf();")?;
+    psql(&cluster, "SELECT job_id, recovery_type, dbid, state, started_at, finished_at - started_at AS took FROM gp_recovery_job;")?;
+    psql(&cluster, "SELECT * FROM gp_segment_configuration WHERE content = 1;")?;
+    psql(&cluster, "SELECT * FROM gp_state_report();")?;
+    println!(
+        "Both members of content 1 are up and synchronized again; their roles stay switched until\n\
+         they are rebalanced."
+    );
 
     step("The fault tolerance service decides with one table of rules; each reason is also its log text");
     psql(&cluster, "SELECT * FROM gp_fts_rules();")?;

@@ -99,8 +99,8 @@ fn differential_recovery_copies_what_differs() {
     let watcher = tc.watch_progress(job);
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
     let seen = watcher.join().unwrap();
-    let bytes: Vec<&(String, Option<f64>)> = seen.iter().filter(|(p, _)| p == "copying").collect();
-    assert!(bytes.len() >= 2, "copy progress rows observed: {seen:?}");
+    let percents = copy_percents(&seen);
+    assert!(percents.len() >= 2 && percents.windows(2).all(|w| w[0] < w[1]), "percent must rise: {seen:?}");
     assert_recovered(&tc, tc.primary(0), old, new);
     let backup_label = tc.primary(0).datadir.join("backup_label.old");
     assert!(backup_label.exists(), "recovery started from the backup label pg_backup_stop returned");
@@ -116,8 +116,12 @@ fn relocation_keeps_the_dbid_and_leaves_the_old_directory() {
         "SELECT gp_recover_segment({old}, 'full', new_port => {port}, new_datadir => $${}$$)",
         datadir.display()
     );
+    set_rate(&tc, 16384);
     let job = tc.submit(&sql);
+    let watcher = tc.watch_progress(job);
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
+    let percents = copy_percents(&watcher.join().unwrap());
+    assert!(percents.len() >= 2 && percents.windows(2).all(|w| w[0] < w[1]), "percent must rise: {percents:?}");
     let mut c = tc.coordinator();
     let row = c
         .query_one("SELECT port, datadir FROM gp_segment_configuration WHERE dbid = $1", &[&old])
