@@ -62,7 +62,8 @@ $$;
 -- background worker. Finished jobs stay here as the record of what was done.
 CREATE TABLE gp_recovery_job (
     job_id              bigserial PRIMARY KEY,
-    recovery_type       text        NOT NULL CHECK (recovery_type IN ('incremental', 'differential', 'full')),
+    recovery_type       text        NOT NULL
+                        CHECK (recovery_type IN ('incremental', 'differential', 'full', 'rebalance')),
     dbid                smallint    NOT NULL,
     content             smallint    NOT NULL,
     relocate            boolean     NOT NULL DEFAULT false,
@@ -81,6 +82,9 @@ CREATE TABLE gp_recovery_job (
                         CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'canceled')),
     phase               text        NOT NULL DEFAULT 'queued',
     cancel_requested    boolean     NOT NULL DEFAULT false,
+    -- While set, the fault tolerance service leaves the content alone: a
+    -- switchover stops its primary on purpose.
+    fts_hold            boolean     NOT NULL DEFAULT false,
     bytes_done          bigint,
     bytes_total         bigint,
     wal_remaining_bytes bigint,

@@ -54,9 +54,11 @@ REVOKE ALL ON FUNCTION gp_recover_segment(integer, text, text, integer, text) FR
 REVOKE ALL ON FUNCTION gp_recover_all(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gp_recover_from_config(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gp_recovery_cancel(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gp_rebalance(bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION gp_recover_segment(integer, text, text, integer, text),
                           gp_recover_all(text),
                           gp_recover_from_config(text),
-                          gp_recovery_cancel(bigint) TO gp_recovery_admin;
+                          gp_recovery_cancel(bigint),
+                          gp_rebalance(bigint) TO gp_recovery_admin;
 GRANT INSERT, UPDATE ON gp_recovery_job TO gp_recovery_admin;
 GRANT USAGE ON SEQUENCE gp_recovery_job_job_id_seq TO gp_recovery_admin;

@@ -136,6 +136,21 @@ pub fn contents_in_double_fault() -> Vec<i16> {
     .or_raise()
 }
 
+/// Contents a running job has taken out of the fault tolerance service's hands.
+pub fn contents_on_fts_hold() -> Vec<i16> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT content FROM public.gp_recovery_job WHERE state = 'running' AND fts_hold",
+                None,
+                &[],
+            )?
+            .map(|row| row.get::<i16>(1).map(|c| c.unwrap_or_default()))
+            .collect::<Result<Vec<i16>, _>>()
+    })
+    .or_raise()
+}
+
 /// Registers a running instance after checking it is what the caller says.
 #[pg_extern]
 fn gp_add_segment(

@@ -231,10 +231,15 @@ impl Fts {
         if !self.round_to_spawn && !due_follow_ups {
             return;
         }
-        let catalog = BackgroundWorker::transaction(catalog::load);
+        let (catalog, held) = BackgroundWorker::transaction(|| (catalog::load(), catalog::contents_on_fts_hold()));
         let s = settings();
         for pair in Pair::all(&catalog) {
             let content = pair.primary.content;
+            if held.contains(&content) {
+                // A rebalance is switching this pair over; it is not a failure.
+                self.follow_up.remove(&content);
+                continue;
+            }
             let wanted = self.round_to_spawn || self.follow_up.get(&content).is_some_and(|t| *t <= now);
             if !wanted || self.in_flight.contains_key(&content) {
                 continue;

@@ -5,7 +5,8 @@
 use gp_recovery_core::recovery::{
     self, at_line, config_line_segment, plan_recovery, ActiveJob, JobSpec, NewLocation, RecoveryMode,
 };
-use gp_recovery_core::segment::{Segment, Status};
+use gp_recovery_core::rebalance;
+use gp_recovery_core::segment::{Pair, Segment, Status};
 use gp_recovery_core::CoreError;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -199,16 +200,81 @@ fn gp_recover_from_config(config: &str) -> SetOfIterator<'static, i64> {
     SetOfIterator::new(submit(specs))
 }
 
+/// Returns every switched pair to its preferred roles (gprecoverseg -r):
+/// one switchover job per pair that is up, synchronized, and whose mirror's
+/// replay lag is within the limit (NULL: no limit); the others are skipped
+/// with a WARNING that says why.
+#[pg_extern]
+fn gp_rebalance(replay_lag_limit: default!(Option<i64>, "10737418240")) -> SetOfIterator<'static, i64> {
+    require_worker();
+    if let Some(limit) = replay_lag_limit.filter(|l| *l < 0) {
+        raise(CoreError::InvalidValue {
+            what: "replay_lag_limit",
+            value: limit.to_string(),
+            expected: "must be 0 or more bytes, or NULL to skip the check",
+        });
+    }
+    lock_jobs();
+    let catalog = catalog::load();
+    let pairs: Vec<Pair> = Pair::all(&catalog).into_iter().filter(Pair::switched).collect();
+    if pairs.is_empty() {
+        notice!("{}", rebalance::NOTHING_TO_REBALANCE);
+        return SetOfIterator::new(Vec::new());
+    }
+    let active = active_jobs();
+    let members: Vec<Segment> = pairs.iter().flat_map(|p| [p.primary.clone(), p.mirror.clone()]).collect();
+    let probes = segment_client::probe_all(&members);
+    let probe = |s: &Segment| probes.get(&s.dbid).cloned().unwrap_or_else(|| Err("not probed".into()));
+    let mut ids = Vec::new();
+    for pair in &pairs {
+        let content = pair.primary.content;
+        if let Some(job) = active.iter().find(|j| j.content == content) {
+            warning!("content {content}: not rebalancing: job {} ({}) is working on it", job.job_id, job.state);
+            continue;
+        }
+        if let Some(reason) = rebalance::refusal(pair, &probe(pair.primary), &probe(pair.mirror), replay_lag_limit) {
+            warning!("{reason}");
+            continue;
+        }
+        let spec = JobSpec {
+            mode: RecoveryMode::Rebalance,
+            original: pair.primary.clone(),
+            target: pair.primary.clone(),
+            source: pair.mirror.clone(),
+            relocate: false,
+        };
+        let id = insert_job(&spec);
+        notice!(
+            "rebalance job {id}: content {content}: dbid {} returns to primary, dbid {} to mirror",
+            pair.mirror.dbid,
+            pair.primary.dbid
+        );
+        ids.push(id);
+    }
+    if ids.is_empty() {
+        notice!("No segments to rebalance");
+    } else {
+        recovery_worker::wake();
+    }
+    SetOfIterator::new(ids)
+}
+
 /// The gprecoverseg -o output: a configuration for the segments now down.
 #[pg_extern]
 fn gp_recovery_config() -> String {
     recovery::config_for_down_segments(&catalog::load())
 }
 
+/// A job's state, phase and error, read with a fresh snapshot (a read-only
+/// SPI query would reuse the statement's snapshot, so a waiting loop would
+/// never see the worker's commits); errors out for a job submitted in this
+/// very transaction, which the worker cannot see before it commits.
 fn job_state(job_id: i64) -> Option<(String, String, Option<String>)> {
-    Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT state, phase, error FROM public.gp_recovery_job WHERE job_id = $1",
+    let row = Spi::connect_mut(|client| {
+        let rows = client.update(
+            "SELECT state, phase, error, \
+                    coalesce(xmin::text::bigint = txid_current_if_assigned() % 4294967296, false) \
+               FROM public.gp_recovery_job WHERE job_id = $1",
             None,
             &[job_id.into()],
         )?;
@@ -217,11 +283,22 @@ fn job_state(job_id: i64) -> Option<(String, String, Option<String>)> {
                 r.get::<String>(1)?.unwrap_or_default(),
                 r.get::<String>(2)?.unwrap_or_default(),
                 r.get::<String>(3)?,
+                r.get::<bool>(4)?.unwrap_or(false),
             ))),
             None => Ok(None),
         }
     })
-    .or_raise()
+    .or_raise();
+    row.map(|(state, phase, error, mine)| {
+        if mine && (state == "queued" || state == "running") {
+            pgrx::ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("recovery job {job_id} was submitted in this transaction: the worker starts it only after COMMIT; wait for it in a later transaction")
+            );
+        }
+        (state, phase, error)
+    })
 }
 
 fn no_such_job(job_id: i64) -> ! {

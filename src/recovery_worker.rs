@@ -5,6 +5,13 @@
 //!   stopping → checking source → rewinding / copying → configuring →
 //!   starting → connecting → marking up → catching up → synchronizing
 //!
+//! and rebalance jobs (gp_rebalance) through
+//!
+//!   checking pair → stopping (the acting primary, fast) → promoting (once
+//!   its mirror replayed the final checkpoint) → configuring (the old
+//!   primary as a standby) → starting → connecting (pg_rewind only if it
+//!   cannot follow the new timeline) → marking up → catching up → synchronizing
+//!
 //! The copy tools (pg_rewind, pg_basebackup, rsync) and pg_ctl run as child
 //! processes whose output goes to a log file under the coordinator's
 //! gp_recovery_log/, read back for progress. Nothing holds a transaction
@@ -20,8 +27,9 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use gp_recovery_core::probe::{ProbeResult, MIRROR_APPLICATION_NAME, SLOT_NAME};
+use gp_recovery_core::rebalance;
 use gp_recovery_core::recovery::{self, JobRecord, Progress, RecoveryMode};
-use gp_recovery_core::segment::{Mode, Role, Segment, Status};
+use gp_recovery_core::segment::{update_history, Mode, Role, Segment, Status};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic};
@@ -54,12 +62,14 @@ pub fn wake() {
 /// History texts, as gprecoverseg writes them.
 const RESYNC: &str = "gprecoverseg: segment config for resync";
 const BACKOUT: &str = "gprecoverseg: segment config for backout";
+const REBALANCE: &str = "gp_rebalance: segment config for rebalance";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
     Stopping,
     CheckingSource,
     Copying,
+    Promoting,
     Configuring,
     Starting,
     Connecting,
@@ -72,9 +82,12 @@ impl Phase {
     fn name(self, mode: RecoveryMode) -> &'static str {
         match self {
             Phase::Stopping => "stopping",
+            Phase::CheckingSource if mode == RecoveryMode::Rebalance => "checking pair",
             Phase::CheckingSource => "checking source",
+            Phase::Copying if mode == RecoveryMode::Rebalance => "rewinding",
             Phase::Copying if mode == RecoveryMode::Incremental => "rewinding",
             Phase::Copying => "copying",
+            Phase::Promoting => "promoting",
             Phase::Configuring => "configuring",
             Phase::Starting => "starting",
             Phase::Connecting => "connecting",
@@ -89,6 +102,7 @@ impl Phase {
             Phase::Stopping,
             Phase::CheckingSource,
             Phase::Copying,
+            Phase::Promoting,
             Phase::Configuring,
             Phase::Starting,
             Phase::Connecting,
@@ -97,7 +111,11 @@ impl Phase {
             Phase::Synchronizing,
         ]
         .into_iter()
-        .find(|p| p.name(RecoveryMode::Full) == name || p.name(RecoveryMode::Incremental) == name)
+        .find(|p| {
+            [RecoveryMode::Full, RecoveryMode::Incremental, RecoveryMode::Rebalance]
+                .iter()
+                .any(|m| p.name(*m) == name)
+        })
     }
 }
 
@@ -128,6 +146,13 @@ struct Job {
     backup: Option<tokio_postgres::Client>,
     /// A full recovery in place moved the old data directory aside.
     swapped: bool,
+    /// Rebalance: the preferred primary has been promoted.
+    promoted: bool,
+    /// Rebalance: the old primary was rewound after it could not follow.
+    rewound: bool,
+    /// Rebalance: the old primary's final checkpoint, which its mirror must
+    /// have replayed before it is promoted.
+    checkpoint_lsn: Option<u64>,
     next_check: Instant,
     deadline: Option<Instant>,
     progress: Option<Progress>,
@@ -196,6 +221,9 @@ impl Job {
             tool: None,
             backup: None,
             swapped: false,
+            promoted: false,
+            rewound: false,
+            checkpoint_lsn: None,
             next_check: Instant::now(),
             deadline: None,
             progress: None,
@@ -316,6 +344,7 @@ impl Job {
             Phase::Stopping => self.stopping(),
             Phase::CheckingSource => self.checking_source(),
             Phase::Copying => self.copying(),
+            Phase::Promoting => self.promoting(),
             Phase::Configuring => self.configuring(),
             Phase::Starting => self.starting(),
             Phase::Connecting => self.connecting(),
@@ -336,6 +365,9 @@ impl Job {
         }
         let datadir = PathBuf::from(&self.rec.original.datadir);
         if !datadir.join("postmaster.pid").exists() {
+            if self.mode == RecoveryMode::Rebalance {
+                return Step::Fail(format!("the acting primary dbid {} is not running", self.dbid()));
+            }
             return Step::Next(Phase::CheckingSource);
         }
         let args = vec!["stop".into(), "-D".into(), self.rec.original.datadir.clone(), "-m".into(), "fast".into(), "-w".into(), "-t".into(), "60".into()];
@@ -353,7 +385,9 @@ impl Job {
             // SAFETY: signal 0 only checks that the process exists.
             .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
         if running {
-            Step::Fail(format!("could not stop the failed segment in {}", self.rec.original.datadir))
+            Step::Fail(format!("could not stop the segment in {}", self.rec.original.datadir))
+        } else if self.mode == RecoveryMode::Rebalance {
+            Step::Next(Phase::Promoting)
         } else {
             Step::Next(Phase::CheckingSource)
         }
@@ -362,6 +396,9 @@ impl Job {
     /// The source must still be the content's acting primary, up, and answer
     /// as a primary.
     fn checking_source(&mut self) -> Step {
+        if self.mode == RecoveryMode::Rebalance {
+            return self.checking_pair();
+        }
         let catalog = BackgroundWorker::transaction(catalog::load);
         let Some(source) = catalog.iter().find(|s| s.content == self.rec.content && s.role == Role::Primary).cloned()
         else {
@@ -379,6 +416,95 @@ impl Job {
         }
         self.source = Some(source);
         Step::Next(Phase::Copying)
+    }
+
+    /// Rebalance: the pair must still be switched, up and synchronized, and
+    /// the preferred primary must answer as a standby.
+    fn checking_pair(&mut self) -> Step {
+        let catalog = BackgroundWorker::transaction(catalog::load);
+        let find = |dbid: i16| catalog.iter().find(|s| s.dbid == dbid).cloned();
+        let (Some(primary), Some(mirror)) = (find(self.dbid()), find(self.rec.source_dbid)) else {
+            return Step::Fail("the pair is no longer in the catalog".into());
+        };
+        let healthy = |s: &Segment, role: Role| s.role == role && s.status == Status::Up && s.mode == Mode::Synchronized;
+        if !healthy(&primary, Role::Primary) || !healthy(&mirror, Role::Mirror) {
+            return Step::Fail(format!(
+                "dbid {} and dbid {} are no longer an up, synchronized primary and mirror",
+                primary.dbid, mirror.dbid
+            ));
+        }
+        match block_on(Target::new(&mirror, timeout()).probe()) {
+            Ok(p) if p.in_recovery => {
+                self.source = Some(mirror);
+                Step::Next(Phase::Stopping)
+            }
+            Ok(_) => Step::Fail(format!("dbid {} is not in recovery", mirror.dbid)),
+            Err(e) => Step::Fail(format!("dbid {} does not answer: {e}", mirror.dbid)),
+        }
+    }
+
+    /// Rebalance: once the preferred primary has replayed the stopped
+    /// primary's final checkpoint (so no acknowledged commit is missing),
+    /// promote it, record the switch, and give it the slot for its mirror.
+    fn promoting(&mut self) -> Step {
+        let new = match self.source() {
+            Ok(s) => s.clone(),
+            Err(e) => return Step::Fail(e),
+        };
+        let t = Target::new(&new, timeout());
+        let Some(checkpoint) = self.checkpoint_lsn else {
+            let out = Command::new(bindir().join("pg_controldata"))
+                .arg("-D")
+                .arg(&self.rec.original.datadir)
+                .env("LC_ALL", "C")
+                .output();
+            let lsn = out
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| rebalance::controldata_checkpoint(&String::from_utf8_lossy(&o.stdout)));
+            return match lsn {
+                Some(l) => {
+                    self.checkpoint_lsn = Some(l);
+                    self.deadline = Some(Instant::now() + Duration::from_secs(60));
+                    Step::Stay
+                }
+                None => Step::Fail("could not read the stopped primary's final checkpoint with pg_controldata".into()),
+            };
+        };
+        match block_on(t.replay_lsn()) {
+            Ok(replayed) if replayed > checkpoint => {}
+            other => {
+                if self.deadline.is_some_and(|d| Instant::now() > d) {
+                    return Step::Fail(format!(
+                        "dbid {} did not replay the old primary's final checkpoint at {:X}/{:X} within 60 s ({}); not promoting it",
+                        new.dbid,
+                        checkpoint >> 32,
+                        checkpoint & 0xFFFF_FFFF,
+                        other.map_or_else(|e| e, |r| format!("replayed up to {:X}/{:X}", r >> 32, r & 0xFFFF_FFFF))
+                    ));
+                }
+                return Step::Stay;
+            }
+        }
+        if let Err(e) = block_on(t.promote()) {
+            return Step::Fail(format!("could not promote dbid {}: {e}", new.dbid));
+        }
+        self.promoted = true;
+        let rows = [
+            Segment { role: Role::Mirror, status: Status::Down, mode: Mode::NotInSync, ..self.rec.original.clone() },
+            Segment { role: Role::Primary, status: Status::Up, mode: Mode::NotInSync, ..new.clone() },
+        ];
+        BackgroundWorker::transaction(|| {
+            catalog::lock_rows(&[rows[0].dbid, rows[1].dbid]);
+            catalog::update_rows(&rows, |s| update_history(REBALANCE, s));
+        });
+        self.source = Some(rows[1].clone());
+        for (what, result) in [("turn synchronous replication off", block_on(t.disable_sync_rep())), ("create the slot", block_on(t.create_slot(false)))] {
+            if let Err(e) = result {
+                warning!("gp_recovery: job {}: could not {what} on dbid {}: {e}", self.id(), new.dbid);
+            }
+        }
+        Step::Next(Phase::Configuring)
     }
 
     fn copying(&mut self) -> Step {
@@ -410,6 +536,9 @@ impl Job {
                 "{e}. Differential recovery failed and may have changed the data directory: run gp_recover_segment({dbid}, 'differential') again or gp_recover_segment({dbid}, 'full')"
             ),
             RecoveryMode::Full => e,
+            RecoveryMode::Rebalance => format!(
+                "{e}. The old primary dbid {dbid} could not follow the new primary: recover it with gp_recover_segment({dbid}, 'full')"
+            ),
         }
     }
 
@@ -431,6 +560,7 @@ impl Job {
         let src = Target::new(&source, timeout());
         let target_dir = self.target.datadir.clone();
         match self.mode {
+            RecoveryMode::Rebalance => self.spawn_rewind(&source, &target_dir)?,
             RecoveryMode::Incremental => {
                 block_on(src.create_slot(false))?;
                 if Path::new(&target_dir).join("standby.signal").exists() {
@@ -441,13 +571,7 @@ impl Job {
                     );
                     return Ok(false);
                 }
-                block_on(src.checkpoint())?;
-                let args = vec![
-                    format!("--target-pgdata={target_dir}"),
-                    format!("--source-server={}", Self::user_conninfo(&source, "gp_recovery_pg_rewind")),
-                    "--progress".into(),
-                ];
-                self.spawn("pg_rewind", &args, true)?;
+                self.spawn_rewind(&source, &target_dir)?;
             }
             RecoveryMode::Full => {
                 let new_dir = suffixed(&target_dir, ".gp_recovery_new");
@@ -499,11 +623,23 @@ impl Job {
         Ok(true)
     }
 
+    /// pg_rewind of the target against the source, after a CHECKPOINT there
+    /// so the source's control file shows its current timeline.
+    fn spawn_rewind(&mut self, source: &Segment, target_dir: &str) -> Result<(), String> {
+        block_on(Target::new(source, timeout()).checkpoint())?;
+        let args = vec![
+            format!("--target-pgdata={target_dir}"),
+            format!("--source-server={}", Self::user_conninfo(source, "gp_recovery_pg_rewind")),
+            "--progress".into(),
+        ];
+        self.spawn("pg_rewind", &args, true)
+    }
+
     /// What follows a successful copy.
     fn copy_done(&mut self) -> Result<(), String> {
         let target_dir = self.target.datadir.clone();
         match self.mode {
-            RecoveryMode::Incremental => Ok(()),
+            RecoveryMode::Incremental | RecoveryMode::Rebalance => Ok(()),
             RecoveryMode::Full => {
                 // The new copy is complete: only now does the old data
                 // directory move aside (removed once the job succeeds).
@@ -576,7 +712,10 @@ impl Job {
                 None => Step::Stay,
                 Some(Err(e)) => Step::Fail(format!("the segment did not start: {e}")),
                 Some(Ok(())) => {
-                    self.deadline = Some(Instant::now() + Duration::from_secs(120));
+                    // A demoted primary that cannot follow the new timeline
+                    // is rewound after 30 s instead of failing.
+                    let wait = if self.mode == RecoveryMode::Rebalance && !self.rewound { 30 } else { 120 };
+                    self.deadline = Some(Instant::now() + Duration::from_secs(wait));
                     Step::Next(Phase::Connecting)
                 }
             };
@@ -619,28 +758,40 @@ impl Job {
             }
         }
         if self.deadline.is_some_and(|d| Instant::now() > d) {
-            return Step::Fail("the segment started but did not stream from its primary within 120 s".into());
+            if self.mode == RecoveryMode::Rebalance && !self.rewound {
+                log!(
+                    "gp_recovery: job {}: dbid {} does not follow the new primary; rewinding it",
+                    self.id(),
+                    self.dbid()
+                );
+                self.rewound = true;
+                stop_segment(&self.target.datadir);
+                return Step::Next(Phase::Copying);
+            }
+            return Step::Fail("the segment started but did not stream from its primary in time".into());
         }
         Step::Stay
     }
 
     fn marking_up(&mut self) -> Step {
         let target = self.target.clone();
+        let job_id = self.id();
+        if self.mode == RecoveryMode::Rebalance {
+            // The demoted primary's slot served its old mirror; as a standby
+            // it would only keep WAL forever.
+            if let Err(e) = block_on(Target::new(&target, timeout()).drop_slot()) {
+                warning!("gp_recovery: job {job_id}: could not drop the old slot on dbid {}: {e}", target.dbid);
+            }
+        }
         let marked = BackgroundWorker::transaction(|| {
+            // From here on the fault tolerance service watches the pair again.
+            Spi::run_with_args("UPDATE public.gp_recovery_job SET fts_hold = false WHERE job_id = $1", &[job_id.into()])
+                .or_raise();
             let rows = catalog::lock_rows(&[target.dbid]);
             match rows.first() {
                 Some(now) if now.status == Status::Down => {
                     let up = Segment { status: Status::Up, mode: Mode::NotInSync, role: Role::Mirror, ..target.clone() };
-                    catalog::update_rows(&[up], |s| {
-                        format!(
-                            "{RESYNC}: update role, status, and mode for dbid {} with contentid {} to {}, {}, and {}",
-                            s.dbid,
-                            s.content,
-                            s.role.letter(),
-                            s.status.letter(),
-                            s.mode.letter()
-                        )
-                    });
+                    catalog::update_rows(&[up], |s| update_history(RESYNC, s));
                     true
                 }
                 _ => false,
@@ -690,16 +841,15 @@ impl Job {
     /// back (full), and leave the segment down with the catalog as before.
     /// Returns notes for the error text.
     fn back_out(&mut self) -> String {
+        if self.mode == RecoveryMode::Rebalance {
+            return self.back_out_rebalance();
+        }
         let mut notes = Vec::new();
         self.kill_tool();
         // Closing the session ends a differential's base backup.
         self.backup = None;
         if self.phase >= Phase::Starting {
-            let _ = Command::new(bindir().join("pg_ctl"))
-                .args(["stop", "-D", &self.target.datadir, "-m", "fast", "-w", "-t", "60"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            stop_segment(&self.target.datadir);
         }
         if self.mode == RecoveryMode::Full {
             let target_dir = self.target.datadir.clone();
@@ -731,12 +881,7 @@ impl Job {
             } else {
                 let down = Segment { status: Status::Down, mode: Mode::NotInSync, role: Role::Mirror, ..now.clone() };
                 if &down != now {
-                    catalog::update_rows(&[down], |s| {
-                        format!(
-                            "{BACKOUT}: update role, status, and mode for dbid {} with contentid {} to m, d, and n",
-                            s.dbid, s.content
-                        )
-                    });
+                    catalog::update_rows(&[down], |s| update_history(BACKOUT, s));
                 }
             }
             // A pair whose mirror is down is not in sync.
@@ -745,13 +890,66 @@ impl Job {
                 .find(|s| s.content == original.content && s.dbid != original.dbid && s.mode == Mode::Synchronized)
             {
                 let p = Segment { mode: Mode::NotInSync, ..p.clone() };
-                catalog::update_rows(&[p], |s| {
-                    format!("{BACKOUT}: update role, status, and mode for dbid {} with contentid {} to p, u, and n", s.dbid, s.content)
-                });
+                catalog::update_rows(&[p], |s| update_history(BACKOUT, s));
             }
         });
         notes.join("; ")
     }
+}
+
+impl Job {
+    /// A failed switchover leaves exactly one primary, and the catalog says
+    /// which: before the promotion the old primary is started again; after
+    /// it, the old primary stays down for gp_recover_segment.
+    fn back_out_rebalance(&mut self) -> String {
+        self.kill_tool();
+        let old = self.rec.original.clone();
+        let candidate = self.source.clone();
+        let promoted_meanwhile = !self.promoted
+            && candidate
+                .as_ref()
+                .is_some_and(|c| matches!(block_on(Target::new(c, timeout()).probe()), Ok(p) if !p.in_recovery));
+        if !self.promoted && !promoted_meanwhile {
+            if Path::new(&old.datadir).join("postmaster.pid").exists() {
+                return String::new();
+            }
+            let log = log_dir().join(format!("postgres.dbid{}.log", old.dbid));
+            let started = Command::new(bindir().join("pg_ctl"))
+                .args(["start", "-D", &old.datadir, "-w", "-t", "120", "-l"])
+                .arg(&log)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            return if started {
+                format!("dbid {} was started again as the primary", old.dbid)
+            } else {
+                format!("dbid {} could not be started again: content {} has no running primary", old.dbid, old.content)
+            };
+        }
+        stop_segment(&old.datadir);
+        let new = candidate.map(|c| Segment { role: Role::Primary, status: Status::Up, mode: Mode::NotInSync, ..c });
+        BackgroundWorker::transaction(|| {
+            let mut rows = vec![Segment { role: Role::Mirror, status: Status::Down, mode: Mode::NotInSync, ..old.clone() }];
+            rows.extend(new.clone().filter(|_| promoted_meanwhile));
+            let now = catalog::lock_rows(&rows.iter().map(|r| r.dbid).collect::<Vec<_>>());
+            rows.retain(|r| !now.contains(r));
+            catalog::update_rows(&rows, |s| update_history(BACKOUT, s));
+        });
+        format!(
+            "the preferred primary is the primary now; dbid {} was left down: recover it with gp_recover_segment({})",
+            old.dbid, old.dbid
+        )
+    }
+}
+
+/// pg_ctl stop -m fast, waiting for it; a segment that does not run is fine.
+fn stop_segment(datadir: &str) {
+    let _ = Command::new(bindir().join("pg_ctl"))
+        .args(["stop", "-D", datadir, "-m", "fast", "-w", "-t", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Finishes a job row.
@@ -821,13 +1019,15 @@ impl Worker {
                     warning!("gp_recovery: job {} failed to start: {e}", rec.job_id);
                     continue;
                 }
+                let rebalance = rec.recovery_type == "rebalance";
+                let phase = if rebalance { "checking pair" } else { "stopping" };
                 Spi::run_with_args(
-                    "UPDATE public.gp_recovery_job SET state = 'running', phase = 'stopping', started_at = now(), \
-                            updated_at = now() WHERE job_id = $1",
-                    &[rec.job_id.into()],
+                    "UPDATE public.gp_recovery_job SET state = 'running', phase = $2, fts_hold = $3, \
+                            started_at = now(), updated_at = now() WHERE job_id = $1",
+                    &[rec.job_id.into(), phase.into(), rebalance.into()],
                 )
                 .or_raise();
-                started.push(JobRecord { phase: "stopping".into(), ..rec });
+                started.push(JobRecord { phase: phase.into(), ..rec });
             }
             started
         });
@@ -1000,10 +1200,15 @@ fn parse_jobs(json: Option<pgrx::JsonB>) -> Vec<JobRecord> {
 fn start_in_catalog(rec: &JobRecord) -> Result<(), String> {
     let rows = catalog::lock_rows(&[rec.dbid]);
     let now = rows.first().ok_or_else(|| format!("dbid {} is no longer in gp_segment_configuration", rec.dbid))?;
+    let mode = rec.mode().map_err(|e| e.to_string())?;
+    if mode == RecoveryMode::Rebalance {
+        // Checked in full by the job's first phase.
+        return Ok(());
+    }
     if now.status != Status::Down {
         return Err(format!("dbid {} is no longer down", rec.dbid));
     }
-    if rec.mode().map_err(|e| e.to_string())? == RecoveryMode::Full {
+    if mode == RecoveryMode::Full {
         let target = Segment { status: Status::Down, mode: Mode::NotInSync, ..rec.target() };
         catalog::update_rows(&[target], |s| {
             format!("{RESYNC}: inserted segment configuration for full recovery or original dbid {}", s.dbid)

@@ -229,10 +229,17 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     psql(&cluster, "SELECT job_id, recovery_type, dbid, state, started_at, finished_at - started_at AS took FROM gp_recovery_job;")?;
     psql(&cluster, "SELECT * FROM gp_segment_configuration WHERE content = 1;")?;
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
-    println!(
-        "Both members of content 1 are up and synchronized again; their roles stay switched until\n\
-         they are rebalanced."
-    );
+    println!("Both members of content 1 are up and synchronized again, with their roles switched.");
+
+    step("Rebalancing: gp_rebalance() switches every such pair back to its preferred roles\n\
+          (gprecoverseg -r): a clean stop of the acting primary, its mirror promoted once it has\n\
+          replayed the final checkpoint, the old primary restarted as its standby");
+    let job = first_value(&cluster, "SELECT * FROM gp_rebalance()")?;
+    println!("postgres=# SELECT * FROM gp_rebalance();\n job {job}\n");
+    psql(&cluster, &format!("SELECT gp_recovery_wait({job});"))?;
+    psql(&cluster, "SELECT * FROM gp_segment_configuration ORDER BY dbid;")?;
+    psql(&cluster, "SELECT * FROM gp_mirror_status;")?;
+    psql(&cluster, "SELECT * FROM gp_state_report();")?;
 
     step("The fault tolerance service decides with one table of rules; each reason is also its log text");
     psql(&cluster, "SELECT * FROM gp_fts_rules();")?;
@@ -250,7 +257,8 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
         }
     }
 
-    step("Done");
+    step("Done: every segment in its preferred role, up and synchronized");
+    psql(&cluster, "SELECT * FROM gp_state_report();")?;
     print_connect(&cluster);
     println!("\nRemove it with:\n  ./gpdemo destroy --dir {}", cluster.dir.display());
     Ok(())

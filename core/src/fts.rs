@@ -325,14 +325,7 @@ impl Plan {
 
 /// The history text Greenplum's FTS writes for a catalog row change.
 pub fn update_history(s: &Segment) -> String {
-    format!(
-        "FTS: update role, status, and mode for dbid {} with contentid {} to {}, {}, and {}",
-        s.dbid,
-        s.content,
-        s.role.letter(),
-        s.status.letter(),
-        s.mode.letter()
-    )
+    crate::segment::update_history("FTS", s)
 }
 
 fn with(s: &Segment, role: Role, status: Status, mode: Mode) -> Segment {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod fts;
 pub mod gpstate;
 pub mod probe;
+pub mod rebalance;
 pub mod recovery;
 pub mod registration;
 pub mod segment;

@@ -19,6 +19,9 @@ pub enum RecoveryMode {
     Differential,
     /// pg_basebackup of the acting primary.
     Full,
+    /// gprecoverseg -r: a switchover back to the preferred roles (a job
+    /// type of its own, never a mode a DBA passes to gp_recover_segment).
+    Rebalance,
 }
 
 pub const MODES: &str = "incremental, differential, full";
@@ -29,6 +32,15 @@ impl RecoveryMode {
             RecoveryMode::Incremental => "incremental",
             RecoveryMode::Differential => "differential",
             RecoveryMode::Full => "full",
+            RecoveryMode::Rebalance => "rebalance",
+        }
+    }
+
+    /// The recovery_type of a job row, rebalance included.
+    pub fn from_job_type(s: &str) -> Result<RecoveryMode, CoreError> {
+        match s {
+            "rebalance" => Ok(RecoveryMode::Rebalance),
+            other => other.parse(),
         }
     }
 
@@ -613,7 +625,7 @@ pub struct JobRecord {
 
 impl JobRecord {
     pub fn mode(&self) -> Result<RecoveryMode, CoreError> {
-        self.recovery_type.parse()
+        RecoveryMode::from_job_type(&self.recovery_type)
     }
 
     /// The segment where the job puts it.

@@ -86,6 +86,20 @@ impl Segment {
     }
 }
 
+/// The history text Greenplum writes when a row's role, status or mode
+/// changes, prefixed by who changed it ("FTS", "gprecoverseg: segment config
+/// for resync", ...).
+pub fn update_history(program: &str, s: &Segment) -> String {
+    format!(
+        "{program}: update role, status, and mode for dbid {} with contentid {} to {}, {}, and {}",
+        s.dbid,
+        s.content,
+        s.role.letter(),
+        s.status.letter(),
+        s.mode.letter()
+    )
+}
+
 /// The acting primary and the mirror of one content, looked up in a catalog.
 #[derive(Debug, Clone, Copy)]
 pub struct Pair<'a> {

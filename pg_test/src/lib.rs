@@ -353,3 +353,40 @@ pub fn copy_percents(seen: &[(String, Option<f64>)]) -> Vec<f64> {
     }
     out
 }
+
+/// A coordinator connection that collects NOTICEs and WARNINGs.
+pub fn connect_collecting_notices(instance: &Instance) -> (Client, std::sync::mpsc::Receiver<String>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut config: postgres::Config = instance.conninfo().parse().expect("conninfo");
+    config.notice_callback(move |n| {
+        let _ = tx.send(format!("{}: {}", n.severity(), n.message()));
+    });
+    (config.connect(postgres::NoTls).expect("coordinator connection"), rx)
+}
+
+impl TestCluster {
+    /// Fails over every content and recovers the old primaries
+    /// (incremental): every pair synchronized, roles switched.
+    pub fn switch_all_roles(&self) {
+        let contents = self.cluster.primaries.len();
+        for content in 0..contents {
+            self.fail_over(content);
+        }
+        let mut c = self.coordinator();
+        let jobs: Vec<i64> = c.query("SELECT * FROM gp_recover_all()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        assert_eq!(jobs.len(), contents);
+        for job in jobs {
+            assert_eq!(self.wait_job(job).unwrap(), "succeeded");
+        }
+    }
+
+    /// The instance that is writable now of a content's two members.
+    pub fn writable(&self, content: usize) -> Option<&Instance> {
+        [self.primary(content), self.mirror(content)].into_iter().find(|i| {
+            i.connect()
+                .ok()
+                .and_then(|mut c| c.query_one("SELECT NOT pg_is_in_recovery()", &[]).ok())
+                .is_some_and(|r| r.get::<_, bool>(0))
+        })
+    }
+}

@@ -158,19 +158,26 @@ fn incremental_without_wal_fails_with_advice_then_full_succeeds() {
     assert_recovered(&tc, tc.primary(0), old, new);
 }
 
-#[test]
-fn cancel_mid_copy_restores_everything_and_a_later_recovery_works() {
-    let (tc, old, new) = failed_over_cluster(5);
-    set_rate(&tc, 2048);
-    let before = catalog_snapshot(&mut tc.coordinator()).0;
-    let old_version = std::fs::read_to_string(tc.primary(0).datadir.join("PG_VERSION")).unwrap();
-    let job = tc.submit(&format!("SELECT gp_recover_segment({old}, 'full')"));
+/// Starts a full recovery limited to 2 MB/s and waits until it copies.
+fn start_slow_full_recovery(tc: &TestCluster, dbid: i16) -> i64 {
+    set_rate(tc, 2048);
+    let job = tc.submit(&format!("SELECT gp_recover_segment({dbid}, 'full')"));
     let mut c = tc.coordinator();
     wait_for(60, "the copy to make progress", || {
         c.query_opt("SELECT 1 FROM gp_recovery_progress WHERE job_id = $1 AND bytes_done > 0", &[&job])
             .unwrap()
             .is_some()
     });
+    job
+}
+
+#[test]
+fn cancel_mid_copy_restores_everything_and_a_later_recovery_works() {
+    let (tc, old, new) = failed_over_cluster(5);
+    let before = catalog_snapshot(&mut tc.coordinator()).0;
+    let old_version = std::fs::read_to_string(tc.primary(0).datadir.join("PG_VERSION")).unwrap();
+    let job = start_slow_full_recovery(&tc, old);
+    let mut c = tc.coordinator();
     assert!(c.query_one("SELECT gp_recovery_cancel($1)", &[&job]).unwrap().get::<_, bool>(0));
     assert_eq!(tc.wait_job(job).unwrap(), "canceled");
     assert_eq!(catalog_snapshot(&mut c).0, before, "the catalog is as before the job");
@@ -192,17 +199,8 @@ fn cancel_mid_copy_restores_everything_and_a_later_recovery_works() {
 #[test]
 fn coordinator_restart_mid_copy_leaves_no_job_running() {
     let (tc, old, new) = failed_over_cluster(5);
-    set_rate(&tc, 2048);
     let before = catalog_snapshot(&mut tc.coordinator()).0;
-    let job = tc.submit(&format!("SELECT gp_recover_segment({old}, 'full')"));
-    {
-        let mut c = tc.coordinator();
-        wait_for(60, "the copy to make progress", || {
-            c.query_opt("SELECT 1 FROM gp_recovery_progress WHERE job_id = $1 AND bytes_done > 0", &[&job])
-                .unwrap()
-                .is_some()
-        });
-    }
+    let job = start_slow_full_recovery(&tc, old);
     tc.cluster.coordinator.stop("fast").unwrap();
     tc.cluster.coordinator.start().unwrap();
     let mut c = tc.coordinator();
@@ -338,6 +336,13 @@ fn bad_requests_are_refused_and_change_nothing() {
         let jobs: i64 = c.query_one("SELECT count(*) FROM gp_recovery_job", &[]).unwrap().get(0);
         assert_eq!(jobs, jobs_before, "{sql} left a job");
     }
+
+    // Waiting in the transaction that submitted the job would wait forever.
+    let (code, message) = expect_error(&mut c, &format!("SELECT gp_recovery_wait(j) FROM gp_recover_segment({old}) j"));
+    assert_eq!(code, "55000");
+    assert!(message.contains("was submitted in this transaction"), "{message}");
+    let jobs: i64 = c.query_one("SELECT count(*) FROM gp_recovery_job", &[]).unwrap().get(0);
+    assert_eq!(jobs, jobs_before, "the failed statement's job is rolled back");
 
     // A member of gp_recovery_admin may recover; a second job for the content names the first.
     set_rate_on(&mut c, 1024);
