@@ -136,6 +136,15 @@ pub fn contents_in_double_fault() -> Vec<i16> {
     .or_raise()
 }
 
+/// Whether CREATE EXTENSION gp_recovery has run in this database (the
+/// workers start with the server, possibly before it has).
+pub fn extension_exists() -> bool {
+    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'gp_recovery')")
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 /// Contents a running job has taken out of the fault tolerance service's hands.
 pub fn contents_on_fts_hold() -> Vec<i16> {
     Spi::connect(|client| {

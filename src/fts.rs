@@ -173,17 +173,8 @@ impl Fts {
         }
     }
 
-    fn extension_exists() -> bool {
-        BackgroundWorker::transaction(|| {
-            Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'gp_recovery')")
-                .ok()
-                .flatten()
-                .unwrap_or(false)
-        })
-    }
-
     fn run(&mut self) {
-        while !Self::extension_exists() {
+        while !BackgroundWorker::transaction(catalog::extension_exists) {
             if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
                 return;
             }

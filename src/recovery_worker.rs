@@ -1224,16 +1224,8 @@ pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
     // SAFETY: MyProcPid is set for every backend before this runs.
     JOBS_WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
-    let exists = || {
-        BackgroundWorker::transaction(|| {
-            Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'gp_recovery')")
-                .ok()
-                .flatten()
-                .unwrap_or(false)
-        })
-    };
     let mut worker = Worker { jobs: Vec::new(), last_flush: Instant::now(), stopping: false };
-    while !exists() {
+    while !BackgroundWorker::transaction(catalog::extension_exists) {
         if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
             worker.stopping = true;
             break;

@@ -290,16 +290,8 @@ impl TestCluster {
         kill9(self.primary(content));
         wait_for(60, "the failover", || self.row_state(new) == "p u n" && self.row_state(old) == "m d n");
         // The catalog changes first, then the mirror is promoted.
-        let promoted = self.mirror(content);
         wait_for(60, "the promoted mirror to accept writes", || {
-            promoted
-                .connect()
-                .and_then(|mut c| {
-                    c.query_one("SELECT NOT pg_is_in_recovery()", &[])
-                        .map(|r| r.get::<_, bool>(0))
-                        .map_err(|e| gpdemo::DemoError::Usage(e.to_string()))
-                })
-                .unwrap_or(false)
+            self.writable(content) == Some(self.mirror(content))
         });
         (old, new)
     }

@@ -5,13 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gp_recovery_pg_test::{wait_for, Stopped, TestCluster};
-
-fn kill9(instance: &gpdemo::Instance) {
-    let pid = instance.postmaster_pid().expect("instance runs");
-    // SAFETY: kills a postmaster this test started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-}
+use gp_recovery_pg_test::{kill9, wait_for, Stopped, TestCluster};
 
 #[test]
 fn killed_primary_fails_over_without_losing_acknowledged_commits() {

@@ -42,10 +42,7 @@ fn assert_recovered(tc: &TestCluster, recovered: &Instance, mirror_dbid: i16, pr
 }
 
 fn set_rate(tc: &TestCluster, kb_per_s: u32) {
-    let mut c = tc.coordinator();
-    c.batch_execute(&format!("ALTER SYSTEM SET gp_recovery.max_rate = {kb_per_s}")).unwrap();
-    c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    set_rate_on(&mut tc.coordinator(), kb_per_s);
 }
 
 #[test]

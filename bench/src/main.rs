@@ -1,0 +1,577 @@
+//! gp_bench: failover, recovery and rebalance measured side by side with the
+//! tools a DBA would use instead, on local demo clusters, in one run on the
+//! same machine. Writes bench/results.md. Run through ./bench/run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gpdemo::{run, server_user, wait_until, Cluster, Instance};
+
+type Res<T> = Result<T, String>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// One line of the results table.
+struct Row {
+    what: String,
+    ours: String,
+    baseline: String,
+    ratio: Option<f64>,
+    target: String,
+    met: Option<bool>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn secs(v: f64) -> String {
+    format!("{v:.2} s")
+}
+
+fn mb(bytes: f64) -> String {
+    format!("{:.1} MB", bytes / 1_048_576.0)
+}
+
+struct Bench {
+    cluster: Cluster,
+    runs: usize,
+    scale: u32,
+}
+
+impl Bench {
+    fn coord(&self) -> Res<postgres::Client> {
+        self.cluster.coordinator.connect().map_err(err)
+    }
+
+    fn exec(&self, sql: &str) -> Res<()> {
+        self.coord()?.batch_execute(sql).map_err(|e| format!("{sql}: {}", gpdemo::sql_message(&e)))
+    }
+
+    fn value<T: for<'a> postgres::types::FromSql<'a>>(&self, sql: &str) -> Res<T> {
+        self.coord()?
+            .query_one(sql, &[])
+            .map_err(|e| format!("{sql}: {}", gpdemo::sql_message(&e)))?
+            .try_get(0)
+            .map_err(err)
+    }
+
+    fn fts(&self, settings: Option<(u32, u32, u32, u32)>) -> Res<()> {
+        let names = ["fts_probe_interval", "fts_probe_timeout", "fts_probe_retries", "mirror_down_grace_period"];
+        for (i, name) in names.iter().enumerate() {
+            match settings {
+                Some(s) => {
+                    let v = [s.0, s.1, s.2, s.3][i];
+                    self.exec(&format!("ALTER SYSTEM SET gp_recovery.{name} = {v}"))?
+                }
+                None => self.exec(&format!("ALTER SYSTEM RESET gp_recovery.{name}"))?,
+            }
+        }
+        self.exec("SELECT pg_reload_conf()")?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(())
+    }
+
+    fn row_state(&self, dbid: i16) -> Res<String> {
+        self.value(&format!(
+            "SELECT role::text || status::text || mode::text FROM gp_segment_configuration WHERE dbid = {dbid}"
+        ))
+    }
+
+    /// (primary, mirror) instances and dbids of content 0 as the catalog has them now.
+    fn members(&self) -> Res<((Instance, i16), (Instance, i16))> {
+        let (p, m) = (&self.cluster.primaries[0], &self.cluster.mirrors[0]);
+        let dbid_p: i16 = self.value(&format!("SELECT dbid FROM gp_segment_configuration WHERE port = {}", p.port))?;
+        let dbid_m: i16 = self.value(&format!("SELECT dbid FROM gp_segment_configuration WHERE port = {}", m.port))?;
+        let p_is_primary = self.row_state(dbid_p)?.starts_with('p');
+        Ok(if p_is_primary { ((p.clone(), dbid_p), (m.clone(), dbid_m)) } else { ((m.clone(), dbid_m), (p.clone(), dbid_p)) })
+    }
+
+    fn wait_job(&self, job: i64) -> Res<()> {
+        let state: String = self.value(&format!("SELECT gp_recovery_wait({job})"))?;
+        if state == "succeeded" { Ok(()) } else { Err(format!("job {job} {state}")) }
+    }
+
+    fn submit(&self, sql: &str) -> Res<i64> {
+        self.value(sql)
+    }
+
+    /// SIGKILL of the acting primary of content 0; returns the seconds until
+    /// a commit succeeds on the promoted mirror, and the down dbid.
+    fn kill_and_time_failover(&self) -> Res<(f64, i16)> {
+        let ((primary, pdbid), (mirror, _)) = self.members()?;
+        let pid = primary.postmaster_pid().ok_or("the primary does not run")?;
+        // SAFETY: kills a postmaster of this benchmark's cluster.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let killed = Instant::now();
+        loop {
+            if killed.elapsed() > Duration::from_secs(300) {
+                return Err("no failover within 300 s".into());
+            }
+            let ok = mirror
+                .connect()
+                .ok()
+                .and_then(|mut c| c.batch_execute("INSERT INTO bench_probe VALUES (1)").ok())
+                .is_some();
+            if ok {
+                return Ok((killed.elapsed().as_secs_f64(), pdbid));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Recovers what is down (incremental) and rebalances while a client
+    /// commits in a loop; returns the longest time without a commit.
+    fn restore(&self) -> Res<f64> {
+        wait_until(Duration::from_secs(60), "the catalog to show the failover", || {
+            self.value::<i64>("SELECT count(*) FROM gp_segment_configuration WHERE status = 'd'").unwrap_or(0) > 0
+        })
+        .map_err(err)?;
+        for job in self.coord()?.query("SELECT * FROM gp_recover_all()", &[]).map_err(err)? {
+            self.wait_job(job.get(0))?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let gap = Arc::new(Mutex::new(0f64));
+        let members = [self.cluster.primaries[0].clone(), self.cluster.mirrors[0].clone()];
+        let writer = {
+            let (stop, gap) = (stop.clone(), gap.clone());
+            std::thread::spawn(move || {
+                let mut last = Instant::now();
+                let mut client: Option<postgres::Client> = None;
+                while !stop.load(Ordering::SeqCst) {
+                    if client.is_none() {
+                        client = members.iter().find_map(|m| {
+                            let mut c = m.connect().ok()?;
+                            let p: bool = c.query_one("SELECT NOT pg_is_in_recovery()", &[]).ok()?.get(0);
+                            p.then_some(c)
+                        });
+                    }
+                    match client.as_mut().map(|c| c.batch_execute("INSERT INTO bench_probe VALUES (2)")) {
+                        Some(Ok(())) => {
+                            let mut g = gap.lock().unwrap_or_else(|e| e.into_inner());
+                            *g = g.max(last.elapsed().as_secs_f64());
+                            last = Instant::now();
+                        }
+                        _ => {
+                            client = None;
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        let result = (|| -> Res<()> {
+            for job in self.coord()?.query("SELECT * FROM gp_rebalance()", &[]).map_err(err)? {
+                self.wait_job(job.get(0))?;
+            }
+            Ok(())
+        })();
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::SeqCst);
+        let _ = writer.join();
+        result?;
+        let g = *gap.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(g)
+    }
+
+    /// Phase durations of a job from the coordinator's log ("X done, now Y").
+    fn phase_seconds(&self, job: i64) -> HashMap<String, f64> {
+        let log = std::fs::read_to_string(&self.cluster.coordinator.logfile).unwrap_or_default();
+        let stamp = |line: &str| -> Option<f64> {
+            let t = line.get(11..23)?;
+            let mut parts = t.split(':');
+            let h: f64 = parts.next()?.parse().ok()?;
+            let m: f64 = parts.next()?.parse().ok()?;
+            let s: f64 = parts.next()?.parse().ok()?;
+            Some(h * 3600.0 + m * 60.0 + s)
+        };
+        let mut out = HashMap::new();
+        let mut last: Option<f64> = None;
+        let claim = format!("gp_recovery: job {job}: ");
+        let step = format!("gp_recovery: job {job} (dbid ");
+        for line in log.lines() {
+            if line.contains(&claim) && last.is_none() {
+                last = stamp(line);
+            } else if let (true, Some(rest)) = (line.contains(&step), line.split(" done, now ").next()) {
+                let phase = rest.rsplit("): ").next().unwrap_or_default().to_string();
+                if let (Some(t), Some(prev)) = (stamp(line), last) {
+                    *out.entry(phase).or_insert(0.0) += (t - prev).rem_euclid(86400.0);
+                    last = Some(t);
+                }
+            }
+        }
+        out
+    }
+
+    /// A timed gp_recover_segment: (end-to-end seconds, copy seconds, bytes copied).
+    fn timed_recovery(&self, dbid: i16, mode: &str) -> Res<(f64, f64, f64)> {
+        let started = Instant::now();
+        let job = self.submit(&format!("SELECT gp_recover_segment({dbid}, '{mode}')"))?;
+        self.wait_job(job)?;
+        let total = started.elapsed().as_secs_f64();
+        let phases = self.phase_seconds(job);
+        let copy = phases.get("copying").or_else(|| phases.get("rewinding")).copied().unwrap_or(0.0);
+        let bytes: Option<i64> = self.value(&format!("SELECT bytes_done FROM gp_recovery_job WHERE job_id = {job}"))?;
+        Ok((total, copy, bytes.unwrap_or(0) as f64))
+    }
+
+    fn pg(&self, program: &str) -> Command {
+        gpdemo::pg_command(program)
+    }
+
+    /// A bare pg_basebackup of `source` into a scratch directory.
+    fn bare_basebackup(&self, source: &Instance) -> Res<f64> {
+        let scratch = self.cluster.dir.join("scratch-basebackup");
+        let _ = std::fs::remove_dir_all(&scratch);
+        let started = Instant::now();
+        run(self
+            .pg("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &source.port.to_string(), "-U", &server_user()])
+            .arg("-D")
+            .arg(&scratch)
+            .args(["-X", "stream", "-c", "fast"]))
+        .map_err(err)?;
+        let t = started.elapsed().as_secs_f64();
+        let _ = std::fs::remove_dir_all(&scratch);
+        Ok(t)
+    }
+
+    /// Updates a share of pgbench_accounts on the acting primary: contiguous
+    /// (an aid range) or spread over every page.
+    fn update(&self, primary: &Instance, percent: u32, spread: bool) -> Res<()> {
+        let rows = i64::from(self.scale) * 100_000;
+        let sql = if spread {
+            format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % {} = 0", 100 / percent)
+        } else {
+            format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {}", rows * i64::from(percent) / 100)
+        };
+        primary.connect().map_err(err)?.batch_execute(&sql).map_err(err)
+    }
+
+    /// A plain rsync of the source's data directory over a copy of the
+    /// failed segment's: (seconds, bytes sent).
+    fn plain_rsync(&self, source: &Instance, failed: &Path) -> Res<(f64, f64)> {
+        let scratch = self.cluster.dir.join("scratch-rsync");
+        let _ = std::fs::remove_dir_all(&scratch);
+        run(Command::new("cp").arg("-a").arg(failed).arg(&scratch)).map_err(err)?;
+        let started = Instant::now();
+        let out = run(Command::new("rsync")
+            .args(["-a", "--checksum", "--no-whole-file", "--stats", "--exclude=/postmaster.pid", "--exclude=/pg_wal/*"])
+            .arg(format!("{}/", source.datadir.display()))
+            .arg(format!("{}/", scratch.display())))
+        .map_err(err)?;
+        let t = started.elapsed().as_secs_f64();
+        let _ = std::fs::remove_dir_all(&scratch);
+        let stats = String::from_utf8_lossy(&out.stdout);
+        let sent = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("Total bytes sent: "))
+            .map(|v| v.replace(',', "").trim().parse::<f64>().unwrap_or(0.0))
+            .unwrap_or(0.0);
+        Ok((t, sent))
+    }
+}
+
+fn ratio_row(what: &str, ours: f64, base: f64, target: f64, fmt: fn(f64) -> String, base_name: &str) -> Row {
+    let ratio = ours / base;
+    Row {
+        what: what.into(),
+        ours: fmt(ours),
+        baseline: format!("{} ({base_name})", fmt(base)),
+        ratio: Some(ratio),
+        target: format!("≤ {target}"),
+        met: Some(ratio <= target),
+    }
+}
+
+fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<Row>> {
+    let mut rows = Vec::new();
+    let _ = Cluster::destroy(dir);
+    eprintln!("== creating a 1-pair cluster with pgbench scale {scale}");
+    let base = gpdemo::free_port_range(3).map_err(err)?;
+    let cluster = Cluster::create(dir, 1, base).map_err(err)?;
+    let b = Bench { cluster, runs, scale };
+    run(b
+        .pg("pgbench")
+        .args(["-h", "127.0.0.1", "-p", &b.cluster.primaries[0].port.to_string(), "-U", &server_user()])
+        .args(["-i", "-q", "-s", &scale.to_string(), "postgres"]))
+    .map_err(err)?;
+    b.cluster.primaries[0].connect().map_err(err)?.batch_execute("CREATE TABLE bench_probe (x int)").map_err(err)?;
+    let size: i64 = {
+        let mut c = b.cluster.primaries[0].connect().map_err(err)?;
+        c.query_one("SELECT pg_database_size('postgres')", &[]).map_err(err)?.get(0)
+    };
+    eprintln!("   data: {}", mb(size as f64));
+
+    // 1. Failover, fast settings and defaults; 6. rebalance window after each.
+    let mut gaps = Vec::new();
+    for (label, settings, target) in [("probe 1 s / timeout 1 s / 2 retries", Some((1, 1, 2, 2)), Some(2.0)), ("defaults 60 s / 20 s / 5", None, None)] {
+        b.fts(settings)?;
+        let mut times = Vec::new();
+        for i in 0..b.runs {
+            eprintln!("== failover ({label}) run {}", i + 1);
+            let (t, _) = b.kill_and_time_failover()?;
+            times.push(t);
+            b.fts(Some((1, 1, 2, 2)))?;
+            gaps.push(b.restore()?);
+            b.fts(settings)?;
+        }
+        let m = median(times);
+        rows.push(Row {
+            what: format!("Failover: SIGKILL of a primary → first commit on the promoted mirror ({label})"),
+            ours: secs(m),
+            baseline: "pg_auto_failover 2.0: ~3.8 s fastest settings, ~50 s defaults (reference, not run here)".into(),
+            ratio: None,
+            target: target.map_or("—".into(), |t| format!("< {t} s")),
+            met: target.map(|t| m < t),
+        });
+    }
+    b.fts(Some((1, 1, 2, 2)))?;
+
+    // 2. Full recovery against a bare pg_basebackup of the same source.
+    let (mut full_total, mut full_copy, mut bare, mut full_bytes) = (Vec::new(), Vec::new(), Vec::new(), 0.0);
+    for i in 0..b.runs {
+        eprintln!("== full recovery run {}", i + 1);
+        let (_, down) = b.kill_and_time_failover()?;
+        let ((source, _), _) = b.members()?;
+        bare.push(b.bare_basebackup(&source)?);
+        let (total, copy, bytes) = b.timed_recovery(down, "full")?;
+        full_total.push(total);
+        full_copy.push(copy);
+        full_bytes = bytes;
+        gaps.push(b.restore()?);
+    }
+    let (ft, fc, bb) = (median(full_total.clone()), median(full_copy), median(bare));
+    rows.push(ratio_row("Full recovery: copy phase vs bare pg_basebackup -X stream -c fast", fc, bb, 1.10, secs, "pg_basebackup"));
+    rows.push(Row {
+        what: "Full recovery: everything but the copy (stop, configure, start, catch up, mark synchronized)".into(),
+        ours: secs(ft - fc),
+        baseline: format!("end to end {}", secs(ft)),
+        ratio: None,
+        target: "< 3 s".into(),
+        met: Some(ft - fc < 3.0),
+    });
+
+    // 3. Incremental after a contiguous 1% update, against full.
+    let mut inc = Vec::new();
+    for i in 0..b.runs {
+        eprintln!("== incremental recovery run {}", i + 1);
+        let (_, down) = b.kill_and_time_failover()?;
+        let ((primary, _), _) = b.members()?;
+        b.update(&primary, 1, false)?;
+        inc.push(b.timed_recovery(down, "incremental")?.0);
+        gaps.push(b.restore()?);
+    }
+    rows.push(ratio_row("Incremental recovery after a contiguous 1% update vs full recovery", median(inc), ft, 0.2, secs, "full"));
+
+    // 4. Differential after 5% (contiguous, then spread) against full and plain rsync.
+    for (label, spread) in [("contiguous", false), ("spread over every page", true)] {
+        let (mut dt, mut db, mut rt, mut rb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..b.runs {
+            eprintln!("== differential recovery ({label}) run {}", i + 1);
+            let (_, down) = b.kill_and_time_failover()?;
+            let ((primary, _), (failed, _)) = b.members()?;
+            b.update(&primary, 5, spread)?;
+            let (t, bytes) = b.plain_rsync(&primary, &failed.datadir)?;
+            rt.push(t);
+            rb.push(bytes);
+            let (total, _, bytes) = b.timed_recovery(down, "differential")?;
+            dt.push(total);
+            db.push(bytes);
+            gaps.push(b.restore()?);
+        }
+        let (dt, db, rt, rb) = (median(dt), median(db), median(rt), median(rb));
+        let target_bytes = if spread { None } else { Some(0.1) };
+        rows.push(Row {
+            what: format!("Differential after a 5% update ({label}): bytes sent vs full"),
+            ours: mb(db),
+            baseline: format!("{} (full)", mb(full_bytes)),
+            ratio: Some(db / full_bytes),
+            target: target_bytes.map_or("— (every page changed)".into(), |t| format!("≤ {t}")),
+            met: target_bytes.map(|t| db / full_bytes <= t),
+        });
+        let target_time = if spread { None } else { Some(0.5) };
+        rows.push(Row {
+            what: format!("Differential after a 5% update ({label}): time vs full"),
+            ours: secs(dt),
+            baseline: format!("{} (full)", secs(ft)),
+            ratio: Some(dt / ft),
+            target: target_time.map_or("—".into(), |t| format!("≤ {t}")),
+            met: target_time.map(|t| dt / ft <= t),
+        });
+        rows.push(Row {
+            what: format!("Differential after a 5% update ({label}): time vs plain rsync -a --checksum --no-whole-file"),
+            ours: secs(dt),
+            baseline: format!("{} / {} sent (rsync)", secs(rt), mb(rb)),
+            ratio: Some(dt / rt),
+            target: "—".into(),
+            met: None,
+        });
+    }
+
+    // 6. Rebalance window, over every rebalance above.
+    let worst = gaps.iter().copied().fold(0.0, f64::max);
+    rows.push(Row {
+        what: format!("Rebalance: longest gap between commits of a client writing in a loop (median of {})", gaps.len()),
+        ours: secs(median(gaps.clone())),
+        baseline: format!("worst {}", secs(worst)),
+        ratio: None,
+        target: "< 3 s".into(),
+        met: Some(worst < 3.0),
+    });
+    Cluster::destroy(dir).map_err(err)?;
+
+    // 5. Parallel recovery of 8 segments, and 7. probe cost, on clusters of their own.
+    rows.extend(parallel_and_probe(dir, scale, probe_pairs)?);
+    Ok(rows)
+}
+
+fn parallel_and_probe(dir: &Path, scale: u32, probe_pairs: u16) -> Res<Vec<Row>> {
+    let mut rows = Vec::new();
+    eprintln!("== 8 pairs: parallel against one-by-one full recovery");
+    let base = gpdemo::free_port_range(17).map_err(err)?;
+    let cluster = Cluster::create(dir, 8, base).map_err(err)?;
+    let b = Bench { cluster, runs: 1, scale };
+    let per = (scale / 8).max(1);
+    for p in &b.cluster.primaries {
+        run(b
+            .pg("pgbench")
+            .args(["-h", "127.0.0.1", "-p", &p.port.to_string(), "-U", &server_user()])
+            .args(["-i", "-q", "-s", &per.to_string(), "postgres"]))
+        .map_err(err)?;
+    }
+    b.fts(Some((1, 1, 2, 2)))?;
+    let down_all = |b: &Bench| -> Res<()> {
+        for m in &b.cluster.mirrors {
+            m.stop("immediate").map_err(err)?;
+        }
+        wait_until(Duration::from_secs(60), "8 mirrors to be marked down", || {
+            b.value::<i64>("SELECT count(*) FROM gp_segment_configuration WHERE status = 'd'").unwrap_or(0) == 8
+        })
+        .map_err(err)
+    };
+    down_all(&b)?;
+    let started = Instant::now();
+    for job in b.coord()?.query("SELECT * FROM gp_recover_all('full')", &[]).map_err(err)? {
+        b.wait_job(job.get(0))?;
+    }
+    let parallel = started.elapsed().as_secs_f64();
+    down_all(&b)?;
+    let dbids: Vec<i16> = b
+        .coord()?
+        .query("SELECT dbid FROM gp_segment_configuration WHERE status = 'd' ORDER BY dbid", &[])
+        .map_err(err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut serial = 0.0;
+    for d in dbids {
+        serial += b.timed_recovery(d, "full")?.0;
+    }
+    rows.push(Row {
+        what: format!("Parallel: 8 down segments (pgbench scale {per} each) with gp_recover_all('full') vs one by one"),
+        ours: secs(parallel),
+        baseline: format!("{} (sum one by one)", secs(serial)),
+        ratio: Some(parallel / serial),
+        target: "—".into(),
+        met: None,
+    });
+    Cluster::destroy(dir).map_err(err)?;
+
+    eprintln!("== {probe_pairs} pairs: probe round cost");
+    let base = gpdemo::free_port_range(2 * probe_pairs + 1).map_err(err)?;
+    let cluster = Cluster::create(dir, probe_pairs, base).map_err(err)?;
+    let b = Bench { cluster, runs: 1, scale };
+    b.fts(Some((3600, 20, 5, 30)))?;
+    let mut times = Vec::new();
+    for _ in 0..7 {
+        let started = Instant::now();
+        b.exec("SELECT gp_request_fts_probe_scan()")?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let pid: i32 = b.value("SELECT pid FROM pg_stat_activity WHERE backend_type = 'gp_recovery fts'")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(err)?;
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default();
+    rows.push(Row {
+        what: format!("Probe cost: one gp_request_fts_probe_scan() round over {probe_pairs} pairs (median of 7)"),
+        ours: format!("{:.0} ms", median(times)),
+        baseline: "—".into(),
+        ratio: None,
+        target: "—".into(),
+        met: None,
+    });
+    rows.push(Row {
+        what: "Probe cost: fault tolerance worker's peak memory (VmHWM; VmRSS now)".into(),
+        ours: format!("{} ({})", field("VmHWM:"), field("VmRSS:")),
+        baseline: "—".into(),
+        ratio: None,
+        target: "—".into(),
+        met: None,
+    });
+    Cluster::destroy(dir).map_err(err)?;
+    Ok(rows)
+}
+
+fn write_results(path: &Path, rows: &[Row], scale: u32, runs: usize, took: Duration) -> Res<()> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mut md = format!(
+        "# gp_recovery benchmark results\n\nMachine: {cores} cores. Data: pgbench scale {scale} per primary \
+         (about {} MB). Medians of {runs} runs unless said otherwise. The whole run took {:.0} s.\n\
+         Produced by `./bench/run --scale {scale} --runs {runs}`.\n\n\
+         | what | ours | baseline | ratio | target | met |\n|---|---|---|---|---|---|\n",
+        scale * 15,
+        took.as_secs_f64()
+    );
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.what,
+            r.ours,
+            r.baseline,
+            r.ratio.map_or("—".into(), |x| format!("{x:.2}")),
+            r.target,
+            r.met.map_or("—", |m| if m { "yes" } else { "no" })
+        ));
+    }
+    std::fs::write(path, md).map_err(err)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let get = |flag: &str, default: u32| -> u32 {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (scale, runs, probe_pairs) = (get("--scale", 70), get("--runs", 3) as usize, get("--probe-pairs", 32) as u16);
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results.md");
+    let dir = PathBuf::from("/var/tmp/gp-bench");
+    let started = Instant::now();
+    match run_bench(&dir, scale, runs.max(1), probe_pairs) {
+        Ok(rows) => {
+            if let Err(e) = write_results(&out, &rows, scale, runs, started.elapsed()) {
+                eprintln!("gp_bench: could not write {}: {e}", out.display());
+                std::process::exit(1);
+            }
+            println!("{}", std::fs::read_to_string(&out).unwrap_or_default());
+        }
+        Err(e) => {
+            let _ = Cluster::destroy(&dir);
+            eprintln!("gp_bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
