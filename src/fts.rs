@@ -117,6 +117,7 @@ struct Probed {
 enum Event {
     Probed(Box<Probed>),
     Wake,
+    Reload,
     Stop,
 }
 
@@ -124,16 +125,22 @@ struct WorkerSettings {
     interval: Duration,
     timeout: Duration,
     retries: u32,
+    /// Between attempts on a primary: about a second, as in Greenplum, but
+    /// all retries fit in one probe interval, so a 1 s interval with 2
+    /// retries fails a dead primary over within a couple of seconds.
+    retry_pause: Duration,
     rules: Settings,
 }
 
 fn settings() -> WorkerSettings {
     let secs = |v: i32| Duration::from_secs(u64::try_from(v).unwrap_or(1));
     let retries = u32::try_from(gucs::FTS_PROBE_RETRIES.get()).unwrap_or(0);
+    let interval = secs(gucs::FTS_PROBE_INTERVAL.get());
     WorkerSettings {
-        interval: secs(gucs::FTS_PROBE_INTERVAL.get()),
+        interval,
         timeout: secs(gucs::FTS_PROBE_TIMEOUT.get()),
         retries,
+        retry_pause: (interval / (retries + 1)).min(Duration::from_secs(1)),
         rules: Settings {
             mirror_down_grace_period: secs(gucs::MIRROR_DOWN_GRACE_PERIOD.get()),
             max_starting_rounds: retries,
@@ -203,6 +210,7 @@ impl Fts {
             match self.next_event() {
                 Event::Probed(p) => self.finish(*p),
                 Event::Wake => {}
+                Event::Reload => self.reload_config(),
                 Event::Stop => self.stopping = true,
             }
         }
@@ -210,10 +218,14 @@ impl Fts {
 
     fn reload_config_if_asked(&mut self) {
         if BackgroundWorker::sighup_received() {
-            // SAFETY: called on the worker's main thread outside a transaction.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            self.next_round = self.next_round.min(Instant::now() + settings().interval);
+            self.reload_config();
         }
+    }
+
+    fn reload_config(&mut self) {
+        // SAFETY: called on the worker's main thread outside a transaction.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        self.next_round = self.next_round.min(Instant::now() + settings().interval);
     }
 
     /// Starts probes for the contents a new round or a follow-up wants.
@@ -238,11 +250,11 @@ impl Fts {
             self.follow_up.remove(&content);
             let (primary, mirror) = (pair.primary.clone(), pair.mirror.clone());
             let (pt, mt) = (Target::new(&primary, s.timeout), Target::new(&mirror, s.timeout));
-            let (round, retries) = (self.round, s.retries);
+            let (round, retries, pause) = (self.round, s.retries, s.retry_pause);
             self.in_flight.insert(content, round);
             *self.outstanding.entry(round).or_default() += 1;
             let probe = async move {
-                let (primary_health, mirror_probe) = tokio::join!(pt.probe_primary(retries), mt.probe());
+                let (primary_health, mirror_probe) = tokio::join!(pt.probe_primary(retries, pause), mt.probe());
                 Probed { round, primary, mirror, primary_health, mirror_probe }
             };
             self.tasks.spawn_on(probe, runtime().handle());
@@ -282,6 +294,10 @@ impl Fts {
                     let orphaned = unsafe { libc::getppid() != pg_sys::PostmasterPid };
                     if BackgroundWorker::sigterm_received() || orphaned {
                         return Event::Stop;
+                    }
+                    // New settings apply at once, not after the next round.
+                    if BackgroundWorker::sighup_received() {
+                        return Event::Reload;
                     }
                     if ROUND_REQUESTED.get().load(Ordering::SeqCst) {
                         return Event::Wake;

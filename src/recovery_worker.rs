@@ -612,8 +612,20 @@ impl Job {
                 // the mirror streams what the copy needs.
                 block_on(src.create_slot(true))?;
                 self.backup = Some(block_on(src.backup_start(&format!("gp_recovery job {}", self.id())))?);
-                let mut args: Vec<String> =
-                    vec!["-a".into(), "--delete".into(), "--checksum".into(), "--info=progress2".into(), "--no-inc-recursive".into()];
+                // --no-whole-file: the delta algorithm even between local
+                // directories, so only changed blocks are sent; --stats
+                // reports the bytes sent in the job's log.
+                let mut args: Vec<String> = [
+                    "-a",
+                    "--delete",
+                    "--checksum",
+                    "--no-whole-file",
+                    "--stats",
+                    "--info=progress2",
+                    "--no-inc-recursive",
+                ]
+                .map(String::from)
+                .to_vec();
                 args.extend(recovery::RSYNC_EXCLUDES.iter().map(|e| format!("--exclude={e}")));
                 args.push(format!("{}/", source.datadir.trim_end_matches('/')));
                 args.push(format!("{}/", target_dir.trim_end_matches('/')));
@@ -738,12 +750,12 @@ impl Job {
         }
     }
 
-    /// What the acting primary reports now, at most once a second.
+    /// What the acting primary reports now, at most five times a second.
     fn source_probe(&mut self) -> Option<ProbeResult> {
         if Instant::now() < self.next_check {
             return None;
         }
-        self.next_check = Instant::now() + Duration::from_secs(1);
+        self.next_check = Instant::now() + Duration::from_millis(200);
         let source = self.source.clone()?;
         Some(block_on(Target::new(&source, timeout()).probe()))
     }
@@ -826,7 +838,7 @@ impl Job {
         if Instant::now() < self.next_check {
             return Step::Stay;
         }
-        self.next_check = Instant::now() + Duration::from_millis(500);
+        self.next_check = Instant::now() + Duration::from_millis(200);
         let catalog = BackgroundWorker::transaction(catalog::load);
         let pair: Vec<&Segment> = catalog.iter().filter(|s| s.content == self.rec.content).collect();
         if pair.len() == 2 && pair.iter().all(|s| s.status == Status::Up && s.mode == Mode::Synchronized) {

@@ -141,9 +141,9 @@ impl Target {
         self.with_client(|client| async move { query_instance(&client).await }).await
     }
 
-    /// Probes a primary up to 1 + `retries` times, about a second apart, as
-    /// Greenplum's FTS does before it declares a primary failed.
-    pub async fn probe_primary(&self, retries: u32) -> PrimaryHealth {
+    /// Probes a primary up to 1 + `retries` times, `pause` apart, before it
+    /// counts as failed.
+    pub async fn probe_primary(&self, retries: u32, pause: Duration) -> PrimaryHealth {
         let mut attempt = 0;
         loop {
             match self.probe().await {
@@ -151,7 +151,7 @@ impl Target {
                 Err(e) if attempt >= retries => return PrimaryHealth::from_failure(e),
                 Err(_) => {
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(pause).await;
                 }
             }
         }

@@ -56,12 +56,15 @@ fn killed_primary_fails_over_without_losing_acknowledged_commits() {
         .get(0);
     assert_eq!(present as usize, acked.len(), "acknowledged commits lost in the failover");
 
-    // The slot the old primary will stream from after recovery exists.
-    let slot: i64 = new_primary
-        .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'internal_wal_replication_slot'", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(slot, 1);
+    // Right after the promotion the FTS turns synchronous replication off
+    // there and creates the slot the old primary will stream from.
+    wait_for(10, "the slot on the new primary", || {
+        let slot: i64 = new_primary
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'internal_wal_replication_slot'", &[])
+            .unwrap()
+            .get(0);
+        slot == 1
+    });
     let sync_names: String = new_primary.query_one("SHOW synchronous_standby_names", &[]).unwrap().get(0);
     assert_eq!(sync_names, "", "the new primary must not wait for a standby it does not have");
 
