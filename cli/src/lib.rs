@@ -277,12 +277,15 @@ pub const DEMO_FTS_SETTINGS: &str = "gp_recovery.fts_probe_interval = 2s\n\
      gp_recovery.fts_probe_timeout = 2s\ngp_recovery.fts_probe_retries = 2\n\
      gp_recovery.mirror_down_grace_period = 5s\n";
 
-/// Settings every instance gets.
+/// Settings every instance gets. wal_keep_size: pg_rewind (incremental
+/// recovery) needs the old primary's WAL back to the last checkpoint before
+/// the divergence, which a bulk load would otherwise have recycled.
 fn common_conf(port: u16, socket_dir: &Path) -> String {
     format!(
         "\n# gpdemo\nport = {port}\nlisten_addresses = '{ADDRESS}'\nunix_socket_directories = '{}'\n\
          wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
          wal_log_hints = on\nhot_standby = on\nshared_buffers = 32MB\nmax_connections = 50\n\
+         wal_keep_size = 1GB\n\
          log_line_prefix = '%m [%p] '\n",
         socket_dir.display()
     )
