@@ -158,7 +158,10 @@ fn hung_primary_fails_over_after_retries_while_others_are_probed_on_time() {
     assert!(failover_after >= Duration::from_secs(12), "failed over before timeout x retries: {failover_after:?}");
     assert_eq!(tc.row_state(p0_dbid), "m d n");
     drop(hung);
-    m0.connect().unwrap().batch_execute("CREATE TABLE after_failover (x int)").unwrap();
+    // The catalog changes first, then the mirror is promoted.
+    wait_for(30, "the promoted mirror to accept writes", || {
+        m0.connect().is_ok_and(|mut c| c.batch_execute("CREATE TABLE after_failover (x int)").is_ok())
+    });
     eprintln!("content 1 decided after {other_after:?}; hung content failed over after {failover_after:?}");
 }
 
