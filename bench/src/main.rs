@@ -439,12 +439,33 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
     });
     Cluster::destroy(dir).map_err(err)?;
 
-    // 5. Parallel recovery of 8 segments, and 7. probe cost, on clusters of their own.
-    rows.extend(parallel_and_probe(dir, scale, probe_pairs)?);
+    // 5. Parallel recovery of 8 segments, and 7. probe cost, on clusters of
+    // their own; a failure is reported in the table, its cluster kept.
+    for (name, section) in [
+        ("parallel recovery of 8 segments", parallel as fn(&Path, u32, u16) -> Res<Vec<Row>>),
+        ("probe cost", probe_cost),
+    ] {
+        let section_dir = dir.with_file_name(format!("gp-bench-{}", name.split(' ').next().unwrap_or("x")));
+        let _ = Cluster::destroy(&section_dir);
+        match section(&section_dir, scale, probe_pairs) {
+            Ok(r) => rows.extend(r),
+            Err(e) => {
+                eprintln!("gp_bench: {name} failed: {e}; its cluster is left in {}", section_dir.display());
+                rows.push(Row {
+                    what: format!("{name}: FAILED"),
+                    ours: e.replace('|', "/"),
+                    baseline: format!("cluster left in {}", section_dir.display()),
+                    ratio: None,
+                    target: "—".into(),
+                    met: None,
+                });
+            }
+        }
+    }
     Ok(rows)
 }
 
-fn parallel_and_probe(dir: &Path, scale: u32, probe_pairs: u16) -> Res<Vec<Row>> {
+fn parallel(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
     let mut rows = Vec::new();
     eprintln!("== 8 pairs: parallel against one-by-one full recovery");
     let base = gpdemo::free_port_range(17).map_err(err)?;
@@ -495,7 +516,11 @@ fn parallel_and_probe(dir: &Path, scale: u32, probe_pairs: u16) -> Res<Vec<Row>>
         met: None,
     });
     Cluster::destroy(dir).map_err(err)?;
+    Ok(rows)
+}
 
+fn probe_cost(dir: &Path, scale: u32, probe_pairs: u16) -> Res<Vec<Row>> {
+    let mut rows = Vec::new();
     eprintln!("== {probe_pairs} pairs: probe round cost");
     let base = gpdemo::free_port_range(2 * probe_pairs + 1).map_err(err)?;
     let cluster = Cluster::create(dir, probe_pairs, base).map_err(err)?;
