@@ -148,11 +148,7 @@ impl Bench {
                 let mut client: Option<postgres::Client> = None;
                 while !stop.load(Ordering::SeqCst) {
                     if client.is_none() {
-                        client = members.iter().find_map(|m| {
-                            let mut c = m.connect().ok()?;
-                            let p: bool = c.query_one("SELECT NOT pg_is_in_recovery()", &[]).ok()?.get(0);
-                            p.then_some(c)
-                        });
+                        client = gpdemo::connect_to_primary(&members);
                     }
                     match client.as_mut().map(|c| c.batch_execute("INSERT INTO bench_probe VALUES (2)")) {
                         Some(Ok(())) => {

@@ -489,6 +489,15 @@ pub fn configure_mirror(primary: &Instance, mirror: &Instance) -> Result<()> {
     append_server_file(&mirror.datadir.join("standby.signal"), "")
 }
 
+/// A connection to whichever of `members` accepts writes now, if any.
+pub fn connect_to_primary(members: &[Instance]) -> Option<postgres::Client> {
+    members.iter().find_map(|m| {
+        let mut c = m.connect().ok()?;
+        let primary: bool = c.query_one("SELECT NOT pg_is_in_recovery()", &[]).ok()?.get(0);
+        primary.then_some(c)
+    })
+}
+
 /// Polls `f` every 200 ms until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();

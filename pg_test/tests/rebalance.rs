@@ -43,11 +43,7 @@ fn switched_pairs_return_to_preferred_roles_without_losing_commits() {
             let mut client: Option<postgres::Client> = None;
             while !stop.load(Ordering::SeqCst) {
                 if client.is_none() {
-                    client = members.iter().find_map(|m| {
-                        let mut c = m.connect().ok()?;
-                        let primary: bool = c.query_one("SELECT NOT pg_is_in_recovery()", &[]).ok()?.get(0);
-                        primary.then_some(c)
-                    });
+                    client = gpdemo::connect_to_primary(&members);
                     if client.is_none() {
                         std::thread::sleep(Duration::from_millis(20));
                         continue;
