@@ -18,7 +18,8 @@ pub fn load() -> Vec<Segment> {
     .or_raise()
     .map(|j| j.0)
     .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
-    serde_json::from_value(json).unwrap_or_else(|e| internal("unexpected gp_segment_configuration row", e))
+    serde_json::from_value(json)
+        .unwrap_or_else(|e| internal("unexpected gp_segment_configuration row", e))
 }
 
 /// "char" values travel as i8 through pgrx.
@@ -112,7 +113,8 @@ pub fn lock_rows(dbids: &[i16]) -> Vec<Segment> {
     .or_raise()
     .map(|j| j.0)
     .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
-    serde_json::from_value(json).unwrap_or_else(|e| internal("unexpected gp_segment_configuration row", e))
+    serde_json::from_value(json)
+        .unwrap_or_else(|e| internal("unexpected gp_segment_configuration row", e))
 }
 
 /// Contents whose latest double-fault history row says the fault is still on.
@@ -192,13 +194,12 @@ fn gp_add_segment(
     let probes = segment_client::probe_all(&to_probe);
     let missing = || Err("not probed".to_string());
     let probe = probes.get(&row.dbid).cloned().unwrap_or_else(missing);
-    let primary_probe = primary.as_ref().map(|p| probes.get(&p.dbid).cloned().unwrap_or_else(missing));
-    let mode = registration::verify_claim(
-        &row,
-        &probe,
-        primary.as_ref().zip(primary_probe.as_ref()),
-    )
-    .or_raise();
+    let primary_probe = primary
+        .as_ref()
+        .map(|p| probes.get(&p.dbid).cloned().unwrap_or_else(missing));
+    let mode =
+        registration::verify_claim(&row, &probe, primary.as_ref().zip(primary_probe.as_ref()))
+            .or_raise();
 
     let row = Segment { mode, ..row };
     insert(

@@ -14,7 +14,11 @@ pub static FTS_PROBE_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static MIRROR_DOWN_GRACE_PERIOD: GucSetting<i32> = GucSetting::<i32>::new(30);
 pub static MAX_PARALLEL_JOBS: GucSetting<i32> = GucSetting::<i32>::new(16);
 pub static MAX_RATE: GucSetting<i32> = GucSetting::<i32>::new(0);
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static REMOTE_SHELL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(gp_recovery_core::host::DEFAULT_REMOTE_SHELL));
+pub static LOCAL_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// The database holding the catalog, where the worker connects.
 pub fn database() -> String {
@@ -22,6 +26,23 @@ pub fn database() -> String {
         .get()
         .map(|d| d.to_string_lossy().into_owned())
         .unwrap_or_else(|| "postgres".into())
+}
+
+fn text(setting: &GucSetting<Option<CString>>) -> String {
+    setting
+        .get()
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The command (and options) that reaches a segment's host.
+pub fn remote_shell() -> String {
+    text(&REMOTE_SHELL)
+}
+
+/// Extra names of the coordinator's own host, comma-separated.
+pub fn local_hosts() -> String {
+    text(&LOCAL_HOSTS)
 }
 
 pub fn define() {
@@ -94,6 +115,22 @@ pub fn define() {
         1048576,
         GucContext::Sighup,
         GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_string_guc(
+        c"gp_recovery.remote_shell",
+        c"Command that runs a recovery step on another segment host, followed by the host name and the step.",
+        c"Used for every segment whose host name is not the coordinator's own (see gp_recovery.local_hosts), and by differential recovery's rsync between hosts. It must log in without a password, as the server's OS user.",
+        &REMOTE_SHELL,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"gp_recovery.local_hosts",
+        c"Comma-separated host names that are the coordinator's own machine.",
+        c"Steps for segments on these hosts (and on localhost, 127.0.0.1, ::1 and the machine's host name) run directly instead of through gp_recovery.remote_shell.",
+        &LOCAL_HOSTS,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     // A postmaster-level setting can only be defined while preloading;
     // loaded later (CREATE EXTENSION without the preload) it would be FATAL.

@@ -20,6 +20,7 @@ mod latch;
 mod recovery;
 mod recovery_worker;
 mod segment_client;
+mod segment_host;
 
 ::pgrx::pg_module_magic!();
 

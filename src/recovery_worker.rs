@@ -2,30 +2,34 @@
 //! runs queued gp_recovery_job rows, several at once up to
 //! gp_recovery.max_parallel_jobs, each through its phases:
 //!
-//!   stopping → checking source → rewinding / copying → configuring →
-//!   starting → connecting → marking up → catching up → synchronizing
+//!   checking host → stopping → checking source → rewinding / copying →
+//!   configuring → starting → connecting → marking up → catching up →
+//!   synchronizing
 //!
 //! and rebalance jobs (gp_rebalance) through
 //!
-//!   checking pair → stopping (the acting primary, fast) → promoting (once
+//!   checking host → checking pair → stopping (the acting primary, fast) → promoting (once
 //!   its mirror replayed the final checkpoint) → configuring (the old
 //!   primary as a standby) → starting → connecting (pg_rewind only if it
 //!   cannot follow the new timeline) → marking up → catching up → synchronizing
 //!
-//! The copy tools (pg_rewind, pg_basebackup, rsync) and pg_ctl run as child
-//! processes whose output goes to a log file under the coordinator's
-//! gp_recovery_log/, read back for progress. Nothing holds a transaction
+//! Every step on a segment's files or processes is a script (built in
+//! gp_recovery_core::host) run on the segment's host: directly on the
+//! coordinator's own, else through gp_recovery.remote_shell. Its output
+//! streams to a log file under the coordinator's gp_recovery_log/, read
+//! back for progress. Nothing changes the catalog before the target host
+//! answered (checking host). Nothing holds a transaction
 //! open while a child runs: each tick polls the children, then writes phase
 //! and progress in one short transaction. The pair becomes synchronized
 //! through the fault tolerance service, which the job asks for rounds.
 
 use std::fs;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
+use gp_recovery_core::host::{self, Scripts};
 use gp_recovery_core::probe::{ProbeResult, MIRROR_APPLICATION_NAME, SLOT_NAME};
 use gp_recovery_core::rebalance;
 use gp_recovery_core::recovery::{self, JobRecord, Progress, RecoveryMode};
@@ -36,9 +40,11 @@ use pgrx::{pg_shmem_init, PgAtomic};
 
 use crate::error::OrRaise;
 use crate::segment_client::{block_on, server_user, Target};
+use crate::segment_host::{self, HostError, SegmentHost};
 use crate::{catalog, fts, gucs, latch};
 
-static JOBS_WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"gp_recovery_jobs_worker_pid") };
+static JOBS_WORKER_PID: PgAtomic<AtomicI32> =
+    unsafe { PgAtomic::new(c"gp_recovery_jobs_worker_pid") };
 
 /// Shared memory and the worker; only while loading via shared_preload_libraries.
 pub fn init() {
@@ -66,6 +72,7 @@ const REBALANCE: &str = "gp_rebalance: segment config for rebalance";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
+    CheckingHost,
     Stopping,
     CheckingSource,
     Copying,
@@ -81,6 +88,7 @@ enum Phase {
 impl Phase {
     fn name(self, mode: RecoveryMode) -> &'static str {
         match self {
+            Phase::CheckingHost => "checking host",
             Phase::Stopping => "stopping",
             Phase::CheckingSource if mode == RecoveryMode::Rebalance => "checking pair",
             Phase::CheckingSource => "checking source",
@@ -99,6 +107,7 @@ impl Phase {
 
     fn from_name(name: &str) -> Option<Phase> {
         [
+            Phase::CheckingHost,
             Phase::Stopping,
             Phase::CheckingSource,
             Phase::Copying,
@@ -112,9 +121,13 @@ impl Phase {
         ]
         .into_iter()
         .find(|p| {
-            [RecoveryMode::Full, RecoveryMode::Incremental, RecoveryMode::Rebalance]
-                .iter()
-                .any(|m| p.name(*m) == name)
+            [
+                RecoveryMode::Full,
+                RecoveryMode::Incremental,
+                RecoveryMode::Rebalance,
+            ]
+            .iter()
+            .any(|m| p.name(*m) == name)
         })
     }
 }
@@ -127,25 +140,33 @@ enum Step {
     Fail(String),
 }
 
-/// A child process of a job, with the file its output goes to.
+/// A step's script running on a host, with the file its output goes to.
 struct Tool {
     name: &'static str,
+    host: SegmentHost,
     child: Child,
+    /// Held open while the script runs: closing it ends the script.
+    stdin: Option<ChildStdin>,
     log: PathBuf,
 }
+
+/// The tools whose output reports copy progress.
+const COPY_TOOLS: [&str; 3] = ["pg_rewind", "pg_basebackup", "rsync"];
 
 /// A running job.
 struct Job {
     rec: JobRecord,
     mode: RecoveryMode,
     target: Segment,
+    /// Where the target's steps run; an error if the settings cannot say.
+    target_host: Result<SegmentHost, String>,
+    /// Where the failed segment was (a relocation leaves its host).
+    original_host: Result<SegmentHost, String>,
     source: Option<Segment>,
     phase: Phase,
     tool: Option<Tool>,
     /// The session holding a differential recovery's base backup open.
     backup: Option<tokio_postgres::Client>,
-    /// A full recovery in place moved the old data directory aside.
-    swapped: bool,
     /// Rebalance: the preferred primary has been promoted.
     promoted: bool,
     /// Rebalance: the old primary was rewound after it could not follow.
@@ -160,38 +181,11 @@ struct Job {
     logfile: Option<PathBuf>,
 }
 
-fn suffixed(dir: &str, suffix: &str) -> PathBuf {
-    PathBuf::from(format!("{}{suffix}", dir.trim_end_matches('/')))
-}
-
-/// The directory of the server's own programs (pg_ctl, pg_rewind, ...).
-fn bindir() -> PathBuf {
-    // SAFETY: my_exec_path is a NUL-terminated path set at backend start.
-    let exec = unsafe { std::ffi::CStr::from_ptr(std::ptr::addr_of!(pg_sys::my_exec_path).cast()) };
-    Path::new(&*exec.to_string_lossy()).parent().map(Path::to_path_buf).unwrap_or_default()
-}
-
 /// gp_recovery_log/ under the coordinator's data directory.
 fn log_dir() -> PathBuf {
     // SAFETY: DataDir is set before any worker starts.
     let data = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
     PathBuf::from(&*data.to_string_lossy()).join("gp_recovery_log")
-}
-
-/// The last lines of a tool's output, for error messages.
-fn tail(path: &Path) -> String {
-    let text = fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let lines: Vec<&str> = text.split(['\n', '\r']).filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(3)..].join(" / ")
-}
-
-fn remove_dir(path: &Path) -> Result<(), String> {
-    match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(format!("could not remove {}: {e}", path.display()))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// Adds gp_recovery.max_rate (kB/s) to a copy tool's arguments.
@@ -205,7 +199,15 @@ fn with_rate(mut args: Vec<String>, option: &str) -> Vec<String> {
 }
 
 fn timeout() -> Duration {
-    Duration::from_secs(u64::try_from(gucs::FTS_PROBE_TIMEOUT.get()).unwrap_or(20).max(1))
+    Duration::from_secs(
+        u64::try_from(gucs::FTS_PROBE_TIMEOUT.get())
+            .unwrap_or(20)
+            .max(1),
+    )
+}
+
+fn scripts() -> Scripts {
+    segment_host::scripts(timeout().as_secs())
 }
 
 impl Job {
@@ -214,13 +216,14 @@ impl Job {
         let phase = Phase::from_name(&rec.phase).unwrap_or(Phase::Stopping);
         Ok(Job {
             target: rec.target(),
+            target_host: SegmentHost::of(&rec.target_hostname),
+            original_host: SegmentHost::of(&rec.original.hostname),
             rec,
             mode,
             source: None,
             phase,
             tool: None,
             backup: None,
-            swapped: false,
             promoted: false,
             rewound: false,
             checkpoint_lsn: None,
@@ -245,102 +248,138 @@ impl Job {
     }
 
     fn source(&self) -> Result<&Segment, String> {
-        self.source.as_ref().ok_or_else(|| "the source was not checked".to_string())
+        self.source
+            .as_ref()
+            .ok_or_else(|| "the source was not checked".to_string())
     }
 
-    /// Starts a child process whose output goes to the job's log file for
-    /// that tool. Copy tools die with the worker (PR_SET_PDEATHSIG) and run
-    /// in their own process group so a cancel stops all they started.
-    fn spawn(&mut self, name: &'static str, args: &[String], dies_with_worker: bool) -> Result<(), String> {
+    fn host(&self) -> Result<SegmentHost, String> {
+        self.target_host.clone()
+    }
+
+    /// Starts a step's script on `host`, its output going to the job's log
+    /// file for that step.
+    fn spawn_on(
+        &mut self,
+        host: SegmentHost,
+        name: &'static str,
+        script: &str,
+    ) -> Result<(), String> {
         let dir = log_dir();
         fs::create_dir_all(&dir).map_err(|e| format!("could not create {}: {e}", dir.display()))?;
         let log = dir.join(format!("{name}.job{}.dbid{}.out", self.id(), self.dbid()));
-        let out = fs::File::create(&log).map_err(|e| format!("could not create {}: {e}", log.display()))?;
+        let out = fs::File::create(&log)
+            .map_err(|e| format!("could not create {}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
-        let program = if name == "rsync" { PathBuf::from("rsync") } else { bindir().join(name) };
-        let mut cmd = Command::new(&program);
-        cmd.args(args)
-            .stdin(Stdio::null())
+        let mut child = host
+            .command(script)
+            .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)
-            .current_dir("/")
-            .env("LC_ALL", "C")
-            .env("PGAPPNAME", "gp_recovery")
-            .env("PGCONNECT_TIMEOUT", timeout().as_secs().to_string())
-            .process_group(0);
-        if dies_with_worker {
-            // SAFETY: prctl is async-signal-safe; it only sets this child's
-            // parent-death signal.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd.spawn().map_err(|e| format!("could not run {}: {e}", program.display()))?;
+            .spawn()
+            .map_err(|e| format!("could not run {name} for host {}: {e}", host.name))?;
         log!(
-            "gp_recovery: job {} (dbid {}): running {} {}; output in {}",
+            "gp_recovery: job {} (dbid {}): running {name} on host {}{}; output in {}",
             self.id(),
             self.dbid(),
-            program.display(),
-            args.join(" "),
+            host.name,
+            if host.is_remote() {
+                " through gp_recovery.remote_shell"
+            } else {
+                ""
+            },
             log.display()
         );
-        if name != "pg_ctl" {
+        if COPY_TOOLS.contains(&name) {
             self.logfile = Some(log.clone());
         }
-        self.tool = Some(Tool { name, child, log });
+        let stdin = child.stdin.take();
+        self.tool = Some(Tool {
+            name,
+            host,
+            child,
+            stdin,
+            log,
+        });
         Ok(())
     }
 
-    /// None while the child runs; its result once it has exited.
-    fn poll_tool(&mut self) -> Option<Result<(), String>> {
+    /// Starts a step's script on the target's host.
+    fn spawn(&mut self, name: &'static str, script: &str) -> Result<(), String> {
+        let host = self.host()?;
+        self.spawn_on(host, name, script)
+    }
+
+    /// Runs a short step on the target's host to its end.
+    fn run(&self, what: &str, script: &str) -> Result<String, String> {
+        Ok(self.host()?.run(what, script)?)
+    }
+
+    /// None while the step runs; its result once it has exited.
+    fn poll_tool(&mut self) -> Option<Result<(), HostError>> {
         let tool = self.tool.as_mut()?;
-        if tool.name != "pg_ctl" {
-            let text = fs::read(&tool.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-            if let Some(p) = recovery::parse_progress(&text) {
+        let read = |log: &PathBuf| {
+            fs::read(log)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        if COPY_TOOLS.contains(&tool.name) {
+            if let Some(p) = recovery::parse_progress(&read(&tool.log)) {
                 self.progress = Some(p);
             }
         }
         let status = match tool.child.try_wait() {
             Ok(None) => return None,
             Ok(Some(status)) => status,
-            Err(e) => return Some(Err(format!("could not wait for {}: {e}", tool.name))),
+            Err(e) => {
+                return Some(Err(HostError {
+                    message: format!("could not wait for {}: {e}", tool.name),
+                    unreachable: false,
+                }))
+            }
         };
         let tool = self.tool.take()?;
         // rsync's 24: some source files vanished while copying (dropped
         // tables); the WAL replayed from the backup start covers them.
-        let ok = status.success() || (tool.name == "rsync" && status.code() == Some(24));
-        Some(if ok {
-            Ok(())
-        } else {
-            Err(format!("{} failed ({status}): {} (output in {})", tool.name, tail(&tool.log), tool.log.display()))
-        })
+        Some(
+            if status.success() || (tool.name == "rsync" && status.code() == Some(24)) {
+                Ok(())
+            } else {
+                let mut e = tool.host.failure(tool.name, status, &read(&tool.log));
+                e.message = format!("{} (output in {})", e.message, tool.log.display());
+                Err(e)
+            },
+        )
     }
 
-    /// Stops a child and everything it started.
+    /// Ends a running step and everything it started, on its host: closing
+    /// its standard input ends the script's session there; if it does not
+    /// exit, its local process group is killed.
     fn kill_tool(&mut self) {
-        if let Some(mut tool) = self.tool.take() {
-            let group = -(tool.child.id() as i32);
-            // SAFETY: signals the process group this job created.
-            unsafe { libc::kill(group, libc::SIGTERM) };
+        let Some(mut tool) = self.tool.take() else {
+            return;
+        };
+        drop(tool.stdin.take());
+        let group = -(tool.child.id() as i32);
+        for signal in [None, Some(libc::SIGTERM), Some(libc::SIGKILL)] {
+            if let Some(sig) = signal {
+                // SAFETY: signals the process group this job created.
+                unsafe { libc::kill(group, sig) };
+            }
             let until = Instant::now() + Duration::from_secs(5);
             while Instant::now() < until {
                 if let Ok(Some(_)) = tool.child.try_wait() {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(50));
             }
-            // SAFETY: as above; it did not stop on SIGTERM.
-            unsafe { libc::kill(group, libc::SIGKILL) };
-            let _ = tool.child.wait();
         }
     }
 
     /// Runs the current phase one step further.
     fn step(&mut self) -> Step {
         match self.phase {
+            Phase::CheckingHost => self.checking_host(),
             Phase::Stopping => self.stopping(),
             Phase::CheckingSource => self.checking_source(),
             Phase::Copying => self.copying(),
@@ -354,42 +393,64 @@ impl Job {
         }
     }
 
-    /// Makes sure the failed segment is not running.
-    fn stopping(&mut self) -> Step {
+    /// The target's host must answer and have the server programs before
+    /// the catalog changes (gprecoverseg: "The recovery target segment ...
+    /// is unreachable").
+    fn checking_host(&mut self) -> Step {
         if self.tool.is_some() {
             return match self.poll_tool() {
                 None => Step::Stay,
-                // pg_ctl fails when nothing runs; what counts is below.
-                Some(_) => self.check_stopped(),
+                Some(Err(e)) => Step::Fail(e.message),
+                Some(Ok(())) => match BackgroundWorker::transaction(|| start_in_catalog(&self.rec))
+                {
+                    Ok(()) if self.mode == RecoveryMode::Rebalance => {
+                        Step::Next(Phase::CheckingSource)
+                    }
+                    Ok(()) => Step::Next(Phase::Stopping),
+                    Err(e) => Step::Fail(e),
+                },
             };
         }
-        let datadir = PathBuf::from(&self.rec.original.datadir);
-        if !datadir.join("postmaster.pid").exists() {
-            if self.mode == RecoveryMode::Rebalance {
-                return Step::Fail(format!("the acting primary dbid {} is not running", self.dbid()));
-            }
-            return Step::Next(Phase::CheckingSource);
-        }
-        let args = vec!["stop".into(), "-D".into(), self.rec.original.datadir.clone(), "-m".into(), "fast".into(), "-w".into(), "-t".into(), "60".into()];
-        match self.spawn("pg_ctl", &args, true) {
+        let script = scripts().check(&self.target.datadir);
+        match self.spawn("check", &script) {
             Ok(()) => Step::Stay,
             Err(e) => Step::Fail(e),
         }
     }
 
-    fn check_stopped(&mut self) -> Step {
-        let pidfile = Path::new(&self.rec.original.datadir).join("postmaster.pid");
-        let running = fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-            // SAFETY: signal 0 only checks that the process exists.
-            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
-        if running {
-            Step::Fail(format!("could not stop the segment in {}", self.rec.original.datadir))
-        } else if self.mode == RecoveryMode::Rebalance {
-            Step::Next(Phase::Promoting)
+    /// Makes sure the failed segment is not running. Rebalance stops the
+    /// acting primary, which must be running.
+    fn stopping(&mut self) -> Step {
+        let rebalance = self.mode == RecoveryMode::Rebalance;
+        let next = if rebalance {
+            Phase::Promoting
         } else {
-            Step::Next(Phase::CheckingSource)
+            Phase::CheckingSource
+        };
+        if self.tool.is_some() {
+            return match self.poll_tool() {
+                None => Step::Stay,
+                Some(Ok(())) => Step::Next(next),
+                // gprecoverseg: a relocation away from a dead host skips the stop.
+                Some(Err(e)) if e.unreachable && self.rec.relocate => {
+                    log!(
+                        "gp_recovery: job {}: not stopping the failed segment: {}",
+                        self.id(),
+                        e.message
+                    );
+                    Step::Next(next)
+                }
+                Some(Err(e)) => Step::Fail(e.message),
+            };
+        }
+        let script = scripts().stop(&self.rec.original.datadir, rebalance);
+        match self
+            .original_host
+            .clone()
+            .and_then(|h| self.spawn_on(h, "stop", &script))
+        {
+            Ok(()) => Step::Stay,
+            Err(e) => Step::Fail(e),
         }
     }
 
@@ -400,9 +461,15 @@ impl Job {
             return self.checking_pair();
         }
         let catalog = BackgroundWorker::transaction(catalog::load);
-        let Some(source) = catalog.iter().find(|s| s.content == self.rec.content && s.role == Role::Primary).cloned()
+        let Some(source) = catalog
+            .iter()
+            .find(|s| s.content == self.rec.content && s.role == Role::Primary)
+            .cloned()
         else {
-            return Step::Fail(format!("double fault: content {} has no acting primary", self.rec.content));
+            return Step::Fail(format!(
+                "double fault: content {} has no acting primary",
+                self.rec.content
+            ));
         };
         if source.dbid != self.rec.source_dbid {
             return Step::Fail(format!(
@@ -426,7 +493,9 @@ impl Job {
         let (Some(primary), Some(mirror)) = (find(self.dbid()), find(self.rec.source_dbid)) else {
             return Step::Fail("the pair is no longer in the catalog".into());
         };
-        let healthy = |s: &Segment, role: Role| s.role == role && s.status == Status::Up && s.mode == Mode::Synchronized;
+        let healthy = |s: &Segment, role: Role| {
+            s.role == role && s.status == Status::Up && s.mode == Mode::Synchronized
+        };
         if !healthy(&primary, Role::Primary) || !healthy(&mirror, Role::Mirror) {
             return Step::Fail(format!(
                 "dbid {} and dbid {} are no longer an up, synchronized primary and mirror",
@@ -453,22 +522,22 @@ impl Job {
         };
         let t = Target::new(&new, timeout());
         let Some(checkpoint) = self.checkpoint_lsn else {
-            let out = Command::new(bindir().join("pg_controldata"))
-                .arg("-D")
-                .arg(&self.rec.original.datadir)
-                .env("LC_ALL", "C")
-                .output();
-            let lsn = out
-                .ok()
-                .filter(|o| o.status.success())
-                .and_then(|o| rebalance::controldata_checkpoint(&String::from_utf8_lossy(&o.stdout)));
-            return match lsn {
-                Some(l) => {
+            let report = self.run(
+                "pg_controldata",
+                &scripts().controldata(&self.rec.original.datadir),
+            );
+            return match report.map(|r| rebalance::controldata_checkpoint(&r)) {
+                Ok(Some(l)) => {
                     self.checkpoint_lsn = Some(l);
                     self.deadline = Some(Instant::now() + Duration::from_secs(60));
                     Step::Stay
                 }
-                None => Step::Fail("could not read the stopped primary's final checkpoint with pg_controldata".into()),
+                Ok(None) => Step::Fail(
+                    "pg_controldata did not report the stopped primary's final checkpoint".into(),
+                ),
+                Err(e) => Step::Fail(format!(
+                    "could not read the stopped primary's final checkpoint: {e}"
+                )),
             };
         };
         match block_on(t.replay_lsn()) {
@@ -491,17 +560,37 @@ impl Job {
         }
         self.promoted = true;
         let rows = [
-            Segment { role: Role::Mirror, status: Status::Down, mode: Mode::NotInSync, ..self.rec.original.clone() },
-            Segment { role: Role::Primary, status: Status::Up, mode: Mode::NotInSync, ..new.clone() },
+            Segment {
+                role: Role::Mirror,
+                status: Status::Down,
+                mode: Mode::NotInSync,
+                ..self.rec.original.clone()
+            },
+            Segment {
+                role: Role::Primary,
+                status: Status::Up,
+                mode: Mode::NotInSync,
+                ..new.clone()
+            },
         ];
         BackgroundWorker::transaction(|| {
             catalog::lock_rows(&[rows[0].dbid, rows[1].dbid]);
             catalog::update_rows(&rows, |s| update_history(REBALANCE, s));
         });
         self.source = Some(rows[1].clone());
-        for (what, result) in [("turn synchronous replication off", block_on(t.disable_sync_rep())), ("create the slot", block_on(t.create_slot(false)))] {
+        for (what, result) in [
+            (
+                "turn synchronous replication off",
+                block_on(t.disable_sync_rep()),
+            ),
+            ("create the slot", block_on(t.create_slot(false))),
+        ] {
             if let Err(e) = result {
-                warning!("gp_recovery: job {}: could not {what} on dbid {}: {e}", self.id(), new.dbid);
+                warning!(
+                    "gp_recovery: job {}: could not {what} on dbid {}: {e}",
+                    self.id(),
+                    new.dbid
+                );
             }
         }
         Step::Next(Phase::Configuring)
@@ -511,7 +600,7 @@ impl Job {
         if self.tool.is_some() {
             return match self.poll_tool() {
                 None => Step::Stay,
-                Some(Err(e)) => Step::Fail(self.copy_failure(e)),
+                Some(Err(e)) => Step::Fail(self.copy_failure(e.message)),
                 Some(Ok(())) => match self.copy_done() {
                     Ok(()) => Step::Next(Phase::Configuring),
                     Err(e) => Step::Fail(self.copy_failure(e)),
@@ -519,8 +608,7 @@ impl Job {
             };
         }
         match self.start_copy() {
-            Ok(true) => Step::Stay,
-            Ok(false) => Step::Next(Phase::Configuring),
+            Ok(()) => Step::Stay,
             Err(e) => Step::Fail(self.copy_failure(e)),
         }
     }
@@ -554,37 +642,18 @@ impl Job {
         ])
     }
 
-    /// Starts the mode's copy; Ok(false) when there is nothing to copy.
-    fn start_copy(&mut self) -> Result<bool, String> {
+    /// Starts the mode's copy on the target's host.
+    fn start_copy(&mut self) -> Result<(), String> {
         let source = self.source()?.clone();
         let src = Target::new(&source, timeout());
         let target_dir = self.target.datadir.clone();
         match self.mode {
-            RecoveryMode::Rebalance => self.spawn_rewind(&source, &target_dir)?,
+            RecoveryMode::Rebalance => self.spawn_rewind(&source, &target_dir, false),
             RecoveryMode::Incremental => {
                 block_on(src.create_slot(false))?;
-                if Path::new(&target_dir).join("standby.signal").exists() {
-                    log!(
-                        "gp_recovery: job {} (dbid {}): skipping pg_rewind on mirror as standby.signal is present",
-                        self.id(),
-                        self.dbid()
-                    );
-                    return Ok(false);
-                }
-                self.spawn_rewind(&source, &target_dir)?;
+                self.spawn_rewind(&source, &target_dir, true)
             }
             RecoveryMode::Full => {
-                let new_dir = suffixed(&target_dir, ".gp_recovery_new");
-                remove_dir(&new_dir)?;
-                if self.rec.relocate {
-                    let existing = fs::read_dir(&target_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
-                    if existing {
-                        return Err(format!("the new data directory {target_dir} exists and is not empty"));
-                    }
-                }
-                if let Some(parent) = new_dir.parent() {
-                    fs::create_dir_all(parent).map_err(|e| format!("could not create {}: {e}", parent.display()))?;
-                }
                 block_on(src.create_slot(true))?;
                 let args = vec![
                     "-h".into(),
@@ -593,8 +662,6 @@ impl Job {
                     source.port.to_string(),
                     "-U".into(),
                     server_user(),
-                    "-D".into(),
-                    new_dir.to_string_lossy().into_owned(),
                     "-X".into(),
                     "stream".into(),
                     "-c".into(),
@@ -605,13 +672,20 @@ impl Job {
                     "--progress".into(),
                     "--verbose".into(),
                 ];
-                self.spawn("pg_basebackup", &with_rate(args, "--max-rate="), true)?;
+                let script = scripts().basebackup(
+                    &target_dir,
+                    self.rec.relocate,
+                    &with_rate(args, "--max-rate="),
+                );
+                self.spawn("pg_basebackup", &script)
             }
             RecoveryMode::Differential => {
                 // The slot keeps all WAL from before the backup starts, so
                 // the mirror streams what the copy needs.
                 block_on(src.create_slot(true))?;
-                self.backup = Some(block_on(src.backup_start(&format!("gp_recovery job {}", self.id())))?);
+                self.backup = Some(block_on(
+                    src.backup_start(&format!("gp_recovery job {}", self.id())),
+                )?);
                 // --no-whole-file: the delta algorithm even between local
                 // directories, so only changed blocks are sent; --stats
                 // reports the bytes sent in the job's log.
@@ -626,25 +700,41 @@ impl Job {
                 ]
                 .map(String::from)
                 .to_vec();
-                args.extend(recovery::RSYNC_EXCLUDES.iter().map(|e| format!("--exclude={e}")));
-                args.push(format!("{}/", source.datadir.trim_end_matches('/')));
-                args.push(format!("{}/", target_dir.trim_end_matches('/')));
-                self.spawn("rsync", &with_rate(args, "--bwlimit="), true)?;
+                args.extend(
+                    recovery::RSYNC_EXCLUDES
+                        .iter()
+                        .map(|e| format!("--exclude={e}")),
+                );
+                // From another host, rsync on the target's host pulls
+                // through the same remote shell.
+                let source_host = (!source.hostname.eq_ignore_ascii_case(&self.target.hostname))
+                    .then_some(source.hostname.as_str());
+                let script = scripts().rsync(
+                    &target_dir,
+                    &source.datadir,
+                    source_host,
+                    &gucs::remote_shell(),
+                    &with_rate(args, "--bwlimit="),
+                );
+                self.spawn("rsync", &script)
             }
         }
-        Ok(true)
     }
 
     /// pg_rewind of the target against the source, after a CHECKPOINT there
     /// so the source's control file shows its current timeline.
-    fn spawn_rewind(&mut self, source: &Segment, target_dir: &str) -> Result<(), String> {
+    fn spawn_rewind(
+        &mut self,
+        source: &Segment,
+        target_dir: &str,
+        skip_standby: bool,
+    ) -> Result<(), String> {
         block_on(Target::new(source, timeout()).checkpoint())?;
-        let args = vec![
-            format!("--target-pgdata={target_dir}"),
-            format!("--source-server={}", Self::user_conninfo(source, "gp_recovery_pg_rewind")),
-            "--progress".into(),
-        ];
-        self.spawn("pg_rewind", &args, true)
+        let conninfo = Self::user_conninfo(source, "gp_recovery_pg_rewind");
+        self.spawn(
+            "pg_rewind",
+            &scripts().rewind(target_dir, &conninfo, skip_standby),
+        )
     }
 
     /// What follows a successful copy.
@@ -652,37 +742,26 @@ impl Job {
         let target_dir = self.target.datadir.clone();
         match self.mode {
             RecoveryMode::Incremental | RecoveryMode::Rebalance => Ok(()),
-            RecoveryMode::Full => {
-                // The new copy is complete: only now does the old data
-                // directory move aside (removed once the job succeeds).
-                let new_dir = suffixed(&target_dir, ".gp_recovery_new");
-                if !self.rec.relocate && Path::new(&target_dir).exists() {
-                    let old = suffixed(&target_dir, ".gp_recovery_old");
-                    remove_dir(&old)?;
-                    fs::rename(&target_dir, &old).map_err(|e| format!("could not move {target_dir} aside: {e}"))?;
-                    self.swapped = true;
-                }
-                fs::rename(&new_dir, &target_dir)
-                    .map_err(|e| format!("could not move {} to {target_dir}: {e}", new_dir.display()))
-            }
+            // The new copy is complete: only now does the old data directory
+            // move aside (removed once the job succeeds).
+            RecoveryMode::Full => self
+                .run(
+                    "moving the copy in place",
+                    &scripts().swap_in(&target_dir, self.rec.relocate),
+                )
+                .map(drop),
             RecoveryMode::Differential => {
                 let source = self.source()?.clone();
                 let session = self.backup.take().ok_or("the backup session is gone")?;
                 let (label, map) = block_on(Target::new(&source, timeout()).backup_stop(&session))?;
                 drop(session);
-                let dir = Path::new(&target_dir);
-                fs::write(dir.join("backup_label"), label).map_err(|e| format!("could not write backup_label: {e}"))?;
-                if !map.is_empty() {
-                    fs::write(dir.join("tablespace_map"), map).map_err(|e| format!("could not write tablespace_map: {e}"))?;
-                }
                 // WAL of the old timeline must not be replayed: the mirror
                 // streams what it needs from the slot.
-                if let Ok(entries) = fs::read_dir(dir.join("pg_wal")) {
-                    for e in entries.flatten().filter(|e| e.path().is_file()) {
-                        fs::remove_file(e.path()).map_err(|err| format!("could not clear pg_wal: {err}"))?;
-                    }
-                }
-                Ok(())
+                self.run(
+                    "writing backup_label",
+                    &scripts().install_backup_label(&target_dir, &label, &map),
+                )
+                .map(drop)
             }
         }
     }
@@ -694,27 +773,33 @@ impl Job {
             Ok(s) => s.clone(),
             Err(e) => return Step::Fail(e),
         };
-        let dir = PathBuf::from(&self.target.datadir);
-        let auto = dir.join("postgresql.auto.conf");
-        let existing = fs::read_to_string(&auto).unwrap_or_default();
-        let text = recovery::rewrite_auto_conf(
-            &existing,
-            &[
-                ("port", self.target.port.to_string()),
-                ("primary_conninfo", Self::user_conninfo(&source, MIRROR_APPLICATION_NAME)),
-                ("primary_slot_name", SLOT_NAME.to_string()),
-                ("synchronous_standby_names", String::new()),
-            ],
-        );
-        let result = fs::write(&auto, text)
-            .and_then(|_| fs::write(dir.join("standby.signal"), ""))
-            .and_then(|_| match fs::remove_file(dir.join("recovery.signal")) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
+        let dir = self.target.datadir.clone();
+        let result = self
+            .run(
+                "reading postgresql.auto.conf",
+                &scripts().read_auto_conf(&dir),
+            )
+            .and_then(|existing| {
+                let text = recovery::rewrite_auto_conf(
+                    &existing,
+                    &[
+                        ("port", self.target.port.to_string()),
+                        (
+                            "primary_conninfo",
+                            Self::user_conninfo(&source, MIRROR_APPLICATION_NAME),
+                        ),
+                        ("primary_slot_name", SLOT_NAME.to_string()),
+                        ("synchronous_standby_names", String::new()),
+                    ],
+                );
+                self.run(
+                    "configuring the standby",
+                    &scripts().configure_standby(&dir, &text),
+                )
             });
         match result {
-            Ok(()) => Step::Next(Phase::Starting),
-            Err(e) => Step::Fail(format!("could not configure {}: {e}", dir.display())),
+            Ok(_) => Step::Next(Phase::Starting),
+            Err(e) => Step::Fail(format!("could not configure {dir}: {e}")),
         }
     }
 
@@ -722,29 +807,22 @@ impl Job {
         if self.tool.is_some() {
             return match self.poll_tool() {
                 None => Step::Stay,
-                Some(Err(e)) => Step::Fail(format!("the segment did not start: {e}")),
+                Some(Err(e)) => Step::Fail(format!("the segment did not start: {}", e.message)),
                 Some(Ok(())) => {
                     // A demoted primary that cannot follow the new timeline
                     // is rewound after 30 s instead of failing.
-                    let wait = if self.mode == RecoveryMode::Rebalance && !self.rewound { 30 } else { 120 };
+                    let wait = if self.mode == RecoveryMode::Rebalance && !self.rewound {
+                        30
+                    } else {
+                        120
+                    };
                     self.deadline = Some(Instant::now() + Duration::from_secs(wait));
                     Step::Next(Phase::Connecting)
                 }
             };
         }
-        let log = log_dir().join(format!("postgres.dbid{}.log", self.dbid()));
-        let args = vec![
-            "start".into(),
-            "-D".into(),
-            self.target.datadir.clone(),
-            "-l".into(),
-            log.to_string_lossy().into_owned(),
-            "-w".into(),
-            "-t".into(),
-            "600".into(),
-        ];
-        // The postmaster must outlive this worker: no parent-death signal.
-        match self.spawn("pg_ctl", &args, false) {
+        // The postmaster outlives the step: pg_ctl detaches it.
+        match self.spawn("pg_ctl", &scripts().start(&self.target.datadir, false, 600)) {
             Ok(()) => Step::Stay,
             Err(e) => Step::Fail(e),
         }
@@ -777,12 +855,23 @@ impl Job {
                     self.dbid()
                 );
                 self.rewound = true;
-                stop_segment(&self.target.datadir);
-                return Step::Next(Phase::Copying);
+                return match self.stop_target() {
+                    Ok(()) => Step::Next(Phase::Copying),
+                    Err(e) => Step::Fail(e),
+                };
             }
-            return Step::Fail("the segment started but did not stream from its primary in time".into());
+            return Step::Fail(
+                "the segment started but did not stream from its primary in time".into(),
+            );
         }
         Step::Stay
+    }
+
+    /// pg_ctl stop -m fast of the target, waiting for it; a segment that
+    /// does not run is fine.
+    fn stop_target(&self) -> Result<(), String> {
+        self.run("stop", &scripts().stop(&self.target.datadir, false))
+            .map(drop)
     }
 
     fn marking_up(&mut self) -> Step {
@@ -792,17 +881,28 @@ impl Job {
             // The demoted primary's slot served its old mirror; as a standby
             // it would only keep WAL forever.
             if let Err(e) = block_on(Target::new(&target, timeout()).drop_slot()) {
-                warning!("gp_recovery: job {job_id}: could not drop the old slot on dbid {}: {e}", target.dbid);
+                warning!(
+                    "gp_recovery: job {job_id}: could not drop the old slot on dbid {}: {e}",
+                    target.dbid
+                );
             }
         }
         let marked = BackgroundWorker::transaction(|| {
             // From here on the fault tolerance service watches the pair again.
-            Spi::run_with_args("UPDATE public.gp_recovery_job SET fts_hold = false WHERE job_id = $1", &[job_id.into()])
-                .or_raise();
+            Spi::run_with_args(
+                "UPDATE public.gp_recovery_job SET fts_hold = false WHERE job_id = $1",
+                &[job_id.into()],
+            )
+            .or_raise();
             let rows = catalog::lock_rows(&[target.dbid]);
             match rows.first() {
                 Some(now) if now.status == Status::Down => {
-                    let up = Segment { status: Status::Up, mode: Mode::NotInSync, role: Role::Mirror, ..target.clone() };
+                    let up = Segment {
+                        status: Status::Up,
+                        mode: Mode::NotInSync,
+                        role: Role::Mirror,
+                        ..target.clone()
+                    };
                     catalog::update_rows(&[up], |s| update_history(RESYNC, s));
                     true
                 }
@@ -810,7 +910,10 @@ impl Job {
             }
         });
         if !marked {
-            return Step::Fail(format!("dbid {} is no longer down in the catalog", target.dbid));
+            return Step::Fail(format!(
+                "dbid {} is no longer down in the catalog",
+                target.dbid
+            ));
         }
         fts::request_round();
         Step::Next(Phase::CatchingUp)
@@ -840,8 +943,15 @@ impl Job {
         }
         self.next_check = Instant::now() + Duration::from_millis(200);
         let catalog = BackgroundWorker::transaction(catalog::load);
-        let pair: Vec<&Segment> = catalog.iter().filter(|s| s.content == self.rec.content).collect();
-        if pair.len() == 2 && pair.iter().all(|s| s.status == Status::Up && s.mode == Mode::Synchronized) {
+        let pair: Vec<&Segment> = catalog
+            .iter()
+            .filter(|s| s.content == self.rec.content)
+            .collect();
+        if pair.len() == 2
+            && pair
+                .iter()
+                .all(|s| s.status == Status::Up && s.mode == Mode::Synchronized)
+        {
             self.wal_remaining = Some(0);
             return Step::Succeeded;
         }
@@ -853,55 +963,67 @@ impl Job {
     /// back (full), and leave the segment down with the catalog as before.
     /// Returns notes for the error text.
     fn back_out(&mut self) -> String {
+        self.kill_tool();
+        // Before the host check nothing changed, on the host or in the catalog.
+        if self.phase == Phase::CheckingHost {
+            return String::new();
+        }
         if self.mode == RecoveryMode::Rebalance {
             return self.back_out_rebalance();
         }
         let mut notes = Vec::new();
-        self.kill_tool();
         // Closing the session ends a differential's base backup.
         self.backup = None;
         if self.phase >= Phase::Starting {
-            stop_segment(&self.target.datadir);
+            if let Err(e) = self.stop_target() {
+                notes.push(e);
+            }
         }
         if self.mode == RecoveryMode::Full {
-            let target_dir = self.target.datadir.clone();
-            let old = suffixed(&target_dir, ".gp_recovery_old");
-            let restored = if self.swapped {
-                remove_dir(Path::new(&target_dir)).and_then(|_| {
-                    fs::rename(&old, &target_dir).map_err(|e| format!("could not move {} back: {e}", old.display()))
-                })
-            } else if self.rec.relocate && self.phase > Phase::Copying {
-                remove_dir(Path::new(&target_dir))
-            } else {
-                Ok(())
-            };
-            if let Err(e) = restored.and_then(|_| remove_dir(&suffixed(&target_dir, ".gp_recovery_new"))) {
+            let copied = self.phase > Phase::Copying;
+            let script = scripts().back_out_copy(&self.target.datadir, self.rec.relocate, copied);
+            if let Err(e) = self.run("restoring the data directory", &script) {
                 notes.push(e);
             }
         }
         let (original, relocate, mode) = (self.rec.original.clone(), self.rec.relocate, self.mode);
         BackgroundWorker::transaction(|| {
             let catalog_now = catalog::load();
-            let Some(now) = catalog_now.iter().find(|s| s.dbid == original.dbid) else { return };
+            let Some(now) = catalog_now.iter().find(|s| s.dbid == original.dbid) else {
+                return;
+            };
             catalog::lock_rows(&[original.dbid]);
             if mode == RecoveryMode::Full || relocate {
                 // As gprecoverseg: the original row goes back, with a backout row.
-                let row = Segment { status: Status::Down, mode: Mode::NotInSync, ..original.clone() };
+                let row = Segment {
+                    status: Status::Down,
+                    mode: Mode::NotInSync,
+                    ..original.clone()
+                };
                 catalog::update_rows(&[row], |s| {
                     format!("{BACKOUT}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
                 });
             } else {
-                let down = Segment { status: Status::Down, mode: Mode::NotInSync, role: Role::Mirror, ..now.clone() };
+                let down = Segment {
+                    status: Status::Down,
+                    mode: Mode::NotInSync,
+                    role: Role::Mirror,
+                    ..now.clone()
+                };
                 if &down != now {
                     catalog::update_rows(&[down], |s| update_history(BACKOUT, s));
                 }
             }
             // A pair whose mirror is down is not in sync.
-            if let Some(p) = catalog_now
-                .iter()
-                .find(|s| s.content == original.content && s.dbid != original.dbid && s.mode == Mode::Synchronized)
-            {
-                let p = Segment { mode: Mode::NotInSync, ..p.clone() };
+            if let Some(p) = catalog_now.iter().find(|s| {
+                s.content == original.content
+                    && s.dbid != original.dbid
+                    && s.mode == Mode::Synchronized
+            }) {
+                let p = Segment {
+                    mode: Mode::NotInSync,
+                    ..p.clone()
+                };
                 catalog::update_rows(&[p], |s| update_history(BACKOUT, s));
             }
         });
@@ -914,54 +1036,48 @@ impl Job {
     /// which: before the promotion the old primary is started again; after
     /// it, the old primary stays down for gp_recover_segment.
     fn back_out_rebalance(&mut self) -> String {
-        self.kill_tool();
         let old = self.rec.original.clone();
         let candidate = self.source.clone();
         let promoted_meanwhile = !self.promoted
-            && candidate
-                .as_ref()
-                .is_some_and(|c| matches!(block_on(Target::new(c, timeout()).probe()), Ok(p) if !p.in_recovery));
+            && candidate.as_ref().is_some_and(
+                |c| matches!(block_on(Target::new(c, timeout()).probe()), Ok(p) if !p.in_recovery),
+            );
         if !self.promoted && !promoted_meanwhile {
-            if Path::new(&old.datadir).join("postmaster.pid").exists() {
-                return String::new();
-            }
-            let log = log_dir().join(format!("postgres.dbid{}.log", old.dbid));
-            let started = Command::new(bindir().join("pg_ctl"))
-                .args(["start", "-D", &old.datadir, "-w", "-t", "120", "-l"])
-                .arg(&log)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            return if started {
-                format!("dbid {} was started again as the primary", old.dbid)
-            } else {
-                format!("dbid {} could not be started again: content {} has no running primary", old.dbid, old.content)
+            return match self.run("pg_ctl start", &scripts().start(&old.datadir, true, 120)) {
+                Ok(out) if out.contains(host::ALREADY_RUNNING) => String::new(),
+                Ok(_) => format!("dbid {} was started again as the primary", old.dbid),
+                Err(e) => format!(
+                    "dbid {} could not be started again: content {} has no running primary ({e})",
+                    old.dbid, old.content
+                ),
             };
         }
-        stop_segment(&old.datadir);
-        let new = candidate.map(|c| Segment { role: Role::Primary, status: Status::Up, mode: Mode::NotInSync, ..c });
+        let stopped = self.stop_target();
+        let new = candidate.map(|c| Segment {
+            role: Role::Primary,
+            status: Status::Up,
+            mode: Mode::NotInSync,
+            ..c
+        });
         BackgroundWorker::transaction(|| {
-            let mut rows = vec![Segment { role: Role::Mirror, status: Status::Down, mode: Mode::NotInSync, ..old.clone() }];
+            let mut rows = vec![Segment {
+                role: Role::Mirror,
+                status: Status::Down,
+                mode: Mode::NotInSync,
+                ..old.clone()
+            }];
             rows.extend(new.clone().filter(|_| promoted_meanwhile));
             let now = catalog::lock_rows(&rows.iter().map(|r| r.dbid).collect::<Vec<_>>());
             rows.retain(|r| !now.contains(r));
             catalog::update_rows(&rows, |s| update_history(BACKOUT, s));
         });
         format!(
-            "the preferred primary is the primary now; dbid {} was left down: recover it with gp_recover_segment({})",
-            old.dbid, old.dbid
+            "the preferred primary is the primary now; dbid {} was left down: recover it with gp_recover_segment({}){}",
+            old.dbid,
+            old.dbid,
+            stopped.err().map(|e| format!("; {e}")).unwrap_or_default()
         )
     }
-}
-
-/// pg_ctl stop -m fast, waiting for it; a segment that does not run is fine.
-fn stop_segment(datadir: &str) {
-    let _ = Command::new(bindir().join("pg_ctl"))
-        .args(["stop", "-D", datadir, "-m", "fast", "-w", "-t", "60"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// Finishes a job row.
@@ -994,7 +1110,6 @@ impl Worker {
             let phase = rec.phase.clone();
             let message = match Job::new(rec) {
                 Ok(mut job) if job.phase < Phase::MarkingUp => {
-                    job.swapped = Path::new(&suffixed(&job.target.datadir, ".gp_recovery_old")).exists();
                     let notes = job.back_out();
                     format!(
                         "interrupted in phase {phase}: the coordinator or the recovery worker restarted; the segment was left down{}{notes}",
@@ -1013,7 +1128,9 @@ impl Worker {
 
     /// Claims queued jobs while there is room, in submission order.
     fn claim(&mut self) {
-        let room = usize::try_from(gucs::MAX_PARALLEL_JOBS.get()).unwrap_or(16).saturating_sub(self.jobs.len());
+        let room = usize::try_from(gucs::MAX_PARALLEL_JOBS.get())
+            .unwrap_or(16)
+            .saturating_sub(self.jobs.len());
         if room == 0 {
             return;
         }
@@ -1021,25 +1138,18 @@ impl Worker {
             let recs = load_jobs_locked(room);
             let mut started = Vec::new();
             for rec in recs {
-                if let Err(e) = start_in_catalog(&rec) {
-                    Spi::run_with_args(
-                        "UPDATE public.gp_recovery_job SET state = 'failed', error = $2, started_at = now(), \
-                                finished_at = now(), updated_at = now() WHERE job_id = $1",
-                        &[rec.job_id.into(), e.as_str().into()],
-                    )
-                    .or_raise();
-                    warning!("gp_recovery: job {} failed to start: {e}", rec.job_id);
-                    continue;
-                }
                 let rebalance = rec.recovery_type == "rebalance";
-                let phase = if rebalance { "checking pair" } else { "stopping" };
+                let phase = Phase::CheckingHost.name(RecoveryMode::Full);
                 Spi::run_with_args(
                     "UPDATE public.gp_recovery_job SET state = 'running', phase = $2, fts_hold = $3, \
                             started_at = now(), updated_at = now() WHERE job_id = $1",
                     &[rec.job_id.into(), phase.into(), rebalance.into()],
                 )
                 .or_raise();
-                started.push(JobRecord { phase: phase.into(), ..rec });
+                started.push(JobRecord {
+                    phase: phase.into(),
+                    ..rec
+                });
             }
             started
         });
@@ -1068,7 +1178,10 @@ impl Worker {
         while i < self.jobs.len() {
             let id = self.jobs[i].id();
             let outcome = if cancels.contains(&id) {
-                Some(("canceled", format!("canceled in phase {}", self.jobs[i].phase_name())))
+                Some((
+                    "canceled",
+                    format!("canceled in phase {}", self.jobs[i].phase_name()),
+                ))
             } else {
                 loop {
                     let before = self.jobs[i].phase;
@@ -1095,16 +1208,29 @@ impl Worker {
             let mut job = self.jobs.remove(i);
             if state == "succeeded" {
                 if job.mode == RecoveryMode::Full && !job.rec.relocate {
-                    if let Err(e) = remove_dir(&suffixed(&job.target.datadir, ".gp_recovery_old")) {
+                    if let Err(e) = job.run(
+                        "removing the old data directory",
+                        &scripts().remove_old(&job.target.datadir),
+                    ) {
                         warning!("gp_recovery: job {id}: {e}");
                     }
                 }
-                log!("gp_recovery: job {id}: dbid {} recovered and synchronized", job.dbid());
+                log!(
+                    "gp_recovery: job {id}: dbid {} recovered and synchronized",
+                    job.dbid()
+                );
                 record_end(id, "succeeded", None);
             } else {
                 let notes = job.back_out();
-                let error = if notes.is_empty() { message } else { format!("{message}; {notes}") };
-                warning!("gp_recovery: job {id} (dbid {}) {state}: {error}", job.dbid());
+                let error = if notes.is_empty() {
+                    message
+                } else {
+                    format!("{message}; {notes}")
+                };
+                warning!(
+                    "gp_recovery: job {id} (dbid {}) {state}: {error}",
+                    job.dbid()
+                );
                 record_end(id, state, Some(&error));
             }
         }
@@ -1198,20 +1324,27 @@ fn load_jobs(condition: &str) -> Vec<JobRecord> {
     let sql = format!(
         "SELECT coalesce(jsonb_agg(to_jsonb(j) ORDER BY j.job_id), '[]') FROM public.gp_recovery_job j WHERE {condition}"
     );
-    parse_jobs(BackgroundWorker::transaction(|| Spi::get_one::<pgrx::JsonB>(&sql).or_raise()))
+    parse_jobs(BackgroundWorker::transaction(|| {
+        Spi::get_one::<pgrx::JsonB>(&sql).or_raise()
+    }))
 }
 
 fn parse_jobs(json: Option<pgrx::JsonB>) -> Vec<JobRecord> {
-    let value = json.map(|j| j.0).unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
-    serde_json::from_value(value).unwrap_or_else(|e| crate::error::internal("unexpected gp_recovery_job row", e))
+    let value = json
+        .map(|j| j.0)
+        .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+    serde_json::from_value(value)
+        .unwrap_or_else(|e| crate::error::internal("unexpected gp_recovery_job row", e))
 }
 
-/// The catalog step when a job starts: a relocation moves the row to its
+/// The catalog step when a job's host answered: a relocation moves the row to its
 /// new place (same dbid) and a full recovery records that it replaces the
 /// segment, as gprecoverseg does. The row must still be what was planned.
 fn start_in_catalog(rec: &JobRecord) -> Result<(), String> {
     let rows = catalog::lock_rows(&[rec.dbid]);
-    let now = rows.first().ok_or_else(|| format!("dbid {} is no longer in gp_segment_configuration", rec.dbid))?;
+    let now = rows
+        .first()
+        .ok_or_else(|| format!("dbid {} is no longer in gp_segment_configuration", rec.dbid))?;
     let mode = rec.mode().map_err(|e| e.to_string())?;
     if mode == RecoveryMode::Rebalance {
         // Checked in full by the job's first phase.
@@ -1221,9 +1354,16 @@ fn start_in_catalog(rec: &JobRecord) -> Result<(), String> {
         return Err(format!("dbid {} is no longer down", rec.dbid));
     }
     if mode == RecoveryMode::Full {
-        let target = Segment { status: Status::Down, mode: Mode::NotInSync, ..rec.target() };
+        let target = Segment {
+            status: Status::Down,
+            mode: Mode::NotInSync,
+            ..rec.target()
+        };
         catalog::update_rows(&[target], |s| {
-            format!("{RESYNC}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
+            format!(
+                "{RESYNC}: inserted segment configuration for full recovery or original dbid {}",
+                s.dbid
+            )
         });
     }
     Ok(())
@@ -1235,8 +1375,14 @@ pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
     // SAFETY: MyProcPid is set for every backend before this runs.
-    JOBS_WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
-    let mut worker = Worker { jobs: Vec::new(), last_flush: Instant::now(), stopping: false };
+    JOBS_WORKER_PID
+        .get()
+        .store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
+    let mut worker = Worker {
+        jobs: Vec::new(),
+        last_flush: Instant::now(),
+        stopping: false,
+    };
     while !BackgroundWorker::transaction(catalog::extension_exists) {
         if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
             worker.stopping = true;

@@ -58,7 +58,9 @@ impl Bench {
     }
 
     fn exec(&self, sql: &str) -> Res<()> {
-        self.coord()?.batch_execute(sql).map_err(|e| format!("{sql}: {}", gpdemo::sql_message(&e)))
+        self.coord()?
+            .batch_execute(sql)
+            .map_err(|e| format!("{sql}: {}", gpdemo::sql_message(&e)))
     }
 
     fn value<T: for<'a> postgres::types::FromSql<'a>>(&self, sql: &str) -> Res<T> {
@@ -71,8 +73,16 @@ impl Bench {
 
     /// Probe interval, timeout, retries and mirror grace period (seconds).
     fn fts(&self, settings: (u32, u32, u32, u32)) -> Res<()> {
-        let names = ["fts_probe_interval", "fts_probe_timeout", "fts_probe_retries", "mirror_down_grace_period"];
-        for (name, value) in names.iter().zip([settings.0, settings.1, settings.2, settings.3]) {
+        let names = [
+            "fts_probe_interval",
+            "fts_probe_timeout",
+            "fts_probe_retries",
+            "mirror_down_grace_period",
+        ];
+        for (name, value) in names
+            .iter()
+            .zip([settings.0, settings.1, settings.2, settings.3])
+        {
             self.exec(&format!("ALTER SYSTEM SET gp_recovery.{name} = {value}"))?;
         }
         self.exec("SELECT pg_reload_conf()")?;
@@ -91,15 +101,29 @@ impl Bench {
     /// (primary, mirror) instances and dbids of content 0 as the catalog has them now.
     fn members(&self) -> Res<((Instance, i16), (Instance, i16))> {
         let (p, m) = (&self.cluster.primaries[0], &self.cluster.mirrors[0]);
-        let dbid_p: i16 = self.value(&format!("SELECT dbid FROM gp_segment_configuration WHERE port = {}", p.port))?;
-        let dbid_m: i16 = self.value(&format!("SELECT dbid FROM gp_segment_configuration WHERE port = {}", m.port))?;
+        let dbid_p: i16 = self.value(&format!(
+            "SELECT dbid FROM gp_segment_configuration WHERE port = {}",
+            p.port
+        ))?;
+        let dbid_m: i16 = self.value(&format!(
+            "SELECT dbid FROM gp_segment_configuration WHERE port = {}",
+            m.port
+        ))?;
         let p_is_primary = self.row_state(dbid_p)?.starts_with('p');
-        Ok(if p_is_primary { ((p.clone(), dbid_p), (m.clone(), dbid_m)) } else { ((m.clone(), dbid_m), (p.clone(), dbid_p)) })
+        Ok(if p_is_primary {
+            ((p.clone(), dbid_p), (m.clone(), dbid_m))
+        } else {
+            ((m.clone(), dbid_m), (p.clone(), dbid_p))
+        })
     }
 
     fn wait_job(&self, job: i64) -> Res<()> {
         let state: String = self.value(&format!("SELECT gp_recovery_wait({job})"))?;
-        if state == "succeeded" { Ok(()) } else { Err(format!("job {job} {state}")) }
+        if state == "succeeded" {
+            Ok(())
+        } else {
+            Err(format!("job {job} {state}"))
+        }
     }
 
     fn submit(&self, sql: &str) -> Res<i64> {
@@ -135,12 +159,19 @@ impl Bench {
     fn restore(&self) -> Res<f64> {
         // A promoted mirror accepts commits only after the catalog says so,
         // so whatever is down is already marked down here.
-        for job in self.coord()?.query("SELECT * FROM gp_recover_all()", &[]).map_err(err)? {
+        for job in self
+            .coord()?
+            .query("SELECT * FROM gp_recover_all()", &[])
+            .map_err(err)?
+        {
             self.wait_job(job.get(0))?;
         }
         let stop = Arc::new(AtomicBool::new(false));
         let gap = Arc::new(Mutex::new(0f64));
-        let members = [self.cluster.primaries[0].clone(), self.cluster.mirrors[0].clone()];
+        let members = [
+            self.cluster.primaries[0].clone(),
+            self.cluster.mirrors[0].clone(),
+        ];
         let writer = {
             let (stop, gap) = (stop.clone(), gap.clone());
             std::thread::spawn(move || {
@@ -150,7 +181,10 @@ impl Bench {
                     if client.is_none() {
                         client = gpdemo::connect_to_primary(&members);
                     }
-                    match client.as_mut().map(|c| c.batch_execute("INSERT INTO bench_probe VALUES (2)")) {
+                    match client
+                        .as_mut()
+                        .map(|c| c.batch_execute("INSERT INTO bench_probe VALUES (2)"))
+                    {
                         Some(Ok(())) => {
                             let mut g = gap.lock().unwrap_or_else(|e| e.into_inner());
                             *g = g.max(last.elapsed().as_secs_f64());
@@ -166,7 +200,11 @@ impl Bench {
         };
         std::thread::sleep(Duration::from_millis(500));
         let result = (|| -> Res<()> {
-            for job in self.coord()?.query("SELECT * FROM gp_rebalance()", &[]).map_err(err)? {
+            for job in self
+                .coord()?
+                .query("SELECT * FROM gp_rebalance()", &[])
+                .map_err(err)?
+            {
                 self.wait_job(job.get(0))?;
             }
             Ok(())
@@ -197,7 +235,9 @@ impl Bench {
         for line in log.lines() {
             if line.contains(&claim) && last.is_none() {
                 last = stamp(line);
-            } else if let (true, Some(rest)) = (line.contains(&step), line.split(" done, now ").next()) {
+            } else if let (true, Some(rest)) =
+                (line.contains(&step), line.split(" done, now ").next())
+            {
                 let phase = rest.rsplit("): ").next().unwrap_or_default().to_string();
                 if let (Some(t), Some(prev)) = (stamp(line), last) {
                     *out.entry(phase).or_insert(0.0) += (t - prev).rem_euclid(86400.0);
@@ -215,10 +255,18 @@ impl Bench {
         self.wait_job(job)?;
         let total = started.elapsed().as_secs_f64();
         let phases = self.phase_seconds(job);
-        let copy = phases.get("copying").or_else(|| phases.get("rewinding")).copied().unwrap_or(0.0);
-        let bytes: Option<i64> = self.value(&format!("SELECT bytes_done FROM gp_recovery_job WHERE job_id = {job}"))?;
+        let copy = phases
+            .get("copying")
+            .or_else(|| phases.get("rewinding"))
+            .copied()
+            .unwrap_or(0.0);
+        let bytes: Option<i64> = self.value(&format!(
+            "SELECT bytes_done FROM gp_recovery_job WHERE job_id = {job}"
+        ))?;
         // rsync's own count of what it sent, where the job ran rsync.
-        let logfile: Option<String> = self.value(&format!("SELECT logfile FROM gp_recovery_job WHERE job_id = {job}"))?;
+        let logfile: Option<String> = self.value(&format!(
+            "SELECT logfile FROM gp_recovery_job WHERE job_id = {job}"
+        ))?;
         let sent = logfile
             .and_then(|f| std::fs::read_to_string(f).ok())
             .and_then(|t| {
@@ -240,7 +288,14 @@ impl Bench {
         let started = Instant::now();
         run(self
             .pg("pg_basebackup")
-            .args(["-h", "127.0.0.1", "-p", &source.port.to_string(), "-U", &server_user()])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &source.port.to_string(),
+                "-U",
+                &server_user(),
+            ])
             .arg("-D")
             .arg(&scratch)
             .args(["-X", "stream", "-c", "fast"]))
@@ -255,11 +310,21 @@ impl Bench {
     fn update(&self, primary: &Instance, percent: u32, spread: bool) -> Res<()> {
         let rows = i64::from(self.scale) * 100_000;
         let sql = if spread {
-            format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % {} = 0", 100 / percent)
+            format!(
+                "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % {} = 0",
+                100 / percent
+            )
         } else {
-            format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {}", rows * i64::from(percent) / 100)
+            format!(
+                "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {}",
+                rows * i64::from(percent) / 100
+            )
         };
-        primary.connect().map_err(err)?.batch_execute(&sql).map_err(err)
+        primary
+            .connect()
+            .map_err(err)?
+            .batch_execute(&sql)
+            .map_err(err)
     }
 
     /// A plain rsync of the source's data directory over a copy of the
@@ -270,7 +335,14 @@ impl Bench {
         run(Command::new("cp").arg("-a").arg(failed).arg(&scratch)).map_err(err)?;
         let started = Instant::now();
         let out = run(Command::new("rsync")
-            .args(["-a", "--checksum", "--no-whole-file", "--stats", "--exclude=/postmaster.pid", "--exclude=/pg_wal/*"])
+            .args([
+                "-a",
+                "--checksum",
+                "--no-whole-file",
+                "--stats",
+                "--exclude=/postmaster.pid",
+                "--exclude=/pg_wal/*",
+            ])
             .arg(format!("{}/", source.datadir.display()))
             .arg(format!("{}/", scratch.display())))
         .map_err(err)?;
@@ -286,7 +358,14 @@ impl Bench {
     }
 }
 
-fn ratio_row(what: &str, ours: f64, base: f64, target: f64, fmt: fn(f64) -> String, base_name: &str) -> Row {
+fn ratio_row(
+    what: &str,
+    ours: f64,
+    base: f64,
+    target: f64,
+    fmt: fn(f64) -> String,
+    base_name: &str,
+) -> Row {
     let ratio = ours / base;
     Row {
         what: what.into(),
@@ -304,22 +383,42 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
     eprintln!("== creating a 1-pair cluster with pgbench scale {scale}");
     let base = gpdemo::free_port_range(3).map_err(err)?;
     let cluster = Cluster::create(dir, 1, base).map_err(err)?;
-    let b = Bench { cluster, runs, scale };
+    let b = Bench {
+        cluster,
+        runs,
+        scale,
+    };
     run(b
         .pg("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &b.cluster.primaries[0].port.to_string(), "-U", &server_user()])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &b.cluster.primaries[0].port.to_string(),
+            "-U",
+            &server_user(),
+        ])
         .args(["-i", "-q", "-s", &scale.to_string(), "postgres"]))
     .map_err(err)?;
-    b.cluster.primaries[0].connect().map_err(err)?.batch_execute("CREATE TABLE bench_probe (x int)").map_err(err)?;
+    b.cluster.primaries[0]
+        .connect()
+        .map_err(err)?
+        .batch_execute("CREATE TABLE bench_probe (x int)")
+        .map_err(err)?;
     let size: i64 = {
         let mut c = b.cluster.primaries[0].connect().map_err(err)?;
-        c.query_one("SELECT pg_database_size('postgres')", &[]).map_err(err)?.get(0)
+        c.query_one("SELECT pg_database_size('postgres')", &[])
+            .map_err(err)?
+            .get(0)
     };
     eprintln!("   data: {}", mb(size as f64));
 
     // 1. Failover, fast settings and defaults; 6. rebalance window after each.
     let mut gaps = Vec::new();
-    for (label, settings, target) in [("probe 1 s / timeout 1 s / 2 retries", FAST, Some(2.0)), ("Greenplum defaults 60 s / 20 s / 5", (60, 20, 5, 30), None)] {
+    for (label, settings, target) in [
+        ("probe 1 s / timeout 1 s / 2 retries", FAST, Some(2.0)),
+        ("Greenplum defaults 60 s / 20 s / 5", (60, 20, 5, 30), None),
+    ] {
         b.fts(settings)?;
         let mut times = Vec::new();
         for i in 0..b.runs {
@@ -343,7 +442,8 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
     b.fts(FAST)?;
 
     // 2. Full recovery against a bare pg_basebackup of the same source.
-    let (mut full_total, mut full_copy, mut bare, mut full_bytes) = (Vec::new(), Vec::new(), Vec::new(), 0.0);
+    let (mut full_total, mut full_copy, mut bare, mut full_bytes) =
+        (Vec::new(), Vec::new(), Vec::new(), 0.0);
     for i in 0..b.runs {
         eprintln!("== full recovery run {}", i + 1);
         let (_, down) = b.kill_and_time_failover()?;
@@ -356,7 +456,14 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
         gaps.push(b.restore()?);
     }
     let (ft, fc, bb) = (median(full_total.clone()), median(full_copy), median(bare));
-    rows.push(ratio_row("Full recovery: copy phase vs bare pg_basebackup -X stream -c fast", fc, bb, 1.10, secs, "pg_basebackup"));
+    rows.push(ratio_row(
+        "Full recovery: copy phase vs bare pg_basebackup -X stream -c fast",
+        fc,
+        bb,
+        1.10,
+        secs,
+        "pg_basebackup",
+    ));
     rows.push(Row {
         what: "Full recovery: everything but the copy (stop, configure, start, catch up, mark synchronized)".into(),
         ours: secs(ft - fc),
@@ -376,7 +483,14 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
         inc.push(b.timed_recovery(down, "incremental")?.0);
         gaps.push(b.restore()?);
     }
-    rows.push(ratio_row("Incremental recovery after a contiguous 1% update vs full recovery", median(inc), ft, 0.2, secs, "full"));
+    rows.push(ratio_row(
+        "Incremental recovery after a contiguous 1% update vs full recovery",
+        median(inc),
+        ft,
+        0.2,
+        secs,
+        "full",
+    ));
 
     // 4. Differential after 5% (contiguous, then spread) against full and plain rsync.
     for (label, spread) in [("contiguous", false), ("spread over every page", true)] {
@@ -426,7 +540,10 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
     // 6. Rebalance window, over every rebalance above.
     let worst = gaps.iter().copied().fold(0.0, f64::max);
     rows.push(Row {
-        what: format!("Rebalance: longest gap between commits of a client writing in a loop (median of {})", gaps.len()),
+        what: format!(
+            "Rebalance: longest gap between commits of a client writing in a loop (median of {})",
+            gaps.len()
+        ),
         ours: secs(median(gaps.clone())),
         baseline: format!("worst {}", secs(worst)),
         ratio: None,
@@ -438,15 +555,24 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
     // 5. Parallel recovery of 8 segments, and 7. probe cost, on clusters of
     // their own; a failure is reported in the table, its cluster kept.
     for (name, section) in [
-        ("parallel recovery of 8 segments", parallel as fn(&Path, u32, u16) -> Res<Vec<Row>>),
+        (
+            "parallel recovery of 8 segments",
+            parallel as fn(&Path, u32, u16) -> Res<Vec<Row>>,
+        ),
         ("probe cost", probe_cost),
     ] {
-        let section_dir = dir.with_file_name(format!("gp-bench-{}", name.split(' ').next().unwrap_or("x")));
+        let section_dir = dir.with_file_name(format!(
+            "gp-bench-{}",
+            name.split(' ').next().unwrap_or("x")
+        ));
         let _ = Cluster::destroy(&section_dir);
         match section(&section_dir, scale, probe_pairs) {
             Ok(r) => rows.extend(r),
             Err(e) => {
-                eprintln!("gp_bench: {name} failed: {e}; its cluster is left in {}", section_dir.display());
+                eprintln!(
+                    "gp_bench: {name} failed: {e}; its cluster is left in {}",
+                    section_dir.display()
+                );
                 rows.push(Row {
                     what: format!("{name}: FAILED"),
                     ours: e.replace('|', "/"),
@@ -466,12 +592,23 @@ fn parallel(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
     eprintln!("== 8 pairs: parallel against one-by-one full recovery");
     let base = gpdemo::free_port_range(17).map_err(err)?;
     let cluster = Cluster::create(dir, 8, base).map_err(err)?;
-    let b = Bench { cluster, runs: 1, scale };
+    let b = Bench {
+        cluster,
+        runs: 1,
+        scale,
+    };
     let per = (scale / 8).max(1);
     for p in &b.cluster.primaries {
         run(b
             .pg("pgbench")
-            .args(["-h", "127.0.0.1", "-p", &p.port.to_string(), "-U", &server_user()])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &p.port.to_string(),
+                "-U",
+                &server_user(),
+            ])
             .args(["-i", "-q", "-s", &per.to_string(), "postgres"]))
         .map_err(err)?;
     }
@@ -480,21 +617,34 @@ fn parallel(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
         for m in &b.cluster.mirrors {
             m.stop("immediate").map_err(err)?;
         }
-        wait_until(Duration::from_secs(60), "8 mirrors to be marked down", || {
-            b.value::<i64>("SELECT count(*) FROM gp_segment_configuration WHERE status = 'd'").unwrap_or(0) == 8
-        })
+        wait_until(
+            Duration::from_secs(60),
+            "8 mirrors to be marked down",
+            || {
+                b.value::<i64>("SELECT count(*) FROM gp_segment_configuration WHERE status = 'd'")
+                    .unwrap_or(0)
+                    == 8
+            },
+        )
         .map_err(err)
     };
     down_all(&b)?;
     let started = Instant::now();
-    for job in b.coord()?.query("SELECT * FROM gp_recover_all('full')", &[]).map_err(err)? {
+    for job in b
+        .coord()?
+        .query("SELECT * FROM gp_recover_all('full')", &[])
+        .map_err(err)?
+    {
         b.wait_job(job.get(0))?;
     }
     let parallel = started.elapsed().as_secs_f64();
     down_all(&b)?;
     let dbids: Vec<i16> = b
         .coord()?
-        .query("SELECT dbid FROM gp_segment_configuration WHERE status = 'd' ORDER BY dbid", &[])
+        .query(
+            "SELECT dbid FROM gp_segment_configuration WHERE status = 'd' ORDER BY dbid",
+            &[],
+        )
         .map_err(err)?
         .iter()
         .map(|r| r.get(0))
@@ -520,7 +670,11 @@ fn probe_cost(dir: &Path, scale: u32, probe_pairs: u16) -> Res<Vec<Row>> {
     eprintln!("== {probe_pairs} pairs: probe round cost");
     let base = gpdemo::free_port_range(2 * probe_pairs + 1).map_err(err)?;
     let cluster = Cluster::create(dir, probe_pairs, base).map_err(err)?;
-    let b = Bench { cluster, runs: 1, scale };
+    let b = Bench {
+        cluster,
+        runs: 1,
+        scale,
+    };
     b.fts((3600, 20, 5, 30))?;
     let mut times = Vec::new();
     for _ in 0..7 {
@@ -528,9 +682,16 @@ fn probe_cost(dir: &Path, scale: u32, probe_pairs: u16) -> Res<Vec<Row>> {
         b.exec("SELECT gp_request_fts_probe_scan()")?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
-    let pid: i32 = b.value("SELECT pid FROM pg_stat_activity WHERE backend_type = 'gp_recovery fts'")?;
+    let pid: i32 =
+        b.value("SELECT pid FROM pg_stat_activity WHERE backend_type = 'gp_recovery fts'")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(err)?;
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
     rows.push(Row {
         what: format!("Probe cost: one gp_request_fts_probe_scan() round over {probe_pairs} pairs (median of 7)"),
         ours: format!("{:.0} ms", median(times)),
@@ -552,7 +713,9 @@ fn probe_cost(dir: &Path, scale: u32, probe_pairs: u16) -> Res<Vec<Row>> {
 }
 
 fn write_results(path: &Path, rows: &[Row], scale: u32, runs: usize, took: Duration) -> Res<()> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mut md = format!(
         "# gp_recovery benchmark results\n\nMachine: {cores} cores. Data: pgbench scale {scale} per primary \
          (about {} MB). Medians of {runs} runs unless said otherwise. The whole run took {:.0} s.\n\
@@ -584,7 +747,11 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let (scale, runs, probe_pairs) = (get("--scale", 70), get("--runs", 3) as usize, get("--probe-pairs", 32) as u16);
+    let (scale, runs, probe_pairs) = (
+        get("--scale", 70),
+        get("--runs", 3) as usize,
+        get("--probe-pairs", 32) as u16,
+    );
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results.md");
     let dir = PathBuf::from("/var/tmp/gp-bench");
     let started = Instant::now();

@@ -62,7 +62,10 @@ pub fn sql_message(e: &postgres::Error) -> String {
 
 fn sql_err(context: impl Into<String>) -> impl FnOnce(postgres::Error) -> DemoError {
     let context = context.into();
-    move |e| DemoError::Sql { context, message: sql_message(&e) }
+    move |e| DemoError::Sql {
+        context,
+        message: sql_message(&e),
+    }
 }
 
 /// True when this process runs as root, so servers must run as `postgres`.
@@ -115,7 +118,9 @@ fn describe(cmd: &Command) -> String {
 
 /// Runs a command and fails with its stderr when it exits non-zero.
 pub fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().map_err(io_err(format!("could not run {}", describe(cmd))))?;
+    let out = cmd
+        .output()
+        .map_err(io_err(format!("could not run {}", describe(cmd))))?;
     if !out.status.success() {
         return Err(DemoError::Command {
             command: describe(cmd),
@@ -131,13 +136,18 @@ fn run_all(mut cmds: Vec<Command>) -> Result<()> {
     let children = cmds
         .iter_mut()
         .map(|c| {
-            c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-            c.spawn().map(|child| (describe(c), child)).map_err(io_err(format!("could not run {}", describe(c))))
+            c.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            c.spawn()
+                .map(|child| (describe(c), child))
+                .map_err(io_err(format!("could not run {}", describe(c))))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut first_error = None;
     for (command, child) in children {
-        let out = child.wait_with_output().map_err(io_err(format!("waiting for {command}")))?;
+        let out = child
+            .wait_with_output()
+            .map_err(io_err(format!("waiting for {command}")))?;
         if !out.status.success() && first_error.is_none() {
             first_error = Some(DemoError::Command {
                 command,
@@ -153,7 +163,9 @@ fn run_all(mut cmds: Vec<Command>) -> Result<()> {
 pub fn make_server_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(io_err(format!("could not create {}", dir.display())))?;
     if running_as_root() {
-        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir))?;
+        run(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir))?;
     }
     Ok(())
 }
@@ -165,7 +177,8 @@ pub fn append_server_file(path: &Path, text: &str) -> Result<()> {
         .create(true)
         .open(path)
         .map_err(io_err(format!("could not open {}", path.display())))?;
-    f.write_all(text.as_bytes()).map_err(io_err(format!("could not write {}", path.display())))?;
+    f.write_all(text.as_bytes())
+        .map_err(io_err(format!("could not write {}", path.display())))?;
     if running_as_root() {
         run(Command::new("chown").arg("postgres:postgres").arg(path))?;
     }
@@ -182,11 +195,13 @@ static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 /// A base port with `count` consecutive free ports, not handed out before by
 /// this process (tests create clusters in parallel).
 pub fn free_port_range(count: u16) -> Result<u16> {
-    let seed = 20000 + (std::process::id() % 200) as u16 * 100;
+    // Below the kernel's ephemeral ports (32768..), which outgoing
+    // connections (ssh, libpq) could take between this check and the start.
+    let seed = 20000 + (std::process::id() % 100) as u16 * 100;
     let _ = NEXT_PORT.compare_exchange(0, seed, Ordering::SeqCst, Ordering::SeqCst);
     for _ in 0..200 {
         let base = NEXT_PORT.fetch_add(count, Ordering::SeqCst);
-        if base > 60000 {
+        if base + count > 32000 {
             NEXT_PORT.store(20000, Ordering::SeqCst);
             continue;
         }
@@ -194,14 +209,18 @@ pub fn free_port_range(count: u16) -> Result<u16> {
             return Ok(base);
         }
     }
-    Err(DemoError::Usage(format!("found no {count} consecutive free ports")))
+    Err(DemoError::Usage(format!(
+        "found no {count} consecutive free ports"
+    )))
 }
 
 /// True when the process exists and is not a zombie.
 pub fn process_alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state letter follows the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -228,13 +247,20 @@ impl Instance {
     }
 
     pub fn conninfo(&self) -> String {
-        format!("host={ADDRESS} port={} user={} dbname=postgres connect_timeout=10", self.port, server_user())
+        format!(
+            "host={ADDRESS} port={} user={} dbname=postgres connect_timeout=10",
+            self.port,
+            server_user()
+        )
     }
 
     /// A client connection as the server's superuser.
     pub fn connect(&self) -> Result<postgres::Client> {
-        postgres::Client::connect(&self.conninfo(), postgres::NoTls)
-            .map_err(sql_err(format!("could not connect to {} on port {}", self.name(), self.port)))
+        postgres::Client::connect(&self.conninfo(), postgres::NoTls).map_err(sql_err(format!(
+            "could not connect to {} on port {}",
+            self.name(),
+            self.port
+        )))
     }
 
     pub fn start(&self) -> Result<()> {
@@ -249,7 +275,10 @@ impl Instance {
 
     /// pg_ctl stop with a mode: smart, fast or immediate.
     pub fn stop(&self, mode: &str) -> Result<()> {
-        run(pg_command("pg_ctl").args(["-w", "-t", "120", "-m", mode, "-D"]).arg(&self.datadir).arg("stop"))?;
+        run(pg_command("pg_ctl")
+            .args(["-w", "-t", "120", "-m", mode, "-D"])
+            .arg(&self.datadir)
+            .arg("stop"))?;
         Ok(())
     }
 
@@ -296,7 +325,13 @@ impl Cluster {
     pub fn layout(dir: &Path, pairs: u16, base_port: u16) -> Cluster {
         let logs = dir.join("logs");
         let instance = |content: i32, role: char, port: u16, datadir: PathBuf| {
-            let mut i = Instance { content, role, port, datadir, logfile: PathBuf::new() };
+            let mut i = Instance {
+                content,
+                role,
+                port,
+                datadir,
+                logfile: PathBuf::new(),
+            };
             i.logfile = logs.join(format!("{}.log", i.name()));
             i
         };
@@ -304,16 +339,32 @@ impl Cluster {
             dir: dir.to_path_buf(),
             coordinator: instance(-1, 'p', base_port, dir.join("coordinator")),
             primaries: (0..pairs)
-                .map(|c| instance(c.into(), 'p', base_port + 1 + c, dir.join("primary").join(format!("gpseg{c}"))))
+                .map(|c| {
+                    instance(
+                        c.into(),
+                        'p',
+                        base_port + 1 + c,
+                        dir.join("primary").join(format!("gpseg{c}")),
+                    )
+                })
                 .collect(),
             mirrors: (0..pairs)
-                .map(|c| instance(c.into(), 'm', base_port + 1 + pairs + c, dir.join("mirror").join(format!("gpseg{c}"))))
+                .map(|c| {
+                    instance(
+                        c.into(),
+                        'm',
+                        base_port + 1 + pairs + c,
+                        dir.join("mirror").join(format!("gpseg{c}")),
+                    )
+                })
                 .collect(),
         }
     }
 
     pub fn instances(&self) -> impl Iterator<Item = &Instance> {
-        std::iter::once(&self.coordinator).chain(&self.primaries).chain(&self.mirrors)
+        std::iter::once(&self.coordinator)
+            .chain(&self.primaries)
+            .chain(&self.mirrors)
     }
 
     fn env_file(dir: &Path) -> PathBuf {
@@ -327,7 +378,9 @@ impl Cluster {
             return Err(DemoError::Usage("--pairs must be at least 1".into()));
         }
         if u32::from(base_port) + 2 * u32::from(pairs) > 65535 {
-            return Err(DemoError::Usage(format!("ports {base_port}.. do not fit below 65536")));
+            return Err(DemoError::Usage(format!(
+                "ports {base_port}.. do not fit below 65536"
+            )));
         }
         if Self::env_file(dir).exists() || dir.join("coordinator").exists() {
             return Err(DemoError::Usage(format!(
@@ -348,13 +401,23 @@ impl Cluster {
         make_server_dir(&dir.join("mirror"))?;
         make_server_dir(dir)?;
 
-        let writable: Vec<&Instance> = std::iter::once(&cluster.coordinator).chain(&cluster.primaries).collect();
+        let writable: Vec<&Instance> = std::iter::once(&cluster.coordinator)
+            .chain(&cluster.primaries)
+            .collect();
         run_all(
             writable
                 .iter()
                 .map(|i| {
                     let mut c = pg_command("initdb");
-                    c.args(["--auth=trust", "--no-sync", "--no-instructions", "-E", "UTF8", "-D"]).arg(&i.datadir);
+                    c.args([
+                        "--auth=trust",
+                        "--no-sync",
+                        "--no-instructions",
+                        "-E",
+                        "UTF8",
+                        "-D",
+                    ])
+                    .arg(&i.datadir);
                     c
                 })
                 .collect(),
@@ -368,14 +431,23 @@ impl Cluster {
             append_server_file(&i.datadir.join("postgresql.conf"), &conf)?;
             i.start()?;
         }
-        run_all(cluster.primaries.iter().zip(&cluster.mirrors).map(|(p, m)| base_backup(p, m)).collect())?;
+        run_all(
+            cluster
+                .primaries
+                .iter()
+                .zip(&cluster.mirrors)
+                .map(|(p, m)| base_backup(p, m))
+                .collect(),
+        )?;
         for (p, m) in cluster.primaries.iter().zip(&cluster.mirrors) {
             configure_mirror(p, m)?;
             m.start()?;
             let mut client = p.connect()?;
             // Two statements: ALTER SYSTEM refuses to run in a transaction block.
             client
-                .batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = '{MIRROR_APPLICATION_NAME}'"))
+                .batch_execute(&format!(
+                    "ALTER SYSTEM SET synchronous_standby_names = '{MIRROR_APPLICATION_NAME}'"
+                ))
                 .and_then(|_| client.batch_execute("SELECT pg_reload_conf()"))
                 .map_err(sql_err("could not turn on synchronous replication"))?;
         }
@@ -397,7 +469,14 @@ impl Cluster {
             let role = i.role.to_string();
             c.execute(
                 "SELECT gp_add_segment($1, $2::text::\"char\", $3, $4, $5, $6)",
-                &[&i.content, &role, &HOSTNAME, &i32::from(i.port), &datadir, &ADDRESS],
+                &[
+                    &i.content,
+                    &role,
+                    &HOSTNAME,
+                    &i32::from(i.port),
+                    &datadir,
+                    &ADDRESS,
+                ],
             )
             .map_err(sql_err(format!("could not register {}", i.name())))?;
         }
@@ -415,14 +494,18 @@ impl Cluster {
 
     fn write_env(&self) -> Result<()> {
         let path = Self::env_file(&self.dir);
-        fs::write(&path, self.env_lines()).map_err(io_err(format!("could not write {}", path.display())))
+        fs::write(&path, self.env_lines())
+            .map_err(io_err(format!("could not write {}", path.display())))
     }
 
     /// The saved connection settings of the cluster in `dir`.
     pub fn read_env(dir: &Path) -> Result<String> {
         let path = Self::env_file(dir);
-        fs::read_to_string(&path)
-            .map_err(io_err(format!("no demo cluster in {} (could not read {})", dir.display(), path.display())))
+        fs::read_to_string(&path).map_err(io_err(format!(
+            "no demo cluster in {} (could not read {})",
+            dir.display(),
+            path.display()
+        )))
     }
 
     /// Stops every instance found under `dir` and removes the directory.
@@ -433,7 +516,10 @@ impl Cluster {
         for datadir in find_datadirs(dir) {
             if datadir.join("postmaster.pid").exists() {
                 // immediate: nothing of a demo needs a clean shutdown checkpoint.
-                let _ = run(pg_command("pg_ctl").args(["-w", "-t", "60", "-m", "immediate", "-D"]).arg(&datadir).arg("stop"));
+                let _ = run(pg_command("pg_ctl")
+                    .args(["-w", "-t", "60", "-m", "immediate", "-D"])
+                    .arg(&datadir)
+                    .arg("stop"));
             }
         }
         fs::remove_dir_all(dir).map_err(io_err(format!("could not remove {}", dir.display())))
@@ -467,10 +553,26 @@ pub fn find_datadirs(dir: &Path) -> Vec<PathBuf> {
 /// pg_basebackup of a primary into the mirror's directory, creating the slot.
 fn base_backup(primary: &Instance, mirror: &Instance) -> Command {
     let mut c = pg_command("pg_basebackup");
-    c.args(["-h", ADDRESS, "-p", &primary.port.to_string(), "-U", &server_user()])
-        .arg("-D")
-        .arg(&mirror.datadir)
-        .args(["-X", "stream", "-c", "fast", "--no-sync", "-C", "-S", SLOT_NAME]);
+    c.args([
+        "-h",
+        ADDRESS,
+        "-p",
+        &primary.port.to_string(),
+        "-U",
+        &server_user(),
+    ])
+    .arg("-D")
+    .arg(&mirror.datadir)
+    .args([
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+        "--no-sync",
+        "-C",
+        "-S",
+        SLOT_NAME,
+    ]);
     c
 }
 
@@ -493,7 +595,10 @@ pub fn configure_mirror(primary: &Instance, mirror: &Instance) -> Result<()> {
 pub fn connect_to_primary(members: &[Instance]) -> Option<postgres::Client> {
     members.iter().find_map(|m| {
         let mut c = m.connect().ok()?;
-        let primary: bool = c.query_one("SELECT NOT pg_is_in_recovery()", &[]).ok()?.get(0);
+        let primary: bool = c
+            .query_one("SELECT NOT pg_is_in_recovery()", &[])
+            .ok()?
+            .get(0);
         primary.then_some(c)
     })
 }
@@ -513,16 +618,20 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) ->
 /// Waits until the primary reports its mirror streaming as the synchronous standby.
 pub fn wait_for_sync_mirror(primary: &Instance, timeout: Duration) -> Result<()> {
     let mut client = primary.connect()?;
-    wait_until(timeout, &format!("the mirror of {} to stream synchronously", primary.name()), || {
-        client
-            .query_opt(
-                "SELECT 1 FROM pg_stat_replication WHERE application_name = $1 \
+    wait_until(
+        timeout,
+        &format!("the mirror of {} to stream synchronously", primary.name()),
+        || {
+            client
+                .query_opt(
+                    "SELECT 1 FROM pg_stat_replication WHERE application_name = $1 \
                  AND state = 'streaming' AND sync_state = 'sync'",
-                &[&MIRROR_APPLICATION_NAME],
-            )
-            .map(|r| r.is_some())
-            .unwrap_or(false)
-    })
+                    &[&MIRROR_APPLICATION_NAME],
+                )
+                .map(|r| r.is_some())
+                .unwrap_or(false)
+        },
+    )
 }
 
 #[cfg(test)]
@@ -534,9 +643,18 @@ mod tests {
         let c = Cluster::layout(Path::new("/var/tmp/demo"), 3, 7000);
         let ports: Vec<u16> = c.instances().map(|i| i.port).collect();
         assert_eq!(ports, vec![7000, 7001, 7002, 7003, 7004, 7005, 7006]);
-        assert_eq!(c.primaries[2].datadir, Path::new("/var/tmp/demo/primary/gpseg2"));
-        assert_eq!(c.mirrors[0].datadir, Path::new("/var/tmp/demo/mirror/gpseg0"));
-        assert_eq!(c.mirrors[0].logfile, Path::new("/var/tmp/demo/logs/mirror0.log"));
+        assert_eq!(
+            c.primaries[2].datadir,
+            Path::new("/var/tmp/demo/primary/gpseg2")
+        );
+        assert_eq!(
+            c.mirrors[0].datadir,
+            Path::new("/var/tmp/demo/mirror/gpseg0")
+        );
+        assert_eq!(
+            c.mirrors[0].logfile,
+            Path::new("/var/tmp/demo/logs/mirror0.log")
+        );
         assert_eq!((c.mirrors[1].content, c.mirrors[1].role), (1, 'm'));
         assert_eq!(c.coordinator.name(), "coordinator");
     }
@@ -555,7 +673,11 @@ mod tests {
         fs::remove_dir_all(&root).unwrap();
         assert_eq!(
             found,
-            vec![root.join("coordinator"), root.join("mirror/gpseg0"), root.join("primary/gpseg0")]
+            vec![
+                root.join("coordinator"),
+                root.join("mirror/gpseg0"),
+                root.join("primary/gpseg0")
+            ]
         );
     }
 

@@ -21,7 +21,11 @@ env      print the settings that connect psql to the coordinator
 tour     create a demo cluster (own directory, port 7100) and walk through it";
 
 fn default_dir(suffix: &str) -> PathBuf {
-    let user = if gpdemo::running_as_root() { String::new() } else { format!("-{}", server_user()) };
+    let user = if gpdemo::running_as_root() {
+        String::new()
+    } else {
+        format!("-{}", server_user())
+    };
     PathBuf::from(format!("/var/tmp/gpdemo{suffix}{user}"))
 }
 
@@ -35,28 +39,41 @@ struct Args {
 fn parse(args: &[String]) -> Result<Args> {
     let usage = |msg: String| DemoError::Usage(format!("{msg}\n{USAGE}"));
     let mut it = args.iter();
-    let command = it.next().cloned().ok_or_else(|| usage("no command given".into()))?;
-    let mut parsed = Args { command, dir: None, pairs: 3, port: None };
+    let command = it
+        .next()
+        .cloned()
+        .ok_or_else(|| usage("no command given".into()))?;
+    let mut parsed = Args {
+        command,
+        dir: None,
+        pairs: 3,
+        port: None,
+    };
     while let Some(flag) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| usage(format!("{flag} needs a value")));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| usage(format!("{flag} needs a value")))
+        };
         match flag.as_str() {
             "--dir" => parsed.dir = Some(PathBuf::from(value()?)),
             "--pairs" => {
                 let v = value()?;
-                parsed.pairs = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=64).contains(n))
-                    .ok_or_else(|| usage(format!("--pairs takes a number from 1 to 64, not {v}")))?;
+                parsed.pairs =
+                    v.parse()
+                        .ok()
+                        .filter(|n| (1..=64).contains(n))
+                        .ok_or_else(|| {
+                            usage(format!("--pairs takes a number from 1 to 64, not {v}"))
+                        })?;
             }
             "--port" => {
                 let v = value()?;
-                parsed.port = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|p| *p >= 1024)
-                        .ok_or_else(|| usage(format!("--port takes a port number from 1024 to 65535, not {v}")))?,
-                );
+                parsed.port = Some(v.parse().ok().filter(|p| *p >= 1024).ok_or_else(|| {
+                    usage(format!(
+                        "--port takes a port number from 1024 to 65535, not {v}"
+                    ))
+                })?);
             }
             other => return Err(usage(format!("unknown option {other}"))),
         }
@@ -70,10 +87,22 @@ fn parse(args: &[String]) -> Result<Args> {
 fn print_connect(cluster: &Cluster) {
     println!("Demo cluster in {} is running:", cluster.dir.display());
     for i in cluster.instances() {
-        println!("  {:<12} port {:<5} {}", i.name(), i.port, i.datadir.display());
+        println!(
+            "  {:<12} port {:<5} {}",
+            i.name(),
+            i.port,
+            i.datadir.display()
+        );
     }
-    println!("\nConnect with:\n  psql -h {ADDRESS} -p {} -U {} postgres", cluster.coordinator.port, server_user());
-    println!("or:\n  eval \"$(./gpdemo env --dir {})\" && psql", cluster.dir.display());
+    println!(
+        "\nConnect with:\n  psql -h {ADDRESS} -p {} -U {} postgres",
+        cluster.coordinator.port,
+        server_user()
+    );
+    println!(
+        "or:\n  eval \"$(./gpdemo env --dir {})\" && psql",
+        cluster.dir.display()
+    );
 }
 
 /// Runs SQL through psql, so the tour shows exactly what a DBA would see,
@@ -81,12 +110,24 @@ fn print_connect(cluster: &Cluster) {
 fn psql_shown(cluster: &Cluster, sql: &str) -> Result<bool> {
     println!("postgres=# {sql}");
     let mut cmd = Command::new(gpdemo::pg_bindir().join("psql"));
-    cmd.args(["-X", "-h", ADDRESS, "-p", &cluster.coordinator.port.to_string(), "-U", &server_user()])
-        .args(["-d", "postgres", "-P", "pager=off", "-c", sql]);
+    cmd.args([
+        "-X",
+        "-h",
+        ADDRESS,
+        "-p",
+        &cluster.coordinator.port.to_string(),
+        "-U",
+        &server_user(),
+    ])
+    .args(["-d", "postgres", "-P", "pager=off", "-c", sql]);
     let out = cmd
         .output()
         .map_err(|e| DemoError::Usage(format!("could not run psql: {e}")))?;
-    println!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(out.status.success())
 }
 
@@ -94,7 +135,17 @@ fn psql_shown(cluster: &Cluster, sql: &str) -> Result<bool> {
 fn psql_rows(cluster: &Cluster, sql: &str) -> Result<String> {
     let out = gpdemo::run(
         Command::new(gpdemo::pg_bindir().join("psql"))
-            .args(["-X", "-A", "-t", "-h", ADDRESS, "-p", &cluster.coordinator.port.to_string(), "-U", &server_user()])
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                ADDRESS,
+                "-p",
+                &cluster.coordinator.port.to_string(),
+                "-U",
+                &server_user(),
+            ])
             .args(["-d", "postgres", "-c", sql]),
     )?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -102,7 +153,11 @@ fn psql_rows(cluster: &Cluster, sql: &str) -> Result<String> {
 
 /// The single value a query returns.
 fn first_value(cluster: &Cluster, sql: &str) -> Result<String> {
-    Ok(psql_rows(cluster, sql)?.lines().next().unwrap_or_default().to_string())
+    Ok(psql_rows(cluster, sql)?
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// Runs SQL that must succeed.
@@ -110,7 +165,9 @@ fn psql(cluster: &Cluster, sql: &str) -> Result<()> {
     if psql_shown(cluster, sql)? {
         Ok(())
     } else {
-        Err(DemoError::Usage(format!("the tour's statement failed: {sql}")))
+        Err(DemoError::Usage(format!(
+            "the tour's statement failed: {sql}"
+        )))
     }
 }
 
@@ -125,10 +182,14 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     print_connect(&cluster);
 
     step("The segment catalog, as in Greenplum (role/preferred_role p|m, mode s|n, status u|d)");
-    psql(&cluster, "SELECT * FROM gp_segment_configuration ORDER BY dbid;")?;
+    psql(
+        &cluster,
+        "SELECT * FROM gp_segment_configuration ORDER BY dbid;",
+    )?;
 
     step("Live status: every segment is probed now, mirrors as their primary reports them");
-    let status_sql = "SELECT dbid, content, role, port, answering, in_recovery, replication_state, \
+    let status_sql =
+        "SELECT dbid, content, role, port, answering, in_recovery, replication_state, \
                       sync_state, replay_lsn, bytes_behind FROM gp_segment_status;";
     psql(&cluster, status_sql)?;
 
@@ -158,10 +219,19 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
 
     let victim = &cluster.primaries[1];
     step("Some data on content 1: pgbench -i -s 5 (about 80 MB)");
-    gpdemo::run(
-        Command::new(gpdemo::pg_bindir().join("pgbench"))
-            .args(["-h", ADDRESS, "-p", &victim.port.to_string(), "-U", &server_user(), "-i", "-q", "-s", "5", "postgres"]),
-    )?;
+    gpdemo::run(Command::new(gpdemo::pg_bindir().join("pgbench")).args([
+        "-h",
+        ADDRESS,
+        "-p",
+        &victim.port.to_string(),
+        "-U",
+        &server_user(),
+        "-i",
+        "-q",
+        "-s",
+        "5",
+        "postgres",
+    ]))?;
     step(&format!(
         "A real failure: kill -9 of the primary of content 1 (port {}). The fault tolerance\n\
          service (probe interval 2 s, timeout 2 s, 2 retries in this demo) promotes its mirror",
@@ -184,14 +254,21 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
             })
             .unwrap_or(false)
     })?;
-    println!("The mirror on port {} accepts writes {:.1} s after the kill.\n", new_primary.port, killed.elapsed().as_secs_f64());
+    println!(
+        "The mirror on port {} accepts writes {:.1} s after the kill.\n",
+        new_primary.port,
+        killed.elapsed().as_secs_f64()
+    );
     println!("What the fault tolerance service logged:");
     let log = std::fs::read_to_string(&cluster.coordinator.logfile).unwrap_or_default();
     for line in log.lines().filter(|l| l.contains("FTS: content 1")) {
         println!("  {line}");
     }
     println!();
-    psql(&cluster, "SELECT * FROM gp_segment_configuration WHERE content = 1;")?;
+    psql(
+        &cluster,
+        "SELECT * FROM gp_segment_configuration WHERE content = 1;",
+    )?;
     psql(&cluster, "SELECT * FROM gp_mirror_status;")?;
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
 
@@ -202,7 +279,10 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     psql(&cluster, "ALTER SYSTEM SET gp_recovery.max_rate = '40MB';")?;
     psql(&cluster, "SELECT pg_reload_conf();")?;
     std::thread::sleep(Duration::from_millis(1500));
-    let job = first_value(&cluster, &format!("SELECT gp_recover_segment({old}, 'full')"))?;
+    let job = first_value(
+        &cluster,
+        &format!("SELECT gp_recover_segment({old}, 'full')"),
+    )?;
     println!("postgres=# SELECT gp_recover_segment({old}, 'full');\n job {job}\n");
     println!("Progress, as gp_recovery_progress shows it while the job runs:");
     let progress_sql = format!(
@@ -227,17 +307,25 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     psql(&cluster, "ALTER SYSTEM RESET gp_recovery.max_rate;")?;
     psql(&cluster, "SELECT pg_reload_conf();")?;
     psql(&cluster, "SELECT job_id, recovery_type, dbid, state, started_at, finished_at - started_at AS took FROM gp_recovery_job;")?;
-    psql(&cluster, "SELECT * FROM gp_segment_configuration WHERE content = 1;")?;
+    psql(
+        &cluster,
+        "SELECT * FROM gp_segment_configuration WHERE content = 1;",
+    )?;
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
     println!("Both members of content 1 are up and synchronized again, with their roles switched.");
 
-    step("Rebalancing: gp_rebalance() switches every such pair back to its preferred roles\n\
+    step(
+        "Rebalancing: gp_rebalance() switches every such pair back to its preferred roles\n\
           (gprecoverseg -r): a clean stop of the acting primary, its mirror promoted once it has\n\
-          replayed the final checkpoint, the old primary restarted as its standby");
+          replayed the final checkpoint, the old primary restarted as its standby",
+    );
     let job = first_value(&cluster, "SELECT * FROM gp_rebalance()")?;
     println!("postgres=# SELECT * FROM gp_rebalance();\n job {job}\n");
     psql(&cluster, &format!("SELECT gp_recovery_wait({job});"))?;
-    psql(&cluster, "SELECT * FROM gp_segment_configuration ORDER BY dbid;")?;
+    psql(
+        &cluster,
+        "SELECT * FROM gp_segment_configuration ORDER BY dbid;",
+    )?;
     psql(&cluster, "SELECT * FROM gp_mirror_status;")?;
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
 
@@ -245,7 +333,10 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     psql(&cluster, "SELECT * FROM gp_fts_rules();")?;
 
     step("Every catalog change left a history row");
-    psql(&cluster, "SELECT * FROM gp_configuration_history ORDER BY \"time\", dbid;")?;
+    psql(
+        &cluster,
+        "SELECT * FROM gp_configuration_history ORDER BY \"time\", dbid;",
+    )?;
 
     step("Bad input is refused with an ERROR that names the problem, and nothing changes");
     for sql in [
@@ -260,7 +351,10 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     step("Done: every segment in its preferred role, up and synchronized");
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
     print_connect(&cluster);
-    println!("\nRemove it with:\n  ./gpdemo destroy --dir {}", cluster.dir.display());
+    println!(
+        "\nRemove it with:\n  ./gpdemo destroy --dir {}",
+        cluster.dir.display()
+    );
     Ok(())
 }
 
@@ -280,15 +374,23 @@ fn main_result(argv: &[String]) -> Result<()> {
             Ok(())
         }
         "env" => {
-            print!("{}", Cluster::read_env(&args.dir.unwrap_or_else(|| default_dir("")))?);
+            print!(
+                "{}",
+                Cluster::read_env(&args.dir.unwrap_or_else(|| default_dir("")))?
+            );
             Ok(())
         }
-        "tour" => tour(&args.dir.unwrap_or_else(|| default_dir("-tour")), args.port.unwrap_or(7100)),
+        "tour" => tour(
+            &args.dir.unwrap_or_else(|| default_dir("-tour")),
+            args.port.unwrap_or(7100),
+        ),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())
         }
-        other => Err(DemoError::Usage(format!("unknown command {other}\n{USAGE}"))),
+        other => Err(DemoError::Usage(format!(
+            "unknown command {other}\n{USAGE}"
+        ))),
     }
 }
 

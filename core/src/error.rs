@@ -42,7 +42,9 @@ pub enum CoreError {
 impl CoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            CoreError::InvalidValue { .. } | CoreError::Config { .. } => ErrorKind::InvalidParameter,
+            CoreError::InvalidValue { .. } | CoreError::Config { .. } => {
+                ErrorKind::InvalidParameter
+            }
             CoreError::Duplicate(_) => ErrorKind::Duplicate,
             CoreError::Unreachable { .. } => ErrorKind::Unreachable,
             CoreError::WrongState(_) => ErrorKind::WrongState,
@@ -76,7 +78,13 @@ mod tests {
 
     #[test]
     fn chain_keeps_the_cause() {
-        let e = Outer(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused"));
-        assert_eq!(error_chain(&e), "error connecting to server: Connection refused");
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused",
+        ));
+        assert_eq!(
+            error_chain(&e),
+            "error connecting to server: Connection refused"
+        );
     }
 }

@@ -25,12 +25,20 @@ impl SegmentStatus {
 
 /// Joins the catalog with the probes (keyed by dbid). A segment missing from
 /// `probes` counts as not answering.
-pub fn segment_statuses(catalog: &[Segment], probes: &HashMap<i16, ProbeResult>) -> Vec<SegmentStatus> {
+pub fn segment_statuses(
+    catalog: &[Segment],
+    probes: &HashMap<i16, ProbeResult>,
+) -> Vec<SegmentStatus> {
     let mirror_stream = |mirror: &Segment| -> Option<Replication> {
         let primary = catalog
             .iter()
             .find(|s| s.content == mirror.content && s.role == Role::Primary)?;
-        probes.get(&primary.dbid)?.as_ref().ok()?.mirror_replication().cloned()
+        probes
+            .get(&primary.dbid)?
+            .as_ref()
+            .ok()?
+            .mirror_replication()
+            .cloned()
     };
     let mut rows: Vec<SegmentStatus> = catalog
         .iter()
@@ -44,7 +52,11 @@ pub fn segment_statuses(catalog: &[Segment], probes: &HashMap<i16, ProbeResult>)
                     None => Some("not probed".into()),
                 },
                 in_recovery: probe.and_then(|p| p.as_ref().ok()).map(|p| p.in_recovery),
-                replication: if s.role == Role::Mirror { mirror_stream(s) } else { None },
+                replication: if s.role == Role::Mirror {
+                    mirror_stream(s)
+                } else {
+                    None
+                },
             }
         })
         .collect();
@@ -106,7 +118,11 @@ pub fn mirror_list(statuses: &[SegmentStatus]) -> Vec<MirrorStatus> {
                     Role::Primary => "Acting as Primary",
                     Role::Mirror => "Passive",
                 };
-                let data = if synchronized { Mode::Synchronized } else { Mode::NotInSync };
+                let data = if synchronized {
+                    Mode::Synchronized
+                } else {
+                    Mode::NotInSync
+                };
                 (status, Some(data.label()))
             };
             MirrorStatus {
@@ -140,7 +156,10 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
         format!("   {}", padded.join("   ").trim_end())
     };
     let mut out = vec![line(header.to_vec())];
-    out.extend(rows.iter().map(|r| line(r.iter().map(String::as_str).collect())));
+    out.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(String::as_str).collect())),
+    );
     out
 }
 
@@ -199,7 +218,13 @@ pub fn state_report(statuses: &[SegmentStatus]) -> Vec<String> {
         .collect();
     section(
         "Unsynchronized Segment Pairs",
-        &["Current Primary", "Port", "WAL sync remaining bytes", "Mirror", "Port"],
+        &[
+            "Current Primary",
+            "Port",
+            "WAL sync remaining bytes",
+            "Mirror",
+            "Port",
+        ],
         unsynchronized,
     );
 
@@ -209,7 +234,9 @@ pub fn state_report(statuses: &[SegmentStatus]) -> Vec<String> {
         .map(|s| {
             let detail = match (s.segment.status, &s.probe_error) {
                 (Status::Down, _) => "Down in configuration".to_string(),
-                (Status::Up, Some(e)) => format!("Process error -- database process may be down ({e})"),
+                (Status::Up, Some(e)) => {
+                    format!("Process error -- database process may be down ({e})")
+                }
                 (Status::Up, None) => "Up".to_string(),
             };
             vec![
@@ -273,7 +300,13 @@ mod tests {
                 ..Default::default()
             }),
         );
-        probes.insert(3, Ok(InstanceProbe { in_recovery: true, ..Default::default() }));
+        probes.insert(
+            3,
+            Ok(InstanceProbe {
+                in_recovery: true,
+                ..Default::default()
+            }),
+        );
         (catalog, probes)
     }
 
@@ -283,13 +316,22 @@ mod tests {
         let st = segment_statuses(&catalog, &probes);
         assert!(st.iter().all(SegmentStatus::answering));
         assert_eq!(st[2].replication.as_ref().unwrap().sync_state, "sync");
-        assert!(st[1].replication.is_none(), "replication columns describe the mirror row");
+        assert!(
+            st[1].replication.is_none(),
+            "replication columns describe the mirror row"
+        );
         let m = mirror_list(&st);
         assert_eq!(m.len(), 1);
-        assert_eq!((m[0].status, m[0].data_status), ("Passive", Some("Synchronized")));
+        assert_eq!(
+            (m[0].status, m[0].data_status),
+            ("Passive", Some("Synchronized"))
+        );
         assert_eq!(
             state_report(&st),
-            vec!["Segment Mirroring Status Report", "All segments are running normally"]
+            vec![
+                "Segment Mirroring Status Report",
+                "All segments are running normally"
+            ]
         );
     }
 
@@ -308,7 +350,9 @@ mod tests {
         assert!(report.contains("Unsynchronized Segment Pairs"));
         assert!(report.contains("Unknown"));
         assert!(report.contains("Downed Segments"));
-        assert!(report.contains("Process error -- database process may be down (connection refused)"));
+        assert!(
+            report.contains("Process error -- database process may be down (connection refused)")
+        );
         assert!(!report.contains("running normally"));
     }
 
@@ -323,14 +367,23 @@ mod tests {
         }
         let st = segment_statuses(&catalog, &probes);
         let m = mirror_list(&st);
-        assert_eq!((m[0].status, m[0].data_status), ("Acting as Primary", Some("Not In Sync")));
+        assert_eq!(
+            (m[0].status, m[0].data_status),
+            ("Acting as Primary", Some("Not In Sync"))
+        );
         let report = state_report(&st);
         let i = report
             .iter()
             .position(|l| l == "Segments with Primary and Mirror Roles Switched")
             .unwrap();
-        assert_eq!(report[i + 1], "   Current Primary   Port   Mirror      Port");
-        assert_eq!(report[i + 2], "   localhost         7002   localhost   7001");
+        assert_eq!(
+            report[i + 1],
+            "   Current Primary   Port   Mirror      Port"
+        );
+        assert_eq!(
+            report[i + 2],
+            "   localhost         7002   localhost   7001"
+        );
         assert!(report.iter().any(|l| l.contains("Down in configuration")));
     }
 

@@ -9,6 +9,7 @@
 pub mod error;
 pub mod fts;
 pub mod gpstate;
+pub mod host;
 pub mod probe;
 pub mod rebalance;
 pub mod recovery;

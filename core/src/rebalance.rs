@@ -13,7 +13,12 @@ pub const NOTHING_TO_REBALANCE: &str =
 
 /// Why a switched pair cannot be rebalanced now; None when it can.
 /// `primary` and `mirror` are live probes of the pair's current members.
-pub fn refusal(pair: &Pair, primary: &ProbeResult, mirror: &ProbeResult, replay_lag_limit: Option<i64>) -> Option<String> {
+pub fn refusal(
+    pair: &Pair,
+    primary: &ProbeResult,
+    mirror: &ProbeResult,
+    replay_lag_limit: Option<i64>,
+) -> Option<String> {
     let (p, m) = (pair.primary, pair.mirror);
     let why_not = |reason: String| {
         Some(format!(
@@ -34,7 +39,10 @@ pub fn refusal(pair: &Pair, primary: &ProbeResult, mirror: &ProbeResult, replay_
     if let Err(e) = mirror {
         return why_not(format!("dbid {} is unreachable ({e})", m.dbid));
     }
-    let Some(stream) = p_probe.mirror_replication().filter(|r| r.is_synchronous_stream()) else {
+    let Some(stream) = p_probe
+        .mirror_replication()
+        .filter(|r| r.is_synchronous_stream())
+    else {
         return why_not("the mirror is not streaming as the synchronous standby".into());
     };
     let limit = replay_lag_limit?;
@@ -98,19 +106,48 @@ mod tests {
 
     #[test]
     fn checks_state_reachability_and_lag() {
-        let (p, m) = (seg(5, Role::Primary, Role::Mirror), seg(2, Role::Mirror, Role::Primary));
-        let pair = Pair { primary: &p, mirror: &m };
+        let (p, m) = (
+            seg(5, Role::Primary, Role::Mirror),
+            seg(2, Role::Mirror, Role::Primary),
+        );
+        let pair = Pair {
+            primary: &p,
+            mirror: &m,
+        };
         let ok: ProbeResult = Ok(InstanceProbe::default());
-        assert_eq!(refusal(&pair, &stream("0/2000", "0/2000"), &ok, Some(0)), None);
-        assert_eq!(refusal(&pair, &stream("0/2000", "0/1000"), &ok, None), None, "NULL disables the lag check");
+        assert_eq!(
+            refusal(&pair, &stream("0/2000", "0/2000"), &ok, Some(0)),
+            None
+        );
+        assert_eq!(
+            refusal(&pair, &stream("0/2000", "0/1000"), &ok, None),
+            None,
+            "NULL disables the lag check"
+        );
         let lag = refusal(&pair, &stream("0/2000", "0/1000"), &ok, Some(100)).unwrap();
-        assert!(lag.starts_with("content 0: 4096 bytes of WAL are still to be replayed on mirror dbid 2"), "{lag}");
-        let down = refusal(&pair, &stream("0/1", "0/1"), &Err("refused".into()), Some(0)).unwrap();
+        assert!(
+            lag.starts_with(
+                "content 0: 4096 bytes of WAL are still to be replayed on mirror dbid 2"
+            ),
+            "{lag}"
+        );
+        let down = refusal(
+            &pair,
+            &stream("0/1", "0/1"),
+            &Err("refused".into()),
+            Some(0),
+        )
+        .unwrap();
         assert!(down.contains("not rebalancing primary segment dbid 5 with its mirror dbid 2 because dbid 2 is unreachable"));
         let mut n = m.clone();
         n.mode = Mode::NotInSync;
-        let pair = Pair { primary: &p, mirror: &n };
-        assert!(refusal(&pair, &stream("0/1", "0/1"), &ok, None).unwrap().contains("not synchronized"));
+        let pair = Pair {
+            primary: &p,
+            mirror: &n,
+        };
+        assert!(refusal(&pair, &stream("0/1", "0/1"), &ok, None)
+            .unwrap()
+            .contains("not synchronized"));
     }
 
     #[test]

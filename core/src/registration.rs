@@ -33,8 +33,13 @@ pub fn validate_datadir(datadir: &str) -> Result<(), CoreError> {
     }
     // pg_ctl starts the postmaster through a shell with the directory inside
     // double quotes, where these would still be interpreted.
-    if datadir.chars().any(|c| matches!(c, '"' | '$' | '`' | '\\' | '\n' | '\r')) {
-        return Err(invalid("must not contain \", $, `, \\ or a line break (pg_ctl passes it through a shell)"));
+    if datadir
+        .chars()
+        .any(|c| matches!(c, '"' | '$' | '`' | '\\' | '\n' | '\r'))
+    {
+        return Err(invalid(
+            "must not contain \", $, `, \\ or a line break (pg_ctl passes it through a shell)",
+        ));
     }
     Ok(())
 }
@@ -76,10 +81,16 @@ pub fn check_location_free(
     datadir: &str,
 ) -> Result<(), CoreError> {
     let same_host = |s: &Segment| {
-        s.hostname == hostname || s.address == address || s.hostname == address || s.address == hostname
+        s.hostname == hostname
+            || s.address == address
+            || s.hostname == address
+            || s.address == hostname
     };
     let datadir = datadir.trim_end_matches('/');
-    for s in catalog.iter().filter(|s| Some(s.dbid) != except_dbid && same_host(s)) {
+    for s in catalog
+        .iter()
+        .filter(|s| Some(s.dbid) != except_dbid && same_host(s))
+    {
         if s.port == port {
             return Err(CoreError::Duplicate(format!(
                 "port {port} on host {hostname} is already used by dbid {} (content {})",
@@ -121,7 +132,10 @@ pub fn plan(catalog: &[Segment], req: &SegmentRequest) -> Result<Segment, CoreEr
             expected: "the coordinator (content -1) must be registered as 'p'; a standby coordinator is not supported",
         });
     }
-    if let Some(same) = catalog.iter().find(|s| s.content == content && s.role == role) {
+    if let Some(same) = catalog
+        .iter()
+        .find(|s| s.content == content && s.role == role)
+    {
         return Err(CoreError::Duplicate(format!(
             "content {content} already has a {}: dbid {} at {}",
             role.label().to_lowercase(),
@@ -129,17 +143,32 @@ pub fn plan(catalog: &[Segment], req: &SegmentRequest) -> Result<Segment, CoreEr
             same.location()
         )));
     }
-    if role == Role::Mirror && !catalog.iter().any(|s| s.content == content && s.role == Role::Primary) {
+    if role == Role::Mirror
+        && !catalog
+            .iter()
+            .any(|s| s.content == content && s.role == Role::Primary)
+    {
         return Err(CoreError::WrongState(format!(
             "content {content} has no primary; register its primary before its mirror"
         )));
     }
-    check_location_free(catalog, None, &req.hostname, &address, req.port, &req.datadir)?;
+    check_location_free(
+        catalog,
+        None,
+        &req.hostname,
+        &address,
+        req.port,
+        &req.datadir,
+    )?;
 
     let dbid = if content == COORDINATOR_CONTENT {
         COORDINATOR_DBID
     } else {
-        let max = catalog.iter().map(|s| s.dbid).max().unwrap_or(COORDINATOR_DBID);
+        let max = catalog
+            .iter()
+            .map(|s| s.dbid)
+            .max()
+            .unwrap_or(COORDINATOR_DBID);
         max.max(COORDINATOR_DBID).checked_add(1).ok_or_else(|| {
             CoreError::WrongState("no dbid left: the catalog already uses dbid 32767".into())
         })?
@@ -160,7 +189,9 @@ pub fn plan(catalog: &[Segment], req: &SegmentRequest) -> Result<Segment, CoreEr
 
 /// The content's registered primary, which a mirror must stream from.
 pub fn primary_of(catalog: &[Segment], content: i16) -> Option<&Segment> {
-    catalog.iter().find(|s| s.content == content && s.role == Role::Primary)
+    catalog
+        .iter()
+        .find(|s| s.content == content && s.role == Role::Primary)
 }
 
 /// Checks that the instance is what the request claims. `primary` is the
@@ -215,25 +246,37 @@ pub fn verify_claim(
                     probe.system_identifier, row.content, primary_probe.system_identifier
                 )));
             }
-            let receiver = probe.wal_receiver.as_ref().filter(|w| w.status == "streaming");
+            let receiver = probe
+                .wal_receiver
+                .as_ref()
+                .filter(|w| w.status == "streaming");
             let Some(receiver) = receiver else {
                 return Err(CoreError::WrongState(format!(
                     "{here} is in recovery but not streaming (WAL receiver: {})",
-                    probe.wal_receiver.as_ref().map_or("none", |w| w.status.as_str())
+                    probe
+                        .wal_receiver
+                        .as_ref()
+                        .map_or("none", |w| w.status.as_str())
                 )));
             };
             if receiver.sender_port != Some(primary.port) {
                 return Err(CoreError::WrongState(format!(
                     "{here} is streaming from {}:{}, not from content {}'s primary {there}",
                     receiver.sender_host.as_deref().unwrap_or("?"),
-                    receiver.sender_port.map_or("?".to_string(), |p| p.to_string()),
+                    receiver
+                        .sender_port
+                        .map_or("?".to_string(), |p| p.to_string()),
                     row.content
                 )));
             }
             let synced = primary_probe
                 .mirror_replication()
                 .is_some_and(|r| r.is_synchronous_stream());
-            Ok(if synced { Mode::Synchronized } else { Mode::NotInSync })
+            Ok(if synced {
+                Mode::Synchronized
+            } else {
+                Mode::NotInSync
+            })
         }
     }
 }
@@ -279,7 +322,10 @@ mod tests {
     #[test]
     fn plans_next_dbid_and_coordinator_dbid_1() {
         let row = plan(&catalog(), &req(0, 'm', 7002, "/d/mirror/gpseg0")).unwrap();
-        assert_eq!((row.dbid, row.role, row.mode), (3, Role::Mirror, Mode::NotInSync));
+        assert_eq!(
+            (row.dbid, row.role, row.mode),
+            (3, Role::Mirror, Mode::NotInSync)
+        );
         let row = plan(&[], &req(-1, 'p', 7000, "/c")).unwrap();
         assert_eq!(row.dbid, 1);
         let row = plan(&[], &req(0, 'p', 7001, "/p")).unwrap();
@@ -327,13 +373,22 @@ mod tests {
     #[test]
     fn verifies_primary_claims() {
         let row = seg(3, 1, Role::Primary, 7003, "/p1");
-        assert_eq!(verify_claim(&row, &probe(false, "/p1", "1"), None).unwrap(), Mode::NotInSync);
+        assert_eq!(
+            verify_claim(&row, &probe(false, "/p1", "1"), None).unwrap(),
+            Mode::NotInSync
+        );
         let e = verify_claim(&row, &probe(true, "/p1", "1"), None).unwrap_err();
         assert!(e.to_string().contains("is in recovery (a standby)"));
         let e = verify_claim(&row, &probe(false, "/other", "1"), None).unwrap_err();
-        assert_eq!(e.to_string(), "localhost:7003 runs with data directory /other, not /p1");
+        assert_eq!(
+            e.to_string(),
+            "localhost:7003 runs with data directory /other, not /p1"
+        );
         let e = verify_claim(&row, &Err("connection refused".into()), None).unwrap_err();
-        assert_eq!(e.to_string(), "segment localhost:7003 does not answer: connection refused");
+        assert_eq!(
+            e.to_string(),
+            "segment localhost:7003 does not answer: connection refused"
+        );
         assert_eq!(e.kind(), crate::ErrorKind::Unreachable);
     }
 
@@ -368,7 +423,11 @@ mod tests {
             Mode::NotInSync
         );
 
-        let err = |m: InstanceProbe| verify_claim(&row, &Ok(m), Some((&primary, &p))).unwrap_err().to_string();
+        let err = |m: InstanceProbe| {
+            verify_claim(&row, &Ok(m), Some((&primary, &p)))
+                .unwrap_err()
+                .to_string()
+        };
         let mut m = mirror.clone();
         m.in_recovery = false;
         assert!(err(m).contains("is not in recovery, so it cannot be the mirror of content 0"));
@@ -380,9 +439,13 @@ mod tests {
         assert!(err(m).contains("not streaming (WAL receiver: none)"));
         let mut m = mirror.clone();
         m.wal_receiver = Some(streaming(7005));
-        assert!(err(m).contains("is streaming from 127.0.0.1:7005, not from content 0's primary localhost:7001"));
+        assert!(err(m).contains(
+            "is streaming from 127.0.0.1:7005, not from content 0's primary localhost:7001"
+        ));
         let down: Result<InstanceProbe, String> = Err("timeout".into());
         let e = verify_claim(&row, &Ok(mirror), Some((&primary, &down))).unwrap_err();
-        assert!(e.to_string().contains("primary localhost:7001 does not answer: timeout"));
+        assert!(e
+            .to_string()
+            .contains("primary localhost:7001 does not answer: timeout"));
     }
 }

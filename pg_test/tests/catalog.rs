@@ -4,7 +4,9 @@
 use gp_recovery_pg_test::{catalog_snapshot, expect_error, SpareInstance, TestCluster};
 
 fn add_segment_sql(content: i32, role: &str, port: u16, datadir: &str) -> String {
-    format!("SELECT gp_add_segment({content}, '{role}', 'localhost', {port}, '{datadir}', '127.0.0.1')")
+    format!(
+        "SELECT gp_add_segment({content}, '{role}', 'localhost', {port}, '{datadir}', '127.0.0.1')"
+    )
 }
 
 #[test]
@@ -20,10 +22,17 @@ fn registration_checks_the_instance_and_changes_nothing_on_error() {
     // Take content 1's mirror out of the catalog, so that registering a mirror
     // for content 1 is a legal request whose claim gets checked.
     let mirror1_dbid: i16 = c
-        .query_one("SELECT dbid FROM gp_segment_configuration WHERE content = 1 AND role = 'm'", &[])
+        .query_one(
+            "SELECT dbid FROM gp_segment_configuration WHERE content = 1 AND role = 'm'",
+            &[],
+        )
         .unwrap()
         .get(0);
-    c.execute("DELETE FROM gp_segment_configuration WHERE dbid = $1", &[&mirror1_dbid]).unwrap();
+    c.execute(
+        "DELETE FROM gp_segment_configuration WHERE dbid = $1",
+        &[&mirror1_dbid],
+    )
+    .unwrap();
     let before = catalog_snapshot(&mut c);
 
     let p0 = tc.primary(0);
@@ -37,12 +46,17 @@ fn registration_checks_the_instance_and_changes_nothing_on_error() {
         (
             add_segment_sql(2, "p", p0.port, "/tmp/other"),
             "23505",
-            format!("port {} on host localhost is already used by dbid 2 (content 0)", p0.port),
+            format!(
+                "port {} on host localhost is already used by dbid 2 (content 0)",
+                p0.port
+            ),
         ),
         (
             add_segment_sql(2, "p", free_port, &p0_dir),
             "23505",
-            format!("data directory {p0_dir} on host localhost is already used by dbid 2 (content 0)"),
+            format!(
+                "data directory {p0_dir} on host localhost is already used by dbid 2 (content 0)"
+            ),
         ),
         (
             add_segment_sql(2, "x", spare.instance.port, &spare_dir),
@@ -52,7 +66,10 @@ fn registration_checks_the_instance_and_changes_nothing_on_error() {
         (
             add_segment_sql(0, "p", spare.instance.port, &spare_dir),
             "23505",
-            format!("content 0 already has a primary: dbid 2 at localhost:{}", p0.port),
+            format!(
+                "content 0 already has a primary: dbid 2 at localhost:{}",
+                p0.port
+            ),
         ),
         (
             add_segment_sql(0, "m", spare.instance.port, &spare_dir),
@@ -67,7 +84,10 @@ fn registration_checks_the_instance_and_changes_nothing_on_error() {
         (
             add_segment_sql(2, "p", spare.instance.port, "/tmp/not/its/datadir"),
             "55000",
-            format!("localhost:{} runs with data directory {spare_dir}, not /tmp/not/its/datadir", spare.instance.port),
+            format!(
+                "localhost:{} runs with data directory {spare_dir}, not /tmp/not/its/datadir",
+                spare.instance.port
+            ),
         ),
         (
             add_segment_sql(2, "p", standby.instance.port, &standby_dir),
@@ -80,7 +100,10 @@ fn registration_checks_the_instance_and_changes_nothing_on_error() {
         (
             add_segment_sql(1, "m", spare.instance.port, &spare_dir),
             "55000",
-            format!("localhost:{} is not in recovery, so it cannot be the mirror of content 1", spare.instance.port),
+            format!(
+                "localhost:{} is not in recovery, so it cannot be the mirror of content 1",
+                spare.instance.port
+            ),
         ),
         (
             // A standby of content 0's primary is no copy of content 1's primary.
@@ -106,9 +129,16 @@ fn registration_checks_the_instance_and_changes_nothing_on_error() {
     ];
     for (sql, code, message) in cases {
         let (got_code, got_message) = expect_error(&mut c, &sql);
-        assert!(got_message.contains(&message), "{sql}\n  expected: {message}\n  got: {got_message}");
+        assert!(
+            got_message.contains(&message),
+            "{sql}\n  expected: {message}\n  got: {got_message}"
+        );
         assert_eq!(got_code, code, "{sql}: {got_message}");
-        assert_eq!(catalog_snapshot(&mut c), before, "{sql} changed the catalog");
+        assert_eq!(
+            catalog_snapshot(&mut c),
+            before,
+            "{sql} changed the catalog"
+        );
     }
 
     // The real mirror of content 1 registers again, in sync, with history rows.
@@ -137,11 +167,17 @@ fn registration_checks_the_instance_and_changes_nothing_on_error() {
 
     // A primary that is what it claims registers too.
     let dbid: i16 = c
-        .query_one(&add_segment_sql(2, "p", spare.instance.port, &spare_dir), &[])
+        .query_one(
+            &add_segment_sql(2, "p", spare.instance.port, &spare_dir),
+            &[],
+        )
         .unwrap()
         .get(0);
     let mode: String = c
-        .query_one("SELECT mode::text FROM gp_segment_configuration WHERE dbid = $1", &[&dbid])
+        .query_one(
+            "SELECT mode::text FROM gp_segment_configuration WHERE dbid = $1",
+            &[&dbid],
+        )
         .unwrap()
         .get(0);
     assert_eq!(mode, "n", "a primary without a mirror is not in sync");
@@ -152,16 +188,36 @@ fn constraints_reject_impossible_rows() {
     let tc = TestCluster::new(1);
     let mut c = tc.coordinator();
     let before = catalog_snapshot(&mut c);
-    let insert = |vals: &str| format!(
+    let insert = |vals: &str| {
+        format!(
         "INSERT INTO gp_segment_configuration (dbid, content, role, preferred_role, mode, status, port, hostname, address, datadir) VALUES ({vals})"
-    );
+    )
+    };
     for (vals, fragment) in [
-        ("9, 5, 'x', 'p', 's', 'u', 9001, 'h', 'h', '/d9'", "gp_segment_configuration_role_check"),
-        ("9, 5, 'p', 'q', 's', 'u', 9001, 'h', 'h', '/d9'", "gp_segment_configuration_preferred_role_check"),
-        ("9, 5, 'p', 'p', 'z', 'u', 9001, 'h', 'h', '/d9'", "gp_segment_configuration_mode_check"),
-        ("9, 5, 'p', 'p', 's', 'k', 9001, 'h', 'h', '/d9'", "gp_segment_configuration_status_check"),
-        ("9, 5, 'p', 'p', 's', 'u', 9001, 'h', 'h', 'rel'", "gp_segment_configuration_datadir_check"),
-        ("9, 0, 'p', 'm', 's', 'u', 9001, 'h', 'h', '/d9'", "gp_segment_configuration_content_role_key"),
+        (
+            "9, 5, 'x', 'p', 's', 'u', 9001, 'h', 'h', '/d9'",
+            "gp_segment_configuration_role_check",
+        ),
+        (
+            "9, 5, 'p', 'q', 's', 'u', 9001, 'h', 'h', '/d9'",
+            "gp_segment_configuration_preferred_role_check",
+        ),
+        (
+            "9, 5, 'p', 'p', 'z', 'u', 9001, 'h', 'h', '/d9'",
+            "gp_segment_configuration_mode_check",
+        ),
+        (
+            "9, 5, 'p', 'p', 's', 'k', 9001, 'h', 'h', '/d9'",
+            "gp_segment_configuration_status_check",
+        ),
+        (
+            "9, 5, 'p', 'p', 's', 'u', 9001, 'h', 'h', 'rel'",
+            "gp_segment_configuration_datadir_check",
+        ),
+        (
+            "9, 0, 'p', 'm', 's', 'u', 9001, 'h', 'h', '/d9'",
+            "gp_segment_configuration_content_role_key",
+        ),
         ("9, 5, 'p', 'p', 's', 'u', 9001, 'h', 'h', '/d9'", ""),
     ] {
         let sql = insert(vals);
@@ -177,15 +233,27 @@ fn constraints_reject_impossible_rows() {
     let primary = tc.primary(0);
     for (vals, fragment) in [
         (
-            format!("9, 5, 'p', 'p', 's', 'u', {}, 'localhost', 'x', '/d9'", primary.port),
+            format!(
+                "9, 5, 'p', 'p', 's', 'u', {}, 'localhost', 'x', '/d9'",
+                primary.port
+            ),
             "gp_segment_configuration_hostname_port_key",
         ),
         (
-            format!("9, 5, 'p', 'p', 's', 'u', 9001, 'localhost', 'x', '{}'", primary.datadir.display()),
+            format!(
+                "9, 5, 'p', 'p', 's', 'u', 9001, 'localhost', 'x', '{}'",
+                primary.datadir.display()
+            ),
             "gp_segment_configuration_hostname_datadir_key",
         ),
-        ("1, -1, 'p', 'p', 's', 'u', 9001, 'h', 'h', '/d9'".to_string(), "gp_segment_configuration_pkey"),
-        ("9, -1, 'p', 'p', 's', 'u', 9001, 'h', 'h', '/d9'".to_string(), "gp_segment_configuration_coordinator_check"),
+        (
+            "1, -1, 'p', 'p', 's', 'u', 9001, 'h', 'h', '/d9'".to_string(),
+            "gp_segment_configuration_pkey",
+        ),
+        (
+            "9, -1, 'p', 'p', 's', 'u', 9001, 'h', 'h', '/d9'".to_string(),
+            "gp_segment_configuration_coordinator_check",
+        ),
     ] {
         let (code, message) = expect_error(&mut c, &insert(&vals));
         assert!(message.contains(fragment), "{vals}: {message}");
@@ -207,24 +275,44 @@ fn only_superusers_register_and_pg_dump_keeps_the_rows() {
     );
     c.batch_execute("RESET ROLE").unwrap();
     assert_eq!(code, "42501", "{message}");
-    assert!(message.contains("permission denied for function gp_add_segment"), "{message}");
+    assert!(
+        message.contains("permission denied for function gp_add_segment"),
+        "{message}"
+    );
     assert_eq!(catalog_snapshot(&mut c), before);
 
     // Monitoring roles may read the views.
     c.batch_execute("SET ROLE monitor").unwrap();
-    let n: i64 = c.query_one("SELECT count(*) FROM gp_segment_status WHERE answering", &[]).unwrap().get(0);
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM gp_segment_status WHERE answering",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     c.batch_execute("RESET ROLE").unwrap();
     assert_eq!(n, 3);
 
     let out = gpdemo::run(
         std::process::Command::new(gpdemo::pg_bindir().join("pg_dump"))
-            .args(["-h", "127.0.0.1", "-p", &tc.cluster.coordinator.port.to_string()])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &tc.cluster.coordinator.port.to_string(),
+            ])
             .args(["-U", &gpdemo::server_user(), "postgres"]),
     )
     .unwrap();
     let dump = String::from_utf8_lossy(&out.stdout);
-    assert!(dump.contains("COPY public.gp_segment_configuration"), "catalog rows missing from pg_dump");
-    assert!(dump.contains("COPY public.gp_configuration_history"), "history rows missing from pg_dump");
+    assert!(
+        dump.contains("COPY public.gp_segment_configuration"),
+        "catalog rows missing from pg_dump"
+    );
+    assert!(
+        dump.contains("COPY public.gp_configuration_history"),
+        "history rows missing from pg_dump"
+    );
     assert!(dump.contains(&tc.primary(0).datadir.display().to_string()));
 }
 
@@ -234,8 +322,15 @@ fn gucs_are_checked() {
     let mut c = tc.coordinator();
     let (code, message) = expect_error(&mut c, "SET gp_recovery.segment_connect_timeout = 0");
     assert_eq!(code, "22023");
-    assert!(message.contains("0 s is outside the valid range"), "{message}");
+    assert!(
+        message.contains("0 s is outside the valid range"),
+        "{message}"
+    );
     let (_, message) = expect_error(&mut c, "SET gp_recovery.segment_conect_timeout = 1");
-    assert!(message.contains("invalid configuration parameter name"), "{message}");
-    c.batch_execute("SET gp_recovery.segment_connect_timeout = '2s'").unwrap();
+    assert!(
+        message.contains("invalid configuration parameter name"),
+        "{message}"
+    );
+    c.batch_execute("SET gp_recovery.segment_connect_timeout = '2s'")
+        .unwrap();
 }

@@ -1,0 +1,576 @@
+//! Commands run on a segment's host: the shell scripts for every recovery
+//! step that touches a segment's files or processes, and the command line
+//! that runs one there, directly (`sh -c`) when the host is the
+//! coordinator's own, otherwise through the remote shell (ssh), as
+//! Greenplum drives its segment hosts.
+//!
+//! Every value put into a script is quoted with [`quote`], so a data
+//! directory with a space, quote or semicolon stays one argument, locally
+//! and on the far side of ssh alike.
+
+use crate::error::CoreError;
+
+/// The default of gp_recovery.remote_shell: never ask for a password (a job
+/// must fail, not hang), and give up on a dead host after 10 s.
+pub const DEFAULT_REMOTE_SHELL: &std::ffi::CStr = c"ssh -o BatchMode=yes -o ConnectTimeout=10";
+
+/// ssh's exit code when it could not connect or log in.
+pub const SSH_FAILED: i32 = 255;
+
+/// A word for a POSIX shell: single-quoted, with inner quotes closed and
+/// reopened around an escaped one.
+pub fn quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Splits a setting such as gp_recovery.remote_shell into words, with
+/// single quotes, double quotes and backslashes as a shell reads them.
+pub fn split_words(s: &str) -> Result<Vec<String>, CoreError> {
+    let invalid = |expected| CoreError::InvalidValue {
+        what: "gp_recovery.remote_shell",
+        value: s.to_string(),
+        expected,
+    };
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' => words.extend(word.take()),
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err(invalid("a closing single quote")),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => w.push(
+                            chars
+                                .next()
+                                .ok_or_else(|| invalid("a closing double quote"))?,
+                        ),
+                        Some(c) => w.push(c),
+                        None => return Err(invalid("a closing double quote")),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).push(
+                chars
+                    .next()
+                    .ok_or_else(|| invalid("a character after \\"))?,
+            ),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    if words.is_empty() {
+        return Err(invalid("a command such as ssh"));
+    }
+    Ok(words)
+}
+
+/// True when `host` names the coordinator's own machine: localhost, a
+/// loopback address, the machine's host name, or one of `local_hosts` (the
+/// comma-separated gp_recovery.local_hosts).
+pub fn is_local(host: &str, own_name: &str, local_hosts: &str) -> bool {
+    let host = host.trim();
+    ["localhost", "127.0.0.1", "::1", own_name]
+        .into_iter()
+        .chain(local_hosts.split(',').map(str::trim))
+        .any(|name| !name.is_empty() && name.eq_ignore_ascii_case(host))
+}
+
+/// The program and arguments that run `script` on a host: `sh -c` when
+/// `remote_shell` is None, else the remote shell's words, the host, and the
+/// script as one command line.
+///
+/// The script runs in a session of its own, while a watcher reads the
+/// command's standard input: when it closes (the job is canceled, or the
+/// worker or ssh died) the watcher ends the whole session, on whichever
+/// host it runs. The caller keeps standard input open while it waits.
+pub fn command_line(remote_shell: Option<(&[String], &str)>, script: &str) -> Vec<String> {
+    let wrapped = format!(
+        "exec 3<&0\n\
+         setsid sh -c {} </dev/null &\n\
+         p=$!\n\
+         {{ cat <&3 >/dev/null; kill -TERM -\"$p\" 2>/dev/null || kill -TERM \"$p\"; }} >/dev/null 2>&1 &\n\
+         w=$!\n\
+         exec 3<&-\n\
+         wait \"$p\"; rc=$?\n\
+         kill \"$w\" 2>/dev/null\n\
+         exit $rc",
+        quote(script)
+    );
+    match remote_shell {
+        None => vec!["sh".into(), "-c".into(), wrapped],
+        Some((words, host)) => {
+            let mut argv = words.to_vec();
+            argv.push(host.to_string());
+            argv.push(wrapped);
+            argv
+        }
+    }
+}
+
+/// Runs a [`command_line`] to its end, holding its standard input open
+/// meanwhile (closed, it would end the script), and collects its output.
+pub fn output(cmd: &mut std::process::Command) -> std::io::Result<std::process::Output> {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let held = child.stdin.take();
+    let out = child.wait_with_output();
+    drop(held);
+    out
+}
+
+/// The job's error for a step whose remote shell could not reach the host.
+pub fn unreachable(host: &str, output: &str) -> String {
+    let detail: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let detail = detail[detail.len().saturating_sub(2)..].join(" / ");
+    if detail.is_empty() {
+        format!("host {host} is unreachable")
+    } else {
+        format!("host {host} is unreachable: {detail}")
+    }
+}
+
+/// The scripts of the recovery steps, for servers whose programs are in
+/// `bindir` on every host (as Greenplum's GPHOME is).
+pub struct Scripts {
+    pub bindir: String,
+    pub connect_timeout: u64,
+}
+
+/// The sibling paths a full recovery uses next to a data directory.
+pub fn sibling(datadir: &str, suffix: &str) -> String {
+    format!("{}{suffix}", datadir.trim_end_matches('/'))
+}
+pub const NEW_SUFFIX: &str = ".gp_recovery_new";
+pub const OLD_SUFFIX: &str = ".gp_recovery_old";
+/// What [`Scripts::start`] prints when the segment runs already.
+pub const ALREADY_RUNNING: &str = "the segment is already running";
+/// The server log of a segment the recovery started, beside its directory.
+pub const SERVER_LOG_SUFFIX: &str = ".gp_recovery.log";
+
+impl Scripts {
+    /// Settings every step runs with, and D = the data directory.
+    fn preamble(&self, datadir: &str) -> String {
+        format!(
+            "LC_ALL=C PGAPPNAME=gp_recovery PGCONNECT_TIMEOUT={} B={} D={}\nexport LC_ALL PGAPPNAME PGCONNECT_TIMEOUT\n",
+            self.connect_timeout,
+            quote(&self.bindir),
+            quote(datadir.trim_end_matches('/'))
+        )
+    }
+
+    /// Can this host run the steps? Run first, before the catalog changes.
+    pub fn check(&self, datadir: &str) -> String {
+        self.preamble(datadir)
+            + "[ -x \"$B/pg_ctl\" ] || { echo \"PostgreSQL programs are not installed in $B on $(hostname)\" >&2; exit 1; }"
+    }
+
+    /// Stops the segment (fast) if it runs; fails if it still runs after, or
+    /// with `must_run` if it did not run.
+    pub fn stop(&self, datadir: &str, must_run: bool) -> String {
+        let not_running = if must_run {
+            "{ echo \"the segment in $D is not running\" >&2; exit 3; }"
+        } else {
+            "exit 0"
+        };
+        self.preamble(datadir)
+            + &format!(
+                "\"$B/pg_ctl\" status -D \"$D\" >/dev/null 2>&1 || {not_running}\n\
+                 \"$B/pg_ctl\" stop -D \"$D\" -m fast -w -t 60\n\
+                 if \"$B/pg_ctl\" status -D \"$D\" >/dev/null 2>&1; then echo \"could not stop the segment in $D\" >&2; exit 1; fi"
+            )
+    }
+
+    /// pg_controldata's report of a stopped segment.
+    pub fn controldata(&self, datadir: &str) -> String {
+        self.preamble(datadir) + "exec \"$B/pg_controldata\" -D \"$D\""
+    }
+
+    /// pg_rewind against the source; a mirror that merely stopped (it still
+    /// has standby.signal) is left to catch up by streaming when
+    /// `skip_standby`, as gprecoverseg does.
+    pub fn rewind(&self, datadir: &str, source_conninfo: &str, skip_standby: bool) -> String {
+        let skip = if skip_standby {
+            "if [ -f \"$D/standby.signal\" ]; then echo \"skipping pg_rewind on mirror as standby.signal is present\"; exit 0; fi\n"
+        } else {
+            ""
+        };
+        self.preamble(datadir)
+            + skip
+            + &format!(
+                "exec \"$B/pg_rewind\" --target-pgdata=\"$D\" --source-server={} --progress",
+                quote(source_conninfo)
+            )
+    }
+
+    /// pg_basebackup into a new directory beside the target (`args` without
+    /// -D); a relocation's target must be missing or empty.
+    pub fn basebackup(&self, datadir: &str, relocate: bool, args: &[String]) -> String {
+        let mut s = self.preamble(datadir)
+            + &format!("N={} O={}\n", quote(&sibling(datadir, NEW_SUFFIX)), quote(&sibling(datadir, OLD_SUFFIX)))
+            // Anything beside the target from an earlier job is stale: that
+            // job either succeeded or was backed out.
+            + "rm -rf \"$N\" \"$O\" || exit 1\n";
+        if relocate {
+            s += "if [ -d \"$D\" ] && [ -n \"$(ls -A \"$D\")\" ]; then echo \"the new data directory $D exists and is not empty\" >&2; exit 1; fi\n";
+        }
+        s + "mkdir -p \"$(dirname \"$N\")\" || exit 1\nexec \"$B/pg_basebackup\" -D \"$N\" "
+            + &args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+    }
+
+    /// Puts a finished copy in place; the old directory (in place) moves aside
+    /// until the job succeeds.
+    pub fn swap_in(&self, datadir: &str, relocate: bool) -> String {
+        let mut s = self.preamble(datadir)
+            + &format!(
+                "N={} O={}\n",
+                quote(&sibling(datadir, NEW_SUFFIX)),
+                quote(&sibling(datadir, OLD_SUFFIX))
+            );
+        if !relocate {
+            s += "if [ -e \"$D\" ]; then mv \"$D\" \"$O\" || exit 1; fi\n";
+        }
+        s + "mv \"$N\" \"$D\""
+    }
+
+    /// Puts the directory back as it was before a failed full recovery: the
+    /// old directory if it was moved aside, nothing of a relocation's copy.
+    pub fn back_out_copy(&self, datadir: &str, relocate: bool, copied: bool) -> String {
+        let mut s = self.preamble(datadir)
+            + &format!(
+                "N={} O={}\n",
+                quote(&sibling(datadir, NEW_SUFFIX)),
+                quote(&sibling(datadir, OLD_SUFFIX))
+            );
+        if relocate {
+            if copied {
+                s += "rm -rf \"$D\" || exit 1\n";
+            }
+        } else {
+            s += "if [ -d \"$O\" ]; then rm -rf \"$D\" && mv \"$O\" \"$D\" || exit 1; fi\n";
+        }
+        s + "rm -rf \"$N\""
+    }
+
+    /// Removes the old directory once the recovered segment is synchronized.
+    pub fn remove_old(&self, datadir: &str) -> String {
+        self.preamble(datadir) + &format!("rm -rf {}", quote(&sibling(datadir, OLD_SUFFIX)))
+    }
+
+    /// rsync of the source's data directory over the target's; `source_host`
+    /// is None when both are on one host, else rsync reaches it through
+    /// `remote_shell`. `args` are rsync's options.
+    pub fn rsync(
+        &self,
+        datadir: &str,
+        source_dir: &str,
+        source_host: Option<&str>,
+        remote_shell: &str,
+        args: &[String],
+    ) -> String {
+        let source = format!("{}/", source_dir.trim_end_matches('/'));
+        let mut words: Vec<String> = args.iter().map(|a| quote(a)).collect();
+        match source_host {
+            None => words.push(quote(&source)),
+            Some(host) => {
+                words.push(quote(&format!("--rsh={remote_shell}")));
+                words.push(quote(&format!("{host}:{source}")));
+            }
+        }
+        self.preamble(datadir) + &format!("exec rsync {} \"$D/\"", words.join(" "))
+    }
+
+    /// After a differential copy: the backup label and tablespace map from
+    /// pg_backup_stop, and no WAL of the old timeline left to replay.
+    pub fn install_backup_label(&self, datadir: &str, label: &str, map: &str) -> String {
+        let mut s = self.preamble(datadir)
+            + &format!(
+                "printf '%s' {} > \"$D/backup_label\" || exit 1\n",
+                quote(label)
+            );
+        if !map.is_empty() {
+            s += &format!(
+                "printf '%s' {} > \"$D/tablespace_map\" || exit 1\n",
+                quote(map)
+            );
+        }
+        s + "for f in \"$D\"/pg_wal/*; do if [ -f \"$f\" ]; then rm -f \"$f\" || exit 1; fi; done"
+    }
+
+    /// The segment's postgresql.auto.conf, to be rewritten by the caller.
+    pub fn read_auto_conf(&self, datadir: &str) -> String {
+        self.preamble(datadir)
+            + "if [ -f \"$D/postgresql.auto.conf\" ]; then cat \"$D/postgresql.auto.conf\"; fi"
+    }
+
+    /// Writes postgresql.auto.conf (through a temporary file) and makes the
+    /// segment a standby.
+    pub fn configure_standby(&self, datadir: &str, auto_conf: &str) -> String {
+        self.preamble(datadir)
+            + &format!(
+                "printf '%s' {} > \"$D/postgresql.auto.conf.tmp\" && mv \"$D/postgresql.auto.conf.tmp\" \"$D/postgresql.auto.conf\" \
+                 && : > \"$D/standby.signal\" && rm -f \"$D/recovery.signal\"",
+                quote(auto_conf)
+            )
+    }
+
+    /// pg_ctl start, waiting until it accepts connections; the server log
+    /// goes beside the data directory. With `unless_running`, a segment
+    /// that runs already is left alone.
+    pub fn start(&self, datadir: &str, unless_running: bool, wait_secs: u32) -> String {
+        let mut s = self.preamble(datadir)
+            + &format!("L={}\n", quote(&sibling(datadir, SERVER_LOG_SUFFIX)));
+        if unless_running {
+            s += &format!(
+                "if \"$B/pg_ctl\" status -D \"$D\" >/dev/null 2>&1; then echo {}; exit 0; fi\n",
+                quote(ALREADY_RUNNING)
+            );
+        }
+        s + &format!("exec \"$B/pg_ctl\" start -D \"$D\" -l \"$L\" -w -t {wait_secs}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    fn run_local(script: &str) -> (i32, String) {
+        let argv = command_line(None, script);
+        let out = output(Command::new(&argv[0]).args(&argv[1..])).expect("sh runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("gpr-host-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn quoting_survives_a_shell() {
+        for s in [
+            "plain",
+            "a space",
+            "it's",
+            "semi;colon",
+            "$HOME `id` \"x\" \\",
+            "",
+            "new\nline",
+            "'",
+        ] {
+            let (rc, out) = run_local(&format!("printf '%s' {}", quote(s)));
+            assert_eq!((rc, out.as_str()), (0, s));
+        }
+        assert_eq!(quote("/data/gpseg0"), "/data/gpseg0");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn remote_shell_setting_splits_like_a_shell() {
+        assert_eq!(
+            split_words(default_shell()).unwrap(),
+            ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        );
+        assert_eq!(
+            split_words("ssh -i '/keys/my key' -o \"X=a b\" a\\ b").unwrap(),
+            ["ssh", "-i", "/keys/my key", "-o", "X=a b", "a b"]
+        );
+        assert!(split_words("ssh -i 'open")
+            .unwrap_err()
+            .to_string()
+            .contains("closing single quote"));
+        assert!(split_words("  ").is_err());
+    }
+
+    #[test]
+    fn local_hosts() {
+        assert!(is_local("localhost", "sdw1", ""));
+        assert!(is_local("127.0.0.1", "sdw1", ""));
+        assert!(is_local("SDW1", "sdw1", ""));
+        assert!(is_local("cdw.example", "sdw1", "a, cdw.example"));
+        assert!(!is_local("127.0.0.2", "sdw1", ""));
+        assert!(!is_local("sdw2", "sdw1", "sdw3,"));
+    }
+
+    #[test]
+    fn remote_command_line_is_the_shell_then_host_then_one_script() {
+        let words = split_words(default_shell()).unwrap();
+        let argv = command_line(Some((&words, "sdw2")), "echo hi");
+        assert_eq!(
+            &argv[..6],
+            [
+                "ssh",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "sdw2"
+            ]
+        );
+        assert_eq!(argv.len(), 7);
+        assert!(argv[6].contains("setsid sh -c 'echo hi'"));
+    }
+
+    #[test]
+    fn exit_code_and_output_come_back() {
+        assert_eq!(
+            run_local("echo out; echo err >&2; exit 7"),
+            (7, "out\nerr\n".into())
+        );
+    }
+
+    #[test]
+    fn closing_stdin_ends_what_the_script_started() {
+        let dir = scratch("cancel");
+        let marker = dir.join("survived");
+        let argv = command_line(
+            None,
+            &format!("sleep 3; touch {}", quote(&marker.to_string_lossy())),
+        );
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(child.stdin.take());
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        assert!(!marker.exists(), "the script was ended with its session");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unreachable_names_the_host_and_ssh_reason() {
+        assert_eq!(
+            unreachable(
+                "sdw2",
+                "ssh: connect to host sdw2 port 22: Connection refused\r\n"
+            ),
+            "host sdw2 is unreachable: ssh: connect to host sdw2 port 22: Connection refused"
+        );
+        assert_eq!(unreachable("sdw2", ""), "host sdw2 is unreachable");
+    }
+
+    fn default_shell() -> &'static str {
+        DEFAULT_REMOTE_SHELL.to_str().unwrap()
+    }
+
+    fn scripts() -> Scripts {
+        Scripts {
+            bindir: "/usr/lib/postgresql/15/bin".into(),
+            connect_timeout: 5,
+        }
+    }
+
+    #[test]
+    fn full_copy_swaps_in_and_backs_out_with_odd_names() {
+        let dir = scratch("swap");
+        let d = dir.join("seg 'x';y");
+        let ds = d.to_string_lossy().into_owned();
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("PG_VERSION"), "old").unwrap();
+        let new = PathBuf::from(sibling(&ds, NEW_SUFFIX));
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(new.join("PG_VERSION"), "new").unwrap();
+        let s = scripts();
+        assert_eq!(run_local(&s.swap_in(&ds, false)).0, 0);
+        assert_eq!(
+            std::fs::read_to_string(d.join("PG_VERSION")).unwrap(),
+            "new"
+        );
+        assert_eq!(run_local(&s.back_out_copy(&ds, false, true)).0, 0);
+        assert_eq!(
+            std::fs::read_to_string(d.join("PG_VERSION")).unwrap(),
+            "old"
+        );
+        assert!(!new.exists() && !PathBuf::from(sibling(&ds, OLD_SUFFIX)).exists());
+        assert_eq!(run_local(&s.back_out_copy(&ds, true, true)).0, 0);
+        assert!(!d.exists(), "a relocation's copy is removed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn relocation_refuses_a_non_empty_directory() {
+        let dir = scratch("reloc");
+        std::fs::write(dir.join("file"), "").unwrap();
+        let ds = dir.to_string_lossy().into_owned();
+        let (rc, out) = run_local(&scripts().basebackup(&ds, true, &[]));
+        assert_eq!(rc, 1);
+        assert!(out.contains("exists and is not empty"), "{out}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn standby_configuration_and_backup_label_are_written() {
+        let dir = scratch("conf");
+        let ds = dir.to_string_lossy().into_owned();
+        std::fs::create_dir_all(dir.join("pg_wal/archive_status")).unwrap();
+        std::fs::write(dir.join("pg_wal/000000010000000000000001"), "wal").unwrap();
+        std::fs::write(dir.join("recovery.signal"), "").unwrap();
+        let s = scripts();
+        let conf = "port = '7001'\nprimary_conninfo = 'host=a user=''b'''\n";
+        assert_eq!(run_local(&s.configure_standby(&ds, conf)).0, 0);
+        assert_eq!(run_local(&s.read_auto_conf(&ds)), (0, conf.to_string()));
+        assert!(dir.join("standby.signal").exists() && !dir.join("recovery.signal").exists());
+        assert_eq!(
+            run_local(&s.install_backup_label(&ds, "START WAL LOCATION: 0/2\n", "")).0,
+            0
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("backup_label")).unwrap(),
+            "START WAL LOCATION: 0/2\n"
+        );
+        assert!(
+            !dir.join("pg_wal/000000010000000000000001").exists()
+                && dir.join("pg_wal/archive_status").exists()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rsync_reaches_another_host_through_the_remote_shell() {
+        let s = scripts();
+        let local = s.rsync("/t", "/s d", None, default_shell(), &["-a".into()]);
+        assert!(local.ends_with("exec rsync -a '/s d/' \"$D/\""), "{local}");
+        let remote = s.rsync("/t", "/s", Some("sdw1"), default_shell(), &["-a".into()]);
+        assert!(
+            remote.ends_with(
+                "exec rsync -a '--rsh=ssh -o BatchMode=yes -o ConnectTimeout=10' sdw1:/s/ \"$D/\""
+            ),
+            "{remote}"
+        );
+    }
+}
