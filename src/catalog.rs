@@ -18,8 +18,7 @@ pub fn load() -> Vec<Segment> {
     .or_raise()
     .map(|j| j.0)
     .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
-    serde_json::from_value(json)
-        .unwrap_or_else(|e| internal("unexpected gp_segment_configuration row", e))
+    serde_json::from_value(json).unwrap_or_else(|e| internal("unexpected gp_segment_configuration row", e))
 }
 
 /// "char" values travel as i8 through pgrx.
@@ -68,12 +67,7 @@ pub fn set_mode(row: &Segment, mode: Mode, program: &str) {
     .or_raise();
     history(
         row.dbid,
-        &format!(
-            "{program}: update mode for dbid {} with contentid {} to {}",
-            row.dbid,
-            row.content,
-            mode.letter()
-        ),
+        &format!("{program}: update mode for dbid {} with contentid {} to {}", row.dbid, row.content, mode.letter()),
     );
 }
 
@@ -113,8 +107,7 @@ pub fn lock_rows(dbids: &[i16]) -> Vec<Segment> {
     .or_raise()
     .map(|j| j.0)
     .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
-    serde_json::from_value(json)
-        .unwrap_or_else(|e| internal("unexpected gp_segment_configuration row", e))
+    serde_json::from_value(json).unwrap_or_else(|e| internal("unexpected gp_segment_configuration row", e))
 }
 
 /// Contents whose latest double-fault history row says the fault is still on.
@@ -151,11 +144,7 @@ pub fn extension_exists() -> bool {
 pub fn contents_on_fts_hold() -> Vec<i16> {
     Spi::connect(|client| {
         client
-            .select(
-                "SELECT content FROM public.gp_recovery_job WHERE state = 'running' AND fts_hold",
-                None,
-                &[],
-            )?
+            .select("SELECT content FROM public.gp_recovery_job WHERE state = 'running' AND fts_hold", None, &[])?
             .map(|row| row.get::<i16>(1).map(|c| c.unwrap_or_default()))
             .collect::<Result<Vec<i16>, _>>()
     })
@@ -194,12 +183,8 @@ fn gp_add_segment(
     let probes = segment_client::probe_all(&to_probe);
     let missing = || Err("not probed".to_string());
     let probe = probes.get(&row.dbid).cloned().unwrap_or_else(missing);
-    let primary_probe = primary
-        .as_ref()
-        .map(|p| probes.get(&p.dbid).cloned().unwrap_or_else(missing));
-    let mode =
-        registration::verify_claim(&row, &probe, primary.as_ref().zip(primary_probe.as_ref()))
-            .or_raise();
+    let primary_probe = primary.as_ref().map(|p| probes.get(&p.dbid).cloned().unwrap_or_else(missing));
+    let mode = registration::verify_claim(&row, &probe, primary.as_ref().zip(primary_probe.as_ref())).or_raise();
 
     let row = Segment { mode, ..row };
     insert(

@@ -7,9 +7,7 @@ fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
     match kind {
         ErrorKind::InvalidParameter => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         ErrorKind::Duplicate => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
-        ErrorKind::Unreachable => {
-            PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
-        }
+        ErrorKind::Unreachable => PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
         ErrorKind::WrongState => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
     }
 }
@@ -23,11 +21,7 @@ pub fn raise(e: CoreError) -> ! {
 /// Raises an ERROR for a failure the extension did not expect (a broken SPI
 /// call, a runtime that could not start).
 pub fn internal(context: &str, e: impl std::fmt::Display) -> ! {
-    pgrx::ereport!(
-        ERROR,
-        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-        format!("{context}: {e}")
-    );
+    pgrx::ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{context}: {e}"));
 }
 
 pub trait OrRaise<T> {

@@ -25,12 +25,9 @@ use crate::{catalog, gucs, latch};
 
 /// Rounds started and the highest round whose probes have all finished, so
 /// gp_request_fts_probe_scan() can wait for a round that began after it.
-static ROUNDS_STARTED: PgAtomic<AtomicU64> =
-    unsafe { PgAtomic::new(c"gp_recovery_fts_rounds_started") };
-static ROUNDS_FINISHED: PgAtomic<AtomicU64> =
-    unsafe { PgAtomic::new(c"gp_recovery_fts_rounds_finished") };
-static ROUND_REQUESTED: PgAtomic<AtomicBool> =
-    unsafe { PgAtomic::new(c"gp_recovery_fts_round_requested") };
+static ROUNDS_STARTED: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"gp_recovery_fts_rounds_started") };
+static ROUNDS_FINISHED: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"gp_recovery_fts_rounds_finished") };
+static ROUND_REQUESTED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"gp_recovery_fts_round_requested") };
 static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"gp_recovery_fts_worker_pid") };
 
 /// Shared memory and the worker; only while loading via shared_preload_libraries.
@@ -93,23 +90,14 @@ fn gp_request_fts_probe_scan() -> bool {
 
 /// The fault tolerance service's rule table, in the order rules are tried.
 #[pg_extern]
-fn gp_fts_rules() -> TableIterator<
-    'static,
-    (
-        name!(position, i32),
-        name!(rule, String),
-        name!(action, String),
-        name!(reason, String),
-    ),
-> {
-    TableIterator::new(fts::RULES.iter().zip(1..).map(|(r, i)| {
-        (
-            i,
-            r.name.to_string(),
-            format!("{:?}", r.action),
-            r.reason.to_string(),
-        )
-    }))
+fn gp_fts_rules(
+) -> TableIterator<'static, (name!(position, i32), name!(rule, String), name!(action, String), name!(reason, String))> {
+    TableIterator::new(
+        fts::RULES
+            .iter()
+            .zip(1..)
+            .map(|(r, i)| (i, r.name.to_string(), format!("{:?}", r.action), r.reason.to_string())),
+    )
 }
 
 /// The worker's memory of one content, reset when its primary changes.
@@ -203,9 +191,7 @@ impl Fts {
             }
             self.reload_config_if_asked();
         }
-        self.double_faults = BackgroundWorker::transaction(catalog::contents_in_double_fault)
-            .into_iter()
-            .collect();
+        self.double_faults = BackgroundWorker::transaction(catalog::contents_in_double_fault).into_iter().collect();
         let s = settings();
         log!(
             "gp_recovery fault tolerance service started: probe interval {} s, timeout {} s, retries {}, mirror down grace period {} s",
@@ -250,8 +236,7 @@ impl Fts {
         if !self.round_to_spawn && !due_follow_ups {
             return;
         }
-        let (catalog, held) =
-            BackgroundWorker::transaction(|| (catalog::load(), catalog::contents_on_fts_hold()));
+        let (catalog, held) = BackgroundWorker::transaction(|| (catalog::load(), catalog::contents_on_fts_hold()));
         let s = settings();
         for pair in Pair::all(&catalog) {
             let content = pair.primary.content;
@@ -260,38 +245,25 @@ impl Fts {
                 self.follow_up.remove(&content);
                 continue;
             }
-            let wanted =
-                self.round_to_spawn || self.follow_up.get(&content).is_some_and(|t| *t <= now);
+            let wanted = self.round_to_spawn || self.follow_up.get(&content).is_some_and(|t| *t <= now);
             if !wanted || self.in_flight.contains_key(&content) {
                 continue;
             }
             self.follow_up.remove(&content);
             let (primary, mirror) = (pair.primary.clone(), pair.mirror.clone());
-            let (pt, mt) = (
-                Target::new(&primary, s.timeout),
-                Target::new(&mirror, s.timeout),
-            );
+            let (pt, mt) = (Target::new(&primary, s.timeout), Target::new(&mirror, s.timeout));
             let (round, retries, pause) = (self.round, s.retries, s.retry_pause);
             self.in_flight.insert(content, round);
             *self.outstanding.entry(round).or_default() += 1;
             let probe = async move {
-                let (primary_health, mirror_probe) =
-                    tokio::join!(pt.probe_primary(retries, pause), mt.probe());
-                Probed {
-                    round,
-                    primary,
-                    mirror,
-                    primary_health,
-                    mirror_probe,
-                }
+                let (primary_health, mirror_probe) = tokio::join!(pt.probe_primary(retries, pause), mt.probe());
+                Probed { round, primary, mirror, primary_health, mirror_probe }
             };
             self.tasks.spawn_on(probe, runtime().handle());
         }
         if self.round_to_spawn && !self.outstanding.contains_key(&self.round) {
             // Nothing to probe (no pairs, or all still busy): the round is done.
-            ROUNDS_FINISHED
-                .get()
-                .fetch_max(self.round, Ordering::SeqCst);
+            ROUNDS_FINISHED.get().fetch_max(self.round, Ordering::SeqCst);
         }
         self.round_to_spawn = false;
         // Follow-ups of contents that no longer exist are dropped.
@@ -302,13 +274,7 @@ impl Fts {
     /// Waits for a finished probe, the next round or follow-up, a round
     /// request, SIGTERM or postmaster death.
     fn next_event(&mut self) -> Event {
-        let wake_at = self
-            .follow_up
-            .values()
-            .copied()
-            .chain([self.next_round])
-            .min()
-            .unwrap_or(self.next_round);
+        let wake_at = self.follow_up.values().copied().chain([self.next_round]).min().unwrap_or(self.next_round);
         let tasks = &mut self.tasks;
         block_on(async move {
             let deadline = tokio::time::Instant::from_std(wake_at);
@@ -363,10 +329,7 @@ impl Fts {
         let now = Instant::now();
         let memory = self.memory.entry(content).or_default();
         if memory.primary_dbid != p.primary.dbid {
-            *memory = Memory {
-                primary_dbid: p.primary.dbid,
-                ..Memory::default()
-            };
+            *memory = Memory { primary_dbid: p.primary.dbid, ..Memory::default() };
         }
         let stream_seen = fts::mirror_stream(&p.primary_health).is_some();
         match &p.primary_health {
@@ -402,21 +365,14 @@ impl Fts {
         }
         if plan.rule.name == "mirror_gone_within_grace" {
             if let Some(since) = mirror_gone_since {
-                self.follow_up
-                    .insert(content, since + s.rules.mirror_down_grace_period);
+                self.follow_up.insert(content, since + s.rules.mirror_down_grace_period);
             }
         }
         if plan.changes_anything() {
             let done = self.carry_out(&observation, &plan, s.timeout);
             // Look again soon: to confirm, or to retry what failed.
-            self.follow_up.insert(
-                content,
-                now + if done {
-                    Duration::from_millis(200)
-                } else {
-                    Duration::from_secs(1)
-                },
-            );
+            self.follow_up
+                .insert(content, now + if done { Duration::from_millis(200) } else { Duration::from_secs(1) });
         }
     }
 
@@ -431,10 +387,7 @@ impl Fts {
             }
         }
         if !plan.catalog.is_empty() || !plan.history.is_empty() {
-            let (expected, dbids) = (
-                vec![o.primary.clone(), o.mirror.clone()],
-                [o.primary.dbid, o.mirror.dbid],
-            );
+            let (expected, dbids) = (vec![o.primary.clone(), o.mirror.clone()], [o.primary.dbid, o.mirror.dbid]);
             let mut sorted = expected.clone();
             sorted.sort_by_key(|s| s.dbid);
             let written = BackgroundWorker::transaction(|| {
@@ -463,9 +416,7 @@ impl Fts {
                 _ => {}
             }
         }
-        plan.after_catalog
-            .iter()
-            .all(|op| self.segment_op(content, op, timeout))
+        plan.after_catalog.iter().all(|op| self.segment_op(content, op, timeout))
     }
 
     fn segment_op(&mut self, content: i16, op: &SegmentOp, timeout: Duration) -> bool {
@@ -477,19 +428,15 @@ impl Fts {
                         m.sync_from_lsn = Some(lsn);
                     }
                 }
-                (
-                    format!("turn synchronous replication on at dbid {}", s.dbid),
-                    result.map(|_| ()),
-                )
+                (format!("turn synchronous replication on at dbid {}", s.dbid), result.map(|_| ()))
             }
             SegmentOp::DisableSyncRep(s) => (
                 format!("turn synchronous replication off at dbid {}", s.dbid),
                 block_on(Target::new(s, timeout).disable_sync_rep()),
             ),
-            SegmentOp::Promote(s) => (
-                format!("promote dbid {} at {}", s.dbid, s.location()),
-                block_on(Target::new(s, timeout).promote()),
-            ),
+            SegmentOp::Promote(s) => {
+                (format!("promote dbid {} at {}", s.dbid, s.location()), block_on(Target::new(s, timeout).promote()))
+            }
             SegmentOp::CreateSlot(s) => (
                 format!("create the replication slot on dbid {}", s.dbid),
                 block_on(Target::new(s, timeout).create_slot(false)),
@@ -515,9 +462,7 @@ pub extern "C-unwind" fn gp_recovery_fts_main(_arg: pg_sys::Datum) {
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     // SAFETY: MyProcPid is set for every backend before this runs.
-    WORKER_PID
-        .get()
-        .store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
+    WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
     Fts::new().run();
     WORKER_PID.get().store(0, Ordering::SeqCst);
     log!("gp_recovery fault tolerance service stopped");

@@ -91,15 +91,7 @@ fn gp_mirror_status_probe() -> TableIterator<
     let rows: Vec<_> = gpstate::mirror_list(&live_status())
         .into_iter()
         .map(|m| {
-            (
-                m.dbid,
-                m.content,
-                m.hostname,
-                m.datadir,
-                m.port,
-                m.status.to_string(),
-                m.data_status.map(str::to_string),
-            )
+            (m.dbid, m.content, m.hostname, m.datadir, m.port, m.status.to_string(), m.data_status.map(str::to_string))
         })
         .collect();
     TableIterator::new(rows)

@@ -17,22 +17,15 @@ pub static MAX_RATE: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static REMOTE_SHELL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(gp_recovery_core::host::DEFAULT_REMOTE_SHELL));
 pub static LOCAL_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-pub static DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// The database holding the catalog, where the worker connects.
 pub fn database() -> String {
-    DATABASE
-        .get()
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "postgres".into())
+    DATABASE.get().map(|d| d.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".into())
 }
 
 fn text(setting: &GucSetting<Option<CString>>) -> String {
-    setting
-        .get()
-        .map(|v| v.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    setting.get().map(|v| v.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// The command (and options) that reaches a segment's host.

@@ -4,8 +4,7 @@
 
 use gp_recovery_core::rebalance;
 use gp_recovery_core::recovery::{
-    self, at_line, config_line_segment, plan_recovery, ActiveJob, JobSpec, NewLocation,
-    RecoveryMode,
+    self, at_line, config_line_segment, plan_recovery, ActiveJob, JobSpec, NewLocation, RecoveryMode,
 };
 use gp_recovery_core::segment::{Pair, Segment, Status};
 use gp_recovery_core::CoreError;
@@ -53,10 +52,7 @@ fn verify_sources(specs: &[JobSpec]) -> Result<(), CoreError> {
     let sources: Vec<Segment> = specs.iter().map(|s| s.source.clone()).collect();
     let probes = segment_client::probe_all(&sources);
     for s in &sources {
-        let probe = probes
-            .get(&s.dbid)
-            .cloned()
-            .unwrap_or_else(|| Err("not probed".into()));
+        let probe = probes.get(&s.dbid).cloned().unwrap_or_else(|| Err("not probed".into()));
         recovery::verify_source(s, &probe)?;
     }
     Ok(())
@@ -149,24 +145,10 @@ fn gp_recover_all(mode: default!(&str, "'incremental'")) -> SetOfIterator<'stati
     let catalog = catalog::load();
     let mut active = active_jobs();
     let mut specs = Vec::new();
-    for s in catalog
-        .iter()
-        .filter(|s| !s.is_coordinator() && s.status == Status::Down)
-    {
-        match plan_recovery(
-            &catalog,
-            &active,
-            s.dbid.into(),
-            mode,
-            &NewLocation::default(),
-        ) {
+    for s in catalog.iter().filter(|s| !s.is_coordinator() && s.status == Status::Down) {
+        match plan_recovery(&catalog, &active, s.dbid.into(), mode, &NewLocation::default()) {
             Ok(spec) => {
-                active.push(ActiveJob {
-                    job_id: 0,
-                    dbid: s.dbid,
-                    content: s.content,
-                    state: "planned".into(),
-                });
+                active.push(ActiveJob { job_id: 0, dbid: s.dbid, content: s.content, state: "planned".into() });
                 specs.push(spec);
             }
             Err(e) => warning!("skipping dbid {}: {e}", s.dbid),
@@ -198,29 +180,17 @@ fn gp_recover_from_config(config: &str) -> SetOfIterator<'static, i64> {
             });
         }
         seen.push((segment.dbid, line.line));
-        let new = line
-            .new
-            .as_ref()
-            .map_or_else(NewLocation::default, |n| NewLocation {
-                hostname: Some(n.hostname.clone().unwrap_or_else(|| n.address.clone())),
-                address: Some(n.address.clone()),
-                port: Some(n.port),
-                datadir: Some(n.datadir.clone()),
-            });
-        let mode = line.mode.unwrap_or(if line.new.is_some() {
-            RecoveryMode::Full
-        } else {
-            RecoveryMode::Incremental
+        let new = line.new.as_ref().map_or_else(NewLocation::default, |n| NewLocation {
+            hostname: Some(n.hostname.clone().unwrap_or_else(|| n.address.clone())),
+            address: Some(n.address.clone()),
+            port: Some(n.port),
+            datadir: Some(n.datadir.clone()),
         });
+        let mode = line.mode.unwrap_or(if line.new.is_some() { RecoveryMode::Full } else { RecoveryMode::Incremental });
         let spec = plan_recovery(&catalog, &active, segment.dbid.into(), mode, &new)
             .map_err(|e| at_line(line.line, e))
             .or_raise();
-        active.push(ActiveJob {
-            job_id: 0,
-            dbid: segment.dbid,
-            content: segment.content,
-            state: "planned".into(),
-        });
+        active.push(ActiveJob { job_id: 0, dbid: segment.dbid, content: segment.content, state: "planned".into() });
         specs.push(spec);
     }
     if specs.is_empty() {
@@ -235,9 +205,7 @@ fn gp_recover_from_config(config: &str) -> SetOfIterator<'static, i64> {
 /// replay lag is within the limit (NULL: no limit); the others are skipped
 /// with a WARNING that says why.
 #[pg_extern]
-fn gp_rebalance(
-    replay_lag_limit: default!(Option<i64>, "10737418240"),
-) -> SetOfIterator<'static, i64> {
+fn gp_rebalance(replay_lag_limit: default!(Option<i64>, "10737418240")) -> SetOfIterator<'static, i64> {
     require_worker();
     if let Some(limit) = replay_lag_limit.filter(|l| *l < 0) {
         raise(CoreError::InvalidValue {
@@ -248,43 +216,23 @@ fn gp_rebalance(
     }
     lock_jobs();
     let catalog = catalog::load();
-    let pairs: Vec<Pair> = Pair::all(&catalog)
-        .into_iter()
-        .filter(Pair::switched)
-        .collect();
+    let pairs: Vec<Pair> = Pair::all(&catalog).into_iter().filter(Pair::switched).collect();
     if pairs.is_empty() {
         notice!("{}", rebalance::NOTHING_TO_REBALANCE);
         return SetOfIterator::new(Vec::new());
     }
     let active = active_jobs();
-    let members: Vec<Segment> = pairs
-        .iter()
-        .flat_map(|p| [p.primary.clone(), p.mirror.clone()])
-        .collect();
+    let members: Vec<Segment> = pairs.iter().flat_map(|p| [p.primary.clone(), p.mirror.clone()]).collect();
     let probes = segment_client::probe_all(&members);
-    let probe = |s: &Segment| {
-        probes
-            .get(&s.dbid)
-            .cloned()
-            .unwrap_or_else(|| Err("not probed".into()))
-    };
+    let probe = |s: &Segment| probes.get(&s.dbid).cloned().unwrap_or_else(|| Err("not probed".into()));
     let mut ids = Vec::new();
     for pair in &pairs {
         let content = pair.primary.content;
         if let Some(job) = active.iter().find(|j| j.content == content) {
-            warning!(
-                "content {content}: not rebalancing: job {} ({}) is working on it",
-                job.job_id,
-                job.state
-            );
+            warning!("content {content}: not rebalancing: job {} ({}) is working on it", job.job_id, job.state);
             continue;
         }
-        if let Some(reason) = rebalance::refusal(
-            pair,
-            &probe(pair.primary),
-            &probe(pair.mirror),
-            replay_lag_limit,
-        ) {
+        if let Some(reason) = rebalance::refusal(pair, &probe(pair.primary), &probe(pair.mirror), replay_lag_limit) {
             warning!("{reason}");
             continue;
         }
@@ -354,42 +302,29 @@ fn job_state(job_id: i64) -> Option<(String, String, Option<String>)> {
 }
 
 fn no_such_job(job_id: i64) -> ! {
-    pgrx::ereport!(
-        ERROR,
-        PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-        format!("recovery job {job_id} does not exist")
-    );
+    pgrx::ereport!(ERROR, PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("recovery job {job_id} does not exist"));
 }
 
 /// Waits until a job ends and returns its final state; a failed job is an
 /// ERROR carrying its error, so scripts and pg_cron see the failure.
 #[pg_extern]
-fn gp_recovery_wait(
-    job_id: i64,
-    timeout: default!(Option<pgrx::datum::Interval>, "NULL"),
-) -> String {
+fn gp_recovery_wait(job_id: i64, timeout: default!(Option<pgrx::datum::Interval>, "NULL")) -> String {
     let limit = timeout.map(|t| {
-        let secs =
-            Spi::get_one_with_args::<f64>("SELECT extract(epoch FROM $1)::float8", &[t.into()])
-                .or_raise()
-                .unwrap_or(0.0);
+        let secs = Spi::get_one_with_args::<f64>("SELECT extract(epoch FROM $1)::float8", &[t.into()])
+            .or_raise()
+            .unwrap_or(0.0);
         std::time::Duration::from_secs_f64(secs.max(0.0))
     });
     let started = std::time::Instant::now();
     loop {
-        let Some((state, phase, error)) = job_state(job_id) else {
-            no_such_job(job_id)
-        };
+        let Some((state, phase, error)) = job_state(job_id) else { no_such_job(job_id) };
         match state.as_str() {
             "succeeded" | "canceled" => return state,
             "failed" => {
                 pgrx::ereport!(
                     ERROR,
                     PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-                    format!(
-                        "recovery job {job_id} failed: {}",
-                        error.unwrap_or_default()
-                    )
+                    format!("recovery job {job_id} failed: {}", error.unwrap_or_default())
                 );
             }
             _ => {}
@@ -410,10 +345,8 @@ fn gp_recovery_wait(
 /// Returns false when the job had already ended.
 #[pg_extern]
 fn gp_recovery_cancel(job_id: i64) -> bool {
-    let updated = |sql: &str| {
-        Spi::connect_mut(|client| client.update(sql, None, &[job_id.into()]).map(|t| t.len()))
-            .or_raise()
-    };
+    let updated =
+        |sql: &str| Spi::connect_mut(|client| client.update(sql, None, &[job_id.into()]).map(|t| t.len())).or_raise();
     let queued = updated(
         "UPDATE public.gp_recovery_job SET state = 'canceled', phase = 'canceled', finished_at = now(), \
                 updated_at = now(), error = 'canceled by ' || current_user || ' before it started' \
@@ -422,9 +355,8 @@ fn gp_recovery_cancel(job_id: i64) -> bool {
     if queued > 0 {
         return true;
     }
-    let running = updated(
-        "UPDATE public.gp_recovery_job SET cancel_requested = true WHERE job_id = $1 AND state = 'running'",
-    );
+    let running =
+        updated("UPDATE public.gp_recovery_job SET cancel_requested = true WHERE job_id = $1 AND state = 'running'");
     if running > 0 {
         recovery_worker::wake();
         return true;

@@ -43,8 +43,7 @@ use crate::segment_client::{block_on, server_user, Target};
 use crate::segment_host::{self, HostError, SegmentHost};
 use crate::{catalog, fts, gucs, latch};
 
-static JOBS_WORKER_PID: PgAtomic<AtomicI32> =
-    unsafe { PgAtomic::new(c"gp_recovery_jobs_worker_pid") };
+static JOBS_WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"gp_recovery_jobs_worker_pid") };
 
 /// Shared memory and the worker; only while loading via shared_preload_libraries.
 pub fn init() {
@@ -121,13 +120,7 @@ impl Phase {
         ]
         .into_iter()
         .find(|p| {
-            [
-                RecoveryMode::Full,
-                RecoveryMode::Incremental,
-                RecoveryMode::Rebalance,
-            ]
-            .iter()
-            .any(|m| p.name(*m) == name)
+            [RecoveryMode::Full, RecoveryMode::Incremental, RecoveryMode::Rebalance].iter().any(|m| p.name(*m) == name)
         })
     }
 }
@@ -199,11 +192,7 @@ fn with_rate(mut args: Vec<String>, option: &str) -> Vec<String> {
 }
 
 fn timeout() -> Duration {
-    Duration::from_secs(
-        u64::try_from(gucs::FTS_PROBE_TIMEOUT.get())
-            .unwrap_or(20)
-            .max(1),
-    )
+    Duration::from_secs(u64::try_from(gucs::FTS_PROBE_TIMEOUT.get()).unwrap_or(20).max(1))
 }
 
 fn scripts() -> Scripts {
@@ -248,9 +237,7 @@ impl Job {
     }
 
     fn source(&self) -> Result<&Segment, String> {
-        self.source
-            .as_ref()
-            .ok_or_else(|| "the source was not checked".to_string())
+        self.source.as_ref().ok_or_else(|| "the source was not checked".to_string())
     }
 
     fn host(&self) -> Result<SegmentHost, String> {
@@ -259,17 +246,11 @@ impl Job {
 
     /// Starts a step's script on `host`, its output going to the job's log
     /// file for that step.
-    fn spawn_on(
-        &mut self,
-        host: SegmentHost,
-        name: &'static str,
-        script: &str,
-    ) -> Result<(), String> {
+    fn spawn_on(&mut self, host: SegmentHost, name: &'static str, script: &str) -> Result<(), String> {
         let dir = log_dir();
         fs::create_dir_all(&dir).map_err(|e| format!("could not create {}: {e}", dir.display()))?;
         let log = dir.join(format!("{name}.job{}.dbid{}.out", self.id(), self.dbid()));
-        let out = fs::File::create(&log)
-            .map_err(|e| format!("could not create {}: {e}", log.display()))?;
+        let out = fs::File::create(&log).map_err(|e| format!("could not create {}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let mut child = host
             .command(script)
@@ -283,24 +264,14 @@ impl Job {
             self.id(),
             self.dbid(),
             host.name,
-            if host.is_remote() {
-                " through gp_recovery.remote_shell"
-            } else {
-                ""
-            },
+            if host.is_remote() { " through gp_recovery.remote_shell" } else { "" },
             log.display()
         );
         if COPY_TOOLS.contains(&name) {
             self.logfile = Some(log.clone());
         }
         let stdin = child.stdin.take();
-        self.tool = Some(Tool {
-            name,
-            host,
-            child,
-            stdin,
-            log,
-        });
+        self.tool = Some(Tool { name, host, child, stdin, log });
         Ok(())
     }
 
@@ -318,11 +289,7 @@ impl Job {
     /// None while the step runs; its result once it has exited.
     fn poll_tool(&mut self) -> Option<Result<(), HostError>> {
         let tool = self.tool.as_mut()?;
-        let read = |log: &PathBuf| {
-            fs::read(log)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        };
+        let read = |log: &PathBuf| fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
         if COPY_TOOLS.contains(&tool.name) {
             if let Some(p) = recovery::parse_progress(&read(&tool.log)) {
                 self.progress = Some(p);
@@ -341,15 +308,13 @@ impl Job {
         let tool = self.tool.take()?;
         // rsync's 24: some source files vanished while copying (dropped
         // tables); the WAL replayed from the backup start covers them.
-        Some(
-            if status.success() || (tool.name == "rsync" && status.code() == Some(24)) {
-                Ok(())
-            } else {
-                let mut e = tool.host.failure(tool.name, status, &read(&tool.log));
-                e.message = format!("{} (output in {})", e.message, tool.log.display());
-                Err(e)
-            },
-        )
+        Some(if status.success() || (tool.name == "rsync" && status.code() == Some(24)) {
+            Ok(())
+        } else {
+            let mut e = tool.host.failure(tool.name, status, &read(&tool.log));
+            e.message = format!("{} (output in {})", e.message, tool.log.display());
+            Err(e)
+        })
     }
 
     /// Ends a running step and everything it started, on its host: closing
@@ -401,11 +366,8 @@ impl Job {
             return match self.poll_tool() {
                 None => Step::Stay,
                 Some(Err(e)) => Step::Fail(e.message),
-                Some(Ok(())) => match BackgroundWorker::transaction(|| start_in_catalog(&self.rec))
-                {
-                    Ok(()) if self.mode == RecoveryMode::Rebalance => {
-                        Step::Next(Phase::CheckingSource)
-                    }
+                Some(Ok(())) => match BackgroundWorker::transaction(|| start_in_catalog(&self.rec)) {
+                    Ok(()) if self.mode == RecoveryMode::Rebalance => Step::Next(Phase::CheckingSource),
                     Ok(()) => Step::Next(Phase::Stopping),
                     Err(e) => Step::Fail(e),
                 },
@@ -422,33 +384,21 @@ impl Job {
     /// acting primary, which must be running.
     fn stopping(&mut self) -> Step {
         let rebalance = self.mode == RecoveryMode::Rebalance;
-        let next = if rebalance {
-            Phase::Promoting
-        } else {
-            Phase::CheckingSource
-        };
+        let next = if rebalance { Phase::Promoting } else { Phase::CheckingSource };
         if self.tool.is_some() {
             return match self.poll_tool() {
                 None => Step::Stay,
                 Some(Ok(())) => Step::Next(next),
                 // gprecoverseg: a relocation away from a dead host skips the stop.
                 Some(Err(e)) if e.unreachable && self.rec.relocate => {
-                    log!(
-                        "gp_recovery: job {}: not stopping the failed segment: {}",
-                        self.id(),
-                        e.message
-                    );
+                    log!("gp_recovery: job {}: not stopping the failed segment: {}", self.id(), e.message);
                     Step::Next(next)
                 }
                 Some(Err(e)) => Step::Fail(e.message),
             };
         }
         let script = scripts().stop(&self.rec.original.datadir, rebalance);
-        match self
-            .original_host
-            .clone()
-            .and_then(|h| self.spawn_on(h, "stop", &script))
-        {
+        match self.original_host.clone().and_then(|h| self.spawn_on(h, "stop", &script)) {
             Ok(()) => Step::Stay,
             Err(e) => Step::Fail(e),
         }
@@ -461,15 +411,9 @@ impl Job {
             return self.checking_pair();
         }
         let catalog = BackgroundWorker::transaction(catalog::load);
-        let Some(source) = catalog
-            .iter()
-            .find(|s| s.content == self.rec.content && s.role == Role::Primary)
-            .cloned()
+        let Some(source) = catalog.iter().find(|s| s.content == self.rec.content && s.role == Role::Primary).cloned()
         else {
-            return Step::Fail(format!(
-                "double fault: content {} has no acting primary",
-                self.rec.content
-            ));
+            return Step::Fail(format!("double fault: content {} has no acting primary", self.rec.content));
         };
         if source.dbid != self.rec.source_dbid {
             return Step::Fail(format!(
@@ -493,9 +437,8 @@ impl Job {
         let (Some(primary), Some(mirror)) = (find(self.dbid()), find(self.rec.source_dbid)) else {
             return Step::Fail("the pair is no longer in the catalog".into());
         };
-        let healthy = |s: &Segment, role: Role| {
-            s.role == role && s.status == Status::Up && s.mode == Mode::Synchronized
-        };
+        let healthy =
+            |s: &Segment, role: Role| s.role == role && s.status == Status::Up && s.mode == Mode::Synchronized;
         if !healthy(&primary, Role::Primary) || !healthy(&mirror, Role::Mirror) {
             return Step::Fail(format!(
                 "dbid {} and dbid {} are no longer an up, synchronized primary and mirror",
@@ -522,22 +465,15 @@ impl Job {
         };
         let t = Target::new(&new, timeout());
         let Some(checkpoint) = self.checkpoint_lsn else {
-            let report = self.run(
-                "pg_controldata",
-                &scripts().controldata(&self.rec.original.datadir),
-            );
+            let report = self.run("pg_controldata", &scripts().controldata(&self.rec.original.datadir));
             return match report.map(|r| rebalance::controldata_checkpoint(&r)) {
                 Ok(Some(l)) => {
                     self.checkpoint_lsn = Some(l);
                     self.deadline = Some(Instant::now() + Duration::from_secs(60));
                     Step::Stay
                 }
-                Ok(None) => Step::Fail(
-                    "pg_controldata did not report the stopped primary's final checkpoint".into(),
-                ),
-                Err(e) => Step::Fail(format!(
-                    "could not read the stopped primary's final checkpoint: {e}"
-                )),
+                Ok(None) => Step::Fail("pg_controldata did not report the stopped primary's final checkpoint".into()),
+                Err(e) => Step::Fail(format!("could not read the stopped primary's final checkpoint: {e}")),
             };
         };
         match block_on(t.replay_lsn()) {
@@ -560,18 +496,8 @@ impl Job {
         }
         self.promoted = true;
         let rows = [
-            Segment {
-                role: Role::Mirror,
-                status: Status::Down,
-                mode: Mode::NotInSync,
-                ..self.rec.original.clone()
-            },
-            Segment {
-                role: Role::Primary,
-                status: Status::Up,
-                mode: Mode::NotInSync,
-                ..new.clone()
-            },
+            Segment { role: Role::Mirror, status: Status::Down, mode: Mode::NotInSync, ..self.rec.original.clone() },
+            Segment { role: Role::Primary, status: Status::Up, mode: Mode::NotInSync, ..new.clone() },
         ];
         BackgroundWorker::transaction(|| {
             catalog::lock_rows(&[rows[0].dbid, rows[1].dbid]);
@@ -579,18 +505,11 @@ impl Job {
         });
         self.source = Some(rows[1].clone());
         for (what, result) in [
-            (
-                "turn synchronous replication off",
-                block_on(t.disable_sync_rep()),
-            ),
+            ("turn synchronous replication off", block_on(t.disable_sync_rep())),
             ("create the slot", block_on(t.create_slot(false))),
         ] {
             if let Err(e) = result {
-                warning!(
-                    "gp_recovery: job {}: could not {what} on dbid {}: {e}",
-                    self.id(),
-                    new.dbid
-                );
+                warning!("gp_recovery: job {}: could not {what} on dbid {}: {e}", self.id(), new.dbid);
             }
         }
         Step::Next(Phase::Configuring)
@@ -672,20 +591,14 @@ impl Job {
                     "--progress".into(),
                     "--verbose".into(),
                 ];
-                let script = scripts().basebackup(
-                    &target_dir,
-                    self.rec.relocate,
-                    &with_rate(args, "--max-rate="),
-                );
+                let script = scripts().basebackup(&target_dir, self.rec.relocate, &with_rate(args, "--max-rate="));
                 self.spawn("pg_basebackup", &script)
             }
             RecoveryMode::Differential => {
                 // The slot keeps all WAL from before the backup starts, so
                 // the mirror streams what the copy needs.
                 block_on(src.create_slot(true))?;
-                self.backup = Some(block_on(
-                    src.backup_start(&format!("gp_recovery job {}", self.id())),
-                )?);
+                self.backup = Some(block_on(src.backup_start(&format!("gp_recovery job {}", self.id())))?);
                 // --no-whole-file: the delta algorithm even between local
                 // directories, so only changed blocks are sent; --stats
                 // reports the bytes sent in the job's log.
@@ -700,15 +613,11 @@ impl Job {
                 ]
                 .map(String::from)
                 .to_vec();
-                args.extend(
-                    recovery::RSYNC_EXCLUDES
-                        .iter()
-                        .map(|e| format!("--exclude={e}")),
-                );
+                args.extend(recovery::RSYNC_EXCLUDES.iter().map(|e| format!("--exclude={e}")));
                 // From another host, rsync on the target's host pulls
                 // through the same remote shell.
-                let source_host = (!source.hostname.eq_ignore_ascii_case(&self.target.hostname))
-                    .then_some(source.hostname.as_str());
+                let source_host =
+                    (!source.hostname.eq_ignore_ascii_case(&self.target.hostname)).then_some(source.hostname.as_str());
                 let script = scripts().rsync(
                     &target_dir,
                     &source.datadir,
@@ -723,18 +632,10 @@ impl Job {
 
     /// pg_rewind of the target against the source, after a CHECKPOINT there
     /// so the source's control file shows its current timeline.
-    fn spawn_rewind(
-        &mut self,
-        source: &Segment,
-        target_dir: &str,
-        skip_standby: bool,
-    ) -> Result<(), String> {
+    fn spawn_rewind(&mut self, source: &Segment, target_dir: &str, skip_standby: bool) -> Result<(), String> {
         block_on(Target::new(source, timeout()).checkpoint())?;
         let conninfo = Self::user_conninfo(source, "gp_recovery_pg_rewind");
-        self.spawn(
-            "pg_rewind",
-            &scripts().rewind(target_dir, &conninfo, skip_standby),
-        )
+        self.spawn("pg_rewind", &scripts().rewind(target_dir, &conninfo, skip_standby))
     }
 
     /// What follows a successful copy.
@@ -744,12 +645,9 @@ impl Job {
             RecoveryMode::Incremental | RecoveryMode::Rebalance => Ok(()),
             // The new copy is complete: only now does the old data directory
             // move aside (removed once the job succeeds).
-            RecoveryMode::Full => self
-                .run(
-                    "moving the copy in place",
-                    &scripts().swap_in(&target_dir, self.rec.relocate),
-                )
-                .map(drop),
+            RecoveryMode::Full => {
+                self.run("moving the copy in place", &scripts().swap_in(&target_dir, self.rec.relocate)).map(drop)
+            }
             RecoveryMode::Differential => {
                 let source = self.source()?.clone();
                 let session = self.backup.take().ok_or("the backup session is gone")?;
@@ -757,11 +655,7 @@ impl Job {
                 drop(session);
                 // WAL of the old timeline must not be replayed: the mirror
                 // streams what it needs from the slot.
-                self.run(
-                    "writing backup_label",
-                    &scripts().install_backup_label(&target_dir, &label, &map),
-                )
-                .map(drop)
+                self.run("writing backup_label", &scripts().install_backup_label(&target_dir, &label, &map)).map(drop)
             }
         }
     }
@@ -774,29 +668,18 @@ impl Job {
             Err(e) => return Step::Fail(e),
         };
         let dir = self.target.datadir.clone();
-        let result = self
-            .run(
-                "reading postgresql.auto.conf",
-                &scripts().read_auto_conf(&dir),
-            )
-            .and_then(|existing| {
-                let text = recovery::rewrite_auto_conf(
-                    &existing,
-                    &[
-                        ("port", self.target.port.to_string()),
-                        (
-                            "primary_conninfo",
-                            Self::user_conninfo(&source, MIRROR_APPLICATION_NAME),
-                        ),
-                        ("primary_slot_name", SLOT_NAME.to_string()),
-                        ("synchronous_standby_names", String::new()),
-                    ],
-                );
-                self.run(
-                    "configuring the standby",
-                    &scripts().configure_standby(&dir, &text),
-                )
-            });
+        let result = self.run("reading postgresql.auto.conf", &scripts().read_auto_conf(&dir)).and_then(|existing| {
+            let text = recovery::rewrite_auto_conf(
+                &existing,
+                &[
+                    ("port", self.target.port.to_string()),
+                    ("primary_conninfo", Self::user_conninfo(&source, MIRROR_APPLICATION_NAME)),
+                    ("primary_slot_name", SLOT_NAME.to_string()),
+                    ("synchronous_standby_names", String::new()),
+                ],
+            );
+            self.run("configuring the standby", &scripts().configure_standby(&dir, &text))
+        });
         match result {
             Ok(_) => Step::Next(Phase::Starting),
             Err(e) => Step::Fail(format!("could not configure {dir}: {e}")),
@@ -811,11 +694,7 @@ impl Job {
                 Some(Ok(())) => {
                     // A demoted primary that cannot follow the new timeline
                     // is rewound after 30 s instead of failing.
-                    let wait = if self.mode == RecoveryMode::Rebalance && !self.rewound {
-                        30
-                    } else {
-                        120
-                    };
+                    let wait = if self.mode == RecoveryMode::Rebalance && !self.rewound { 30 } else { 120 };
                     self.deadline = Some(Instant::now() + Duration::from_secs(wait));
                     Step::Next(Phase::Connecting)
                 }
@@ -860,9 +739,7 @@ impl Job {
                     Err(e) => Step::Fail(e),
                 };
             }
-            return Step::Fail(
-                "the segment started but did not stream from its primary in time".into(),
-            );
+            return Step::Fail("the segment started but did not stream from its primary in time".into());
         }
         Step::Stay
     }
@@ -870,8 +747,7 @@ impl Job {
     /// pg_ctl stop -m fast of the target, waiting for it; a segment that
     /// does not run is fine.
     fn stop_target(&self) -> Result<(), String> {
-        self.run("stop", &scripts().stop(&self.target.datadir, false))
-            .map(drop)
+        self.run("stop", &scripts().stop(&self.target.datadir, false)).map(drop)
     }
 
     fn marking_up(&mut self) -> Step {
@@ -881,10 +757,7 @@ impl Job {
             // The demoted primary's slot served its old mirror; as a standby
             // it would only keep WAL forever.
             if let Err(e) = block_on(Target::new(&target, timeout()).drop_slot()) {
-                warning!(
-                    "gp_recovery: job {job_id}: could not drop the old slot on dbid {}: {e}",
-                    target.dbid
-                );
+                warning!("gp_recovery: job {job_id}: could not drop the old slot on dbid {}: {e}", target.dbid);
             }
         }
         let marked = BackgroundWorker::transaction(|| {
@@ -897,12 +770,8 @@ impl Job {
             let rows = catalog::lock_rows(&[target.dbid]);
             match rows.first() {
                 Some(now) if now.status == Status::Down => {
-                    let up = Segment {
-                        status: Status::Up,
-                        mode: Mode::NotInSync,
-                        role: Role::Mirror,
-                        ..target.clone()
-                    };
+                    let up =
+                        Segment { status: Status::Up, mode: Mode::NotInSync, role: Role::Mirror, ..target.clone() };
                     catalog::update_rows(&[up], |s| update_history(RESYNC, s));
                     true
                 }
@@ -910,10 +779,7 @@ impl Job {
             }
         });
         if !marked {
-            return Step::Fail(format!(
-                "dbid {} is no longer down in the catalog",
-                target.dbid
-            ));
+            return Step::Fail(format!("dbid {} is no longer down in the catalog", target.dbid));
         }
         fts::request_round();
         Step::Next(Phase::CatchingUp)
@@ -943,15 +809,8 @@ impl Job {
         }
         self.next_check = Instant::now() + Duration::from_millis(200);
         let catalog = BackgroundWorker::transaction(catalog::load);
-        let pair: Vec<&Segment> = catalog
-            .iter()
-            .filter(|s| s.content == self.rec.content)
-            .collect();
-        if pair.len() == 2
-            && pair
-                .iter()
-                .all(|s| s.status == Status::Up && s.mode == Mode::Synchronized)
-        {
+        let pair: Vec<&Segment> = catalog.iter().filter(|s| s.content == self.rec.content).collect();
+        if pair.len() == 2 && pair.iter().all(|s| s.status == Status::Up && s.mode == Mode::Synchronized) {
             self.wal_remaining = Some(0);
             return Step::Succeeded;
         }
@@ -995,35 +854,22 @@ impl Job {
             catalog::lock_rows(&[original.dbid]);
             if mode == RecoveryMode::Full || relocate {
                 // As gprecoverseg: the original row goes back, with a backout row.
-                let row = Segment {
-                    status: Status::Down,
-                    mode: Mode::NotInSync,
-                    ..original.clone()
-                };
+                let row = Segment { status: Status::Down, mode: Mode::NotInSync, ..original.clone() };
                 catalog::update_rows(&[row], |s| {
                     format!("{BACKOUT}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
                 });
             } else {
-                let down = Segment {
-                    status: Status::Down,
-                    mode: Mode::NotInSync,
-                    role: Role::Mirror,
-                    ..now.clone()
-                };
+                let down = Segment { status: Status::Down, mode: Mode::NotInSync, role: Role::Mirror, ..now.clone() };
                 if &down != now {
                     catalog::update_rows(&[down], |s| update_history(BACKOUT, s));
                 }
             }
             // A pair whose mirror is down is not in sync.
-            if let Some(p) = catalog_now.iter().find(|s| {
-                s.content == original.content
-                    && s.dbid != original.dbid
-                    && s.mode == Mode::Synchronized
-            }) {
-                let p = Segment {
-                    mode: Mode::NotInSync,
-                    ..p.clone()
-                };
+            if let Some(p) = catalog_now
+                .iter()
+                .find(|s| s.content == original.content && s.dbid != original.dbid && s.mode == Mode::Synchronized)
+            {
+                let p = Segment { mode: Mode::NotInSync, ..p.clone() };
                 catalog::update_rows(&[p], |s| update_history(BACKOUT, s));
             }
         });
@@ -1039,9 +885,9 @@ impl Job {
         let old = self.rec.original.clone();
         let candidate = self.source.clone();
         let promoted_meanwhile = !self.promoted
-            && candidate.as_ref().is_some_and(
-                |c| matches!(block_on(Target::new(c, timeout()).probe()), Ok(p) if !p.in_recovery),
-            );
+            && candidate
+                .as_ref()
+                .is_some_and(|c| matches!(block_on(Target::new(c, timeout()).probe()), Ok(p) if !p.in_recovery));
         if !self.promoted && !promoted_meanwhile {
             return match self.run("pg_ctl start", &scripts().start(&old.datadir, true, 120)) {
                 Ok(out) if out.contains(host::ALREADY_RUNNING) => String::new(),
@@ -1053,19 +899,10 @@ impl Job {
             };
         }
         let stopped = self.stop_target();
-        let new = candidate.map(|c| Segment {
-            role: Role::Primary,
-            status: Status::Up,
-            mode: Mode::NotInSync,
-            ..c
-        });
+        let new = candidate.map(|c| Segment { role: Role::Primary, status: Status::Up, mode: Mode::NotInSync, ..c });
         BackgroundWorker::transaction(|| {
-            let mut rows = vec![Segment {
-                role: Role::Mirror,
-                status: Status::Down,
-                mode: Mode::NotInSync,
-                ..old.clone()
-            }];
+            let mut rows =
+                vec![Segment { role: Role::Mirror, status: Status::Down, mode: Mode::NotInSync, ..old.clone() }];
             rows.extend(new.clone().filter(|_| promoted_meanwhile));
             let now = catalog::lock_rows(&rows.iter().map(|r| r.dbid).collect::<Vec<_>>());
             rows.retain(|r| !now.contains(r));
@@ -1128,9 +965,7 @@ impl Worker {
 
     /// Claims queued jobs while there is room, in submission order.
     fn claim(&mut self) {
-        let room = usize::try_from(gucs::MAX_PARALLEL_JOBS.get())
-            .unwrap_or(16)
-            .saturating_sub(self.jobs.len());
+        let room = usize::try_from(gucs::MAX_PARALLEL_JOBS.get()).unwrap_or(16).saturating_sub(self.jobs.len());
         if room == 0 {
             return;
         }
@@ -1146,10 +981,7 @@ impl Worker {
                     &[rec.job_id.into(), phase.into(), rebalance.into()],
                 )
                 .or_raise();
-                started.push(JobRecord {
-                    phase: phase.into(),
-                    ..rec
-                });
+                started.push(JobRecord { phase: phase.into(), ..rec });
             }
             started
         });
@@ -1178,10 +1010,7 @@ impl Worker {
         while i < self.jobs.len() {
             let id = self.jobs[i].id();
             let outcome = if cancels.contains(&id) {
-                Some((
-                    "canceled",
-                    format!("canceled in phase {}", self.jobs[i].phase_name()),
-                ))
+                Some(("canceled", format!("canceled in phase {}", self.jobs[i].phase_name())))
             } else {
                 loop {
                     let before = self.jobs[i].phase;
@@ -1208,29 +1037,18 @@ impl Worker {
             let mut job = self.jobs.remove(i);
             if state == "succeeded" {
                 if job.mode == RecoveryMode::Full && !job.rec.relocate {
-                    if let Err(e) = job.run(
-                        "removing the old data directory",
-                        &scripts().remove_old(&job.target.datadir),
-                    ) {
+                    if let Err(e) =
+                        job.run("removing the old data directory", &scripts().remove_old(&job.target.datadir))
+                    {
                         warning!("gp_recovery: job {id}: {e}");
                     }
                 }
-                log!(
-                    "gp_recovery: job {id}: dbid {} recovered and synchronized",
-                    job.dbid()
-                );
+                log!("gp_recovery: job {id}: dbid {} recovered and synchronized", job.dbid());
                 record_end(id, "succeeded", None);
             } else {
                 let notes = job.back_out();
-                let error = if notes.is_empty() {
-                    message
-                } else {
-                    format!("{message}; {notes}")
-                };
-                warning!(
-                    "gp_recovery: job {id} (dbid {}) {state}: {error}",
-                    job.dbid()
-                );
+                let error = if notes.is_empty() { message } else { format!("{message}; {notes}") };
+                warning!("gp_recovery: job {id} (dbid {}) {state}: {error}", job.dbid());
                 record_end(id, state, Some(&error));
             }
         }
@@ -1280,7 +1098,14 @@ impl Worker {
                 Spi::run_with_args(
                     "UPDATE public.gp_recovery_job SET phase = $2, bytes_done = $3, bytes_total = $4, \
                             wal_remaining_bytes = $5, logfile = $6, updated_at = now() WHERE job_id = $1",
-                    &[(*id).into(), (*phase).into(), (*done).into(), (*total).into(), (*wal).into(), logfile.clone().into()],
+                    &[
+                        (*id).into(),
+                        (*phase).into(),
+                        (*done).into(),
+                        (*total).into(),
+                        (*wal).into(),
+                        logfile.clone().into(),
+                    ],
                 )
                 .or_raise();
             }
@@ -1324,17 +1149,12 @@ fn load_jobs(condition: &str) -> Vec<JobRecord> {
     let sql = format!(
         "SELECT coalesce(jsonb_agg(to_jsonb(j) ORDER BY j.job_id), '[]') FROM public.gp_recovery_job j WHERE {condition}"
     );
-    parse_jobs(BackgroundWorker::transaction(|| {
-        Spi::get_one::<pgrx::JsonB>(&sql).or_raise()
-    }))
+    parse_jobs(BackgroundWorker::transaction(|| Spi::get_one::<pgrx::JsonB>(&sql).or_raise()))
 }
 
 fn parse_jobs(json: Option<pgrx::JsonB>) -> Vec<JobRecord> {
-    let value = json
-        .map(|j| j.0)
-        .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
-    serde_json::from_value(value)
-        .unwrap_or_else(|e| crate::error::internal("unexpected gp_recovery_job row", e))
+    let value = json.map(|j| j.0).unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+    serde_json::from_value(value).unwrap_or_else(|e| crate::error::internal("unexpected gp_recovery_job row", e))
 }
 
 /// The catalog step when a job's host answered: a relocation moves the row to its
@@ -1342,9 +1162,7 @@ fn parse_jobs(json: Option<pgrx::JsonB>) -> Vec<JobRecord> {
 /// segment, as gprecoverseg does. The row must still be what was planned.
 fn start_in_catalog(rec: &JobRecord) -> Result<(), String> {
     let rows = catalog::lock_rows(&[rec.dbid]);
-    let now = rows
-        .first()
-        .ok_or_else(|| format!("dbid {} is no longer in gp_segment_configuration", rec.dbid))?;
+    let now = rows.first().ok_or_else(|| format!("dbid {} is no longer in gp_segment_configuration", rec.dbid))?;
     let mode = rec.mode().map_err(|e| e.to_string())?;
     if mode == RecoveryMode::Rebalance {
         // Checked in full by the job's first phase.
@@ -1354,16 +1172,9 @@ fn start_in_catalog(rec: &JobRecord) -> Result<(), String> {
         return Err(format!("dbid {} is no longer down", rec.dbid));
     }
     if mode == RecoveryMode::Full {
-        let target = Segment {
-            status: Status::Down,
-            mode: Mode::NotInSync,
-            ..rec.target()
-        };
+        let target = Segment { status: Status::Down, mode: Mode::NotInSync, ..rec.target() };
         catalog::update_rows(&[target], |s| {
-            format!(
-                "{RESYNC}: inserted segment configuration for full recovery or original dbid {}",
-                s.dbid
-            )
+            format!("{RESYNC}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
         });
     }
     Ok(())
@@ -1375,14 +1186,8 @@ pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
     // SAFETY: MyProcPid is set for every backend before this runs.
-    JOBS_WORKER_PID
-        .get()
-        .store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
-    let mut worker = Worker {
-        jobs: Vec::new(),
-        last_flush: Instant::now(),
-        stopping: false,
-    };
+    JOBS_WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
+    let mut worker = Worker { jobs: Vec::new(), last_flush: Instant::now(), stopping: false };
     while !BackgroundWorker::transaction(catalog::extension_exists) {
         if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
             worker.stopping = true;

@@ -16,8 +16,7 @@ use std::time::Duration;
 
 use gp_recovery_core::fts::PrimaryHealth;
 use gp_recovery_core::probe::{
-    os_user_name, InstanceProbe, ProbeResult, Replication, WalReceiver, MIRROR_APPLICATION_NAME,
-    SLOT_NAME,
+    os_user_name, InstanceProbe, ProbeResult, Replication, WalReceiver, MIRROR_APPLICATION_NAME, SLOT_NAME,
 };
 use gp_recovery_core::segment::Segment;
 use once_cell::sync::OnceCell;
@@ -69,9 +68,7 @@ fn build_runtime() -> std::io::Result<Runtime> {
 
 /// The backend's runtime, started on first use.
 pub fn runtime() -> &'static Runtime {
-    RUNTIME
-        .get_or_try_init(build_runtime)
-        .unwrap_or_else(|e| internal("could not start the segment client runtime", e))
+    RUNTIME.get_or_try_init(build_runtime).unwrap_or_else(|e| internal("could not start the segment client runtime", e))
 }
 
 /// Runs a future to completion on the backend's runtime; tasks spawned on
@@ -103,11 +100,7 @@ pub struct Target {
 
 impl Target {
     pub fn new(segment: &Segment, timeout: Duration) -> Target {
-        Target {
-            segment: segment.clone(),
-            user: server_user(),
-            timeout,
-        }
+        Target { segment: segment.clone(), user: server_user(), timeout }
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -143,8 +136,7 @@ impl Target {
 
     /// What the segment reports about itself and its replication.
     pub async fn probe(&self) -> ProbeResult {
-        self.with_client(|client| async move { query_instance(&client).await })
-            .await
+        self.with_client(|client| async move { query_instance(&client).await }).await
     }
 
     /// Probes a primary up to 1 + `retries` times, `pause` apart, before it
@@ -170,32 +162,22 @@ impl Target {
         self.with_client(|client| async move {
             let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await?;
             if row.try_get::<_, bool>(0)? {
-                client
-                    .execute("SELECT pg_promote(true, $1)", &[&wait])
-                    .await?;
+                client.execute("SELECT pg_promote(true, $1)", &[&wait]).await?;
             }
             Ok(())
         })
         .await
     }
 
-    async fn set_sync_standby_names(
-        client: &tokio_postgres::Client,
-        value: &str,
-    ) -> Result<(), tokio_postgres::Error> {
+    async fn set_sync_standby_names(client: &tokio_postgres::Client, value: &str) -> Result<(), tokio_postgres::Error> {
         // ALTER SYSTEM takes no parameters; the value is a fixed name or ''.
-        client
-            .batch_execute(&format!(
-                "ALTER SYSTEM SET synchronous_standby_names = '{value}'"
-            ))
-            .await?;
+        client.batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = '{value}'")).await?;
         client.batch_execute("SELECT pg_reload_conf()").await
     }
 
     /// Turns synchronous replication off: commits waiting for the mirror complete.
     pub async fn disable_sync_rep(&self) -> Result<(), String> {
-        self.with_client(|client| async move { Self::set_sync_standby_names(&client, "").await })
-            .await
+        self.with_client(|client| async move { Self::set_sync_standby_names(&client, "").await }).await
     }
 
     /// Turns synchronous replication to the mirror on, waits until the
@@ -254,16 +236,10 @@ impl Target {
     pub async fn replay_lsn(&self) -> Result<u64, String> {
         let lsn: Option<String> = self
             .with_client(|client| async move {
-                client
-                    .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
-                    .await?
-                    .try_get(0)
+                client.query_one("SELECT pg_last_wal_replay_lsn()::text", &[]).await?.try_get(0)
             })
             .await?;
-        Ok(lsn
-            .as_deref()
-            .and_then(gp_recovery_core::fts::parse_lsn)
-            .unwrap_or(0))
+        Ok(lsn.as_deref().and_then(gp_recovery_core::fts::parse_lsn).unwrap_or(0))
     }
 
     /// Drops the content's slot on a server that no longer serves a mirror
@@ -285,8 +261,7 @@ impl Target {
     /// A CHECKPOINT, so the source's control file shows its current timeline
     /// (pg_rewind reads it).
     pub async fn checkpoint(&self) -> Result<(), String> {
-        self.with_client(|client| async move { client.batch_execute("CHECKPOINT").await })
-            .await
+        self.with_client(|client| async move { client.batch_execute("CHECKPOINT").await }).await
     }
 
     /// Opens a session and starts a non-exclusive base backup in it; the
@@ -294,9 +269,7 @@ impl Target {
     pub async fn backup_start(&self, label: &str) -> Result<tokio_postgres::Client, String> {
         let label = label.to_string();
         self.with_client(|client| async move {
-            client
-                .execute("SELECT pg_backup_start($1, true)", &[&label])
-                .await?;
+            client.execute("SELECT pg_backup_start($1, true)", &[&label]).await?;
             Ok(client)
         })
         .await
@@ -304,25 +277,15 @@ impl Target {
 
     /// Ends the backup started in `session`; returns the backup_label and
     /// tablespace_map contents the copy needs.
-    pub async fn backup_stop(
-        &self,
-        session: &tokio_postgres::Client,
-    ) -> Result<(String, String), String> {
+    pub async fn backup_stop(&self, session: &tokio_postgres::Client) -> Result<(String, String), String> {
         let stop = async {
-            let row = session
-                .query_one(
-                    "SELECT labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(false)",
-                    &[],
-                )
-                .await?;
+            let row =
+                session.query_one("SELECT labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(false)", &[]).await?;
             Ok::<_, tokio_postgres::Error>((row.try_get(0)?, row.try_get(1)?))
         };
         match tokio::time::timeout(self.timeout, stop).await {
             Ok(r) => r.map_err(|e| describe(&e)),
-            Err(_) => Err(format!(
-                "pg_backup_stop did not answer within {} s",
-                self.timeout.as_secs()
-            )),
+            Err(_) => Err(format!("pg_backup_stop did not answer within {} s", self.timeout.as_secs())),
         }
     }
 }
@@ -337,9 +300,7 @@ const REPLICATION_SQL: &str = "SELECT application_name, state, sync_state, \
      pg_wal_lsn_diff(pg_current_wal_flush_lsn(), replay_lsn)::bigint \
      FROM pg_stat_replication ORDER BY pid";
 
-async fn query_instance(
-    client: &tokio_postgres::Client,
-) -> Result<InstanceProbe, tokio_postgres::Error> {
+async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe, tokio_postgres::Error> {
     let row = client.query_one(IDENTITY_SQL, &[]).await?;
     let in_recovery: bool = row.try_get(0)?;
     let wal_receiver = client
@@ -403,9 +364,7 @@ pub fn probe_all(segments: &[Segment]) -> HashMap<i16, ProbeResult> {
             .collect();
         let mut results = HashMap::new();
         for (dbid, handle) in handles {
-            let result = handle
-                .await
-                .unwrap_or_else(|e| Err(format!("probe failed: {e}")));
+            let result = handle.await.unwrap_or_else(|e| Err(format!("probe failed: {e}")));
             results.insert(dbid, result);
         }
         results

@@ -49,18 +49,12 @@ fn own_host_name() -> String {
 fn bindir() -> String {
     // SAFETY: my_exec_path is a NUL-terminated path set at backend start.
     let exec = unsafe { std::ffi::CStr::from_ptr(std::ptr::addr_of!(pg_sys::my_exec_path).cast()) };
-    Path::new(&*exec.to_string_lossy())
-        .parent()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    Path::new(&*exec.to_string_lossy()).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// The step scripts for this server's programs and settings.
 pub fn scripts(connect_timeout: u64) -> Scripts {
-    Scripts {
-        bindir: bindir(),
-        connect_timeout,
-    }
+    Scripts { bindir: bindir(), connect_timeout }
 }
 
 impl SegmentHost {
@@ -71,10 +65,7 @@ impl SegmentHost {
         } else {
             Some(host::split_words(&gucs::remote_shell()).map_err(|e| e.to_string())?)
         };
-        Ok(SegmentHost {
-            name: hostname.to_string(),
-            remote,
-        })
+        Ok(SegmentHost { name: hostname.to_string(), remote })
     }
 
     pub fn is_remote(&self) -> bool {
@@ -85,10 +76,7 @@ impl SegmentHost {
     /// open while it runs: closing it ends the script on that host. The
     /// command dies with the worker (PR_SET_PDEATHSIG), which closes it too.
     pub fn command(&self, script: &str) -> Command {
-        let argv = host::command_line(
-            self.remote.as_deref().map(|w| (w, self.name.as_str())),
-            script,
-        );
+        let argv = host::command_line(self.remote.as_deref().map(|w| (w, self.name.as_str())), script);
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]).current_dir("/").process_group(0);
         // SAFETY: prctl is async-signal-safe; it only sets this child's
@@ -105,21 +93,11 @@ impl SegmentHost {
     /// The error of a step that exited with `status` after printing `output`.
     pub fn failure(&self, what: &str, status: ExitStatus, output: &str) -> HostError {
         if self.is_remote() && status.code() == Some(host::SSH_FAILED) {
-            return HostError {
-                message: host::unreachable(&self.name, output),
-                unreachable: true,
-            };
+            return HostError { message: host::unreachable(&self.name, output), unreachable: true };
         }
-        let lines: Vec<&str> = output
-            .split(['\n', '\r'])
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
+        let lines: Vec<&str> = output.split(['\n', '\r']).map(str::trim).filter(|l| !l.is_empty()).collect();
         let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
-        HostError {
-            message: format!("{what} failed on host {} ({status}): {tail}", self.name),
-            unreachable: false,
-        }
+        HostError { message: format!("{what} failed on host {} ({status}): {tail}", self.name), unreachable: false }
     }
 
     /// Runs a short step to its end; its standard output when it succeeds.
@@ -132,11 +110,7 @@ impl SegmentHost {
         if out.status.success() {
             Ok(stdout)
         } else {
-            Err(self.failure(
-                what,
-                out.status,
-                &(stdout + &String::from_utf8_lossy(&out.stderr)),
-            ))
+            Err(self.failure(what, out.status, &(stdout + &String::from_utf8_lossy(&out.stderr))))
         }
     }
 }

@@ -58,9 +58,7 @@ impl Bench {
     }
 
     fn exec(&self, sql: &str) -> Res<()> {
-        self.coord()?
-            .batch_execute(sql)
-            .map_err(|e| format!("{sql}: {}", gpdemo::sql_message(&e)))
+        self.coord()?.batch_execute(sql).map_err(|e| format!("{sql}: {}", gpdemo::sql_message(&e)))
     }
 
     fn value<T: for<'a> postgres::types::FromSql<'a>>(&self, sql: &str) -> Res<T> {
@@ -73,16 +71,8 @@ impl Bench {
 
     /// Probe interval, timeout, retries and mirror grace period (seconds).
     fn fts(&self, settings: (u32, u32, u32, u32)) -> Res<()> {
-        let names = [
-            "fts_probe_interval",
-            "fts_probe_timeout",
-            "fts_probe_retries",
-            "mirror_down_grace_period",
-        ];
-        for (name, value) in names
-            .iter()
-            .zip([settings.0, settings.1, settings.2, settings.3])
-        {
+        let names = ["fts_probe_interval", "fts_probe_timeout", "fts_probe_retries", "mirror_down_grace_period"];
+        for (name, value) in names.iter().zip([settings.0, settings.1, settings.2, settings.3]) {
             self.exec(&format!("ALTER SYSTEM SET gp_recovery.{name} = {value}"))?;
         }
         self.exec("SELECT pg_reload_conf()")?;
@@ -101,14 +91,8 @@ impl Bench {
     /// (primary, mirror) instances and dbids of content 0 as the catalog has them now.
     fn members(&self) -> Res<((Instance, i16), (Instance, i16))> {
         let (p, m) = (&self.cluster.primaries[0], &self.cluster.mirrors[0]);
-        let dbid_p: i16 = self.value(&format!(
-            "SELECT dbid FROM gp_segment_configuration WHERE port = {}",
-            p.port
-        ))?;
-        let dbid_m: i16 = self.value(&format!(
-            "SELECT dbid FROM gp_segment_configuration WHERE port = {}",
-            m.port
-        ))?;
+        let dbid_p: i16 = self.value(&format!("SELECT dbid FROM gp_segment_configuration WHERE port = {}", p.port))?;
+        let dbid_m: i16 = self.value(&format!("SELECT dbid FROM gp_segment_configuration WHERE port = {}", m.port))?;
         let p_is_primary = self.row_state(dbid_p)?.starts_with('p');
         Ok(if p_is_primary {
             ((p.clone(), dbid_p), (m.clone(), dbid_m))
@@ -159,19 +143,12 @@ impl Bench {
     fn restore(&self) -> Res<f64> {
         // A promoted mirror accepts commits only after the catalog says so,
         // so whatever is down is already marked down here.
-        for job in self
-            .coord()?
-            .query("SELECT * FROM gp_recover_all()", &[])
-            .map_err(err)?
-        {
+        for job in self.coord()?.query("SELECT * FROM gp_recover_all()", &[]).map_err(err)? {
             self.wait_job(job.get(0))?;
         }
         let stop = Arc::new(AtomicBool::new(false));
         let gap = Arc::new(Mutex::new(0f64));
-        let members = [
-            self.cluster.primaries[0].clone(),
-            self.cluster.mirrors[0].clone(),
-        ];
+        let members = [self.cluster.primaries[0].clone(), self.cluster.mirrors[0].clone()];
         let writer = {
             let (stop, gap) = (stop.clone(), gap.clone());
             std::thread::spawn(move || {
@@ -181,10 +158,7 @@ impl Bench {
                     if client.is_none() {
                         client = gpdemo::connect_to_primary(&members);
                     }
-                    match client
-                        .as_mut()
-                        .map(|c| c.batch_execute("INSERT INTO bench_probe VALUES (2)"))
-                    {
+                    match client.as_mut().map(|c| c.batch_execute("INSERT INTO bench_probe VALUES (2)")) {
                         Some(Ok(())) => {
                             let mut g = gap.lock().unwrap_or_else(|e| e.into_inner());
                             *g = g.max(last.elapsed().as_secs_f64());
@@ -200,11 +174,7 @@ impl Bench {
         };
         std::thread::sleep(Duration::from_millis(500));
         let result = (|| -> Res<()> {
-            for job in self
-                .coord()?
-                .query("SELECT * FROM gp_rebalance()", &[])
-                .map_err(err)?
-            {
+            for job in self.coord()?.query("SELECT * FROM gp_rebalance()", &[]).map_err(err)? {
                 self.wait_job(job.get(0))?;
             }
             Ok(())
@@ -235,9 +205,7 @@ impl Bench {
         for line in log.lines() {
             if line.contains(&claim) && last.is_none() {
                 last = stamp(line);
-            } else if let (true, Some(rest)) =
-                (line.contains(&step), line.split(" done, now ").next())
-            {
+            } else if let (true, Some(rest)) = (line.contains(&step), line.split(" done, now ").next()) {
                 let phase = rest.rsplit("): ").next().unwrap_or_default().to_string();
                 if let (Some(t), Some(prev)) = (stamp(line), last) {
                     *out.entry(phase).or_insert(0.0) += (t - prev).rem_euclid(86400.0);
@@ -255,25 +223,16 @@ impl Bench {
         self.wait_job(job)?;
         let total = started.elapsed().as_secs_f64();
         let phases = self.phase_seconds(job);
-        let copy = phases
-            .get("copying")
-            .or_else(|| phases.get("rewinding"))
-            .copied()
-            .unwrap_or(0.0);
-        let bytes: Option<i64> = self.value(&format!(
-            "SELECT bytes_done FROM gp_recovery_job WHERE job_id = {job}"
-        ))?;
+        let copy = phases.get("copying").or_else(|| phases.get("rewinding")).copied().unwrap_or(0.0);
+        let bytes: Option<i64> = self.value(&format!("SELECT bytes_done FROM gp_recovery_job WHERE job_id = {job}"))?;
         // rsync's own count of what it sent, where the job ran rsync.
-        let logfile: Option<String> = self.value(&format!(
-            "SELECT logfile FROM gp_recovery_job WHERE job_id = {job}"
-        ))?;
-        let sent = logfile
-            .and_then(|f| std::fs::read_to_string(f).ok())
-            .and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("Total bytes sent: "))
-                    .and_then(|v| v.replace(',', "").trim().parse::<f64>().ok())
-            });
+        let logfile: Option<String> =
+            self.value(&format!("SELECT logfile FROM gp_recovery_job WHERE job_id = {job}"))?;
+        let sent = logfile.and_then(|f| std::fs::read_to_string(f).ok()).and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Total bytes sent: "))
+                .and_then(|v| v.replace(',', "").trim().parse::<f64>().ok())
+        });
         Ok((total, copy, sent.unwrap_or(bytes.unwrap_or(0) as f64)))
     }
 
@@ -288,14 +247,7 @@ impl Bench {
         let started = Instant::now();
         run(self
             .pg("pg_basebackup")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &source.port.to_string(),
-                "-U",
-                &server_user(),
-            ])
+            .args(["-h", "127.0.0.1", "-p", &source.port.to_string(), "-U", &server_user()])
             .arg("-D")
             .arg(&scratch)
             .args(["-X", "stream", "-c", "fast"]))
@@ -310,21 +262,14 @@ impl Bench {
     fn update(&self, primary: &Instance, percent: u32, spread: bool) -> Res<()> {
         let rows = i64::from(self.scale) * 100_000;
         let sql = if spread {
-            format!(
-                "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % {} = 0",
-                100 / percent
-            )
+            format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % {} = 0", 100 / percent)
         } else {
             format!(
                 "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {}",
                 rows * i64::from(percent) / 100
             )
         };
-        primary
-            .connect()
-            .map_err(err)?
-            .batch_execute(&sql)
-            .map_err(err)
+        primary.connect().map_err(err)?.batch_execute(&sql).map_err(err)
     }
 
     /// A plain rsync of the source's data directory over a copy of the
@@ -358,14 +303,7 @@ impl Bench {
     }
 }
 
-fn ratio_row(
-    what: &str,
-    ours: f64,
-    base: f64,
-    target: f64,
-    fmt: fn(f64) -> String,
-    base_name: &str,
-) -> Row {
+fn ratio_row(what: &str, ours: f64, base: f64, target: f64, fmt: fn(f64) -> String, base_name: &str) -> Row {
     let ratio = ours / base;
     Row {
         what: what.into(),
@@ -383,33 +321,16 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
     eprintln!("== creating a 1-pair cluster with pgbench scale {scale}");
     let base = gpdemo::free_port_range(3).map_err(err)?;
     let cluster = Cluster::create(dir, 1, base).map_err(err)?;
-    let b = Bench {
-        cluster,
-        runs,
-        scale,
-    };
+    let b = Bench { cluster, runs, scale };
     run(b
         .pg("pgbench")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &b.cluster.primaries[0].port.to_string(),
-            "-U",
-            &server_user(),
-        ])
+        .args(["-h", "127.0.0.1", "-p", &b.cluster.primaries[0].port.to_string(), "-U", &server_user()])
         .args(["-i", "-q", "-s", &scale.to_string(), "postgres"]))
     .map_err(err)?;
-    b.cluster.primaries[0]
-        .connect()
-        .map_err(err)?
-        .batch_execute("CREATE TABLE bench_probe (x int)")
-        .map_err(err)?;
+    b.cluster.primaries[0].connect().map_err(err)?.batch_execute("CREATE TABLE bench_probe (x int)").map_err(err)?;
     let size: i64 = {
         let mut c = b.cluster.primaries[0].connect().map_err(err)?;
-        c.query_one("SELECT pg_database_size('postgres')", &[])
-            .map_err(err)?
-            .get(0)
+        c.query_one("SELECT pg_database_size('postgres')", &[]).map_err(err)?.get(0)
     };
     eprintln!("   data: {}", mb(size as f64));
 
@@ -442,8 +363,7 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
     b.fts(FAST)?;
 
     // 2. Full recovery against a bare pg_basebackup of the same source.
-    let (mut full_total, mut full_copy, mut bare, mut full_bytes) =
-        (Vec::new(), Vec::new(), Vec::new(), 0.0);
+    let (mut full_total, mut full_copy, mut bare, mut full_bytes) = (Vec::new(), Vec::new(), Vec::new(), 0.0);
     for i in 0..b.runs {
         eprintln!("== full recovery run {}", i + 1);
         let (_, down) = b.kill_and_time_failover()?;
@@ -528,7 +448,9 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
             met: target_time.map(|t| dt / ft <= t),
         });
         rows.push(Row {
-            what: format!("Differential after a 5% update ({label}): time vs plain rsync -a --checksum --no-whole-file"),
+            what: format!(
+                "Differential after a 5% update ({label}): time vs plain rsync -a --checksum --no-whole-file"
+            ),
             ours: secs(dt),
             baseline: format!("{} / {} sent (rsync)", secs(rt), mb(rb)),
             ratio: Some(dt / rt),
@@ -555,24 +477,15 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
     // 5. Parallel recovery of 8 segments, and 7. probe cost, on clusters of
     // their own; a failure is reported in the table, its cluster kept.
     for (name, section) in [
-        (
-            "parallel recovery of 8 segments",
-            parallel as fn(&Path, u32, u16) -> Res<Vec<Row>>,
-        ),
+        ("parallel recovery of 8 segments", parallel as fn(&Path, u32, u16) -> Res<Vec<Row>>),
         ("probe cost", probe_cost),
     ] {
-        let section_dir = dir.with_file_name(format!(
-            "gp-bench-{}",
-            name.split(' ').next().unwrap_or("x")
-        ));
+        let section_dir = dir.with_file_name(format!("gp-bench-{}", name.split(' ').next().unwrap_or("x")));
         let _ = Cluster::destroy(&section_dir);
         match section(&section_dir, scale, probe_pairs) {
             Ok(r) => rows.extend(r),
             Err(e) => {
-                eprintln!(
-                    "gp_bench: {name} failed: {e}; its cluster is left in {}",
-                    section_dir.display()
-                );
+                eprintln!("gp_bench: {name} failed: {e}; its cluster is left in {}", section_dir.display());
                 rows.push(Row {
                     what: format!("{name}: FAILED"),
                     ours: e.replace('|', "/"),
@@ -592,24 +505,16 @@ fn parallel(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
     eprintln!("== 8 pairs: parallel against one-by-one full recovery");
     let base = gpdemo::free_port_range(17).map_err(err)?;
     let cluster = Cluster::create(dir, 8, base).map_err(err)?;
-    let b = Bench {
-        cluster,
-        runs: 1,
-        scale,
-    };
+    let b = Bench { cluster, runs: 1, scale };
     let per = (scale / 8).max(1);
     for p in &b.cluster.primaries {
-        run(b
-            .pg("pgbench")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &p.port.to_string(),
-                "-U",
-                &server_user(),
-            ])
-            .args(["-i", "-q", "-s", &per.to_string(), "postgres"]))
+        run(b.pg("pgbench").args(["-h", "127.0.0.1", "-p", &p.port.to_string(), "-U", &server_user()]).args([
+            "-i",
+            "-q",
+            "-s",
+            &per.to_string(),
+            "postgres",
+        ]))
         .map_err(err)?;
     }
     b.fts(FAST)?;
@@ -617,34 +522,21 @@ fn parallel(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
         for m in &b.cluster.mirrors {
             m.stop("immediate").map_err(err)?;
         }
-        wait_until(
-            Duration::from_secs(60),
-            "8 mirrors to be marked down",
-            || {
-                b.value::<i64>("SELECT count(*) FROM gp_segment_configuration WHERE status = 'd'")
-                    .unwrap_or(0)
-                    == 8
-            },
-        )
+        wait_until(Duration::from_secs(60), "8 mirrors to be marked down", || {
+            b.value::<i64>("SELECT count(*) FROM gp_segment_configuration WHERE status = 'd'").unwrap_or(0) == 8
+        })
         .map_err(err)
     };
     down_all(&b)?;
     let started = Instant::now();
-    for job in b
-        .coord()?
-        .query("SELECT * FROM gp_recover_all('full')", &[])
-        .map_err(err)?
-    {
+    for job in b.coord()?.query("SELECT * FROM gp_recover_all('full')", &[]).map_err(err)? {
         b.wait_job(job.get(0))?;
     }
     let parallel = started.elapsed().as_secs_f64();
     down_all(&b)?;
     let dbids: Vec<i16> = b
         .coord()?
-        .query(
-            "SELECT dbid FROM gp_segment_configuration WHERE status = 'd' ORDER BY dbid",
-            &[],
-        )
+        .query("SELECT dbid FROM gp_segment_configuration WHERE status = 'd' ORDER BY dbid", &[])
         .map_err(err)?
         .iter()
         .map(|r| r.get(0))
@@ -670,11 +562,7 @@ fn probe_cost(dir: &Path, scale: u32, probe_pairs: u16) -> Res<Vec<Row>> {
     eprintln!("== {probe_pairs} pairs: probe round cost");
     let base = gpdemo::free_port_range(2 * probe_pairs + 1).map_err(err)?;
     let cluster = Cluster::create(dir, probe_pairs, base).map_err(err)?;
-    let b = Bench {
-        cluster,
-        runs: 1,
-        scale,
-    };
+    let b = Bench { cluster, runs: 1, scale };
     b.fts((3600, 20, 5, 30))?;
     let mut times = Vec::new();
     for _ in 0..7 {
@@ -682,15 +570,10 @@ fn probe_cost(dir: &Path, scale: u32, probe_pairs: u16) -> Res<Vec<Row>> {
         b.exec("SELECT gp_request_fts_probe_scan()")?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
-    let pid: i32 =
-        b.value("SELECT pid FROM pg_stat_activity WHERE backend_type = 'gp_recovery fts'")?;
+    let pid: i32 = b.value("SELECT pid FROM pg_stat_activity WHERE backend_type = 'gp_recovery fts'")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(err)?;
     let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_default()
+        status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default()
     };
     rows.push(Row {
         what: format!("Probe cost: one gp_request_fts_probe_scan() round over {probe_pairs} pairs (median of 7)"),
@@ -713,9 +596,7 @@ fn probe_cost(dir: &Path, scale: u32, probe_pairs: u16) -> Res<Vec<Row>> {
 }
 
 fn write_results(path: &Path, rows: &[Row], scale: u32, runs: usize, took: Duration) -> Res<()> {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mut md = format!(
         "# gp_recovery benchmark results\n\nMachine: {cores} cores. Data: pgbench scale {scale} per primary \
          (about {} MB). Medians of {runs} runs unless said otherwise. The whole run took {:.0} s.\n\
@@ -747,11 +628,7 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let (scale, runs, probe_pairs) = (
-        get("--scale", 70),
-        get("--runs", 3) as usize,
-        get("--probe-pairs", 32) as u16,
-    );
+    let (scale, runs, probe_pairs) = (get("--scale", 70), get("--runs", 3) as usize, get("--probe-pairs", 32) as u16);
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results.md");
     let dir = PathBuf::from("/var/tmp/gp-bench");
     let started = Instant::now();

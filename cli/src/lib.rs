@@ -29,16 +29,9 @@ pub enum DemoError {
     #[error("{0}")]
     Usage(String),
     #[error("{command} failed ({status}): {stderr}")]
-    Command {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    Command { command: String, status: String, stderr: String },
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
     #[error("{context}: {message}")]
     Sql { context: String, message: String },
     #[error("timed out after {0:?} waiting for {1}")]
@@ -62,10 +55,7 @@ pub fn sql_message(e: &postgres::Error) -> String {
 
 fn sql_err(context: impl Into<String>) -> impl FnOnce(postgres::Error) -> DemoError {
     let context = context.into();
-    move |e| DemoError::Sql {
-        context,
-        message: sql_message(&e),
-    }
+    move |e| DemoError::Sql { context, message: sql_message(&e) }
 }
 
 /// True when this process runs as root, so servers must run as `postgres`.
@@ -79,16 +69,12 @@ pub fn server_user() -> String {
     if running_as_root() {
         return "postgres".into();
     }
-    gp_recovery_core::probe::os_user_name()
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "postgres".into())
+    gp_recovery_core::probe::os_user_name().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "postgres".into())
 }
 
 /// Directory of the PostgreSQL 15 server programs.
 pub fn pg_bindir() -> PathBuf {
-    std::env::var_os("PG_BINDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+    std::env::var_os("PG_BINDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
 /// A command for a Postgres server program, run as the server user.
@@ -118,9 +104,7 @@ fn describe(cmd: &Command) -> String {
 
 /// Runs a command and fails with its stderr when it exits non-zero.
 pub fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .output()
-        .map_err(io_err(format!("could not run {}", describe(cmd))))?;
+    let out = cmd.output().map_err(io_err(format!("could not run {}", describe(cmd))))?;
     if !out.status.success() {
         return Err(DemoError::Command {
             command: describe(cmd),
@@ -136,18 +120,13 @@ fn run_all(mut cmds: Vec<Command>) -> Result<()> {
     let children = cmds
         .iter_mut()
         .map(|c| {
-            c.stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            c.spawn()
-                .map(|child| (describe(c), child))
-                .map_err(io_err(format!("could not run {}", describe(c))))
+            c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            c.spawn().map(|child| (describe(c), child)).map_err(io_err(format!("could not run {}", describe(c))))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut first_error = None;
     for (command, child) in children {
-        let out = child
-            .wait_with_output()
-            .map_err(io_err(format!("waiting for {command}")))?;
+        let out = child.wait_with_output().map_err(io_err(format!("waiting for {command}")))?;
         if !out.status.success() && first_error.is_none() {
             first_error = Some(DemoError::Command {
                 command,
@@ -163,9 +142,7 @@ fn run_all(mut cmds: Vec<Command>) -> Result<()> {
 pub fn make_server_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(io_err(format!("could not create {}", dir.display())))?;
     if running_as_root() {
-        run(Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(dir))?;
+        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir))?;
     }
     Ok(())
 }
@@ -177,8 +154,7 @@ pub fn append_server_file(path: &Path, text: &str) -> Result<()> {
         .create(true)
         .open(path)
         .map_err(io_err(format!("could not open {}", path.display())))?;
-    f.write_all(text.as_bytes())
-        .map_err(io_err(format!("could not write {}", path.display())))?;
+    f.write_all(text.as_bytes()).map_err(io_err(format!("could not write {}", path.display())))?;
     if running_as_root() {
         run(Command::new("chown").arg("postgres:postgres").arg(path))?;
     }
@@ -209,18 +185,14 @@ pub fn free_port_range(count: u16) -> Result<u16> {
             return Ok(base);
         }
     }
-    Err(DemoError::Usage(format!(
-        "found no {count} consecutive free ports"
-    )))
+    Err(DemoError::Usage(format!("found no {count} consecutive free ports")))
 }
 
 /// True when the process exists and is not a zombie.
 pub fn process_alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state letter follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -247,11 +219,7 @@ impl Instance {
     }
 
     pub fn conninfo(&self) -> String {
-        format!(
-            "host={ADDRESS} port={} user={} dbname=postgres connect_timeout=10",
-            self.port,
-            server_user()
-        )
+        format!("host={ADDRESS} port={} user={} dbname=postgres connect_timeout=10", self.port, server_user())
     }
 
     /// A client connection as the server's superuser.
@@ -275,10 +243,7 @@ impl Instance {
 
     /// pg_ctl stop with a mode: smart, fast or immediate.
     pub fn stop(&self, mode: &str) -> Result<()> {
-        run(pg_command("pg_ctl")
-            .args(["-w", "-t", "120", "-m", mode, "-D"])
-            .arg(&self.datadir)
-            .arg("stop"))?;
+        run(pg_command("pg_ctl").args(["-w", "-t", "120", "-m", mode, "-D"]).arg(&self.datadir).arg("stop"))?;
         Ok(())
     }
 
@@ -325,13 +290,7 @@ impl Cluster {
     pub fn layout(dir: &Path, pairs: u16, base_port: u16) -> Cluster {
         let logs = dir.join("logs");
         let instance = |content: i32, role: char, port: u16, datadir: PathBuf| {
-            let mut i = Instance {
-                content,
-                role,
-                port,
-                datadir,
-                logfile: PathBuf::new(),
-            };
+            let mut i = Instance { content, role, port, datadir, logfile: PathBuf::new() };
             i.logfile = logs.join(format!("{}.log", i.name()));
             i
         };
@@ -339,32 +298,18 @@ impl Cluster {
             dir: dir.to_path_buf(),
             coordinator: instance(-1, 'p', base_port, dir.join("coordinator")),
             primaries: (0..pairs)
-                .map(|c| {
-                    instance(
-                        c.into(),
-                        'p',
-                        base_port + 1 + c,
-                        dir.join("primary").join(format!("gpseg{c}")),
-                    )
-                })
+                .map(|c| instance(c.into(), 'p', base_port + 1 + c, dir.join("primary").join(format!("gpseg{c}"))))
                 .collect(),
             mirrors: (0..pairs)
                 .map(|c| {
-                    instance(
-                        c.into(),
-                        'm',
-                        base_port + 1 + pairs + c,
-                        dir.join("mirror").join(format!("gpseg{c}")),
-                    )
+                    instance(c.into(), 'm', base_port + 1 + pairs + c, dir.join("mirror").join(format!("gpseg{c}")))
                 })
                 .collect(),
         }
     }
 
     pub fn instances(&self) -> impl Iterator<Item = &Instance> {
-        std::iter::once(&self.coordinator)
-            .chain(&self.primaries)
-            .chain(&self.mirrors)
+        std::iter::once(&self.coordinator).chain(&self.primaries).chain(&self.mirrors)
     }
 
     fn env_file(dir: &Path) -> PathBuf {
@@ -378,9 +323,7 @@ impl Cluster {
             return Err(DemoError::Usage("--pairs must be at least 1".into()));
         }
         if u32::from(base_port) + 2 * u32::from(pairs) > 65535 {
-            return Err(DemoError::Usage(format!(
-                "ports {base_port}.. do not fit below 65536"
-            )));
+            return Err(DemoError::Usage(format!("ports {base_port}.. do not fit below 65536")));
         }
         if Self::env_file(dir).exists() || dir.join("coordinator").exists() {
             return Err(DemoError::Usage(format!(
@@ -401,23 +344,13 @@ impl Cluster {
         make_server_dir(&dir.join("mirror"))?;
         make_server_dir(dir)?;
 
-        let writable: Vec<&Instance> = std::iter::once(&cluster.coordinator)
-            .chain(&cluster.primaries)
-            .collect();
+        let writable: Vec<&Instance> = std::iter::once(&cluster.coordinator).chain(&cluster.primaries).collect();
         run_all(
             writable
                 .iter()
                 .map(|i| {
                     let mut c = pg_command("initdb");
-                    c.args([
-                        "--auth=trust",
-                        "--no-sync",
-                        "--no-instructions",
-                        "-E",
-                        "UTF8",
-                        "-D",
-                    ])
-                    .arg(&i.datadir);
+                    c.args(["--auth=trust", "--no-sync", "--no-instructions", "-E", "UTF8", "-D"]).arg(&i.datadir);
                     c
                 })
                 .collect(),
@@ -431,23 +364,14 @@ impl Cluster {
             append_server_file(&i.datadir.join("postgresql.conf"), &conf)?;
             i.start()?;
         }
-        run_all(
-            cluster
-                .primaries
-                .iter()
-                .zip(&cluster.mirrors)
-                .map(|(p, m)| base_backup(p, m))
-                .collect(),
-        )?;
+        run_all(cluster.primaries.iter().zip(&cluster.mirrors).map(|(p, m)| base_backup(p, m)).collect())?;
         for (p, m) in cluster.primaries.iter().zip(&cluster.mirrors) {
             configure_mirror(p, m)?;
             m.start()?;
             let mut client = p.connect()?;
             // Two statements: ALTER SYSTEM refuses to run in a transaction block.
             client
-                .batch_execute(&format!(
-                    "ALTER SYSTEM SET synchronous_standby_names = '{MIRROR_APPLICATION_NAME}'"
-                ))
+                .batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = '{MIRROR_APPLICATION_NAME}'"))
                 .and_then(|_| client.batch_execute("SELECT pg_reload_conf()"))
                 .map_err(sql_err("could not turn on synchronous replication"))?;
         }
@@ -469,14 +393,7 @@ impl Cluster {
             let role = i.role.to_string();
             c.execute(
                 "SELECT gp_add_segment($1, $2::text::\"char\", $3, $4, $5, $6)",
-                &[
-                    &i.content,
-                    &role,
-                    &HOSTNAME,
-                    &i32::from(i.port),
-                    &datadir,
-                    &ADDRESS,
-                ],
+                &[&i.content, &role, &HOSTNAME, &i32::from(i.port), &datadir, &ADDRESS],
             )
             .map_err(sql_err(format!("could not register {}", i.name())))?;
         }
@@ -494,8 +411,7 @@ impl Cluster {
 
     fn write_env(&self) -> Result<()> {
         let path = Self::env_file(&self.dir);
-        fs::write(&path, self.env_lines())
-            .map_err(io_err(format!("could not write {}", path.display())))
+        fs::write(&path, self.env_lines()).map_err(io_err(format!("could not write {}", path.display())))
     }
 
     /// The saved connection settings of the cluster in `dir`.
@@ -553,26 +469,10 @@ pub fn find_datadirs(dir: &Path) -> Vec<PathBuf> {
 /// pg_basebackup of a primary into the mirror's directory, creating the slot.
 fn base_backup(primary: &Instance, mirror: &Instance) -> Command {
     let mut c = pg_command("pg_basebackup");
-    c.args([
-        "-h",
-        ADDRESS,
-        "-p",
-        &primary.port.to_string(),
-        "-U",
-        &server_user(),
-    ])
-    .arg("-D")
-    .arg(&mirror.datadir)
-    .args([
-        "-X",
-        "stream",
-        "-c",
-        "fast",
-        "--no-sync",
-        "-C",
-        "-S",
-        SLOT_NAME,
-    ]);
+    c.args(["-h", ADDRESS, "-p", &primary.port.to_string(), "-U", &server_user()])
+        .arg("-D")
+        .arg(&mirror.datadir)
+        .args(["-X", "stream", "-c", "fast", "--no-sync", "-C", "-S", SLOT_NAME]);
     c
 }
 
@@ -595,10 +495,7 @@ pub fn configure_mirror(primary: &Instance, mirror: &Instance) -> Result<()> {
 pub fn connect_to_primary(members: &[Instance]) -> Option<postgres::Client> {
     members.iter().find_map(|m| {
         let mut c = m.connect().ok()?;
-        let primary: bool = c
-            .query_one("SELECT NOT pg_is_in_recovery()", &[])
-            .ok()?
-            .get(0);
+        let primary: bool = c.query_one("SELECT NOT pg_is_in_recovery()", &[]).ok()?.get(0);
         primary.then_some(c)
     })
 }
@@ -618,20 +515,16 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) ->
 /// Waits until the primary reports its mirror streaming as the synchronous standby.
 pub fn wait_for_sync_mirror(primary: &Instance, timeout: Duration) -> Result<()> {
     let mut client = primary.connect()?;
-    wait_until(
-        timeout,
-        &format!("the mirror of {} to stream synchronously", primary.name()),
-        || {
-            client
-                .query_opt(
-                    "SELECT 1 FROM pg_stat_replication WHERE application_name = $1 \
+    wait_until(timeout, &format!("the mirror of {} to stream synchronously", primary.name()), || {
+        client
+            .query_opt(
+                "SELECT 1 FROM pg_stat_replication WHERE application_name = $1 \
                  AND state = 'streaming' AND sync_state = 'sync'",
-                    &[&MIRROR_APPLICATION_NAME],
-                )
-                .map(|r| r.is_some())
-                .unwrap_or(false)
-        },
-    )
+                &[&MIRROR_APPLICATION_NAME],
+            )
+            .map(|r| r.is_some())
+            .unwrap_or(false)
+    })
 }
 
 #[cfg(test)]
@@ -643,18 +536,9 @@ mod tests {
         let c = Cluster::layout(Path::new("/var/tmp/demo"), 3, 7000);
         let ports: Vec<u16> = c.instances().map(|i| i.port).collect();
         assert_eq!(ports, vec![7000, 7001, 7002, 7003, 7004, 7005, 7006]);
-        assert_eq!(
-            c.primaries[2].datadir,
-            Path::new("/var/tmp/demo/primary/gpseg2")
-        );
-        assert_eq!(
-            c.mirrors[0].datadir,
-            Path::new("/var/tmp/demo/mirror/gpseg0")
-        );
-        assert_eq!(
-            c.mirrors[0].logfile,
-            Path::new("/var/tmp/demo/logs/mirror0.log")
-        );
+        assert_eq!(c.primaries[2].datadir, Path::new("/var/tmp/demo/primary/gpseg2"));
+        assert_eq!(c.mirrors[0].datadir, Path::new("/var/tmp/demo/mirror/gpseg0"));
+        assert_eq!(c.mirrors[0].logfile, Path::new("/var/tmp/demo/logs/mirror0.log"));
         assert_eq!((c.mirrors[1].content, c.mirrors[1].role), (1, 'm'));
         assert_eq!(c.coordinator.name(), "coordinator");
     }
@@ -671,14 +555,7 @@ mod tests {
         }
         let found = find_datadirs(&root);
         fs::remove_dir_all(&root).unwrap();
-        assert_eq!(
-            found,
-            vec![
-                root.join("coordinator"),
-                root.join("mirror/gpseg0"),
-                root.join("primary/gpseg0")
-            ]
-        );
+        assert_eq!(found, vec![root.join("coordinator"), root.join("mirror/gpseg0"), root.join("primary/gpseg0")]);
     }
 
     #[test]

@@ -21,11 +21,7 @@ env      print the settings that connect psql to the coordinator
 tour     create a demo cluster (own directory, port 7100) and walk through it";
 
 fn default_dir(suffix: &str) -> PathBuf {
-    let user = if gpdemo::running_as_root() {
-        String::new()
-    } else {
-        format!("-{}", server_user())
-    };
+    let user = if gpdemo::running_as_root() { String::new() } else { format!("-{}", server_user()) };
     PathBuf::from(format!("/var/tmp/gpdemo{suffix}{user}"))
 }
 
@@ -39,41 +35,28 @@ struct Args {
 fn parse(args: &[String]) -> Result<Args> {
     let usage = |msg: String| DemoError::Usage(format!("{msg}\n{USAGE}"));
     let mut it = args.iter();
-    let command = it
-        .next()
-        .cloned()
-        .ok_or_else(|| usage("no command given".into()))?;
-    let mut parsed = Args {
-        command,
-        dir: None,
-        pairs: 3,
-        port: None,
-    };
+    let command = it.next().cloned().ok_or_else(|| usage("no command given".into()))?;
+    let mut parsed = Args { command, dir: None, pairs: 3, port: None };
     while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| usage(format!("{flag} needs a value")))
-        };
+        let mut value = || it.next().cloned().ok_or_else(|| usage(format!("{flag} needs a value")));
         match flag.as_str() {
             "--dir" => parsed.dir = Some(PathBuf::from(value()?)),
             "--pairs" => {
                 let v = value()?;
-                parsed.pairs =
-                    v.parse()
-                        .ok()
-                        .filter(|n| (1..=64).contains(n))
-                        .ok_or_else(|| {
-                            usage(format!("--pairs takes a number from 1 to 64, not {v}"))
-                        })?;
+                parsed.pairs = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| usage(format!("--pairs takes a number from 1 to 64, not {v}")))?;
             }
             "--port" => {
                 let v = value()?;
-                parsed.port = Some(v.parse().ok().filter(|p| *p >= 1024).ok_or_else(|| {
-                    usage(format!(
-                        "--port takes a port number from 1024 to 65535, not {v}"
-                    ))
-                })?);
+                parsed.port = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|p| *p >= 1024)
+                        .ok_or_else(|| usage(format!("--port takes a port number from 1024 to 65535, not {v}")))?,
+                );
             }
             other => return Err(usage(format!("unknown option {other}"))),
         }
@@ -87,22 +70,10 @@ fn parse(args: &[String]) -> Result<Args> {
 fn print_connect(cluster: &Cluster) {
     println!("Demo cluster in {} is running:", cluster.dir.display());
     for i in cluster.instances() {
-        println!(
-            "  {:<12} port {:<5} {}",
-            i.name(),
-            i.port,
-            i.datadir.display()
-        );
+        println!("  {:<12} port {:<5} {}", i.name(), i.port, i.datadir.display());
     }
-    println!(
-        "\nConnect with:\n  psql -h {ADDRESS} -p {} -U {} postgres",
-        cluster.coordinator.port,
-        server_user()
-    );
-    println!(
-        "or:\n  eval \"$(./gpdemo env --dir {})\" && psql",
-        cluster.dir.display()
-    );
+    println!("\nConnect with:\n  psql -h {ADDRESS} -p {} -U {} postgres", cluster.coordinator.port, server_user());
+    println!("or:\n  eval \"$(./gpdemo env --dir {})\" && psql", cluster.dir.display());
 }
 
 /// Runs SQL through psql, so the tour shows exactly what a DBA would see,
@@ -110,24 +81,16 @@ fn print_connect(cluster: &Cluster) {
 fn psql_shown(cluster: &Cluster, sql: &str) -> Result<bool> {
     println!("postgres=# {sql}");
     let mut cmd = Command::new(gpdemo::pg_bindir().join("psql"));
-    cmd.args([
-        "-X",
-        "-h",
-        ADDRESS,
-        "-p",
-        &cluster.coordinator.port.to_string(),
-        "-U",
-        &server_user(),
-    ])
-    .args(["-d", "postgres", "-P", "pager=off", "-c", sql]);
-    let out = cmd
-        .output()
-        .map_err(|e| DemoError::Usage(format!("could not run psql: {e}")))?;
-    println!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cmd.args(["-X", "-h", ADDRESS, "-p", &cluster.coordinator.port.to_string(), "-U", &server_user()]).args([
+        "-d",
+        "postgres",
+        "-P",
+        "pager=off",
+        "-c",
+        sql,
+    ]);
+    let out = cmd.output().map_err(|e| DemoError::Usage(format!("could not run psql: {e}")))?;
+    println!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     Ok(out.status.success())
 }
 
@@ -135,17 +98,7 @@ fn psql_shown(cluster: &Cluster, sql: &str) -> Result<bool> {
 fn psql_rows(cluster: &Cluster, sql: &str) -> Result<String> {
     let out = gpdemo::run(
         Command::new(gpdemo::pg_bindir().join("psql"))
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-h",
-                ADDRESS,
-                "-p",
-                &cluster.coordinator.port.to_string(),
-                "-U",
-                &server_user(),
-            ])
+            .args(["-X", "-A", "-t", "-h", ADDRESS, "-p", &cluster.coordinator.port.to_string(), "-U", &server_user()])
             .args(["-d", "postgres", "-c", sql]),
     )?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -153,11 +106,7 @@ fn psql_rows(cluster: &Cluster, sql: &str) -> Result<String> {
 
 /// The single value a query returns.
 fn first_value(cluster: &Cluster, sql: &str) -> Result<String> {
-    Ok(psql_rows(cluster, sql)?
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string())
+    Ok(psql_rows(cluster, sql)?.lines().next().unwrap_or_default().to_string())
 }
 
 /// Runs SQL that must succeed.
@@ -165,9 +114,7 @@ fn psql(cluster: &Cluster, sql: &str) -> Result<()> {
     if psql_shown(cluster, sql)? {
         Ok(())
     } else {
-        Err(DemoError::Usage(format!(
-            "the tour's statement failed: {sql}"
-        )))
+        Err(DemoError::Usage(format!("the tour's statement failed: {sql}")))
     }
 }
 
@@ -182,14 +129,10 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     print_connect(&cluster);
 
     step("The segment catalog, as in Greenplum (role/preferred_role p|m, mode s|n, status u|d)");
-    psql(
-        &cluster,
-        "SELECT * FROM gp_segment_configuration ORDER BY dbid;",
-    )?;
+    psql(&cluster, "SELECT * FROM gp_segment_configuration ORDER BY dbid;")?;
 
     step("Live status: every segment is probed now, mirrors as their primary reports them");
-    let status_sql =
-        "SELECT dbid, content, role, port, answering, in_recovery, replication_state, \
+    let status_sql = "SELECT dbid, content, role, port, answering, in_recovery, replication_state, \
                       sync_state, replay_lsn, bytes_behind FROM gp_segment_status;";
     psql(&cluster, status_sql)?;
 
@@ -200,10 +143,7 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
 
     let mirror = &cluster.mirrors[0];
-    step(&format!(
-        "Stopping the mirror of content 0 (port {}) with pg_ctl stop -m immediate",
-        mirror.port
-    ));
+    step(&format!("Stopping the mirror of content 0 (port {}) with pg_ctl stop -m immediate", mirror.port));
     mirror.stop("immediate")?;
     psql(&cluster, status_sql)?;
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
@@ -237,9 +177,8 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
          service (probe interval 2 s, timeout 2 s, 2 retries in this demo) promotes its mirror",
         victim.port
     ));
-    let pid = victim
-        .postmaster_pid()
-        .ok_or_else(|| DemoError::Usage("the primary of content 1 is not running".into()))?;
+    let pid =
+        victim.postmaster_pid().ok_or_else(|| DemoError::Usage("the primary of content 1 is not running".into()))?;
     // SAFETY: kills a postmaster this demo started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let killed = Instant::now();
@@ -265,24 +204,20 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
         println!("  {line}");
     }
     println!();
-    psql(
-        &cluster,
-        "SELECT * FROM gp_segment_configuration WHERE content = 1;",
-    )?;
+    psql(&cluster, "SELECT * FROM gp_segment_configuration WHERE content = 1;")?;
     psql(&cluster, "SELECT * FROM gp_mirror_status;")?;
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
 
-    step("Recovering the failed segment: a full copy (pg_basebackup) from the new primary, run by a\n\
-          background worker; the function returns the job id at once");
+    step(
+        "Recovering the failed segment: a full copy (pg_basebackup) from the new primary, run by a\n\
+          background worker; the function returns the job id at once",
+    );
     let old = 3; // dbid of content 1's original primary in a demo cluster
     println!("(The copy is limited to 40 MB/s here, like gprecoverseg --max-rate, so progress can be watched.)\n");
     psql(&cluster, "ALTER SYSTEM SET gp_recovery.max_rate = '40MB';")?;
     psql(&cluster, "SELECT pg_reload_conf();")?;
     std::thread::sleep(Duration::from_millis(1500));
-    let job = first_value(
-        &cluster,
-        &format!("SELECT gp_recover_segment({old}, 'full')"),
-    )?;
+    let job = first_value(&cluster, &format!("SELECT gp_recover_segment({old}, 'full')"))?;
     println!("postgres=# SELECT gp_recover_segment({old}, 'full');\n job {job}\n");
     println!("Progress, as gp_recovery_progress shows it while the job runs:");
     let progress_sql = format!(
@@ -306,11 +241,11 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     psql(&cluster, &format!("SELECT gp_recovery_wait({job});"))?;
     psql(&cluster, "ALTER SYSTEM RESET gp_recovery.max_rate;")?;
     psql(&cluster, "SELECT pg_reload_conf();")?;
-    psql(&cluster, "SELECT job_id, recovery_type, dbid, state, started_at, finished_at - started_at AS took FROM gp_recovery_job;")?;
     psql(
         &cluster,
-        "SELECT * FROM gp_segment_configuration WHERE content = 1;",
+        "SELECT job_id, recovery_type, dbid, state, started_at, finished_at - started_at AS took FROM gp_recovery_job;",
     )?;
+    psql(&cluster, "SELECT * FROM gp_segment_configuration WHERE content = 1;")?;
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
     println!("Both members of content 1 are up and synchronized again, with their roles switched.");
 
@@ -322,10 +257,7 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     let job = first_value(&cluster, "SELECT * FROM gp_rebalance()")?;
     println!("postgres=# SELECT * FROM gp_rebalance();\n job {job}\n");
     psql(&cluster, &format!("SELECT gp_recovery_wait({job});"))?;
-    psql(
-        &cluster,
-        "SELECT * FROM gp_segment_configuration ORDER BY dbid;",
-    )?;
+    psql(&cluster, "SELECT * FROM gp_segment_configuration ORDER BY dbid;")?;
     psql(&cluster, "SELECT * FROM gp_mirror_status;")?;
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
 
@@ -333,10 +265,7 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     psql(&cluster, "SELECT * FROM gp_fts_rules();")?;
 
     step("Every catalog change left a history row");
-    psql(
-        &cluster,
-        "SELECT * FROM gp_configuration_history ORDER BY \"time\", dbid;",
-    )?;
+    psql(&cluster, "SELECT * FROM gp_configuration_history ORDER BY \"time\", dbid;")?;
 
     step("Bad input is refused with an ERROR that names the problem, and nothing changes");
     for sql in [
@@ -351,10 +280,7 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     step("Done: every segment in its preferred role, up and synchronized");
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
     print_connect(&cluster);
-    println!(
-        "\nRemove it with:\n  ./gpdemo destroy --dir {}",
-        cluster.dir.display()
-    );
+    println!("\nRemove it with:\n  ./gpdemo destroy --dir {}", cluster.dir.display());
     Ok(())
 }
 
@@ -374,23 +300,15 @@ fn main_result(argv: &[String]) -> Result<()> {
             Ok(())
         }
         "env" => {
-            print!(
-                "{}",
-                Cluster::read_env(&args.dir.unwrap_or_else(|| default_dir("")))?
-            );
+            print!("{}", Cluster::read_env(&args.dir.unwrap_or_else(|| default_dir("")))?);
             Ok(())
         }
-        "tour" => tour(
-            &args.dir.unwrap_or_else(|| default_dir("-tour")),
-            args.port.unwrap_or(7100),
-        ),
+        "tour" => tour(&args.dir.unwrap_or_else(|| default_dir("-tour")), args.port.unwrap_or(7100)),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())
         }
-        other => Err(DemoError::Usage(format!(
-            "unknown command {other}\n{USAGE}"
-        ))),
+        other => Err(DemoError::Usage(format!("unknown command {other}\n{USAGE}"))),
     }
 }
 

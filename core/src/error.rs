@@ -20,21 +20,13 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CoreError {
     #[error("invalid {what} \"{value}\": {expected}")]
-    InvalidValue {
-        what: &'static str,
-        value: String,
-        expected: &'static str,
-    },
+    InvalidValue { what: &'static str, value: String, expected: &'static str },
     #[error("recovery configuration line {line}: {message}")]
     Config { line: usize, message: String },
     #[error("{0}")]
     Duplicate(String),
     #[error("segment {host}:{port} does not answer: {reason}")]
-    Unreachable {
-        host: String,
-        port: i32,
-        reason: String,
-    },
+    Unreachable { host: String, port: i32, reason: String },
     #[error("{0}")]
     WrongState(String),
 }
@@ -42,9 +34,7 @@ pub enum CoreError {
 impl CoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            CoreError::InvalidValue { .. } | CoreError::Config { .. } => {
-                ErrorKind::InvalidParameter
-            }
+            CoreError::InvalidValue { .. } | CoreError::Config { .. } => ErrorKind::InvalidParameter,
             CoreError::Duplicate(_) => ErrorKind::Duplicate,
             CoreError::Unreachable { .. } => ErrorKind::Unreachable,
             CoreError::WrongState(_) => ErrorKind::WrongState,
@@ -78,13 +68,7 @@ mod tests {
 
     #[test]
     fn chain_keeps_the_cause() {
-        let e = Outer(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "Connection refused",
-        ));
-        assert_eq!(
-            error_chain(&e),
-            "error connecting to server: Connection refused"
-        );
+        let e = Outer(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused"));
+        assert_eq!(error_chain(&e), "error connecting to server: Connection refused");
     }
 }

@@ -167,9 +167,7 @@ fn pair_marked_synchronized(o: &Observation) -> bool {
 }
 
 fn mirror_flushed_sync_point(o: &Observation) -> bool {
-    let flushed = stream(o)
-        .and_then(|r| r.flush_lsn.as_deref())
-        .and_then(parse_lsn);
+    let flushed = stream(o).and_then(|r| r.flush_lsn.as_deref()).and_then(parse_lsn);
     matches!((flushed, o.sync_from_lsn), (Some(f), Some(from)) if f >= from)
 }
 
@@ -308,9 +306,7 @@ impl Plan {
             Ok(_) => "answers, not in recovery".to_string(),
             Err(e) => format!("unreachable ({e})"),
         };
-        let stream = stream(o).map_or("none".to_string(), |r| {
-            format!("{} {}", r.state, r.sync_state)
-        });
+        let stream = stream(o).map_or("none".to_string(), |r| format!("{} {}", r.state, r.sync_state));
         format!(
             "FTS: content {}: primary dbid {} at {} {}; mirror dbid {} at {} {}; stream {}; rule {}: {}",
             o.primary.content,
@@ -333,42 +329,23 @@ pub fn update_history(s: &Segment) -> String {
 }
 
 fn with(s: &Segment, role: Role, status: Status, mode: Mode) -> Segment {
-    Segment {
-        role,
-        status,
-        mode,
-        ..s.clone()
-    }
+    Segment { role, status, mode, ..s.clone() }
 }
 
 /// Rows that differ from the catalog, so unchanged rows get no history.
 fn changed(rows: Vec<(Segment, &Segment)>) -> Vec<Segment> {
-    rows.into_iter()
-        .filter(|(new, old)| new != *old)
-        .map(|(new, _)| new)
-        .collect()
+    rows.into_iter().filter(|(new, old)| new != *old).map(|(new, _)| new).collect()
 }
 
 /// Decides what to do for one content.
 pub fn decide(o: &Observation, s: &Settings) -> Plan {
-    let rule = RULES
-        .iter()
-        .find(|r| (r.when)(o, s))
-        .unwrap_or(&RULES[RULES.len() - 1]);
+    let rule = RULES.iter().find(|r| (r.when)(o, s)).unwrap_or(&RULES[RULES.len() - 1]);
     let (p, m) = (&o.primary, &o.mirror);
-    let mut plan = Plan {
-        rule,
-        before_catalog: vec![],
-        catalog: vec![],
-        history: vec![],
-        after_catalog: vec![],
-        warning: false,
-    };
+    let mut plan =
+        Plan { rule, before_catalog: vec![], catalog: vec![], history: vec![], after_catalog: vec![], warning: false };
     match rule.action {
         Action::Nothing => plan.warning = rule.name == "acting_primary_in_recovery",
-        Action::EnableSyncRep => plan
-            .before_catalog
-            .push(SegmentOp::EnableSyncRep(p.clone())),
+        Action::EnableSyncRep => plan.before_catalog.push(SegmentOp::EnableSyncRep(p.clone())),
         Action::MarkSynchronized => {
             plan.catalog = changed(vec![
                 (with(p, Role::Primary, Status::Up, Mode::Synchronized), p),
@@ -380,12 +357,9 @@ pub fn decide(o: &Observation, s: &Settings) -> Plan {
                 (with(p, Role::Primary, Status::Up, Mode::NotInSync), p),
                 (with(m, Role::Mirror, Status::Down, Mode::NotInSync), m),
             ]);
-            plan.after_catalog
-                .push(SegmentOp::DisableSyncRep(p.clone()));
+            plan.after_catalog.push(SegmentOp::DisableSyncRep(p.clone()));
         }
-        Action::DisableSyncRep => plan
-            .after_catalog
-            .push(SegmentOp::DisableSyncRep(p.clone())),
+        Action::DisableSyncRep => plan.after_catalog.push(SegmentOp::DisableSyncRep(p.clone())),
         Action::FailOver => {
             // The catalog first, as Greenplum does: if the promotion is lost,
             // the next round finds the new primary in recovery and promotes again.
@@ -407,19 +381,12 @@ pub fn decide(o: &Observation, s: &Settings) -> Plan {
             ];
         }
         Action::RecordDoubleFault => {
-            plan.history.push((
-                p.dbid,
-                format!("FTS: double fault detected for content id {}", p.content),
-            ));
+            plan.history.push((p.dbid, format!("FTS: double fault detected for content id {}", p.content)));
             plan.warning = true;
         }
-        Action::ClearDoubleFault => plan.history.push((
-            p.dbid,
-            format!(
-                "FTS: content id {} is out of double fault, dbid {} is up",
-                p.content, p.dbid
-            ),
-        )),
+        Action::ClearDoubleFault => plan
+            .history
+            .push((p.dbid, format!("FTS: content id {} is out of double fault, dbid {} is up", p.content, p.dbid))),
     }
     plan
 }
@@ -468,10 +435,7 @@ mod tests {
     }
 
     fn mirror_probe() -> ProbeResult {
-        Ok(InstanceProbe {
-            in_recovery: true,
-            ..Default::default()
-        })
+        Ok(InstanceProbe { in_recovery: true, ..Default::default() })
     }
 
     /// A synchronized, healthy pair.
@@ -491,10 +455,7 @@ mod tests {
         }
     }
 
-    const SETTINGS: Settings = Settings {
-        mirror_down_grace_period: Duration::from_secs(30),
-        max_starting_rounds: 5,
-    };
+    const SETTINGS: Settings = Settings { mirror_down_grace_period: Duration::from_secs(30), max_starting_rounds: 5 };
 
     fn rule(o: &Observation) -> &'static str {
         decide(o, &SETTINGS).rule.name
@@ -527,10 +488,7 @@ mod tests {
         );
         // The catalog says 'n' before synchronous replication is turned off.
         assert!(plan.before_catalog.is_empty());
-        assert_eq!(
-            plan.after_catalog,
-            vec![SegmentOp::DisableSyncRep(o.primary.clone())]
-        );
+        assert_eq!(plan.after_catalog, vec![SegmentOp::DisableSyncRep(o.primary.clone())]);
     }
 
     #[test]
@@ -541,8 +499,7 @@ mod tests {
         o.primary.mode = Mode::NotInSync;
         // It answers and even streams again: still down until recovered.
         assert_eq!(rule(&o), "mirror_down_sync_rep_on");
-        o.primary_health =
-            PrimaryHealth::Alive(primary_probe(Some(("streaming", "async", "0/1")), ""));
+        o.primary_health = PrimaryHealth::Alive(primary_probe(Some(("streaming", "async", "0/1")), ""));
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.name, "mirror_down");
         assert!(!plan.changes_anything());
@@ -570,11 +527,7 @@ mod tests {
                 SegmentOp::CreateSlot(o.mirror.clone()),
             ]
         );
-        assert_eq!(
-            plan.catalog[0].preferred_role,
-            Role::Primary,
-            "preferred roles never change"
-        );
+        assert_eq!(plan.catalog[0].preferred_role, Role::Primary, "preferred roles never change");
 
         // Not in sync, down, or unreachable: a double fault, recorded once.
         for spoil in [
@@ -588,31 +541,21 @@ mod tests {
             let plan = decide(&o, &SETTINGS);
             assert_eq!(plan.rule.name, "double_fault");
             assert!(plan.catalog.is_empty() && plan.after_catalog.is_empty());
-            assert_eq!(
-                plan.history,
-                vec![(2, "FTS: double fault detected for content id 0".to_string())]
-            );
+            assert_eq!(plan.history, vec![(2, "FTS: double fault detected for content id 0".to_string())]);
             assert!(plan.warning);
             o.in_double_fault = true;
             assert_eq!(rule(&o), "double_fault_persists");
             o.primary_health = PrimaryHealth::Alive(primary_probe(None, ""));
             let plan = decide(&o, &SETTINGS);
             assert_eq!(plan.rule.name, "double_fault_cleared");
-            assert_eq!(
-                plan.history,
-                vec![(
-                    2,
-                    "FTS: content id 0 is out of double fault, dbid 2 is up".to_string()
-                )]
-            );
+            assert_eq!(plan.history, vec![(2, "FTS: content id 0 is out of double fault, dbid 2 is up".to_string())]);
         }
     }
 
     #[test]
     fn starting_up_primary_is_given_time() {
         let mut o = healthy();
-        o.primary_health =
-            PrimaryHealth::from_failure("FATAL: the database system is starting up".into());
+        o.primary_health = PrimaryHealth::from_failure("FATAL: the database system is starting up".into());
         o.starting_rounds = 1;
         assert_eq!(rule(&o), "primary_starting_up");
         o.starting_rounds = 6;
@@ -628,31 +571,19 @@ mod tests {
         let mut o = healthy();
         o.primary.mode = Mode::NotInSync;
         o.mirror.mode = Mode::NotInSync;
-        o.primary_health =
-            PrimaryHealth::Alive(primary_probe(Some(("catchup", "async", "0/1")), ""));
+        o.primary_health = PrimaryHealth::Alive(primary_probe(Some(("catchup", "async", "0/1")), ""));
         assert_eq!(rule(&o), "healthy_or_catching_up");
 
-        o.primary_health =
-            PrimaryHealth::Alive(primary_probe(Some(("streaming", "async", "0/2000")), ""));
+        o.primary_health = PrimaryHealth::Alive(primary_probe(Some(("streaming", "async", "0/2000")), ""));
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.name, "mirror_caught_up");
-        assert_eq!(
-            plan.before_catalog,
-            vec![SegmentOp::EnableSyncRep(o.primary.clone())]
-        );
+        assert_eq!(plan.before_catalog, vec![SegmentOp::EnableSyncRep(o.primary.clone())]);
 
         // Sync, but the flush point from when sync rep came on is unknown: learn it.
-        o.primary_health = PrimaryHealth::Alive(primary_probe(
-            Some(("streaming", "sync", "0/2000")),
-            "gp_walreceiver",
-        ));
+        o.primary_health = PrimaryHealth::Alive(primary_probe(Some(("streaming", "sync", "0/2000")), "gp_walreceiver"));
         assert_eq!(rule(&o), "mirror_caught_up");
         o.sync_from_lsn = Some(0x3000);
-        assert_eq!(
-            rule(&o),
-            "healthy_or_catching_up",
-            "not flushed up to the sync point yet"
-        );
+        assert_eq!(rule(&o), "healthy_or_catching_up", "not flushed up to the sync point yet");
         o.sync_from_lsn = Some(0x2000);
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.name, "mirror_synchronized");
@@ -664,10 +595,7 @@ mod tests {
     fn unfinished_promotion_is_repeated() {
         let mut o = healthy();
         o.mirror.status = Status::Down;
-        o.primary_health = PrimaryHealth::Alive(InstanceProbe {
-            in_recovery: true,
-            ..Default::default()
-        });
+        o.primary_health = PrimaryHealth::Alive(InstanceProbe { in_recovery: true, ..Default::default() });
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.name, "promotion_unfinished");
         assert_eq!(plan.after_catalog[0], SegmentOp::Promote(o.primary.clone()));

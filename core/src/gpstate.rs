@@ -25,20 +25,10 @@ impl SegmentStatus {
 
 /// Joins the catalog with the probes (keyed by dbid). A segment missing from
 /// `probes` counts as not answering.
-pub fn segment_statuses(
-    catalog: &[Segment],
-    probes: &HashMap<i16, ProbeResult>,
-) -> Vec<SegmentStatus> {
+pub fn segment_statuses(catalog: &[Segment], probes: &HashMap<i16, ProbeResult>) -> Vec<SegmentStatus> {
     let mirror_stream = |mirror: &Segment| -> Option<Replication> {
-        let primary = catalog
-            .iter()
-            .find(|s| s.content == mirror.content && s.role == Role::Primary)?;
-        probes
-            .get(&primary.dbid)?
-            .as_ref()
-            .ok()?
-            .mirror_replication()
-            .cloned()
+        let primary = catalog.iter().find(|s| s.content == mirror.content && s.role == Role::Primary)?;
+        probes.get(&primary.dbid)?.as_ref().ok()?.mirror_replication().cloned()
     };
     let mut rows: Vec<SegmentStatus> = catalog
         .iter()
@@ -52,11 +42,7 @@ pub fn segment_statuses(
                     None => Some("not probed".into()),
                 },
                 in_recovery: probe.and_then(|p| p.as_ref().ok()).map(|p| p.in_recovery),
-                replication: if s.role == Role::Mirror {
-                    mirror_stream(s)
-                } else {
-                    None
-                },
+                replication: if s.role == Role::Mirror { mirror_stream(s) } else { None },
             }
         })
         .collect();
@@ -107,10 +93,8 @@ pub fn mirror_list(statuses: &[SegmentStatus]) -> Vec<MirrorStatus> {
         .filter(|s| !s.segment.is_coordinator() && s.segment.preferred_role == Role::Mirror)
         .map(|s| {
             let seg = &s.segment;
-            let synchronized = pairs
-                .iter()
-                .find(|p| p.primary.content == seg.content)
-                .is_some_and(|p| pair_synchronized(statuses, p));
+            let synchronized =
+                pairs.iter().find(|p| p.primary.content == seg.content).is_some_and(|p| pair_synchronized(statuses, p));
             let (status, data_status) = if failed(s) {
                 ("Failed", None)
             } else {
@@ -118,11 +102,7 @@ pub fn mirror_list(statuses: &[SegmentStatus]) -> Vec<MirrorStatus> {
                     Role::Primary => "Acting as Primary",
                     Role::Mirror => "Passive",
                 };
-                let data = if synchronized {
-                    Mode::Synchronized
-                } else {
-                    Mode::NotInSync
-                };
+                let data = if synchronized { Mode::Synchronized } else { Mode::NotInSync };
                 (status, Some(data.label()))
             };
             MirrorStatus {
@@ -148,18 +128,11 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         format!("   {}", padded.join("   ").trim_end())
     };
     let mut out = vec![line(header.to_vec())];
-    out.extend(
-        rows.iter()
-            .map(|r| line(r.iter().map(String::as_str).collect())),
-    );
+    out.extend(rows.iter().map(|r| line(r.iter().map(String::as_str).collect())));
     out
 }
 
@@ -218,13 +191,7 @@ pub fn state_report(statuses: &[SegmentStatus]) -> Vec<String> {
         .collect();
     section(
         "Unsynchronized Segment Pairs",
-        &[
-            "Current Primary",
-            "Port",
-            "WAL sync remaining bytes",
-            "Mirror",
-            "Port",
-        ],
+        &["Current Primary", "Port", "WAL sync remaining bytes", "Mirror", "Port"],
         unsynchronized,
     );
 
@@ -239,12 +206,7 @@ pub fn state_report(statuses: &[SegmentStatus]) -> Vec<String> {
                 }
                 (Status::Up, None) => "Up".to_string(),
             };
-            vec![
-                s.segment.hostname.clone(),
-                s.segment.port.to_string(),
-                s.segment.status.label().to_string(),
-                detail,
-            ]
+            vec![s.segment.hostname.clone(), s.segment.port.to_string(), s.segment.status.label().to_string(), detail]
         })
         .collect();
     section(
@@ -300,13 +262,7 @@ mod tests {
                 ..Default::default()
             }),
         );
-        probes.insert(
-            3,
-            Ok(InstanceProbe {
-                in_recovery: true,
-                ..Default::default()
-            }),
-        );
+        probes.insert(3, Ok(InstanceProbe { in_recovery: true, ..Default::default() }));
         (catalog, probes)
     }
 
@@ -316,23 +272,11 @@ mod tests {
         let st = segment_statuses(&catalog, &probes);
         assert!(st.iter().all(SegmentStatus::answering));
         assert_eq!(st[2].replication.as_ref().unwrap().sync_state, "sync");
-        assert!(
-            st[1].replication.is_none(),
-            "replication columns describe the mirror row"
-        );
+        assert!(st[1].replication.is_none(), "replication columns describe the mirror row");
         let m = mirror_list(&st);
         assert_eq!(m.len(), 1);
-        assert_eq!(
-            (m[0].status, m[0].data_status),
-            ("Passive", Some("Synchronized"))
-        );
-        assert_eq!(
-            state_report(&st),
-            vec![
-                "Segment Mirroring Status Report",
-                "All segments are running normally"
-            ]
-        );
+        assert_eq!((m[0].status, m[0].data_status), ("Passive", Some("Synchronized")));
+        assert_eq!(state_report(&st), vec!["Segment Mirroring Status Report", "All segments are running normally"]);
     }
 
     #[test]
@@ -350,9 +294,7 @@ mod tests {
         assert!(report.contains("Unsynchronized Segment Pairs"));
         assert!(report.contains("Unknown"));
         assert!(report.contains("Downed Segments"));
-        assert!(
-            report.contains("Process error -- database process may be down (connection refused)")
-        );
+        assert!(report.contains("Process error -- database process may be down (connection refused)"));
         assert!(!report.contains("running normally"));
     }
 
@@ -367,23 +309,11 @@ mod tests {
         }
         let st = segment_statuses(&catalog, &probes);
         let m = mirror_list(&st);
-        assert_eq!(
-            (m[0].status, m[0].data_status),
-            ("Acting as Primary", Some("Not In Sync"))
-        );
+        assert_eq!((m[0].status, m[0].data_status), ("Acting as Primary", Some("Not In Sync")));
         let report = state_report(&st);
-        let i = report
-            .iter()
-            .position(|l| l == "Segments with Primary and Mirror Roles Switched")
-            .unwrap();
-        assert_eq!(
-            report[i + 1],
-            "   Current Primary   Port   Mirror      Port"
-        );
-        assert_eq!(
-            report[i + 2],
-            "   localhost         7002   localhost   7001"
-        );
+        let i = report.iter().position(|l| l == "Segments with Primary and Mirror Roles Switched").unwrap();
+        assert_eq!(report[i + 1], "   Current Primary   Port   Mirror      Port");
+        assert_eq!(report[i + 2], "   localhost         7002   localhost   7001");
         assert!(report.iter().any(|l| l.contains("Down in configuration")));
     }
 

@@ -20,10 +20,7 @@ pub const SSH_FAILED: i32 = 255;
 /// A word for a POSIX shell: single-quoted, with inner quotes closed and
 /// reopened around an escaped one.
 pub fn quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
-    {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b)) {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -32,11 +29,8 @@ pub fn quote(s: &str) -> String {
 /// Splits a setting such as gp_recovery.remote_shell into words, with
 /// single quotes, double quotes and backslashes as a shell reads them.
 pub fn split_words(s: &str) -> Result<Vec<String>, CoreError> {
-    let invalid = |expected| CoreError::InvalidValue {
-        what: "gp_recovery.remote_shell",
-        value: s.to_string(),
-        expected,
-    };
+    let invalid =
+        |expected| CoreError::InvalidValue { what: "gp_recovery.remote_shell", value: s.to_string(), expected };
     let mut words = Vec::new();
     let mut word: Option<String> = None;
     let mut chars = s.chars();
@@ -58,21 +52,15 @@ pub fn split_words(s: &str) -> Result<Vec<String>, CoreError> {
                 loop {
                     match chars.next() {
                         Some('"') => break,
-                        Some('\\') => w.push(
-                            chars
-                                .next()
-                                .ok_or_else(|| invalid("a closing double quote"))?,
-                        ),
+                        Some('\\') => w.push(chars.next().ok_or_else(|| invalid("a closing double quote"))?),
                         Some(c) => w.push(c),
                         None => return Err(invalid("a closing double quote")),
                     }
                 }
             }
-            '\\' => word.get_or_insert_with(String::new).push(
-                chars
-                    .next()
-                    .ok_or_else(|| invalid("a character after \\"))?,
-            ),
+            '\\' => {
+                word.get_or_insert_with(String::new).push(chars.next().ok_or_else(|| invalid("a character after \\"))?)
+            }
             c => word.get_or_insert_with(String::new).push(c),
         }
     }
@@ -130,11 +118,7 @@ pub fn command_line(remote_shell: Option<(&[String], &str)>, script: &str) -> Ve
 /// meanwhile (closed, it would end the script), and collects its output.
 pub fn output(cmd: &mut std::process::Command) -> std::io::Result<std::process::Output> {
     use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let held = child.stdin.take();
     let out = child.wait_with_output();
     drop(held);
@@ -143,11 +127,7 @@ pub fn output(cmd: &mut std::process::Command) -> std::io::Result<std::process::
 
 /// The job's error for a step whose remote shell could not reach the host.
 pub fn unreachable(host: &str, output: &str) -> String {
-    let detail: Vec<&str> = output
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let detail: Vec<&str> = output.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let detail = detail[detail.len().saturating_sub(2)..].join(" / ");
     if detail.is_empty() {
         format!("host {host} is unreachable")
@@ -194,11 +174,8 @@ impl Scripts {
     /// Stops the segment (fast) if it runs; fails if it still runs after, or
     /// with `must_run` if it did not run.
     pub fn stop(&self, datadir: &str, must_run: bool) -> String {
-        let not_running = if must_run {
-            "{ echo \"the segment in $D is not running\" >&2; exit 3; }"
-        } else {
-            "exit 0"
-        };
+        let not_running =
+            if must_run { "{ echo \"the segment in $D is not running\" >&2; exit 3; }" } else { "exit 0" };
         self.preamble(datadir)
             + &format!(
                 "\"$B/pg_ctl\" status -D \"$D\" >/dev/null 2>&1 || {not_running}\n\
@@ -248,11 +225,7 @@ impl Scripts {
     /// until the job succeeds.
     pub fn swap_in(&self, datadir: &str, relocate: bool) -> String {
         let mut s = self.preamble(datadir)
-            + &format!(
-                "N={} O={}\n",
-                quote(&sibling(datadir, NEW_SUFFIX)),
-                quote(&sibling(datadir, OLD_SUFFIX))
-            );
+            + &format!("N={} O={}\n", quote(&sibling(datadir, NEW_SUFFIX)), quote(&sibling(datadir, OLD_SUFFIX)));
         if !relocate {
             s += "if [ -e \"$D\" ]; then mv \"$D\" \"$O\" || exit 1; fi\n";
         }
@@ -263,11 +236,7 @@ impl Scripts {
     /// old directory if it was moved aside, nothing of a relocation's copy.
     pub fn back_out_copy(&self, datadir: &str, relocate: bool, copied: bool) -> String {
         let mut s = self.preamble(datadir)
-            + &format!(
-                "N={} O={}\n",
-                quote(&sibling(datadir, NEW_SUFFIX)),
-                quote(&sibling(datadir, OLD_SUFFIX))
-            );
+            + &format!("N={} O={}\n", quote(&sibling(datadir, NEW_SUFFIX)), quote(&sibling(datadir, OLD_SUFFIX)));
         if relocate {
             if copied {
                 s += "rm -rf \"$D\" || exit 1\n";
@@ -309,24 +278,16 @@ impl Scripts {
     /// After a differential copy: the backup label and tablespace map from
     /// pg_backup_stop, and no WAL of the old timeline left to replay.
     pub fn install_backup_label(&self, datadir: &str, label: &str, map: &str) -> String {
-        let mut s = self.preamble(datadir)
-            + &format!(
-                "printf '%s' {} > \"$D/backup_label\" || exit 1\n",
-                quote(label)
-            );
+        let mut s = self.preamble(datadir) + &format!("printf '%s' {} > \"$D/backup_label\" || exit 1\n", quote(label));
         if !map.is_empty() {
-            s += &format!(
-                "printf '%s' {} > \"$D/tablespace_map\" || exit 1\n",
-                quote(map)
-            );
+            s += &format!("printf '%s' {} > \"$D/tablespace_map\" || exit 1\n", quote(map));
         }
         s + "for f in \"$D\"/pg_wal/*; do if [ -f \"$f\" ]; then rm -f \"$f\" || exit 1; fi; done"
     }
 
     /// The segment's postgresql.auto.conf, to be rewritten by the caller.
     pub fn read_auto_conf(&self, datadir: &str) -> String {
-        self.preamble(datadir)
-            + "if [ -f \"$D/postgresql.auto.conf\" ]; then cat \"$D/postgresql.auto.conf\"; fi"
+        self.preamble(datadir) + "if [ -f \"$D/postgresql.auto.conf\" ]; then cat \"$D/postgresql.auto.conf\"; fi"
     }
 
     /// Writes postgresql.auto.conf (through a temporary file) and makes the
@@ -344,8 +305,7 @@ impl Scripts {
     /// goes beside the data directory. With `unless_running`, a segment
     /// that runs already is left alone.
     pub fn start(&self, datadir: &str, unless_running: bool, wait_secs: u32) -> String {
-        let mut s = self.preamble(datadir)
-            + &format!("L={}\n", quote(&sibling(datadir, SERVER_LOG_SUFFIX)));
+        let mut s = self.preamble(datadir) + &format!("L={}\n", quote(&sibling(datadir, SERVER_LOG_SUFFIX)));
         if unless_running {
             s += &format!(
                 "if \"$B/pg_ctl\" status -D \"$D\" >/dev/null 2>&1; then echo {}; exit 0; fi\n",
@@ -365,8 +325,7 @@ mod tests {
     fn run_local(script: &str) -> (i32, String) {
         let argv = command_line(None, script);
         let out = output(Command::new(&argv[0]).args(&argv[1..])).expect("sh runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         (out.status.code().unwrap_or(-1), text)
     }
 
@@ -379,16 +338,7 @@ mod tests {
 
     #[test]
     fn quoting_survives_a_shell() {
-        for s in [
-            "plain",
-            "a space",
-            "it's",
-            "semi;colon",
-            "$HOME `id` \"x\" \\",
-            "",
-            "new\nline",
-            "'",
-        ] {
+        for s in ["plain", "a space", "it's", "semi;colon", "$HOME `id` \"x\" \\", "", "new\nline", "'"] {
             let (rc, out) = run_local(&format!("printf '%s' {}", quote(s)));
             assert_eq!((rc, out.as_str()), (0, s));
         }
@@ -398,18 +348,12 @@ mod tests {
 
     #[test]
     fn remote_shell_setting_splits_like_a_shell() {
-        assert_eq!(
-            split_words(default_shell()).unwrap(),
-            ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
-        );
+        assert_eq!(split_words(default_shell()).unwrap(), ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]);
         assert_eq!(
             split_words("ssh -i '/keys/my key' -o \"X=a b\" a\\ b").unwrap(),
             ["ssh", "-i", "/keys/my key", "-o", "X=a b", "a b"]
         );
-        assert!(split_words("ssh -i 'open")
-            .unwrap_err()
-            .to_string()
-            .contains("closing single quote"));
+        assert!(split_words("ssh -i 'open").unwrap_err().to_string().contains("closing single quote"));
         assert!(split_words("  ").is_err());
     }
 
@@ -427,42 +371,22 @@ mod tests {
     fn remote_command_line_is_the_shell_then_host_then_one_script() {
         let words = split_words(default_shell()).unwrap();
         let argv = command_line(Some((&words, "sdw2")), "echo hi");
-        assert_eq!(
-            &argv[..6],
-            [
-                "ssh",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "sdw2"
-            ]
-        );
+        assert_eq!(&argv[..6], ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "sdw2"]);
         assert_eq!(argv.len(), 7);
         assert!(argv[6].contains("setsid sh -c 'echo hi'"));
     }
 
     #[test]
     fn exit_code_and_output_come_back() {
-        assert_eq!(
-            run_local("echo out; echo err >&2; exit 7"),
-            (7, "out\nerr\n".into())
-        );
+        assert_eq!(run_local("echo out; echo err >&2; exit 7"), (7, "out\nerr\n".into()));
     }
 
     #[test]
     fn closing_stdin_ends_what_the_script_started() {
         let dir = scratch("cancel");
         let marker = dir.join("survived");
-        let argv = command_line(
-            None,
-            &format!("sleep 3; touch {}", quote(&marker.to_string_lossy())),
-        );
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let argv = command_line(None, &format!("sleep 3; touch {}", quote(&marker.to_string_lossy())));
+        let mut child = Command::new(&argv[0]).args(&argv[1..]).stdin(std::process::Stdio::piped()).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
         drop(child.stdin.take());
         let status = child.wait().unwrap();
@@ -475,10 +399,7 @@ mod tests {
     #[test]
     fn unreachable_names_the_host_and_ssh_reason() {
         assert_eq!(
-            unreachable(
-                "sdw2",
-                "ssh: connect to host sdw2 port 22: Connection refused\r\n"
-            ),
+            unreachable("sdw2", "ssh: connect to host sdw2 port 22: Connection refused\r\n"),
             "host sdw2 is unreachable: ssh: connect to host sdw2 port 22: Connection refused"
         );
         assert_eq!(unreachable("sdw2", ""), "host sdw2 is unreachable");
@@ -489,10 +410,7 @@ mod tests {
     }
 
     fn scripts() -> Scripts {
-        Scripts {
-            bindir: "/usr/lib/postgresql/15/bin".into(),
-            connect_timeout: 5,
-        }
+        Scripts { bindir: "/usr/lib/postgresql/15/bin".into(), connect_timeout: 5 }
     }
 
     #[test]
@@ -507,15 +425,9 @@ mod tests {
         std::fs::write(new.join("PG_VERSION"), "new").unwrap();
         let s = scripts();
         assert_eq!(run_local(&s.swap_in(&ds, false)).0, 0);
-        assert_eq!(
-            std::fs::read_to_string(d.join("PG_VERSION")).unwrap(),
-            "new"
-        );
+        assert_eq!(std::fs::read_to_string(d.join("PG_VERSION")).unwrap(), "new");
         assert_eq!(run_local(&s.back_out_copy(&ds, false, true)).0, 0);
-        assert_eq!(
-            std::fs::read_to_string(d.join("PG_VERSION")).unwrap(),
-            "old"
-        );
+        assert_eq!(std::fs::read_to_string(d.join("PG_VERSION")).unwrap(), "old");
         assert!(!new.exists() && !PathBuf::from(sibling(&ds, OLD_SUFFIX)).exists());
         assert_eq!(run_local(&s.back_out_copy(&ds, true, true)).0, 0);
         assert!(!d.exists(), "a relocation's copy is removed");
@@ -545,18 +457,9 @@ mod tests {
         assert_eq!(run_local(&s.configure_standby(&ds, conf)).0, 0);
         assert_eq!(run_local(&s.read_auto_conf(&ds)), (0, conf.to_string()));
         assert!(dir.join("standby.signal").exists() && !dir.join("recovery.signal").exists());
-        assert_eq!(
-            run_local(&s.install_backup_label(&ds, "START WAL LOCATION: 0/2\n", "")).0,
-            0
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.join("backup_label")).unwrap(),
-            "START WAL LOCATION: 0/2\n"
-        );
-        assert!(
-            !dir.join("pg_wal/000000010000000000000001").exists()
-                && dir.join("pg_wal/archive_status").exists()
-        );
+        assert_eq!(run_local(&s.install_backup_label(&ds, "START WAL LOCATION: 0/2\n", "")).0, 0);
+        assert_eq!(std::fs::read_to_string(dir.join("backup_label")).unwrap(), "START WAL LOCATION: 0/2\n");
+        assert!(!dir.join("pg_wal/000000010000000000000001").exists() && dir.join("pg_wal/archive_status").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -567,9 +470,7 @@ mod tests {
         assert!(local.ends_with("exec rsync -a '/s d/' \"$D/\""), "{local}");
         let remote = s.rsync("/t", "/s", Some("sdw1"), default_shell(), &["-a".into()]);
         assert!(
-            remote.ends_with(
-                "exec rsync -a '--rsh=ssh -o BatchMode=yes -o ConnectTimeout=10' sdw1:/s/ \"$D/\""
-            ),
+            remote.ends_with("exec rsync -a '--rsh=ssh -o BatchMode=yes -o ConnectTimeout=10' sdw1:/s/ \"$D/\""),
             "{remote}"
         );
     }

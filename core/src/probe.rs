@@ -20,11 +20,7 @@ pub fn os_user_name() -> Option<String> {
         if pw.is_null() {
             return None;
         }
-        Some(
-            std::ffi::CStr::from_ptr((*pw).pw_name)
-                .to_string_lossy()
-                .into_owned(),
-        )
+        Some(std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned())
     }
 }
 
@@ -82,11 +78,7 @@ impl InstanceProbe {
         self.replication
             .iter()
             .find(|r| r.application_name == MIRROR_APPLICATION_NAME)
-            .or_else(|| {
-                self.replication
-                    .iter()
-                    .find(|r| r.state != "backup" && r.application_name != "pg_basebackup")
-            })
+            .or_else(|| self.replication.iter().find(|r| r.state != "backup" && r.application_name != "pg_basebackup"))
     }
 }
 
@@ -114,33 +106,18 @@ mod tests {
     #[test]
     fn picks_the_mirror_not_a_base_backup() {
         let p = InstanceProbe {
-            replication: vec![
-                rep("pg_basebackup", "backup"),
-                rep("walreceiver", "streaming"),
-            ],
+            replication: vec![rep("pg_basebackup", "backup"), rep("walreceiver", "streaming")],
             ..Default::default()
         };
-        assert_eq!(
-            p.mirror_replication().unwrap().application_name,
-            "walreceiver"
-        );
+        assert_eq!(p.mirror_replication().unwrap().application_name, "walreceiver");
 
         let p = InstanceProbe {
-            replication: vec![
-                rep("other", "streaming"),
-                rep(MIRROR_APPLICATION_NAME, "catchup"),
-            ],
+            replication: vec![rep("other", "streaming"), rep(MIRROR_APPLICATION_NAME, "catchup")],
             ..Default::default()
         };
-        assert_eq!(
-            p.mirror_replication().unwrap().application_name,
-            MIRROR_APPLICATION_NAME
-        );
+        assert_eq!(p.mirror_replication().unwrap().application_name, MIRROR_APPLICATION_NAME);
 
-        let p = InstanceProbe {
-            replication: vec![rep("pg_basebackup", "backup")],
-            ..Default::default()
-        };
+        let p = InstanceProbe { replication: vec![rep("pg_basebackup", "backup")], ..Default::default() };
         assert!(p.mirror_replication().is_none());
     }
 }

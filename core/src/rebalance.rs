@@ -8,8 +8,7 @@ use crate::segment::{Mode, Pair, Status};
 /// Greenplum's default replay lag limit: 10 GB.
 pub const DEFAULT_REPLAY_LAG_LIMIT: i64 = 10 * 1024 * 1024 * 1024;
 
-pub const NOTHING_TO_REBALANCE: &str =
-    "No segments are running in their non-preferred role and need to be rebalanced.";
+pub const NOTHING_TO_REBALANCE: &str = "No segments are running in their non-preferred role and need to be rebalanced.";
 
 /// Why a switched pair cannot be rebalanced now; None when it can.
 /// `primary` and `mirror` are live probes of the pair's current members.
@@ -39,10 +38,7 @@ pub fn refusal(
     if let Err(e) = mirror {
         return why_not(format!("dbid {} is unreachable ({e})", m.dbid));
     }
-    let Some(stream) = p_probe
-        .mirror_replication()
-        .filter(|r| r.is_synchronous_stream())
-    else {
+    let Some(stream) = p_probe.mirror_replication().filter(|r| r.is_synchronous_stream()) else {
         return why_not("the mirror is not streaming as the synchronous standby".into());
     };
     let limit = replay_lag_limit?;
@@ -63,10 +59,7 @@ pub fn refusal(
 
 /// "Latest checkpoint location" from pg_controldata's output.
 pub fn controldata_checkpoint(output: &str) -> Option<u64> {
-    output
-        .lines()
-        .find_map(|l| l.strip_prefix("Latest checkpoint location:"))
-        .and_then(|v| parse_lsn(v.trim()))
+    output.lines().find_map(|l| l.strip_prefix("Latest checkpoint location:")).and_then(|v| parse_lsn(v.trim()))
 }
 
 #[cfg(test)]
@@ -106,48 +99,20 @@ mod tests {
 
     #[test]
     fn checks_state_reachability_and_lag() {
-        let (p, m) = (
-            seg(5, Role::Primary, Role::Mirror),
-            seg(2, Role::Mirror, Role::Primary),
-        );
-        let pair = Pair {
-            primary: &p,
-            mirror: &m,
-        };
+        let (p, m) = (seg(5, Role::Primary, Role::Mirror), seg(2, Role::Mirror, Role::Primary));
+        let pair = Pair { primary: &p, mirror: &m };
         let ok: ProbeResult = Ok(InstanceProbe::default());
-        assert_eq!(
-            refusal(&pair, &stream("0/2000", "0/2000"), &ok, Some(0)),
-            None
-        );
-        assert_eq!(
-            refusal(&pair, &stream("0/2000", "0/1000"), &ok, None),
-            None,
-            "NULL disables the lag check"
-        );
+        assert_eq!(refusal(&pair, &stream("0/2000", "0/2000"), &ok, Some(0)), None);
+        assert_eq!(refusal(&pair, &stream("0/2000", "0/1000"), &ok, None), None, "NULL disables the lag check");
         let lag = refusal(&pair, &stream("0/2000", "0/1000"), &ok, Some(100)).unwrap();
-        assert!(
-            lag.starts_with(
-                "content 0: 4096 bytes of WAL are still to be replayed on mirror dbid 2"
-            ),
-            "{lag}"
-        );
-        let down = refusal(
-            &pair,
-            &stream("0/1", "0/1"),
-            &Err("refused".into()),
-            Some(0),
-        )
-        .unwrap();
-        assert!(down.contains("not rebalancing primary segment dbid 5 with its mirror dbid 2 because dbid 2 is unreachable"));
+        assert!(lag.starts_with("content 0: 4096 bytes of WAL are still to be replayed on mirror dbid 2"), "{lag}");
+        let down = refusal(&pair, &stream("0/1", "0/1"), &Err("refused".into()), Some(0)).unwrap();
+        assert!(down
+            .contains("not rebalancing primary segment dbid 5 with its mirror dbid 2 because dbid 2 is unreachable"));
         let mut n = m.clone();
         n.mode = Mode::NotInSync;
-        let pair = Pair {
-            primary: &p,
-            mirror: &n,
-        };
-        assert!(refusal(&pair, &stream("0/1", "0/1"), &ok, None)
-            .unwrap()
-            .contains("not synchronized"));
+        let pair = Pair { primary: &p, mirror: &n };
+        assert!(refusal(&pair, &stream("0/1", "0/1"), &ok, None).unwrap().contains("not synchronized"));
     }
 
     #[test]

@@ -90,10 +90,7 @@ pub struct NewLocation {
 
 impl NewLocation {
     pub fn is_empty(&self) -> bool {
-        self.hostname.is_none()
-            && self.address.is_none()
-            && self.port.is_none()
-            && self.datadir.is_none()
+        self.hostname.is_none() && self.address.is_none() && self.port.is_none() && self.datadir.is_none()
     }
 }
 
@@ -127,14 +124,13 @@ pub fn plan_recovery(
     mode: RecoveryMode,
     new: &NewLocation,
 ) -> Result<JobSpec, CoreError> {
-    let failed = i16::try_from(dbid)
-        .ok()
-        .and_then(|d| catalog.iter().find(|s| s.dbid == d))
-        .ok_or_else(|| CoreError::InvalidValue {
+    let failed = i16::try_from(dbid).ok().and_then(|d| catalog.iter().find(|s| s.dbid == d)).ok_or_else(|| {
+        CoreError::InvalidValue {
             what: "dbid",
             value: dbid.to_string(),
             expected: "no segment with this dbid in gp_segment_configuration",
-        })?;
+        }
+    })?;
     if failed.is_coordinator() {
         return Err(CoreError::InvalidValue {
             what: "dbid",
@@ -168,15 +164,9 @@ pub fn plan_recovery(
             validate_datadir(d)?;
             target.datadir = d.clone();
         }
-        if (
-            target.hostname.as_str(),
-            target.port,
-            target.datadir.trim_end_matches('/'),
-        ) == (
-            failed.hostname.as_str(),
-            failed.port,
-            failed.datadir.trim_end_matches('/'),
-        ) {
+        if (target.hostname.as_str(), target.port, target.datadir.trim_end_matches('/'))
+            == (failed.hostname.as_str(), failed.port, failed.datadir.trim_end_matches('/'))
+        {
             return Err(CoreError::InvalidValue {
                 what: "new location",
                 value: format!("{}:{}:{}", target.hostname, target.port, target.datadir),
@@ -217,13 +207,7 @@ pub fn plan_recovery(
             job.content, job.job_id, job.state, job.dbid
         )));
     }
-    Ok(JobSpec {
-        mode,
-        original: failed.clone(),
-        target,
-        source: source.clone(),
-        relocate,
-    })
+    Ok(JobSpec { mode, original: failed.clone(), target, source: source.clone(), relocate })
 }
 
 /// The error for a content whose acting primary cannot serve as a source.
@@ -255,10 +239,7 @@ pub struct ConfigLine {
 }
 
 fn line_error(line: usize, msg: impl fmt::Display) -> CoreError {
-    CoreError::Config {
-        line,
-        message: msg.to_string(),
-    }
+    CoreError::Config { line, message: msg.to_string() }
 }
 
 /// Prefixes an error about one configuration line with its number.
@@ -273,35 +254,17 @@ fn parse_location(line: usize, parts: &[&str], group: &str) -> Result<ConfigLoca
     let (hostname, rest) = match parts.len() {
         3 => (None, parts),
         4 => (Some(parts[0].to_string()), &parts[1..]),
-        n => {
-            return Err(line_error(
-                line,
-                format!("expected 3 or 4 parts on {group} segment group, obtained {n}"),
-            ))
-        }
+        n => return Err(line_error(line, format!("expected 3 or 4 parts on {group} segment group, obtained {n}"))),
     };
     let port = rest[1]
         .parse::<i32>()
         .ok()
         .filter(|p| (1..=65535).contains(p))
-        .ok_or_else(|| {
-            line_error(
-                line,
-                format!("invalid port \"{}\" on {group} segment group", rest[1]),
-            )
-        })?;
+        .ok_or_else(|| line_error(line, format!("invalid port \"{}\" on {group} segment group", rest[1])))?;
     if rest[0].is_empty() || !rest[2].starts_with('/') {
-        return Err(line_error(
-            line,
-            format!("{group} segment group needs an address and an absolute data directory"),
-        ));
+        return Err(line_error(line, format!("{group} segment group needs an address and an absolute data directory")));
     }
-    Ok(ConfigLocation {
-        hostname,
-        address: rest[0].to_string(),
-        port,
-        datadir: rest[2].to_string(),
-    })
+    Ok(ConfigLocation { hostname, address: rest[0].to_string(), port, datadir: rest[2].to_string() })
 }
 
 /// Parses a gprecoverseg -i file: one failed segment a line as
@@ -317,16 +280,10 @@ pub fn parse_config(text: &str) -> Result<Vec<ConfigLine>, CoreError> {
         }
         let groups: Vec<&str> = trimmed.split_whitespace().collect();
         if groups.len() > 2 {
-            return Err(line_error(
-                line,
-                format!("expected 1 or 2 groups but found {}", groups.len()),
-            ));
+            return Err(line_error(line, format!("expected 1 or 2 groups but found {}", groups.len())));
         }
         let mut first: Vec<&str> = groups[0].split('|').collect();
-        let mode = match first
-            .first()
-            .and_then(|t| RecoveryMode::from_type_letter(t))
-        {
+        let mode = match first.first().and_then(|t| RecoveryMode::from_type_letter(t)) {
             Some(m) if first.len() >= 4 => {
                 first.remove(0);
                 Some(m)
@@ -351,32 +308,19 @@ pub fn parse_config(text: &str) -> Result<Vec<ConfigLine>, CoreError> {
             }
             None => None,
         };
-        if new.is_some()
-            && matches!(
-                mode,
-                Some(RecoveryMode::Incremental | RecoveryMode::Differential)
-            )
-        {
+        if new.is_some() && matches!(mode, Some(RecoveryMode::Incremental | RecoveryMode::Differential)) {
             return Err(line_error(
                 line,
                 "a segment moved to a new location is always copied in full: use type F or none",
             ));
         }
-        lines.push(ConfigLine {
-            line,
-            mode,
-            failed,
-            new,
-        });
+        lines.push(ConfigLine { line, mode, failed, new });
     }
     Ok(lines)
 }
 
 /// The catalog row a configuration line names.
-pub fn config_line_segment<'a>(
-    catalog: &'a [Segment],
-    l: &ConfigLine,
-) -> Result<&'a Segment, CoreError> {
+pub fn config_line_segment<'a>(catalog: &'a [Segment], l: &ConfigLine) -> Result<&'a Segment, CoreError> {
     let f = &l.failed;
     catalog
         .iter()
@@ -399,10 +343,7 @@ pub fn config_line_segment<'a>(
 
 /// The gprecoverseg -o output for the segments now down.
 pub fn config_for_down_segments(catalog: &[Segment]) -> String {
-    let mut down: Vec<&Segment> = catalog
-        .iter()
-        .filter(|s| !s.is_coordinator() && s.status == Status::Down)
-        .collect();
+    let mut down: Vec<&Segment> = catalog.iter().filter(|s| !s.is_coordinator() && s.status == Status::Down).collect();
     down.sort_by_key(|s| (s.content, s.dbid));
     let mut out = String::from(
         "# gp_recover_from_config() input: one down segment a line, [I|D|F|]address|port|datadir\n\
@@ -425,10 +366,7 @@ pub struct Progress {
 /// pg_rewind --progress ("N/M kB (P%)") or rsync --info=progress2
 /// ("1,234,567  45%  ..."). Lines end in \n or \r.
 pub fn parse_progress(output: &str) -> Option<Progress> {
-    output
-        .split(['\r', '\n'])
-        .rev()
-        .find_map(|line| parse_kb_line(line).or_else(|| parse_rsync_line(line)))
+    output.split(['\r', '\n']).rev().find_map(|line| parse_kb_line(line).or_else(|| parse_rsync_line(line)))
 }
 
 fn parse_kb_line(line: &str) -> Option<Progress> {
@@ -436,10 +374,7 @@ fn parse_kb_line(line: &str) -> Option<Progress> {
     let token = before.split_whitespace().last()?;
     let (done, total) = token.split_once('/')?;
     let kb = |s: &str| s.parse::<i64>().ok().map(|v| v * 1024);
-    Some(Progress {
-        done_bytes: kb(done)?,
-        total_bytes: Some(kb(total)?),
-    })
+    Some(Progress { done_bytes: kb(done)?, total_bytes: Some(kb(total)?) })
 }
 
 fn parse_rsync_line(line: &str) -> Option<Progress> {
@@ -447,18 +382,12 @@ fn parse_rsync_line(line: &str) -> Option<Progress> {
     let bytes: i64 = tokens.next()?.replace(',', "").parse().ok()?;
     let percent: i64 = tokens.next()?.strip_suffix('%')?.parse().ok()?;
     let total = (percent > 0).then(|| bytes * 100 / percent);
-    Some(Progress {
-        done_bytes: bytes,
-        total_bytes: total,
-    })
+    Some(Progress { done_bytes: bytes, total_bytes: total })
 }
 
 /// A libpq conninfo value, quoted when it needs to be.
 pub fn conninfo_value(v: &str) -> String {
-    if !v.is_empty()
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c))
-    {
+    if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c)) {
         v.to_string()
     } else {
         format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -467,11 +396,7 @@ pub fn conninfo_value(v: &str) -> String {
 
 /// A conninfo string from key/value pairs.
 pub fn conninfo(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={}", conninfo_value(v)))
-        .collect::<Vec<_>>()
-        .join(" ")
+    pairs.iter().map(|(k, v)| format!("{k}={}", conninfo_value(v))).collect::<Vec<_>>().join(" ")
 }
 
 /// postgresql.auto.conf with `settings` replacing any earlier lines for the
@@ -482,18 +407,12 @@ pub fn rewrite_auto_conf(existing: &str, settings: &[(&str, String)]) -> String 
         if t.starts_with('#') {
             return None;
         }
-        let key = t
-            .split(['=', ' ', '\t'])
-            .next()?
-            .trim()
-            .to_ascii_lowercase();
+        let key = t.split(['=', ' ', '\t']).next()?.trim().to_ascii_lowercase();
         (!key.is_empty()).then_some(key)
     };
     let mut out: String = existing
         .lines()
-        .filter(|l| {
-            key_of(l).is_none_or(|k| !settings.iter().any(|(s, _)| s.eq_ignore_ascii_case(&k)))
-        })
+        .filter(|l| key_of(l).is_none_or(|k| !settings.iter().any(|(s, _)| s.eq_ignore_ascii_case(&k))))
         .map(|l| format!("{l}\n"))
         .collect();
     for (k, v) in settings {
@@ -564,17 +483,10 @@ mod tests {
     fn plans_in_place_and_relocation() {
         let j = plan(2, RecoveryMode::Incremental, NewLocation::default()).unwrap();
         assert_eq!((j.source.dbid, j.relocate, j.target.port), (3, false, 7001));
-        let new = NewLocation {
-            port: Some(7100),
-            datadir: Some("/new/2".into()),
-            ..Default::default()
-        };
+        let new = NewLocation { port: Some(7100), datadir: Some("/new/2".into()), ..Default::default() };
         let j = plan(2, RecoveryMode::Full, new).unwrap();
         assert!(j.relocate);
-        assert_eq!(
-            (j.target.dbid, j.target.port, j.target.datadir.as_str()),
-            (2, 7100, "/new/2")
-        );
+        assert_eq!((j.target.dbid, j.target.port, j.target.datadir.as_str()), (2, 7100, "/new/2"));
         assert_eq!(j.original.port, 7001);
     }
 
@@ -582,55 +494,30 @@ mod tests {
     fn refuses_bad_requests_naming_the_problem() {
         let msg = |dbid, mode, new| plan(dbid, mode, new).unwrap_err().to_string();
         use RecoveryMode::*;
-        assert!(msg(42, Full, NewLocation::default())
-            .contains("invalid dbid \"42\": no segment with this dbid"));
+        assert!(msg(42, Full, NewLocation::default()).contains("invalid dbid \"42\": no segment with this dbid"));
         assert!(msg(1, Full, NewLocation::default()).contains("it is the coordinator"));
-        assert!(
-            msg(5, Full, NewLocation::default()).contains("segment dbid 5 at localhost:7004 is up")
-        );
-        let port = |p| NewLocation {
-            port: Some(p),
-            ..Default::default()
-        };
+        assert!(msg(5, Full, NewLocation::default()).contains("segment dbid 5 at localhost:7004 is up"));
+        let port = |p| NewLocation { port: Some(p), ..Default::default() };
         assert!(msg(2, Incremental, port(7100)).contains("always copied in full: use mode 'full'"));
         assert!(msg(2, Differential, port(7100)).contains("always copied in full"));
-        assert!(msg(2, Full, port(7002))
-            .contains("port 7002 on host localhost is already used by dbid 4"));
+        assert!(msg(2, Full, port(7002)).contains("port 7002 on host localhost is already used by dbid 4"));
         assert!(msg(2, Full, port(7001)).contains("it is where the segment already is"));
-        let dir = |d: &str| NewLocation {
-            datadir: Some(d.into()),
-            ..Default::default()
-        };
+        let dir = |d: &str| NewLocation { datadir: Some(d.into()), ..Default::default() };
         assert!(msg(2, Full, dir("relative")).contains("must be an absolute path"));
         assert!(msg(2, Full, dir("")).contains("must be an absolute path"));
         assert!(msg(2, Full, dir("/")).contains("must not be the root directory"));
-        assert!(
-            msg(2, Full, dir("/d/1")).contains("already used by dbid 1 (content -1)"),
-            "the coordinator's datadir"
-        );
+        assert!(msg(2, Full, dir("/d/1")).contains("already used by dbid 1 (content -1)"), "the coordinator's datadir");
         assert_eq!(
             "x".parse::<RecoveryMode>().unwrap_err().to_string(),
             "invalid recovery mode \"x\": must be one of incremental, differential, full"
         );
-        let active = [ActiveJob {
-            job_id: 12,
-            dbid: 2,
-            content: 0,
-            state: "running".into(),
-        }];
+        let active = [ActiveJob { job_id: 12, dbid: 2, content: 0, state: "running".into() }];
         let e = plan_recovery(&catalog(), &active, 2, Full, &NewLocation::default()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "content 0 already has recovery job 12 (running) for dbid 2"
-        );
+        assert_eq!(e.to_string(), "content 0 already has recovery job 12 (running) for dbid 2");
         let mut c = catalog();
         c[2].status = Status::Down;
         let e = plan_recovery(&c, &[], 2, Full, &NewLocation::default()).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("double fault: content 0's acting primary dbid 3"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("double fault: content 0's acting primary dbid 3"), "{e}");
     }
 
     #[test]
@@ -640,10 +527,7 @@ mod tests {
                     D|127.0.0.1|7001|/d/2\nf|h|127.0.0.1|7001|/d/2\n";
         let lines = parse_config(text).unwrap();
         assert_eq!(lines.len(), 4);
-        assert_eq!(
-            (lines[0].line, lines[0].mode, lines[0].failed.port),
-            (3, None, 7001)
-        );
+        assert_eq!((lines[0].line, lines[0].mode, lines[0].failed.port), (3, None, 7001));
         assert_eq!(lines[1].new.as_ref().unwrap().port, 7101);
         assert_eq!(lines[1].failed.hostname.as_deref(), Some("localhost"));
         assert_eq!(lines[2].mode, Some(RecoveryMode::Differential));
@@ -656,20 +540,14 @@ mod tests {
     fn config_errors_name_the_line() {
         let err = |t: &str| parse_config(t).unwrap_err().to_string();
         assert!(err("a|1|/x b|2|/y c|3|/z").contains("line 1: expected 1 or 2 groups but found 3"));
-        assert!(err("# c\na|1")
-            .contains("line 2: expected 3 or 4 parts on failed segment group, obtained 2"));
+        assert!(err("# c\na|1").contains("line 2: expected 3 or 4 parts on failed segment group, obtained 2"));
         assert!(err("a|x|/d").contains("line 1: invalid port \"x\""));
         assert!(err("a|1|rel").contains("absolute data directory"));
         assert!(err("a|1|/d h|a|2|/e").contains("expected equal parts"));
         assert!(err("I|a|1|/d b|2|/e").contains("always copied in full"));
         let lines = parse_config("10.0.0.9|7001|/nope").unwrap();
-        let e = config_line_segment(&catalog(), &lines[0])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("line 1: a segment to recover was not found in configuration"),
-            "{e}"
-        );
+        let e = config_line_segment(&catalog(), &lines[0]).unwrap_err().to_string();
+        assert!(e.contains("line 1: a segment to recover was not found in configuration"), "{e}");
     }
 
     #[test]
@@ -684,29 +562,11 @@ mod tests {
     fn reads_progress_of_every_tool() {
         let bb = "waiting for checkpoint\r 1024/4096 kB (25%), 0/1 tablespace (/d/base/1/123)\r\
                   2048/4096 kB (50%), 0/1 tablespace (/d/base/1/124)\n";
-        assert_eq!(
-            parse_progress(bb),
-            Some(Progress {
-                done_bytes: 2048 * 1024,
-                total_bytes: Some(4096 * 1024)
-            })
-        );
+        assert_eq!(parse_progress(bb), Some(Progress { done_bytes: 2048 * 1024, total_bytes: Some(4096 * 1024) }));
         let rw = "pg_rewind: reading source file list\n10/100 kB (10%) copied\n";
-        assert_eq!(
-            parse_progress(rw),
-            Some(Progress {
-                done_bytes: 10 * 1024,
-                total_bytes: Some(100 * 1024)
-            })
-        );
+        assert_eq!(parse_progress(rw), Some(Progress { done_bytes: 10 * 1024, total_bytes: Some(100 * 1024) }));
         let rs = "      1,036,923,510  50%   39.90MB/s    0:00:24 (xfr#1, to-chk=0/1)\r";
-        assert_eq!(
-            parse_progress(rs),
-            Some(Progress {
-                done_bytes: 1_036_923_510,
-                total_bytes: Some(2_073_847_020)
-            })
-        );
+        assert_eq!(parse_progress(rs), Some(Progress { done_bytes: 1_036_923_510, total_bytes: Some(2_073_847_020) }));
         assert_eq!(parse_progress("pg_basebackup: starting\n"), None);
     }
 
@@ -715,10 +575,7 @@ mod tests {
         let existing = "# Do not edit this file manually!\nport = '7004'\nPRIMARY_CONNINFO = 'x'\nwork_mem = '8MB'\n";
         let out = rewrite_auto_conf(
             existing,
-            &[
-                ("port", "7001".into()),
-                ("primary_conninfo", "host=a application_name='o''k'".into()),
-            ],
+            &[("port", "7001".into()), ("primary_conninfo", "host=a application_name='o''k'".into())],
         );
         assert_eq!(
             out,
@@ -728,10 +585,7 @@ mod tests {
 
     #[test]
     fn conninfo_quotes_what_needs_it() {
-        assert_eq!(
-            conninfo(&[("host", "127.0.0.1"), ("port", "7001")]),
-            "host=127.0.0.1 port=7001"
-        );
+        assert_eq!(conninfo(&[("host", "127.0.0.1"), ("port", "7001")]), "host=127.0.0.1 port=7001");
         assert_eq!(conninfo_value("a b'c"), "'a b\\'c'");
     }
 }

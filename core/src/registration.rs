@@ -20,11 +20,7 @@ pub struct SegmentRequest {
 
 /// Checks a data directory given by a DBA: absolute, not the root directory.
 pub fn validate_datadir(datadir: &str) -> Result<(), CoreError> {
-    let invalid = |expected| CoreError::InvalidValue {
-        what: "data directory",
-        value: datadir.to_string(),
-        expected,
-    };
+    let invalid = |expected| CoreError::InvalidValue { what: "data directory", value: datadir.to_string(), expected };
     if !datadir.starts_with('/') {
         return Err(invalid("must be an absolute path"));
     }
@@ -33,13 +29,8 @@ pub fn validate_datadir(datadir: &str) -> Result<(), CoreError> {
     }
     // pg_ctl starts the postmaster through a shell with the directory inside
     // double quotes, where these would still be interpreted.
-    if datadir
-        .chars()
-        .any(|c| matches!(c, '"' | '$' | '`' | '\\' | '\n' | '\r'))
-    {
-        return Err(invalid(
-            "must not contain \", $, `, \\ or a line break (pg_ctl passes it through a shell)",
-        ));
+    if datadir.chars().any(|c| matches!(c, '"' | '$' | '`' | '\\' | '\n' | '\r')) {
+        return Err(invalid("must not contain \", $, `, \\ or a line break (pg_ctl passes it through a shell)"));
     }
     Ok(())
 }
@@ -49,11 +40,7 @@ pub fn validate_port(port: i32) -> Result<(), CoreError> {
     if (1..=65535).contains(&port) {
         Ok(())
     } else {
-        Err(CoreError::InvalidValue {
-            what: "port",
-            value: port.to_string(),
-            expected: "must be between 1 and 65535",
-        })
+        Err(CoreError::InvalidValue { what: "port", value: port.to_string(), expected: "must be between 1 and 65535" })
     }
 }
 
@@ -80,17 +67,10 @@ pub fn check_location_free(
     port: i32,
     datadir: &str,
 ) -> Result<(), CoreError> {
-    let same_host = |s: &Segment| {
-        s.hostname == hostname
-            || s.address == address
-            || s.hostname == address
-            || s.address == hostname
-    };
+    let same_host =
+        |s: &Segment| s.hostname == hostname || s.address == address || s.hostname == address || s.address == hostname;
     let datadir = datadir.trim_end_matches('/');
-    for s in catalog
-        .iter()
-        .filter(|s| Some(s.dbid) != except_dbid && same_host(s))
-    {
+    for s in catalog.iter().filter(|s| Some(s.dbid) != except_dbid && same_host(s)) {
         if s.port == port {
             return Err(CoreError::Duplicate(format!(
                 "port {port} on host {hostname} is already used by dbid {} (content {})",
@@ -111,14 +91,13 @@ pub fn check_location_free(
 /// insert (mode still 'n': [`verify_claim`] decides whether the pair is in sync).
 pub fn plan(catalog: &[Segment], req: &SegmentRequest) -> Result<Segment, CoreError> {
     let role = Role::from_letter(req.role)?;
-    let content = i16::try_from(req.content)
-        .ok()
-        .filter(|c| *c >= COORDINATOR_CONTENT)
-        .ok_or_else(|| CoreError::InvalidValue {
+    let content = i16::try_from(req.content).ok().filter(|c| *c >= COORDINATOR_CONTENT).ok_or_else(|| {
+        CoreError::InvalidValue {
             what: "content",
             value: req.content.to_string(),
             expected: "must be -1 (the coordinator) or a segment content id from 0 to 32767",
-        })?;
+        }
+    })?;
     validate_host("host name", &req.hostname)?;
     let address = req.address.clone().unwrap_or_else(|| req.hostname.clone());
     validate_host("address", &address)?;
@@ -132,10 +111,7 @@ pub fn plan(catalog: &[Segment], req: &SegmentRequest) -> Result<Segment, CoreEr
             expected: "the coordinator (content -1) must be registered as 'p'; a standby coordinator is not supported",
         });
     }
-    if let Some(same) = catalog
-        .iter()
-        .find(|s| s.content == content && s.role == role)
-    {
+    if let Some(same) = catalog.iter().find(|s| s.content == content && s.role == role) {
         return Err(CoreError::Duplicate(format!(
             "content {content} already has a {}: dbid {} at {}",
             role.label().to_lowercase(),
@@ -143,35 +119,20 @@ pub fn plan(catalog: &[Segment], req: &SegmentRequest) -> Result<Segment, CoreEr
             same.location()
         )));
     }
-    if role == Role::Mirror
-        && !catalog
-            .iter()
-            .any(|s| s.content == content && s.role == Role::Primary)
-    {
+    if role == Role::Mirror && !catalog.iter().any(|s| s.content == content && s.role == Role::Primary) {
         return Err(CoreError::WrongState(format!(
             "content {content} has no primary; register its primary before its mirror"
         )));
     }
-    check_location_free(
-        catalog,
-        None,
-        &req.hostname,
-        &address,
-        req.port,
-        &req.datadir,
-    )?;
+    check_location_free(catalog, None, &req.hostname, &address, req.port, &req.datadir)?;
 
     let dbid = if content == COORDINATOR_CONTENT {
         COORDINATOR_DBID
     } else {
-        let max = catalog
-            .iter()
-            .map(|s| s.dbid)
-            .max()
-            .unwrap_or(COORDINATOR_DBID);
-        max.max(COORDINATOR_DBID).checked_add(1).ok_or_else(|| {
-            CoreError::WrongState("no dbid left: the catalog already uses dbid 32767".into())
-        })?
+        let max = catalog.iter().map(|s| s.dbid).max().unwrap_or(COORDINATOR_DBID);
+        max.max(COORDINATOR_DBID)
+            .checked_add(1)
+            .ok_or_else(|| CoreError::WrongState("no dbid left: the catalog already uses dbid 32767".into()))?
     };
     Ok(Segment {
         dbid,
@@ -189,9 +150,7 @@ pub fn plan(catalog: &[Segment], req: &SegmentRequest) -> Result<Segment, CoreEr
 
 /// The content's registered primary, which a mirror must stream from.
 pub fn primary_of(catalog: &[Segment], content: i16) -> Option<&Segment> {
-    catalog
-        .iter()
-        .find(|s| s.content == content && s.role == Role::Primary)
+    catalog.iter().find(|s| s.content == content && s.role == Role::Primary)
 }
 
 /// Checks that the instance is what the request claims. `primary` is the
@@ -246,37 +205,23 @@ pub fn verify_claim(
                     probe.system_identifier, row.content, primary_probe.system_identifier
                 )));
             }
-            let receiver = probe
-                .wal_receiver
-                .as_ref()
-                .filter(|w| w.status == "streaming");
+            let receiver = probe.wal_receiver.as_ref().filter(|w| w.status == "streaming");
             let Some(receiver) = receiver else {
                 return Err(CoreError::WrongState(format!(
                     "{here} is in recovery but not streaming (WAL receiver: {})",
-                    probe
-                        .wal_receiver
-                        .as_ref()
-                        .map_or("none", |w| w.status.as_str())
+                    probe.wal_receiver.as_ref().map_or("none", |w| w.status.as_str())
                 )));
             };
             if receiver.sender_port != Some(primary.port) {
                 return Err(CoreError::WrongState(format!(
                     "{here} is streaming from {}:{}, not from content {}'s primary {there}",
                     receiver.sender_host.as_deref().unwrap_or("?"),
-                    receiver
-                        .sender_port
-                        .map_or("?".to_string(), |p| p.to_string()),
+                    receiver.sender_port.map_or("?".to_string(), |p| p.to_string()),
                     row.content
                 )));
             }
-            let synced = primary_probe
-                .mirror_replication()
-                .is_some_and(|r| r.is_synchronous_stream());
-            Ok(if synced {
-                Mode::Synchronized
-            } else {
-                Mode::NotInSync
-            })
+            let synced = primary_probe.mirror_replication().is_some_and(|r| r.is_synchronous_stream());
+            Ok(if synced { Mode::Synchronized } else { Mode::NotInSync })
         }
     }
 }
@@ -302,10 +247,7 @@ mod tests {
     }
 
     fn catalog() -> Vec<Segment> {
-        vec![
-            seg(1, -1, Role::Primary, 7000, "/d/coordinator"),
-            seg(2, 0, Role::Primary, 7001, "/d/primary/gpseg0"),
-        ]
+        vec![seg(1, -1, Role::Primary, 7000, "/d/coordinator"), seg(2, 0, Role::Primary, 7001, "/d/primary/gpseg0")]
     }
 
     fn req(content: i32, role: char, port: i32, datadir: &str) -> SegmentRequest {
@@ -322,10 +264,7 @@ mod tests {
     #[test]
     fn plans_next_dbid_and_coordinator_dbid_1() {
         let row = plan(&catalog(), &req(0, 'm', 7002, "/d/mirror/gpseg0")).unwrap();
-        assert_eq!(
-            (row.dbid, row.role, row.mode),
-            (3, Role::Mirror, Mode::NotInSync)
-        );
+        assert_eq!((row.dbid, row.role, row.mode), (3, Role::Mirror, Mode::NotInSync));
         let row = plan(&[], &req(-1, 'p', 7000, "/c")).unwrap();
         assert_eq!(row.dbid, 1);
         let row = plan(&[], &req(0, 'p', 7001, "/p")).unwrap();
@@ -343,18 +282,12 @@ mod tests {
         assert!(msg(req(0, 'm', 7009, "/")).contains("must not be the root directory"));
         assert!(msg(req(0, 'm', 7009, "/a/$(reboot)")).contains("must not contain"));
         assert!(msg(req(0, 'm', 7009, "/a/\"q")).contains("must not contain"));
-        assert_eq!(
-            msg(req(0, 'm', 7001, "/x")),
-            "port 7001 on host localhost is already used by dbid 2 (content 0)"
-        );
+        assert_eq!(msg(req(0, 'm', 7001, "/x")), "port 7001 on host localhost is already used by dbid 2 (content 0)");
         assert_eq!(
             msg(req(1, 'p', 7009, "/d/primary/gpseg0/")),
             "data directory /d/primary/gpseg0 on host localhost is already used by dbid 2 (content 0)"
         );
-        assert_eq!(
-            msg(req(0, 'p', 7009, "/x")),
-            "content 0 already has a primary: dbid 2 at localhost:7001"
-        );
+        assert_eq!(msg(req(0, 'p', 7009, "/x")), "content 0 already has a primary: dbid 2 at localhost:7001");
         assert!(msg(req(5, 'm', 7009, "/x")).contains("content 5 has no primary"));
         assert!(msg(req(-1, 'm', 7009, "/x")).contains("standby coordinator is not supported"));
         let e = plan(&c, &req(0, 'p', 7009, "/x")).unwrap_err();
@@ -373,22 +306,13 @@ mod tests {
     #[test]
     fn verifies_primary_claims() {
         let row = seg(3, 1, Role::Primary, 7003, "/p1");
-        assert_eq!(
-            verify_claim(&row, &probe(false, "/p1", "1"), None).unwrap(),
-            Mode::NotInSync
-        );
+        assert_eq!(verify_claim(&row, &probe(false, "/p1", "1"), None).unwrap(), Mode::NotInSync);
         let e = verify_claim(&row, &probe(true, "/p1", "1"), None).unwrap_err();
         assert!(e.to_string().contains("is in recovery (a standby)"));
         let e = verify_claim(&row, &probe(false, "/other", "1"), None).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "localhost:7003 runs with data directory /other, not /p1"
-        );
+        assert_eq!(e.to_string(), "localhost:7003 runs with data directory /other, not /p1");
         let e = verify_claim(&row, &Err("connection refused".into()), None).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "segment localhost:7003 does not answer: connection refused"
-        );
+        assert_eq!(e.to_string(), "segment localhost:7003 does not answer: connection refused");
         assert_eq!(e.kind(), crate::ErrorKind::Unreachable);
     }
 
@@ -411,23 +335,13 @@ mod tests {
             ..Default::default()
         }];
         let p = Ok(prim.clone());
-        assert_eq!(
-            verify_claim(&row, &Ok(mirror.clone()), Some((&primary, &p))).unwrap(),
-            Mode::Synchronized
-        );
+        assert_eq!(verify_claim(&row, &Ok(mirror.clone()), Some((&primary, &p))).unwrap(), Mode::Synchronized);
 
         prim.replication[0].sync_state = "async".into();
         let async_p = Ok(prim);
-        assert_eq!(
-            verify_claim(&row, &Ok(mirror.clone()), Some((&primary, &async_p))).unwrap(),
-            Mode::NotInSync
-        );
+        assert_eq!(verify_claim(&row, &Ok(mirror.clone()), Some((&primary, &async_p))).unwrap(), Mode::NotInSync);
 
-        let err = |m: InstanceProbe| {
-            verify_claim(&row, &Ok(m), Some((&primary, &p)))
-                .unwrap_err()
-                .to_string()
-        };
+        let err = |m: InstanceProbe| verify_claim(&row, &Ok(m), Some((&primary, &p))).unwrap_err().to_string();
         let mut m = mirror.clone();
         m.in_recovery = false;
         assert!(err(m).contains("is not in recovery, so it cannot be the mirror of content 0"));
@@ -439,13 +353,9 @@ mod tests {
         assert!(err(m).contains("not streaming (WAL receiver: none)"));
         let mut m = mirror.clone();
         m.wal_receiver = Some(streaming(7005));
-        assert!(err(m).contains(
-            "is streaming from 127.0.0.1:7005, not from content 0's primary localhost:7001"
-        ));
+        assert!(err(m).contains("is streaming from 127.0.0.1:7005, not from content 0's primary localhost:7001"));
         let down: Result<InstanceProbe, String> = Err("timeout".into());
         let e = verify_claim(&row, &Ok(mirror), Some((&primary, &down))).unwrap_err();
-        assert!(e
-            .to_string()
-            .contains("primary localhost:7001 does not answer: timeout"));
+        assert!(e.to_string().contains("primary localhost:7001 does not answer: timeout"));
     }
 }

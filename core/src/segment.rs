@@ -151,10 +151,7 @@ mod tests {
     #[test]
     fn unknown_letter_names_the_problem() {
         let err = Role::from_letter('x').unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid role \"x\": must be 'p' (primary) or 'm' (mirror)"
-        );
+        assert_eq!(err.to_string(), "invalid role \"x\": must be 'p' (primary) or 'm' (mirror)");
     }
 
     #[test]

@@ -43,10 +43,7 @@ impl TestCluster {
 
     /// A connection to the coordinator, where the extension lives.
     pub fn coordinator(&self) -> Client {
-        self.cluster
-            .coordinator
-            .connect()
-            .expect("coordinator connection")
+        self.cluster.coordinator.connect().expect("coordinator connection")
     }
 
     pub fn primary(&self, content: usize) -> &Instance {
@@ -77,23 +74,14 @@ impl SpareInstance {
     pub fn new(standby_of: Option<&Instance>) -> SpareInstance {
         let dir = scratch_dir("spare");
         let port = gpdemo::free_port_range(1).expect("free port");
-        let instance = Instance {
-            content: 99,
-            role: 'p',
-            port,
-            datadir: dir.join("data"),
-            logfile: dir.join("postgres.log"),
-        };
+        let instance =
+            Instance { content: 99, role: 'p', port, datadir: dir.join("data"), logfile: dir.join("postgres.log") };
         let spare = SpareInstance { instance, dir };
         let i = &spare.instance;
         match standby_of {
             None => {
-                gpdemo::run(
-                    gpdemo::pg_command("initdb")
-                        .args(["--auth=trust", "--no-sync", "-D"])
-                        .arg(&i.datadir),
-                )
-                .expect("initdb");
+                gpdemo::run(gpdemo::pg_command("initdb").args(["--auth=trust", "--no-sync", "-D"]).arg(&i.datadir))
+                    .expect("initdb");
                 gpdemo::append_server_file(
                     &i.datadir.join("postgresql.conf"),
                     &format!(
@@ -106,14 +94,7 @@ impl SpareInstance {
             Some(primary) => {
                 gpdemo::run(
                     gpdemo::pg_command("pg_basebackup")
-                        .args([
-                            "-h",
-                            "127.0.0.1",
-                            "-p",
-                            &primary.port.to_string(),
-                            "-U",
-                            &gpdemo::server_user(),
-                        ])
+                        .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", &gpdemo::server_user()])
                         .arg("-D")
                         .arg(&i.datadir)
                         .args(["-X", "stream", "-c", "fast", "--no-sync"]),
@@ -129,8 +110,7 @@ impl SpareInstance {
                     ),
                 )
                 .expect("conf");
-                gpdemo::append_server_file(&i.datadir.join("standby.signal"), "")
-                    .expect("standby.signal");
+                gpdemo::append_server_file(&i.datadir.join("standby.signal"), "").expect("standby.signal");
             }
         }
         i.start().expect("start spare instance");
@@ -147,18 +127,12 @@ impl Drop for SpareInstance {
 /// The whole catalog and history as text, to prove a failed call changed nothing.
 pub fn catalog_snapshot(client: &mut Client) -> (Vec<String>, i64) {
     let rows = client
-        .query(
-            "SELECT c::text FROM gp_segment_configuration c ORDER BY dbid",
-            &[],
-        )
+        .query("SELECT c::text FROM gp_segment_configuration c ORDER BY dbid", &[])
         .expect("catalog")
         .iter()
         .map(|r| r.get::<_, String>(0))
         .collect();
-    let history: i64 = client
-        .query_one("SELECT count(*) FROM gp_configuration_history", &[])
-        .expect("history")
-        .get(0);
+    let history: i64 = client.query_one("SELECT count(*) FROM gp_configuration_history", &[]).expect("history").get(0);
     (rows, history)
 }
 
@@ -167,9 +141,7 @@ pub fn expect_error(client: &mut Client, sql: &str) -> (String, String) {
     match client.batch_execute(sql) {
         Ok(()) => panic!("expected an ERROR from: {sql}"),
         Err(e) => {
-            let db = e
-                .as_db_error()
-                .unwrap_or_else(|| panic!("not a server error: {e}"));
+            let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e}"));
             (db.code().code().to_string(), db.message().to_string())
         }
     }
@@ -196,14 +168,12 @@ impl TestCluster {
             ("fts_probe_retries", retries),
             ("mirror_down_grace_period", grace),
         ] {
-            c.batch_execute(&format!("ALTER SYSTEM SET gp_recovery.{name} = {value}"))
-                .unwrap();
+            c.batch_execute(&format!("ALTER SYSTEM SET gp_recovery.{name} = {value}")).unwrap();
         }
         c.batch_execute("SELECT pg_reload_conf()").unwrap();
         // The worker has read the new settings once a round it started has finished.
         std::thread::sleep(std::time::Duration::from_millis(300));
-        c.batch_execute("SELECT gp_request_fts_probe_scan()")
-            .unwrap();
+        c.batch_execute("SELECT gp_request_fts_probe_scan()").unwrap();
     }
 
     /// role, status, mode of a dbid, e.g. "p u s".
@@ -221,10 +191,7 @@ impl TestCluster {
     /// The dbid of an instance, from the catalog.
     pub fn dbid_of(&self, instance: &Instance) -> i16 {
         self.coordinator()
-            .query_one(
-                "SELECT dbid FROM gp_segment_configuration WHERE port = $1",
-                &[&i32::from(instance.port)],
-            )
+            .query_one("SELECT dbid FROM gp_segment_configuration WHERE port = $1", &[&i32::from(instance.port)])
             .unwrap()
             .get(0)
     }
@@ -232,10 +199,7 @@ impl TestCluster {
     /// The history texts, oldest first.
     pub fn history(&self) -> Vec<String> {
         self.coordinator()
-            .query(
-                "SELECT \"desc\" FROM gp_configuration_history ORDER BY \"time\", dbid",
-                &[],
-            )
+            .query("SELECT \"desc\" FROM gp_configuration_history ORDER BY \"time\", dbid", &[])
             .unwrap()
             .iter()
             .map(|r| r.get(0))
@@ -264,8 +228,7 @@ impl Drop for Stopped {
 
 /// Waits up to `secs` seconds for `f`, panicking with `what` otherwise.
 pub fn wait_for(secs: u64, what: &str, f: impl FnMut() -> bool) {
-    gpdemo::wait_until(std::time::Duration::from_secs(secs), what, f)
-        .unwrap_or_else(|e| panic!("{e}"));
+    gpdemo::wait_until(std::time::Duration::from_secs(secs), what, f).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// SIGKILL of an instance's postmaster.
@@ -279,25 +242,13 @@ pub fn kill9(instance: &Instance) {
 pub fn pgbench_init(instance: &Instance, scale: u32) {
     gpdemo::run(
         std::process::Command::new(gpdemo::pg_bindir().join("pgbench"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &instance.port.to_string(),
-                "-U",
-                &gpdemo::server_user(),
-            ])
+            .args(["-h", "127.0.0.1", "-p", &instance.port.to_string(), "-U", &gpdemo::server_user()])
             .args(["-i", "-q", "-s", &scale.to_string(), "postgres"]),
     )
     .expect("pgbench -i");
 }
 
-pub const PGBENCH_TABLES: [&str; 4] = [
-    "pgbench_accounts",
-    "pgbench_branches",
-    "pgbench_tellers",
-    "pgbench_history",
-];
+pub const PGBENCH_TABLES: [&str; 4] = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"];
 
 /// Proves a mirror holds what its primary holds: a commit with
 /// synchronous_commit = remote_apply returns only once the mirror has
@@ -311,18 +262,11 @@ pub fn assert_same_data(primary: &Instance, mirror: &Instance) {
     )
     .unwrap();
     let mut m = mirror.connect().unwrap();
-    let in_recovery: bool = m
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .unwrap()
-        .get(0);
+    let in_recovery: bool = m.query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get(0);
     assert!(in_recovery, "the mirror is a hot standby");
     for table in PGBENCH_TABLES.iter().chain(&["sync_marker"]) {
-        let (on_primary, on_mirror) =
-            (table_checksum(&mut p, table), table_checksum(&mut m, table));
-        assert_eq!(
-            on_primary, on_mirror,
-            "{table} differs between primary and mirror"
-        );
+        let (on_primary, on_mirror) = (table_checksum(&mut p, table), table_checksum(&mut m, table));
+        assert_eq!(on_primary, on_mirror, "{table} differs between primary and mirror");
     }
 }
 
@@ -330,27 +274,17 @@ impl TestCluster {
     /// Kills the primary of a content and waits for the fault tolerance
     /// service to promote its mirror; returns (old primary, new primary) dbids.
     pub fn fail_over(&self, content: usize) -> (i16, i16) {
-        let (old, new) = (
-            self.dbid_of(self.primary(content)),
-            self.dbid_of(self.mirror(content)),
-        );
+        let (old, new) = (self.dbid_of(self.primary(content)), self.dbid_of(self.mirror(content)));
         kill9(self.primary(content));
-        wait_for(60, "the failover", || {
-            self.row_state(new) == "p u n" && self.row_state(old) == "m d n"
-        });
+        wait_for(60, "the failover", || self.row_state(new) == "p u n" && self.row_state(old) == "m d n");
         // The catalog changes first, then the mirror is promoted.
-        wait_for(60, "the promoted mirror to accept writes", || {
-            self.writable(content) == Some(self.mirror(content))
-        });
+        wait_for(60, "the promoted mirror to accept writes", || self.writable(content) == Some(self.mirror(content)));
         (old, new)
     }
 
     /// Submits SQL returning a job id.
     pub fn submit(&self, sql: &str) -> i64 {
-        self.coordinator()
-            .query_one(sql, &[])
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .get(0)
+        self.coordinator().query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
     }
 
     /// gp_recovery_wait's answer, or the ERROR it raised.
@@ -358,11 +292,7 @@ impl TestCluster {
         let mut c = self.coordinator();
         c.query_one("SELECT gp_recovery_wait($1, '300s')", &[&job])
             .map(|r| r.get(0))
-            .map_err(|e| {
-                e.as_db_error()
-                    .map(|d| d.message().to_string())
-                    .unwrap_or_else(|| e.to_string())
-            })
+            .map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))
     }
 
     /// Watches gp_recovery_progress while `job` runs; returns the
@@ -375,10 +305,7 @@ impl TestCluster {
             let until = std::time::Instant::now() + std::time::Duration::from_secs(300);
             while std::time::Instant::now() < until {
                 let row = c
-                    .query_opt(
-                        "SELECT phase, percent::float8 FROM gp_recovery_progress WHERE job_id = $1",
-                        &[&job],
-                    )
+                    .query_opt("SELECT phase, percent::float8 FROM gp_recovery_progress WHERE job_id = $1", &[&job])
                     .unwrap();
                 match row {
                     Some(r) => seen.push((r.get(0), r.get(1))),
@@ -406,20 +333,13 @@ pub fn copy_percents(seen: &[(String, Option<f64>)]) -> Vec<f64> {
 }
 
 /// A coordinator connection that collects NOTICEs and WARNINGs.
-pub fn connect_collecting_notices(
-    instance: &Instance,
-) -> (Client, std::sync::mpsc::Receiver<String>) {
+pub fn connect_collecting_notices(instance: &Instance) -> (Client, std::sync::mpsc::Receiver<String>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let mut config: postgres::Config = instance.conninfo().parse().expect("conninfo");
     config.notice_callback(move |n| {
         let _ = tx.send(format!("{}: {}", n.severity(), n.message()));
     });
-    (
-        config
-            .connect(postgres::NoTls)
-            .expect("coordinator connection"),
-        rx,
-    )
+    (config.connect(postgres::NoTls).expect("coordinator connection"), rx)
 }
 
 impl TestCluster {
@@ -431,12 +351,7 @@ impl TestCluster {
             self.fail_over(content);
         }
         let mut c = self.coordinator();
-        let jobs: Vec<i64> = c
-            .query("SELECT * FROM gp_recover_all()", &[])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let jobs: Vec<i64> = c.query("SELECT * FROM gp_recover_all()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
         assert_eq!(jobs.len(), contents);
         for job in jobs {
             assert_eq!(self.wait_job(job).unwrap(), "succeeded");
@@ -445,13 +360,11 @@ impl TestCluster {
 
     /// The instance that is writable now of a content's two members.
     pub fn writable(&self, content: usize) -> Option<&Instance> {
-        [self.primary(content), self.mirror(content)]
-            .into_iter()
-            .find(|i| {
-                i.connect()
-                    .ok()
-                    .and_then(|mut c| c.query_one("SELECT NOT pg_is_in_recovery()", &[]).ok())
-                    .is_some_and(|r| r.get::<_, bool>(0))
-            })
+        [self.primary(content), self.mirror(content)].into_iter().find(|i| {
+            i.connect()
+                .ok()
+                .and_then(|mut c| c.query_one("SELECT NOT pg_is_in_recovery()", &[]).ok())
+                .is_some_and(|r| r.get::<_, bool>(0))
+        })
     }
 }

@@ -13,11 +13,7 @@ fn killed_primary_fails_over_without_losing_acknowledged_commits() {
     tc.set_fts(1, 1, 2, 1);
     let (primary, mirror) = (tc.primary(0), tc.mirror(0));
     let (pdbid, mdbid) = (tc.dbid_of(primary), tc.dbid_of(mirror));
-    primary
-        .connect()
-        .unwrap()
-        .batch_execute("CREATE TABLE acked (id int PRIMARY KEY)")
-        .unwrap();
+    primary.connect().unwrap().batch_execute("CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
 
     // A client commits in a loop (synchronous_commit on) and remembers every
     // commit the primary acknowledged.
@@ -38,9 +34,7 @@ fn killed_primary_fails_over_without_losing_acknowledged_commits() {
             }
         })
     };
-    wait_for(30, "the writer to commit", || {
-        acked.lock().unwrap().len() >= 200
-    });
+    wait_for(30, "the writer to commit", || acked.lock().unwrap().len() >= 200);
     let killed_at = Instant::now();
     kill9(primary);
 
@@ -53,65 +47,41 @@ fn killed_primary_fails_over_without_losing_acknowledged_commits() {
     // The promoted mirror accepts writes and has every acknowledged row.
     let mut new_primary = mirror.connect().unwrap();
     wait_for(30, "the new primary to accept writes", || {
-        new_primary
-            .batch_execute("INSERT INTO acked VALUES (-1)")
-            .is_ok()
+        new_primary.batch_execute("INSERT INTO acked VALUES (-1)").is_ok()
     });
     let acked = acked.lock().unwrap().clone();
-    let present: i64 = new_primary
-        .query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&acked])
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        present as usize,
-        acked.len(),
-        "acknowledged commits lost in the failover"
-    );
+    let present: i64 =
+        new_primary.query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&acked]).unwrap().get(0);
+    assert_eq!(present as usize, acked.len(), "acknowledged commits lost in the failover");
 
     // Right after the promotion the FTS turns synchronous replication off
     // there and creates the slot the old primary will stream from.
     wait_for(10, "the slot on the new primary", || {
         let slot: i64 = new_primary
-            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'internal_wal_replication_slot'", &[])
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'internal_wal_replication_slot'",
+                &[],
+            )
             .unwrap()
             .get(0);
         slot == 1
     });
-    let sync_names: String = new_primary
-        .query_one("SHOW synchronous_standby_names", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        sync_names, "",
-        "the new primary must not wait for a standby it does not have"
-    );
+    let sync_names: String = new_primary.query_one("SHOW synchronous_standby_names", &[]).unwrap().get(0);
+    assert_eq!(sync_names, "", "the new primary must not wait for a standby it does not have");
 
     let history = tc.history();
     for text in [
-        format!(
-            "FTS: update role, status, and mode for dbid {pdbid} with contentid 0 to m, d, and n"
-        ),
-        format!(
-            "FTS: update role, status, and mode for dbid {mdbid} with contentid 0 to p, u, and n"
-        ),
+        format!("FTS: update role, status, and mode for dbid {pdbid} with contentid 0 to m, d, and n"),
+        format!("FTS: update role, status, and mode for dbid {mdbid} with contentid 0 to p, u, and n"),
     ] {
         assert!(history.contains(&text), "{text} missing from {history:#?}");
     }
     let mut c = tc.coordinator();
-    let status: String = c
-        .query_one(
-            "SELECT status FROM gp_mirror_status WHERE dbid = $1",
-            &[&mdbid],
-        )
-        .unwrap()
-        .get(0);
+    let status: String = c.query_one("SELECT status FROM gp_mirror_status WHERE dbid = $1", &[&mdbid]).unwrap().get(0);
     assert_eq!(status, "Acting as Primary");
     // The other content was left alone.
     assert_eq!(tc.row_state(tc.dbid_of(tc.primary(1))), "p u s");
-    eprintln!(
-        "failover took {failover:?} after SIGKILL, {} commits acknowledged",
-        acked.len()
-    );
+    eprintln!("failover took {failover:?} after SIGKILL, {} commits acknowledged", acked.len());
 }
 
 #[test]
@@ -120,11 +90,7 @@ fn stopped_mirror_is_marked_down_after_grace_and_unblocks_commits() {
     tc.set_fts(1, 1, 2, 3);
     let (primary, mirror) = (tc.primary(0), tc.mirror(0));
     let (pdbid, mdbid) = (tc.dbid_of(primary), tc.dbid_of(mirror));
-    primary
-        .connect()
-        .unwrap()
-        .batch_execute("CREATE TABLE t (x int)")
-        .unwrap();
+    primary.connect().unwrap().batch_execute("CREATE TABLE t (x int)").unwrap();
 
     mirror.stop("immediate").unwrap();
     let stopped_at = Instant::now();
@@ -139,58 +105,31 @@ fn stopped_mirror_is_marked_down_after_grace_and_unblocks_commits() {
         })
     };
     std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        committed_at.lock().unwrap().is_none(),
-        "the commit should wait for the mirror"
-    );
-    assert_eq!(
-        tc.row_state(mdbid),
-        "m u s",
-        "not marked down within the grace period"
-    );
+    assert!(committed_at.lock().unwrap().is_none(), "the commit should wait for the mirror");
+    assert_eq!(tc.row_state(mdbid), "m u s", "not marked down within the grace period");
 
-    wait_for(30, "the mirror to be marked down", || {
-        tc.row_state(mdbid) == "m d n"
-    });
+    wait_for(30, "the mirror to be marked down", || tc.row_state(mdbid) == "m d n");
     let marked_after = stopped_at.elapsed();
-    assert!(
-        marked_after >= Duration::from_secs(3),
-        "marked down before the grace period: {marked_after:?}"
-    );
+    assert!(marked_after >= Duration::from_secs(3), "marked down before the grace period: {marked_after:?}");
     assert_eq!(tc.row_state(pdbid), "p u n");
     writer.join().unwrap();
-    assert!(
-        committed_at.lock().unwrap().is_some(),
-        "the waiting commit completed"
-    );
-    let names: String = primary
-        .connect()
-        .unwrap()
-        .query_one("SHOW synchronous_standby_names", &[])
-        .unwrap()
-        .get(0);
+    assert!(committed_at.lock().unwrap().is_some(), "the waiting commit completed");
+    let names: String = primary.connect().unwrap().query_one("SHOW synchronous_standby_names", &[]).unwrap().get(0);
     assert_eq!(names, "");
-    let n: i64 = primary
-        .connect()
-        .unwrap()
-        .query_one("SELECT count(*) FROM t", &[])
-        .unwrap()
-        .get(0);
+    let n: i64 = primary.connect().unwrap().query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
     assert_eq!(n, 1);
 
     // A down mirror that answers again stays down until it is recovered.
     mirror.start().unwrap();
     let mut c = tc.coordinator();
     for _ in 0..3 {
-        c.batch_execute("SELECT gp_request_fts_probe_scan()")
-            .unwrap();
+        c.batch_execute("SELECT gp_request_fts_probe_scan()").unwrap();
     }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(tc.row_state(mdbid), "m d n");
     let history = tc.history();
-    assert!(history.contains(&format!(
-        "FTS: update role, status, and mode for dbid {mdbid} with contentid 0 to m, d, and n"
-    )));
+    assert!(history
+        .contains(&format!("FTS: update role, status, and mode for dbid {mdbid} with contentid 0 to m, d, and n")));
 }
 
 #[test]
@@ -206,36 +145,19 @@ fn hung_primary_fails_over_after_retries_while_others_are_probed_on_time() {
     m1.stop("immediate").unwrap();
 
     // Content 1 is decided on time although content 0's probes hang.
-    wait_for(30, "content 1's mirror to be marked down", || {
-        tc.row_state(m1_dbid) == "m d n"
-    });
+    wait_for(30, "content 1's mirror to be marked down", || tc.row_state(m1_dbid) == "m d n");
     let other_after = hung_at.elapsed();
-    assert_eq!(
-        tc.row_state(p0_dbid),
-        "p u s",
-        "content 0 must not fail over before its retries end"
-    );
-    assert!(
-        other_after < Duration::from_secs(10),
-        "content 1 waited for the hung content: {other_after:?}"
-    );
+    assert_eq!(tc.row_state(p0_dbid), "p u s", "content 0 must not fail over before its retries end");
+    assert!(other_after < Duration::from_secs(10), "content 1 waited for the hung content: {other_after:?}");
 
-    wait_for(60, "the hung primary to fail over", || {
-        tc.row_state(m0_dbid) == "p u n"
-    });
+    wait_for(60, "the hung primary to fail over", || tc.row_state(m0_dbid) == "p u n");
     let failover_after = hung_at.elapsed();
-    assert!(
-        failover_after >= Duration::from_secs(12),
-        "failed over before timeout x retries: {failover_after:?}"
-    );
+    assert!(failover_after >= Duration::from_secs(12), "failed over before timeout x retries: {failover_after:?}");
     assert_eq!(tc.row_state(p0_dbid), "m d n");
     drop(hung);
     // The catalog changes first, then the mirror is promoted.
     wait_for(30, "the promoted mirror to accept writes", || {
-        m0.connect().is_ok_and(|mut c| {
-            c.batch_execute("CREATE TABLE after_failover (x int)")
-                .is_ok()
-        })
+        m0.connect().is_ok_and(|mut c| c.batch_execute("CREATE TABLE after_failover (x int)").is_ok())
     });
     eprintln!("content 1 decided after {other_after:?}; hung content failed over after {failover_after:?}");
 }
@@ -250,35 +172,21 @@ fn double_fault_is_recorded_without_promotion_and_cleared_when_primary_returns()
     mirror.stop("immediate").unwrap();
     primary.stop("immediate").unwrap();
     wait_for(30, "the double fault", || {
-        tc.history()
-            .contains(&"FTS: double fault detected for content id 0".to_string())
+        tc.history().contains(&"FTS: double fault detected for content id 0".to_string())
     });
     let mut c = tc.coordinator();
     for _ in 0..3 {
-        c.batch_execute("SELECT gp_request_fts_probe_scan()")
-            .unwrap();
+        c.batch_execute("SELECT gp_request_fts_probe_scan()").unwrap();
     }
-    assert_eq!(
-        tc.row_state(pdbid),
-        "p u s",
-        "no promotion, no role change in a double fault"
-    );
-    let recorded = tc
-        .history()
-        .iter()
-        .filter(|h| h.contains("double fault detected"))
-        .count();
+    assert_eq!(tc.row_state(pdbid), "p u s", "no promotion, no role change in a double fault");
+    let recorded = tc.history().iter().filter(|h| h.contains("double fault detected")).count();
     assert_eq!(recorded, 1, "the double fault is recorded once");
 
     primary.start().unwrap();
     let cleared = format!("FTS: content id 0 is out of double fault, dbid {pdbid} is up");
-    wait_for(30, "the end of the double fault", || {
-        tc.history().contains(&cleared)
-    });
+    wait_for(30, "the end of the double fault", || tc.history().contains(&cleared));
     // Its mirror is still gone: after the grace period it is marked down.
-    wait_for(30, "the mirror to be marked down", || {
-        tc.row_state(mdbid) == "m d n"
-    });
+    wait_for(30, "the mirror to be marked down", || tc.row_state(mdbid) == "m d n");
     assert_eq!(tc.row_state(pdbid), "p u n");
 }
 
@@ -296,13 +204,8 @@ fn crashing_backend_on_a_primary_is_not_a_failover() {
     let mut c = tc.coordinator();
     let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
-        c.batch_execute("SELECT gp_request_fts_probe_scan()")
-            .unwrap();
-        assert_eq!(
-            tc.row_state(pdbid).split(' ').next(),
-            Some("p"),
-            "no failover during crash recovery"
-        );
+        c.batch_execute("SELECT gp_request_fts_probe_scan()").unwrap();
+        assert_eq!(tc.row_state(pdbid).split(' ').next(), Some("p"), "no failover during crash recovery");
     }
     assert_eq!(tc.row_state(mdbid).split(' ').next(), Some("m"));
     wait_for(60, "the pair to be synchronized again", || {
@@ -321,13 +224,9 @@ fn probe_scan_request_shares_rounds_and_settings_are_checked() {
     // With an hour between rounds, only a requested round sees the change.
     let started = Instant::now();
     let mut c = tc.coordinator();
-    assert!(c
-        .query_one("SELECT gp_request_fts_probe_scan()", &[])
-        .unwrap()
-        .get::<_, bool>(0));
+    assert!(c.query_one("SELECT gp_request_fts_probe_scan()", &[]).unwrap().get::<_, bool>(0));
     wait_for(10, "the requested round to mark the mirror down", || {
-        c.batch_execute("SELECT gp_request_fts_probe_scan()")
-            .unwrap();
+        c.batch_execute("SELECT gp_request_fts_probe_scan()").unwrap();
         tc.row_state(mdbid) == "m d n"
     });
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -338,9 +237,7 @@ fn probe_scan_request_shares_rounds_and_settings_are_checked() {
             let coordinator = tc.cluster.coordinator.clone();
             std::thread::spawn(move || {
                 let mut c = coordinator.connect().unwrap();
-                c.query_one("SELECT gp_request_fts_probe_scan()", &[])
-                    .unwrap()
-                    .get::<_, bool>(0)
+                c.query_one("SELECT gp_request_fts_probe_scan()", &[]).unwrap().get::<_, bool>(0)
             })
         })
         .collect();
@@ -349,26 +246,11 @@ fn probe_scan_request_shares_rounds_and_settings_are_checked() {
     }
 
     for (sql, fragment) in [
-        (
-            "ALTER SYSTEM SET gp_recovery.fts_probe_interval = 0",
-            "0 s is outside the valid range",
-        ),
-        (
-            "ALTER SYSTEM SET gp_recovery.fts_probe_retries = 101",
-            "101 is outside the valid range",
-        ),
-        (
-            "ALTER SYSTEM SET gp_recovery.mirror_down_grace_period = -1",
-            "outside the valid range",
-        ),
-        (
-            "ALTER SYSTEM SET gp_recovery.fts_probe_timeout = 'soon'",
-            "invalid value",
-        ),
-        (
-            "SET gp_recovery.fts_probe_interval = 5",
-            "cannot be changed now",
-        ),
+        ("ALTER SYSTEM SET gp_recovery.fts_probe_interval = 0", "0 s is outside the valid range"),
+        ("ALTER SYSTEM SET gp_recovery.fts_probe_retries = 101", "101 is outside the valid range"),
+        ("ALTER SYSTEM SET gp_recovery.mirror_down_grace_period = -1", "outside the valid range"),
+        ("ALTER SYSTEM SET gp_recovery.fts_probe_timeout = 'soon'", "invalid value"),
+        ("SET gp_recovery.fts_probe_interval = 5", "cannot be changed now"),
     ] {
         let (_, message) = gp_recovery_pg_test::expect_error(&mut c, sql);
         assert!(message.contains(fragment), "{sql}: {message}");
@@ -380,23 +262,14 @@ fn worker_is_restarted_after_it_is_terminated() {
     let tc = TestCluster::new(1);
     let mut c = tc.coordinator();
     let pid_of_worker = |c: &mut postgres::Client| -> Option<i32> {
-        c.query_opt(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'gp_recovery fts'",
-            &[],
-        )
-        .unwrap()
-        .map(|r| r.get(0))
+        c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'gp_recovery fts'", &[])
+            .unwrap()
+            .map(|r| r.get(0))
     };
     let first = pid_of_worker(&mut c).expect("the worker runs");
-    c.execute("SELECT pg_terminate_backend($1)", &[&first])
-        .unwrap();
-    wait_for(30, "the worker to come back", || {
-        pid_of_worker(&mut c).is_some_and(|p| p != first)
-    });
-    assert!(c
-        .query_one("SELECT gp_request_fts_probe_scan()", &[])
-        .unwrap()
-        .get::<_, bool>(0));
+    c.execute("SELECT pg_terminate_backend($1)", &[&first]).unwrap();
+    wait_for(30, "the worker to come back", || pid_of_worker(&mut c).is_some_and(|p| p != first));
+    assert!(c.query_one("SELECT gp_request_fts_probe_scan()", &[]).unwrap().get::<_, bool>(0));
 }
 
 #[test]
@@ -404,26 +277,12 @@ fn without_preload_the_catalog_works_and_the_probe_request_says_why_not() {
     let spare = gp_recovery_pg_test::SpareInstance::new(None);
     let mut c = spare.instance.connect().unwrap();
     c.batch_execute("CREATE EXTENSION gp_recovery").unwrap();
-    let (code, message) =
-        gp_recovery_pg_test::expect_error(&mut c, "SELECT gp_request_fts_probe_scan()");
+    let (code, message) = gp_recovery_pg_test::expect_error(&mut c, "SELECT gp_request_fts_probe_scan()");
     assert_eq!(code, "55000");
-    assert_eq!(
-        message,
-        "the fault tolerance service is not running: gp_recovery must be in shared_preload_libraries"
-    );
-    let report: Vec<String> = c
-        .query("SELECT * FROM gp_state_report()", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(
-        report,
-        vec![
-            "Segment Mirroring Status Report",
-            "Physical mirroring is not configured"
-        ]
-    );
+    assert_eq!(message, "the fault tolerance service is not running: gp_recovery must be in shared_preload_libraries");
+    let report: Vec<String> =
+        c.query("SELECT * FROM gp_state_report()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(report, vec!["Segment Mirroring Status Report", "Physical mirroring is not configured"]);
 }
 
 #[test]
@@ -431,17 +290,11 @@ fn rule_table_is_visible_in_sql() {
     let tc = TestCluster::new(1);
     let rows = tc
         .coordinator()
-        .query(
-            "SELECT position, rule, action, reason FROM gp_fts_rules() ORDER BY position",
-            &[],
-        )
+        .query("SELECT position, rule, action, reason FROM gp_fts_rules() ORDER BY position", &[])
         .unwrap();
     assert!(rows.len() >= 10);
     let first: String = rows[0].get(1);
     let last: String = rows[rows.len() - 1].get(1);
-    assert_eq!(
-        (first.as_str(), last.as_str()),
-        ("double_fault_cleared", "healthy_or_catching_up")
-    );
+    assert_eq!((first.as_str(), last.as_str()), ("double_fault_cleared", "healthy_or_catching_up"));
     assert!(rows.iter().any(|r| r.get::<_, String>(2) == "FailOver"));
 }

@@ -8,23 +8,13 @@ use gpdemo::{Cluster, MIRROR_APPLICATION_NAME};
 
 fn gpdemo_bin() -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/gpdemo");
-    assert!(
-        bin.exists(),
-        "build the gpdemo command first (cargo build -p gpdemo)"
-    );
+    assert!(bin.exists(), "build the gpdemo command first (cargo build -p gpdemo)");
     bin
 }
 
 fn gpdemo(args: &[&str]) -> (bool, String) {
-    let out = Command::new(gpdemo_bin())
-        .args(args)
-        .output()
-        .expect("run gpdemo");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(gpdemo_bin()).args(args).output().expect("run gpdemo");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -34,15 +24,7 @@ fn create_three_pairs_env_and_destroy() {
     std::fs::remove_dir(&dir).unwrap();
     let dir_s = dir.to_str().unwrap().to_string();
     let base = gpdemo::free_port_range(7).unwrap();
-    let (ok, out) = gpdemo(&[
-        "create",
-        "--dir",
-        &dir_s,
-        "--pairs",
-        "3",
-        "--port",
-        &base.to_string(),
-    ]);
+    let (ok, out) = gpdemo(&["create", "--dir", &dir_s, "--pairs", "3", "--port", &base.to_string()]);
     // Destroy even when an assertion below fails.
     struct Guard(PathBuf);
     impl Drop for Guard {
@@ -52,10 +34,7 @@ fn create_three_pairs_env_and_destroy() {
     }
     let _guard = Guard(dir.clone());
     assert!(ok, "gpdemo create failed: {out}");
-    assert!(
-        out.contains(&format!("psql -h 127.0.0.1 -p {base}")),
-        "{out}"
-    );
+    assert!(out.contains(&format!("psql -h 127.0.0.1 -p {base}")), "{out}");
 
     // 7 running instances on the documented ports.
     let cluster = Cluster::layout(&dir, 3, base);
@@ -100,48 +79,28 @@ fn create_three_pairs_env_and_destroy() {
     assert!(env.contains("export PGHOST=127.0.0.1"), "{env}");
 
     // A second create in the same directory is refused, and changes nothing.
-    let (ok, out) = gpdemo(&[
-        "create",
-        "--dir",
-        &dir_s,
-        "--port",
-        &(base + 100).to_string(),
-    ]);
+    let (ok, out) = gpdemo(&["create", "--dir", &dir_s, "--port", &(base + 100).to_string()]);
     assert!(!ok);
     assert!(out.contains("a demo cluster already exists"), "{out}");
 
-    let pids: Vec<i32> = cluster
-        .instances()
-        .filter_map(|i| i.postmaster_pid())
-        .collect();
+    let pids: Vec<i32> = cluster.instances().filter_map(|i| i.postmaster_pid()).collect();
     assert_eq!(pids.len(), 7);
     let (ok, out) = gpdemo(&["destroy", "--dir", &dir_s]);
     assert!(ok, "{out}");
     assert!(!dir.exists());
     // pg_ctl returns once postmaster.pid is gone; the process exits right after.
-    gpdemo::wait_until(
-        std::time::Duration::from_secs(10),
-        "the postmasters to exit",
-        || !pids.iter().any(|p| gpdemo::process_alive(*p)),
-    )
+    gpdemo::wait_until(std::time::Duration::from_secs(10), "the postmasters to exit", || {
+        !pids.iter().any(|p| gpdemo::process_alive(*p))
+    })
     .expect("every postmaster exits after destroy");
 }
 
 #[test]
 fn create_refuses_bad_arguments() {
     for (args, expected) in [
-        (
-            vec!["create", "--pairs", "0"],
-            "--pairs takes a number from 1 to 64",
-        ),
-        (
-            vec!["create", "--port", "80"],
-            "--port takes a port number from 1024",
-        ),
-        (
-            vec!["create", "--dir", "relative/dir"],
-            "--dir must be an absolute path",
-        ),
+        (vec!["create", "--pairs", "0"], "--pairs takes a number from 1 to 64"),
+        (vec!["create", "--port", "80"], "--port takes a port number from 1024"),
+        (vec!["create", "--dir", "relative/dir"], "--dir must be an absolute path"),
         (vec!["create", "--bogus"], "unknown option --bogus"),
         (vec!["frobnicate"], "unknown command frobnicate"),
     ] {
@@ -157,23 +116,9 @@ fn create_refuses_a_busy_port() {
     std::fs::remove_dir(&dir).unwrap();
     let base = gpdemo::free_port_range(3).unwrap();
     let _listener = std::net::TcpListener::bind(("127.0.0.1", base + 2)).unwrap();
-    let (ok, out) = gpdemo(&[
-        "create",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--pairs",
-        "1",
-        "--port",
-        &base.to_string(),
-    ]);
+    let (ok, out) = gpdemo(&["create", "--dir", dir.to_str().unwrap(), "--pairs", "1", "--port", &base.to_string()]);
     assert!(!ok);
-    assert!(
-        out.contains(&format!("port {} is already in use", base + 2)),
-        "{out}"
-    );
-    assert!(
-        !dir.join("coordinator").exists(),
-        "nothing is created when a port is busy"
-    );
+    assert!(out.contains(&format!("port {} is already in use", base + 2)), "{out}");
+    assert!(!dir.join("coordinator").exists(), "nothing is created when a port is busy");
     let _ = Cluster::destroy(&dir);
 }

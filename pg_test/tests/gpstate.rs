@@ -7,22 +7,15 @@ use gp_recovery_pg_test::TestCluster;
 use postgres::Client;
 
 fn report(c: &mut Client) -> Vec<String> {
-    c.query("SELECT * FROM gp_state_report()", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    c.query("SELECT * FROM gp_state_report()", &[]).unwrap().iter().map(|r| r.get(0)).collect()
 }
 
 fn mirror_status(c: &mut Client) -> Vec<(i16, String, Option<String>)> {
-    c.query(
-        "SELECT content, status, data_status FROM gp_mirror_status ORDER BY content",
-        &[],
-    )
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
-    .collect()
+    c.query("SELECT content, status, data_status FROM gp_mirror_status ORDER BY content", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
 }
 
 #[test]
@@ -30,12 +23,8 @@ fn healthy_cluster_views() {
     let tc = TestCluster::new(3);
     let mut c = tc.coordinator();
 
-    let rows = c
-        .query(
-            "SELECT role::text, mode::text, status::text, content FROM gp_segment_configuration",
-            &[],
-        )
-        .unwrap();
+    let rows =
+        c.query("SELECT role::text, mode::text, status::text, content FROM gp_segment_configuration", &[]).unwrap();
     assert_eq!(rows.len(), 7);
     for r in &rows {
         assert_eq!(r.get::<_, String>(2), "u");
@@ -66,31 +55,19 @@ fn healthy_cluster_views() {
 
     assert_eq!(
         mirror_status(&mut c),
-        (0..3)
-            .map(|i| (i, "Passive".to_string(), Some("Synchronized".to_string())))
-            .collect::<Vec<_>>()
+        (0..3).map(|i| (i, "Passive".to_string(), Some("Synchronized".to_string()))).collect::<Vec<_>>()
     );
-    assert_eq!(
-        report(&mut c),
-        vec![
-            "Segment Mirroring Status Report",
-            "All segments are running normally"
-        ]
-    );
+    assert_eq!(report(&mut c), vec!["Segment Mirroring Status Report", "All segments are running normally"]);
 
     // One history row per registration, plus the mode change of each primary.
     let history: Vec<String> = c
-        .query(
-            "SELECT \"desc\" FROM gp_configuration_history ORDER BY \"time\", dbid",
-            &[],
-        )
+        .query("SELECT \"desc\" FROM gp_configuration_history ORDER BY \"time\", dbid", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(history.len(), 10, "{history:#?}");
-    assert!(history
-        .contains(&"gp_add_segment: update mode for dbid 2 with contentid 0 to s".to_string()));
+    assert!(history.contains(&"gp_add_segment: update mode for dbid 2 with contentid 0 to s".to_string()));
 }
 
 #[test]
@@ -109,75 +86,45 @@ fn stopped_mirror_shows_not_answering_and_catalog_is_untouched() {
     assert!(!row.get::<_, bool>(0));
     let err: String = row.get(1);
     assert!(err.contains("Connection refused"), "{err}");
-    assert_eq!(
-        row.get::<_, String>(2),
-        "u",
-        "only the fault tolerance service changes the catalog"
-    );
-    assert_eq!(
-        row.get::<_, Option<String>>(3),
-        None,
-        "the primary no longer reports a stream"
-    );
+    assert_eq!(row.get::<_, String>(2), "u", "only the fault tolerance service changes the catalog");
+    assert_eq!(row.get::<_, Option<String>>(3), None, "the primary no longer reports a stream");
 
     assert_eq!(
         mirror_status(&mut c),
-        vec![
-            (0, "Failed".to_string(), None),
-            (1, "Passive".to_string(), Some("Synchronized".to_string())),
-        ]
+        vec![(0, "Failed".to_string(), None), (1, "Passive".to_string(), Some("Synchronized".to_string())),]
     );
     let lines = report(&mut c);
     let text = lines.join("\n");
     assert!(text.contains("Unsynchronized Segment Pairs"), "{text}");
+    assert!(text.contains("Downed Segments (may include segments where status could not be retrieved)"), "{text}");
     assert!(
-        text.contains("Downed Segments (may include segments where status could not be retrieved)"),
-        "{text}"
-    );
-    assert!(
-        lines.iter().any(|l| l.contains(&mirror.port.to_string())
-            && l.contains("Process error -- database process may be down")),
+        lines.iter().any(
+            |l| l.contains(&mirror.port.to_string()) && l.contains("Process error -- database process may be down")
+        ),
         "{text}"
     );
     assert!(!text.contains("running normally"));
-    let all_up: i64 = c
-        .query_one(
-            "SELECT count(*) FROM gp_segment_configuration WHERE status = 'u'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let all_up: i64 =
+        c.query_one("SELECT count(*) FROM gp_segment_configuration WHERE status = 'u'", &[]).unwrap().get(0);
     assert_eq!(all_up, 5);
 
     // Back up: the report is clean again.
     mirror.start().unwrap();
     gpdemo::wait_for_sync_mirror(tc.primary(0), Duration::from_secs(60)).unwrap();
-    assert_eq!(
-        report(&mut c),
-        vec![
-            "Segment Mirroring Status Report",
-            "All segments are running normally"
-        ]
-    );
+    assert_eq!(report(&mut c), vec!["Segment Mirroring Status Report", "All segments are running normally"]);
 }
 
 #[test]
 fn hung_segment_is_bounded_by_the_timeout() {
     let tc = TestCluster::new(2);
     let mut c = tc.coordinator();
-    c.batch_execute("SET gp_recovery.segment_connect_timeout = 1")
-        .unwrap();
+    c.batch_execute("SET gp_recovery.segment_connect_timeout = 1").unwrap();
     let mirror = tc.mirror(1);
     let pid = mirror.postmaster_pid().expect("mirror runs");
     // SAFETY: stops and resumes a postmaster this test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let started = Instant::now();
-    let rows = c
-        .query(
-            "SELECT port, answering, probe_error FROM gp_segment_status ORDER BY dbid",
-            &[],
-        )
-        .unwrap();
+    let rows = c.query("SELECT port, answering, probe_error FROM gp_segment_status ORDER BY dbid", &[]).unwrap();
     let elapsed = started.elapsed();
     unsafe { libc::kill(pid, libc::SIGCONT) };
 

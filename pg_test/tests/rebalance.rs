@@ -5,9 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gp_recovery_pg_test::{
-    connect_collecting_notices, pgbench_init, table_checksum, wait_for, TestCluster,
-};
+use gp_recovery_pg_test::{connect_collecting_notices, pgbench_init, table_checksum, wait_for, TestCluster};
 
 fn all_balanced(tc: &TestCluster) -> bool {
     let n: i64 = tc
@@ -28,11 +26,7 @@ fn switched_pairs_return_to_preferred_roles_without_losing_commits() {
     pgbench_init(tc.primary(0), 1);
     tc.switch_all_roles();
     let writable = tc.writable(0).unwrap().clone();
-    writable
-        .connect()
-        .unwrap()
-        .batch_execute("CREATE TABLE acked (id int PRIMARY KEY)")
-        .unwrap();
+    writable.connect().unwrap().batch_execute("CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
 
     // A client commits in a loop on content 0, following whichever member is
     // the primary, and remembers each acknowledged commit and the longest
@@ -56,9 +50,7 @@ fn switched_pairs_return_to_preferred_roles_without_losing_commits() {
                     }
                 }
                 id += 1;
-                let result = client
-                    .as_mut()
-                    .map(|c| c.execute("INSERT INTO acked VALUES ($1)", &[&id]));
+                let result = client.as_mut().map(|c| c.execute("INSERT INTO acked VALUES ($1)", &[&id]));
                 match result {
                     Some(Ok(_)) => {
                         let now = Instant::now();
@@ -72,17 +64,10 @@ fn switched_pairs_return_to_preferred_roles_without_losing_commits() {
             }
         })
     };
-    wait_for(30, "the writer to commit", || {
-        acked.lock().unwrap().len() >= 100
-    });
+    wait_for(30, "the writer to commit", || acked.lock().unwrap().len() >= 100);
 
     let (mut c, notices) = connect_collecting_notices(&tc.cluster.coordinator);
-    let jobs: Vec<i64> = c
-        .query("SELECT * FROM gp_rebalance()", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let jobs: Vec<i64> = c.query("SELECT * FROM gp_rebalance()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(jobs.len(), 2);
     for job in &jobs {
         assert_eq!(tc.wait_job(*job).unwrap(), "succeeded");
@@ -91,63 +76,30 @@ fn switched_pairs_return_to_preferred_roles_without_losing_commits() {
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
     let notices: Vec<String> = notices.try_iter().collect();
-    assert!(
-        notices.iter().any(|n| n.contains("rebalance job")),
-        "{notices:?}"
-    );
+    assert!(notices.iter().any(|n| n.contains("rebalance job")), "{notices:?}");
 
-    assert!(
-        all_balanced(&tc),
-        "every segment in its preferred role, up and synchronized"
-    );
+    assert!(all_balanced(&tc), "every segment in its preferred role, up and synchronized");
     for content in 0..2 {
         let mut p = tc.primary(content).connect().unwrap();
         let row = p
-            .query_one("SELECT state, sync_state FROM pg_stat_replication WHERE application_name = 'gp_walreceiver'", &[])
+            .query_one(
+                "SELECT state, sync_state FROM pg_stat_replication WHERE application_name = 'gp_walreceiver'",
+                &[],
+            )
             .unwrap();
-        assert_eq!(
-            (
-                row.get::<_, String>(0).as_str(),
-                row.get::<_, String>(1).as_str()
-            ),
-            ("streaming", "sync")
-        );
+        assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, String>(1).as_str()), ("streaming", "sync"));
     }
     let acked = acked.lock().unwrap().clone();
     let mut p = tc.primary(0).connect().unwrap();
-    let present: i64 = p
-        .query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&acked])
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        present as usize,
-        acked.len(),
-        "acknowledged commits lost in the switchover"
-    );
-    p.batch_execute("SET synchronous_commit = remote_apply; INSERT INTO acked VALUES (-1)")
-        .unwrap();
+    let present: i64 = p.query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&acked]).unwrap().get(0);
+    assert_eq!(present as usize, acked.len(), "acknowledged commits lost in the switchover");
+    p.batch_execute("SET synchronous_commit = remote_apply; INSERT INTO acked VALUES (-1)").unwrap();
     let mut m = tc.mirror(0).connect().unwrap();
-    assert_eq!(
-        table_checksum(&mut p, "acked"),
-        table_checksum(&mut m, "acked")
-    );
-    let report: Vec<String> = c
-        .query("SELECT * FROM gp_state_report()", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(
-        report,
-        vec![
-            "Segment Mirroring Status Report",
-            "All segments are running normally"
-        ]
-    );
-    assert!(tc
-        .history()
-        .iter()
-        .any(|h| h.starts_with("gp_rebalance: segment config for rebalance")));
+    assert_eq!(table_checksum(&mut p, "acked"), table_checksum(&mut m, "acked"));
+    let report: Vec<String> =
+        c.query("SELECT * FROM gp_state_report()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(report, vec!["Segment Mirroring Status Report", "All segments are running normally"]);
+    assert!(tc.history().iter().any(|h| h.starts_with("gp_rebalance: segment config for rebalance")));
     eprintln!(
         "rebalance: {} commits acknowledged, longest gap between commits {:?}",
         acked.len(),
@@ -163,17 +115,10 @@ fn pair_with_a_down_mirror_is_skipped_while_the_other_is_rebalanced() {
     // Content 1's mirror (its original primary) goes down.
     let down = tc.dbid_of(tc.primary(1));
     tc.primary(1).stop("immediate").unwrap();
-    wait_for(30, "the mirror to be marked down", || {
-        tc.row_state(down) == "m d n"
-    });
+    wait_for(30, "the mirror to be marked down", || tc.row_state(down) == "m d n");
 
     let (mut c, notices) = connect_collecting_notices(&tc.cluster.coordinator);
-    let jobs: Vec<i64> = c
-        .query("SELECT * FROM gp_rebalance()", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let jobs: Vec<i64> = c.query("SELECT * FROM gp_rebalance()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(jobs.len(), 1);
     let notices: Vec<String> = notices.try_iter().collect();
     let acting = tc.dbid_of(tc.mirror(1));
@@ -193,14 +138,12 @@ fn balanced_cluster_and_replay_lag_limit() {
     let tc = TestCluster::new(1);
     tc.set_fts(1, 2, 2, 2);
     let (mut c, notices) = connect_collecting_notices(&tc.cluster.coordinator);
-    assert!(c
-        .query("SELECT * FROM gp_rebalance()", &[])
-        .unwrap()
-        .is_empty());
+    assert!(c.query("SELECT * FROM gp_rebalance()", &[]).unwrap().is_empty());
     let notices_seen: Vec<String> = notices.try_iter().collect();
     assert!(
-        notices_seen
-            .contains(&"NOTICE: No segments are running in their non-preferred role and need to be rebalanced.".to_string()),
+        notices_seen.contains(
+            &"NOTICE: No segments are running in their non-preferred role and need to be rebalanced.".to_string()
+        ),
         "{notices_seen:?}"
     );
     let (code, message) = gp_recovery_pg_test::expect_error(&mut c, "SELECT gp_rebalance(-1)");
@@ -209,23 +152,16 @@ fn balanced_cluster_and_replay_lag_limit() {
     tc.switch_all_roles();
     // The mirror stops replaying while WAL keeps arriving: replay lag.
     let mut mirror = tc.primary(0).connect().unwrap();
-    mirror
-        .batch_execute("SELECT pg_wal_replay_pause()")
-        .unwrap();
+    mirror.batch_execute("SELECT pg_wal_replay_pause()").unwrap();
     tc.mirror(0)
         .connect()
         .unwrap()
         .batch_execute("CREATE TABLE lag AS SELECT g FROM generate_series(1, 10000) g")
         .unwrap();
-    assert!(c
-        .query("SELECT * FROM gp_rebalance(0)", &[])
-        .unwrap()
-        .is_empty());
+    assert!(c.query("SELECT * FROM gp_rebalance(0)", &[]).unwrap().is_empty());
     let seen: Vec<String> = notices.try_iter().collect();
-    let warning = seen
-        .iter()
-        .find(|n| n.contains("bytes of WAL are still to be replayed"))
-        .unwrap_or_else(|| panic!("{seen:?}"));
+    let warning =
+        seen.iter().find(|n| n.contains("bytes of WAL are still to be replayed")).unwrap_or_else(|| panic!("{seen:?}"));
     let bytes: i64 = warning
         .split("content 0: ")
         .nth(1)
@@ -235,15 +171,8 @@ fn balanced_cluster_and_replay_lag_limit() {
     assert!(bytes > 0, "{warning}");
     assert!(!all_balanced(&tc));
 
-    mirror
-        .batch_execute("SELECT pg_wal_replay_resume()")
-        .unwrap();
-    let jobs: Vec<i64> = c
-        .query("SELECT * FROM gp_rebalance(NULL)", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    mirror.batch_execute("SELECT pg_wal_replay_resume()").unwrap();
+    let jobs: Vec<i64> = c.query("SELECT * FROM gp_rebalance(NULL)", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(jobs.len(), 1);
     assert_eq!(tc.wait_job(jobs[0]).unwrap(), "succeeded");
     assert!(all_balanced(&tc));

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gp_recovery_pg_test::{
-    assert_same_data, catalog_snapshot, copy_percents, expect_error, kill9, pgbench_init, wait_for,
-    TestCluster,
+    assert_same_data, catalog_snapshot, copy_percents, expect_error, kill9, pgbench_init, wait_for, TestCluster,
 };
 use gpdemo::Instance;
 
@@ -33,18 +32,9 @@ fn assert_recovered(tc: &TestCluster, recovered: &Instance, mirror_dbid: i16, pr
     assert_eq!(tc.row_state(primary_dbid), "p u s");
     let mut p = tc.mirror(0).connect().unwrap();
     let row = p
-        .query_one(
-            "SELECT state, sync_state FROM pg_stat_replication WHERE application_name = 'gp_walreceiver'",
-            &[],
-        )
+        .query_one("SELECT state, sync_state FROM pg_stat_replication WHERE application_name = 'gp_walreceiver'", &[])
         .unwrap();
-    assert_eq!(
-        (
-            row.get::<_, String>(0).as_str(),
-            row.get::<_, String>(1).as_str()
-        ),
-        ("streaming", "sync")
-    );
+    assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, String>(1).as_str()), ("streaming", "sync"));
     assert_same_data(tc.mirror(0), recovered);
 }
 
@@ -59,27 +49,24 @@ fn incremental_recovery_rewinds_the_old_primary() {
     let watcher = tc.watch_progress(job);
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
     let seen = watcher.join().unwrap();
-    assert!(
-        seen.iter().any(|(phase, _)| phase == "rewinding"),
-        "{seen:?}"
-    );
+    assert!(seen.iter().any(|(phase, _)| phase == "rewinding"), "{seen:?}");
     assert_recovered(&tc, tc.primary(0), old, new);
     let history = tc.history();
     assert!(history.iter().any(|h| h
         == &format!("gprecoverseg: segment config for resync: update role, status, and mode for dbid {old} with contentid 0 to m, u, and n")));
-    assert!(history.contains(&format!(
-        "FTS: update role, status, and mode for dbid {old} with contentid 0 to m, u, and s"
-    )));
+    assert!(
+        history.contains(&format!("FTS: update role, status, and mode for dbid {old} with contentid 0 to m, u, and s"))
+    );
     let mut c = tc.coordinator();
     let row = c
-        .query_one("SELECT recovery_type, bytes_done > 0, finished_at IS NOT NULL FROM gp_recovery_job WHERE job_id = $1", &[&job])
+        .query_one(
+            "SELECT recovery_type, bytes_done > 0, finished_at IS NOT NULL FROM gp_recovery_job WHERE job_id = $1",
+            &[&job],
+        )
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "incremental");
     assert!(row.get::<_, bool>(1) && row.get::<_, bool>(2));
-    let left: i64 = c
-        .query_one("SELECT count(*) FROM gp_recovery_progress", &[])
-        .unwrap()
-        .get(0);
+    let left: i64 = c.query_one("SELECT count(*) FROM gp_recovery_progress", &[]).unwrap().get(0);
     assert_eq!(left, 0, "finished jobs leave the progress view");
 }
 
@@ -91,19 +78,13 @@ fn full_recovery_copies_with_rising_progress() {
     let watcher = tc.watch_progress(job);
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
     let percents = copy_percents(&watcher.join().unwrap());
-    assert!(
-        percents.len() >= 2 && percents.windows(2).all(|w| w[0] < w[1]),
-        "percent must rise: {percents:?}"
-    );
+    assert!(percents.len() >= 2 && percents.windows(2).all(|w| w[0] < w[1]), "percent must rise: {percents:?}");
     assert_recovered(&tc, tc.primary(0), old, new);
     assert!(tc.history().contains(&format!(
         "gprecoverseg: segment config for resync: inserted segment configuration for full recovery or original dbid {old}"
     )));
     let datadir = tc.primary(0).datadir.to_string_lossy().into_owned();
-    assert!(
-        !PathBuf::from(format!("{datadir}.gp_recovery_old")).exists(),
-        "the old copy is removed after success"
-    );
+    assert!(!PathBuf::from(format!("{datadir}.gp_recovery_old")).exists(), "the old copy is removed after success");
     assert!(!PathBuf::from(format!("{datadir}.gp_recovery_new")).exists());
 }
 
@@ -111,27 +92,17 @@ fn full_recovery_copies_with_rising_progress() {
 fn differential_recovery_copies_what_differs() {
     let (tc, old, new) = failed_over_cluster(5);
     // Every page of the accounts table changes on the new primary.
-    tc.mirror(0)
-        .connect()
-        .unwrap()
-        .batch_execute("UPDATE pgbench_accounts SET filler = 'changed'")
-        .unwrap();
+    tc.mirror(0).connect().unwrap().batch_execute("UPDATE pgbench_accounts SET filler = 'changed'").unwrap();
     set_rate(&tc, 16384);
     let job = tc.submit(&format!("SELECT gp_recover_segment({old}, 'differential')"));
     let watcher = tc.watch_progress(job);
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
     let seen = watcher.join().unwrap();
     let percents = copy_percents(&seen);
-    assert!(
-        percents.len() >= 2 && percents.windows(2).all(|w| w[0] < w[1]),
-        "percent must rise: {seen:?}"
-    );
+    assert!(percents.len() >= 2 && percents.windows(2).all(|w| w[0] < w[1]), "percent must rise: {seen:?}");
     assert_recovered(&tc, tc.primary(0), old, new);
     let backup_label = tc.primary(0).datadir.join("backup_label.old");
-    assert!(
-        backup_label.exists(),
-        "recovery started from the backup label pg_backup_stop returned"
-    );
+    assert!(backup_label.exists(), "recovery started from the backup label pg_backup_stop returned");
 }
 
 #[test]
@@ -149,36 +120,13 @@ fn relocation_keeps_the_dbid_and_leaves_the_old_directory() {
     let watcher = tc.watch_progress(job);
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
     let percents = copy_percents(&watcher.join().unwrap());
-    assert!(
-        percents.len() >= 2 && percents.windows(2).all(|w| w[0] < w[1]),
-        "percent must rise: {percents:?}"
-    );
+    assert!(percents.len() >= 2 && percents.windows(2).all(|w| w[0] < w[1]), "percent must rise: {percents:?}");
     let mut c = tc.coordinator();
-    let row = c
-        .query_one(
-            "SELECT port, datadir FROM gp_segment_configuration WHERE dbid = $1",
-            &[&old],
-        )
-        .unwrap();
-    assert_eq!(
-        (row.get::<_, i32>(0), row.get::<_, String>(1)),
-        (i32::from(port), datadir.display().to_string())
-    );
-    assert!(
-        tc.primary(0).datadir.join("PG_VERSION").exists(),
-        "the old data directory is left alone"
-    );
-    assert!(
-        !PathBuf::from("/pwned").exists() && !tc.dir().join("pwned").exists(),
-        "nothing ran through a shell"
-    );
-    let moved = Instance {
-        content: 0,
-        role: 'm',
-        port,
-        datadir: datadir.clone(),
-        logfile: tc.dir().join("moved.log"),
-    };
+    let row = c.query_one("SELECT port, datadir FROM gp_segment_configuration WHERE dbid = $1", &[&old]).unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, String>(1)), (i32::from(port), datadir.display().to_string()));
+    assert!(tc.primary(0).datadir.join("PG_VERSION").exists(), "the old data directory is left alone");
+    assert!(!PathBuf::from("/pwned").exists() && !tc.dir().join("pwned").exists(), "nothing ran through a shell");
+    let moved = Instance { content: 0, role: 'm', port, datadir: datadir.clone(), logfile: tc.dir().join("moved.log") };
     assert_recovered(&tc, &moved, old, new);
     let _ = moved.stop("immediate");
 }
@@ -196,21 +144,12 @@ fn incremental_without_wal_fails_with_advice_then_full_succeeds() {
     let before = catalog_snapshot(&mut tc.coordinator()).0;
     let job = tc.submit(&format!("SELECT gp_recover_segment({old}, 'incremental')"));
     let err = tc.wait_job(job).unwrap_err();
+    assert!(err.contains(&format!("recovery job {job} failed: pg_rewind failed")), "{err}");
     assert!(
-        err.contains(&format!("recovery job {job} failed: pg_rewind failed")),
+        err.contains(&format!("run gp_recover_segment({old}, 'differential') or gp_recover_segment({old}, 'full')")),
         "{err}"
     );
-    assert!(
-        err.contains(&format!(
-            "run gp_recover_segment({old}, 'differential') or gp_recover_segment({old}, 'full')"
-        )),
-        "{err}"
-    );
-    assert_eq!(
-        catalog_snapshot(&mut tc.coordinator()).0,
-        before,
-        "a failed incremental recovery leaves the catalog"
-    );
+    assert_eq!(catalog_snapshot(&mut tc.coordinator()).0, before, "a failed incremental recovery leaves the catalog");
     let job = tc.submit(&format!("SELECT gp_recover_segment({old}, 'full')"));
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
     assert_recovered(&tc, tc.primary(0), old, new);
@@ -222,12 +161,9 @@ fn start_slow_full_recovery(tc: &TestCluster, dbid: i16) -> i64 {
     let job = tc.submit(&format!("SELECT gp_recover_segment({dbid}, 'full')"));
     let mut c = tc.coordinator();
     wait_for(60, "the copy to make progress", || {
-        c.query_opt(
-            "SELECT 1 FROM gp_recovery_progress WHERE job_id = $1 AND bytes_done > 0",
-            &[&job],
-        )
-        .unwrap()
-        .is_some()
+        c.query_opt("SELECT 1 FROM gp_recovery_progress WHERE job_id = $1 AND bytes_done > 0", &[&job])
+            .unwrap()
+            .is_some()
     });
     job
 }
@@ -239,46 +175,18 @@ fn cancel_mid_copy_restores_everything_and_a_later_recovery_works() {
     let old_version = std::fs::read_to_string(tc.primary(0).datadir.join("PG_VERSION")).unwrap();
     let job = start_slow_full_recovery(&tc, old);
     let mut c = tc.coordinator();
-    assert!(c
-        .query_one("SELECT gp_recovery_cancel($1)", &[&job])
-        .unwrap()
-        .get::<_, bool>(0));
+    assert!(c.query_one("SELECT gp_recovery_cancel($1)", &[&job]).unwrap().get::<_, bool>(0));
     assert_eq!(tc.wait_job(job).unwrap(), "canceled");
-    assert_eq!(
-        catalog_snapshot(&mut c).0,
-        before,
-        "the catalog is as before the job"
-    );
+    assert_eq!(catalog_snapshot(&mut c).0, before, "the catalog is as before the job");
     let datadir = tc.primary(0).datadir.to_string_lossy().into_owned();
-    assert_eq!(
-        std::fs::read_to_string(format!("{datadir}/PG_VERSION")).unwrap(),
-        old_version
-    );
-    assert!(
-        !PathBuf::from(format!("{datadir}.gp_recovery_new")).exists(),
-        "the partial copy is removed"
-    );
-    let copying = std::process::Command::new("pgrep")
-        .args(["-f", &format!("{datadir}.gp_recovery_new")])
-        .output()
-        .unwrap();
-    assert!(
-        !copying.status.success(),
-        "pg_basebackup still runs after the cancel"
-    );
-    assert!(
-        !c.query_one("SELECT gp_recovery_cancel($1)", &[&job])
-            .unwrap()
-            .get::<_, bool>(0),
-        "already ended"
-    );
+    assert_eq!(std::fs::read_to_string(format!("{datadir}/PG_VERSION")).unwrap(), old_version);
+    assert!(!PathBuf::from(format!("{datadir}.gp_recovery_new")).exists(), "the partial copy is removed");
+    let copying =
+        std::process::Command::new("pgrep").args(["-f", &format!("{datadir}.gp_recovery_new")]).output().unwrap();
+    assert!(!copying.status.success(), "pg_basebackup still runs after the cancel");
+    assert!(!c.query_one("SELECT gp_recovery_cancel($1)", &[&job]).unwrap().get::<_, bool>(0), "already ended");
     let history = tc.history();
-    assert!(
-        history
-            .iter()
-            .any(|h| h.starts_with("gprecoverseg: segment config for backout")),
-        "{history:#?}"
-    );
+    assert!(history.iter().any(|h| h.starts_with("gprecoverseg: segment config for backout")), "{history:#?}");
 
     set_rate(&tc, 0);
     let job = tc.submit(&format!("SELECT gp_recover_segment({old}, 'full')"));
@@ -295,29 +203,12 @@ fn coordinator_restart_mid_copy_leaves_no_job_running() {
     tc.cluster.coordinator.start().unwrap();
     let mut c = tc.coordinator();
     wait_for(60, "the job to be ended", || {
-        c.query_one(
-            "SELECT state FROM gp_recovery_job WHERE job_id = $1",
-            &[&job],
-        )
-        .unwrap()
-        .get::<_, String>(0)
+        c.query_one("SELECT state FROM gp_recovery_job WHERE job_id = $1", &[&job]).unwrap().get::<_, String>(0)
             == "failed"
     });
-    let error: String = c
-        .query_one(
-            "SELECT error FROM gp_recovery_job WHERE job_id = $1",
-            &[&job],
-        )
-        .unwrap()
-        .get(0);
+    let error: String = c.query_one("SELECT error FROM gp_recovery_job WHERE job_id = $1", &[&job]).unwrap().get(0);
     assert!(error.contains("interrupted in phase copying"), "{error}");
-    let running: i64 = c
-        .query_one(
-            "SELECT count(*) FROM gp_recovery_job WHERE state = 'running'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let running: i64 = c.query_one("SELECT count(*) FROM gp_recovery_job WHERE state = 'running'", &[]).unwrap().get(0);
     assert_eq!(running, 0);
     assert_eq!(catalog_snapshot(&mut c).0, before);
     set_rate(&tc, 0);
@@ -339,30 +230,18 @@ fn recover_all_and_from_config_recover_several_segments_in_parallel() {
     let (old0, _) = tc.fail_over(0);
     let m1 = tc.dbid_of(tc.mirror(1));
     tc.mirror(1).stop("immediate").unwrap();
-    wait_for(30, "content 1's mirror to be marked down", || {
-        tc.row_state(m1) == "m d n"
-    });
+    wait_for(30, "content 1's mirror to be marked down", || tc.row_state(m1) == "m d n");
 
-    let config: String = c
-        .query_one("SELECT gp_recovery_config()", &[])
-        .unwrap()
-        .get(0);
+    let config: String = c.query_one("SELECT gp_recovery_config()", &[]).unwrap().get(0);
     let lines: Vec<&str> = config.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(lines.len(), 2, "{config}");
     // Recovery types per line, as gprecoverseg -i in Greenplum 7.1.
     let input = format!("F|{}\nI|{}\n", lines[0], lines[1]);
-    let jobs: Vec<i64> = c
-        .query("SELECT * FROM gp_recover_from_config($1)", &[&input])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let jobs: Vec<i64> =
+        c.query("SELECT * FROM gp_recover_from_config($1)", &[&input]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(jobs.len(), 2);
     let types: Vec<String> = c
-        .query(
-            "SELECT recovery_type FROM gp_recovery_job WHERE job_id = ANY($1) ORDER BY job_id",
-            &[&jobs],
-        )
+        .query("SELECT recovery_type FROM gp_recovery_job WHERE job_id = ANY($1) ORDER BY job_id", &[&jobs])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -384,32 +263,19 @@ fn bad_requests_are_refused_and_change_nothing() {
     tc.set_fts(1, 2, 2, 2);
     let (old, new) = tc.fail_over(0);
     let mut c = tc.coordinator();
-    c.batch_execute("CREATE ROLE dba LOGIN; CREATE ROLE ops LOGIN; GRANT gp_recovery_admin TO dba")
-        .unwrap();
+    c.batch_execute("CREATE ROLE dba LOGIN; CREATE ROLE ops LOGIN; GRANT gp_recovery_admin TO dba").unwrap();
     let before = catalog_snapshot(&mut c);
-    let jobs_before: i64 = c
-        .query_one("SELECT count(*) FROM gp_recovery_job", &[])
-        .unwrap()
-        .get(0);
+    let jobs_before: i64 = c.query_one("SELECT count(*) FROM gp_recovery_job", &[]).unwrap().get(0);
     let up = tc.dbid_of(tc.primary(1));
     let coordinator_dir = tc.cluster.coordinator.datadir.display().to_string();
     let used_port = tc.primary(1).port;
     let cases: Vec<(String, &str, String)> = vec![
-        (
-            "SELECT gp_recover_segment(42)".into(),
-            "22023",
-            "invalid dbid \"42\": no segment with this dbid".into(),
-        ),
-        (
-            "SELECT gp_recover_segment(1)".into(),
-            "22023",
-            "it is the coordinator".into(),
-        ),
+        ("SELECT gp_recover_segment(42)".into(), "22023", "invalid dbid \"42\": no segment with this dbid".into()),
+        ("SELECT gp_recover_segment(1)".into(), "22023", "it is the coordinator".into()),
         (
             format!("SELECT gp_recover_segment({old}, 'quick')"),
             "22023",
-            "invalid recovery mode \"quick\": must be one of incremental, differential, full"
-                .into(),
+            "invalid recovery mode \"quick\": must be one of incremental, differential, full".into(),
         ),
         (
             format!("SELECT gp_recover_segment({up})"),
@@ -422,9 +288,7 @@ fn bad_requests_are_refused_and_change_nothing() {
             "always copied in full: use mode 'full'".into(),
         ),
         (
-            format!(
-                "SELECT gp_recover_segment({old}, 'differential', new_datadir => '/tmp/elsewhere')"
-            ),
+            format!("SELECT gp_recover_segment({old}, 'differential', new_datadir => '/tmp/elsewhere')"),
             "22023",
             "always copied in full".into(),
         ),
@@ -472,91 +336,45 @@ fn bad_requests_are_refused_and_change_nothing() {
     for (sql, code, message) in cases {
         let (got_code, got) = expect_error(&mut c, &sql);
         c.batch_execute("RESET ROLE").unwrap();
-        assert!(
-            got.contains(&message),
-            "{sql}\n  expected: {message}\n  got: {got}"
-        );
+        assert!(got.contains(&message), "{sql}\n  expected: {message}\n  got: {got}");
         assert_eq!(got_code, code, "{sql}: {got}");
-        assert_eq!(
-            catalog_snapshot(&mut c),
-            before,
-            "{sql} changed the catalog"
-        );
-        let jobs: i64 = c
-            .query_one("SELECT count(*) FROM gp_recovery_job", &[])
-            .unwrap()
-            .get(0);
+        assert_eq!(catalog_snapshot(&mut c), before, "{sql} changed the catalog");
+        let jobs: i64 = c.query_one("SELECT count(*) FROM gp_recovery_job", &[]).unwrap().get(0);
         assert_eq!(jobs, jobs_before, "{sql} left a job");
     }
 
     // Waiting in the transaction that submitted the job would wait forever.
-    let (code, message) = expect_error(
-        &mut c,
-        &format!("SELECT gp_recovery_wait(j) FROM gp_recover_segment({old}) j"),
-    );
+    let (code, message) = expect_error(&mut c, &format!("SELECT gp_recovery_wait(j) FROM gp_recover_segment({old}) j"));
     assert_eq!(code, "55000");
-    assert!(
-        message.contains("was submitted in this transaction"),
-        "{message}"
-    );
-    let jobs: i64 = c
-        .query_one("SELECT count(*) FROM gp_recovery_job", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        jobs, jobs_before,
-        "the failed statement's job is rolled back"
-    );
+    assert!(message.contains("was submitted in this transaction"), "{message}");
+    let jobs: i64 = c.query_one("SELECT count(*) FROM gp_recovery_job", &[]).unwrap().get(0);
+    assert_eq!(jobs, jobs_before, "the failed statement's job is rolled back");
 
     // A member of gp_recovery_admin may recover; a second job for the content names the first.
     set_rate_on(&mut c, 1024);
     c.batch_execute("SET ROLE dba").unwrap();
-    let job: i64 = c
-        .query_one(&format!("SELECT gp_recover_segment({old}, 'full')"), &[])
-        .unwrap()
-        .get(0);
-    let (code, message) =
-        expect_error(&mut c, &format!("SELECT gp_recover_segment({old}, 'full')"));
+    let job: i64 = c.query_one(&format!("SELECT gp_recover_segment({old}, 'full')"), &[]).unwrap().get(0);
+    let (code, message) = expect_error(&mut c, &format!("SELECT gp_recover_segment({old}, 'full')"));
     assert_eq!(code, "23505");
-    assert!(
-        message.contains(&format!("content 0 already has recovery job {job}")),
-        "{message}"
-    );
+    assert!(message.contains(&format!("content 0 already has recovery job {job}")), "{message}");
     c.batch_execute("RESET ROLE").unwrap();
-    let who: String = c
-        .query_one(
-            "SELECT submitted_by::text FROM gp_recovery_job WHERE job_id = $1",
-            &[&job],
-        )
-        .unwrap()
-        .get(0);
+    let who: String =
+        c.query_one("SELECT submitted_by::text FROM gp_recovery_job WHERE job_id = $1", &[&job]).unwrap().get(0);
     assert_eq!(who, "dba");
-    assert!(c
-        .query_one("SELECT gp_recovery_cancel($1)", &[&job])
-        .unwrap()
-        .get::<_, bool>(0));
+    assert!(c.query_one("SELECT gp_recovery_cancel($1)", &[&job]).unwrap().get::<_, bool>(0));
     assert_eq!(tc.wait_job(job).unwrap(), "canceled");
     let (code, _) = expect_error(&mut c, "SELECT gp_recovery_wait(987654)");
     assert_eq!(code, "42704");
 
     // A double fault: the acting primary of content 0 is gone too.
     kill9(tc.mirror(0));
-    let (code, message) =
-        expect_error(&mut c, &format!("SELECT gp_recover_segment({old}, 'full')"));
+    let (code, message) = expect_error(&mut c, &format!("SELECT gp_recover_segment({old}, 'full')"));
     assert_eq!(code, "55000");
-    assert!(
-        message.starts_with(&format!(
-            "double fault: content 0's acting primary dbid {new}"
-        )),
-        "{message}"
-    );
+    assert!(message.starts_with(&format!("double fault: content 0's acting primary dbid {new}")), "{message}");
 }
 
 fn set_rate_on(c: &mut postgres::Client, kb_per_s: u32) {
-    c.batch_execute(&format!(
-        "ALTER SYSTEM SET gp_recovery.max_rate = {kb_per_s}"
-    ))
-    .unwrap();
+    c.batch_execute(&format!("ALTER SYSTEM SET gp_recovery.max_rate = {kb_per_s}")).unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
     std::thread::sleep(Duration::from_millis(1500));
 }
@@ -565,9 +383,7 @@ fn set_rate_on(c: &mut postgres::Client, kb_per_s: u32) {
 fn pg_cron_recovers_a_downed_mirror() {
     let tc = TestCluster::new(1);
     tc.set_fts(1, 2, 2, 2);
-    tc.coordinator()
-        .batch_execute("ALTER SYSTEM SET shared_preload_libraries = gp_recovery, pg_cron")
-        .unwrap();
+    tc.coordinator().batch_execute("ALTER SYSTEM SET shared_preload_libraries = gp_recovery, pg_cron").unwrap();
     // pg_cron's own settings exist only once it is loaded.
     gpdemo::append_server_file(
         &tc.cluster.coordinator.datadir.join("postgresql.conf"),
@@ -578,35 +394,23 @@ fn pg_cron_recovers_a_downed_mirror() {
     tc.cluster.coordinator.start().unwrap();
     let mut c = tc.coordinator();
     c.batch_execute("CREATE EXTENSION pg_cron").unwrap();
-    c.execute(
-        "SELECT cron.schedule('gp_recover_all', '* * * * *', 'SELECT gp_recover_all()')",
-        &[],
-    )
-    .unwrap();
+    c.execute("SELECT cron.schedule('gp_recover_all', '* * * * *', 'SELECT gp_recover_all()')", &[]).unwrap();
     let mirror = tc.dbid_of(tc.mirror(0));
     tc.mirror(0).stop("immediate").unwrap();
-    wait_for(30, "the mirror to be marked down", || {
-        tc.row_state(mirror) == "m d n"
-    });
+    wait_for(30, "the mirror to be marked down", || tc.row_state(mirror) == "m d n");
     // pg_cron runs at the start of each minute.
-    wait_for(
-        150,
-        "pg_cron's gp_recover_all() to recover the mirror",
-        || tc.row_state(mirror) == "m u s",
-    );
+    wait_for(150, "pg_cron's gp_recover_all() to recover the mirror", || tc.row_state(mirror) == "m u s");
     let runs: i64 = c
-        .query_one("SELECT count(*) FROM cron.job_run_details WHERE command LIKE '%gp_recover_all%' AND status = 'succeeded'", &[])
+        .query_one(
+            "SELECT count(*) FROM cron.job_run_details WHERE command LIKE '%gp_recover_all%' AND status = 'succeeded'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert!(runs >= 1);
     wait_for(10, "the cron-submitted job to record its success", || {
-        let done: i64 = c
-            .query_one(
-                "SELECT count(*) FROM gp_recovery_job WHERE state = 'succeeded'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
+        let done: i64 =
+            c.query_one("SELECT count(*) FROM gp_recovery_job WHERE state = 'succeeded'", &[]).unwrap().get(0);
         done == 1
     });
 }
