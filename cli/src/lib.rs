@@ -19,9 +19,13 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 pub use gp_recovery_core::probe::{MIRROR_APPLICATION_NAME, SLOT_NAME};
-/// Listen address and the address registered in the catalog.
+
+pub mod sshd;
+
+/// Listen address of the coordinator, and of every segment of a one-host
+/// cluster, as registered in the catalog.
 pub const ADDRESS: &str = "127.0.0.1";
-/// Host name registered in the catalog.
+/// Host name registered for the segments of a one-host cluster.
 pub const HOSTNAME: &str = "localhost";
 
 #[derive(Debug, Error)]
@@ -40,7 +44,7 @@ pub enum DemoError {
 
 pub type Result<T> = std::result::Result<T, DemoError>;
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
     let context = context.into();
     move |source| DemoError::Io { context, source }
 }
@@ -197,6 +201,13 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
+/// The pid of the postmaster running in a data directory, if one runs.
+pub fn postmaster_pid(datadir: &Path) -> Option<i32> {
+    let text = fs::read_to_string(datadir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    process_alive(pid).then_some(pid)
+}
+
 /// One Postgres instance of a demo cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
@@ -204,6 +215,8 @@ pub struct Instance {
     pub content: i32,
     /// 'p' or 'm'
     pub role: char,
+    /// The address it listens on: its "host".
+    pub host: String,
     pub port: u16,
     pub datadir: PathBuf,
     pub logfile: PathBuf,
@@ -219,7 +232,7 @@ impl Instance {
     }
 
     pub fn conninfo(&self) -> String {
-        format!("host={ADDRESS} port={} user={} dbname=postgres connect_timeout=10", self.port, server_user())
+        format!("host={} port={} user={} dbname=postgres connect_timeout=10", self.host, self.port, server_user())
     }
 
     /// A client connection as the server's superuser.
@@ -247,19 +260,31 @@ impl Instance {
         Ok(())
     }
 
+    /// The host name registered in the catalog: a one-host cluster's
+    /// segments are on localhost.
+    pub fn hostname(&self) -> &str {
+        if self.host == ADDRESS {
+            HOSTNAME
+        } else {
+            &self.host
+        }
+    }
+
     /// The postmaster's pid, from postmaster.pid, if the instance runs.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = fs::read_to_string(self.datadir.join("postmaster.pid")).ok()?;
-        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        process_alive(pid).then_some(pid)
+        postmaster_pid(&self.datadir)
     }
 }
 
 /// Layout of a demo cluster: ports BASE (coordinator), BASE+1..BASE+N
-/// (primaries), BASE+N+1..BASE+2N (mirrors).
+/// (primaries), BASE+N+1..BASE+2N (mirrors). With several hosts, primary N
+/// is on host N mod H and its mirror on the next host (Greenplum's "group"
+/// mirroring: all mirrors of one host's primaries are on one other host).
 #[derive(Debug, Clone)]
 pub struct Cluster {
     pub dir: PathBuf,
+    /// Segment hosts other than the coordinator's, each with its own sshd.
+    pub hosts: Vec<String>,
     pub coordinator: Instance,
     pub primaries: Vec<Instance>,
     pub mirrors: Vec<Instance>,
@@ -274,9 +299,11 @@ pub const DEMO_FTS_SETTINGS: &str = "gp_recovery.fts_probe_interval = 2s\n\
 /// Settings every instance gets. wal_keep_size: pg_rewind (incremental
 /// recovery) needs the old primary's WAL back to the last checkpoint before
 /// the divergence, which a bulk load would otherwise have recycled.
-fn common_conf(port: u16, socket_dir: &Path) -> String {
+/// Every instance listens on all the cluster's loopback "hosts": a copy of a
+/// data directory (recovery onto another host) must work there unchanged.
+fn common_conf(port: u16, listen: &str, socket_dir: &Path) -> String {
     format!(
-        "\n# gpdemo\nport = {port}\nlisten_addresses = '{ADDRESS}'\nunix_socket_directories = '{}'\n\
+        "\n# gpdemo\nport = {port}\nlisten_addresses = '{listen}'\nunix_socket_directories = '{}'\n\
          wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
          wal_log_hints = on\nhot_standby = on\nshared_buffers = 32MB\nmax_connections = 50\n\
          wal_keep_size = 1GB\n\
@@ -288,24 +315,46 @@ fn common_conf(port: u16, socket_dir: &Path) -> String {
 impl Cluster {
     /// The layout of a cluster in `dir`, whether or not it exists yet.
     pub fn layout(dir: &Path, pairs: u16, base_port: u16) -> Cluster {
+        Self::layout_on(dir, pairs, base_port, &[])
+    }
+
+    /// The layout with segments spread over `hosts` (none: all on
+    /// 127.0.0.1); each host's data directories are under DIR/HOST/.
+    pub fn layout_on(dir: &Path, pairs: u16, base_port: u16, hosts: &[String]) -> Cluster {
         let logs = dir.join("logs");
-        let instance = |content: i32, role: char, port: u16, datadir: PathBuf| {
-            let mut i = Instance { content, role, port, datadir, logfile: PathBuf::new() };
+        let instance = |content: i32, role: char, port: u16, host: &str| {
+            let side = if role == 'p' { "primary" } else { "mirror" };
+            let datadir = match (content, hosts.is_empty()) {
+                (-1, _) => dir.join("coordinator"),
+                (c, true) => dir.join(side).join(format!("gpseg{c}")),
+                (c, false) => dir.join(host).join(side).join(format!("gpseg{c}")),
+            };
+            let mut i = Instance { content, role, host: host.to_string(), port, datadir, logfile: PathBuf::new() };
             i.logfile = logs.join(format!("{}.log", i.name()));
             i
         };
+        let host_of = |c: u16, shift: usize| {
+            if hosts.is_empty() {
+                ADDRESS.to_string()
+            } else {
+                hosts[(usize::from(c) + shift) % hosts.len()].clone()
+            }
+        };
+        let mirror_shift = usize::from(hosts.len() > 1);
         Cluster {
             dir: dir.to_path_buf(),
-            coordinator: instance(-1, 'p', base_port, dir.join("coordinator")),
-            primaries: (0..pairs)
-                .map(|c| instance(c.into(), 'p', base_port + 1 + c, dir.join("primary").join(format!("gpseg{c}"))))
-                .collect(),
+            hosts: hosts.to_vec(),
+            coordinator: instance(-1, 'p', base_port, ADDRESS),
+            primaries: (0..pairs).map(|c| instance(c.into(), 'p', base_port + 1 + c, &host_of(c, 0))).collect(),
             mirrors: (0..pairs)
-                .map(|c| {
-                    instance(c.into(), 'm', base_port + 1 + pairs + c, dir.join("mirror").join(format!("gpseg{c}")))
-                })
+                .map(|c| instance(c.into(), 'm', base_port + 1 + pairs + c, &host_of(c, mirror_shift)))
                 .collect(),
         }
+    }
+
+    /// The coordinator's address and every segment host.
+    pub fn listen_addresses(&self) -> String {
+        std::iter::once(ADDRESS.to_string()).chain(self.hosts.iter().cloned()).collect::<Vec<_>>().join(",")
     }
 
     pub fn instances(&self) -> impl Iterator<Item = &Instance> {
@@ -319,6 +368,18 @@ impl Cluster {
     /// Creates and starts the cluster, creates the extension and registers
     /// every instance with gp_add_segment.
     pub fn create(dir: &Path, pairs: u16, base_port: u16) -> Result<Cluster> {
+        Self::create_on(dir, pairs, base_port, &[])
+    }
+
+    /// As create, with the segments on `hosts`: loopback addresses other
+    /// than 127.0.0.1, each with an sshd through which the coordinator's
+    /// gp_recovery.remote_shell reaches it.
+    pub fn create_on(dir: &Path, pairs: u16, base_port: u16, hosts: &[String]) -> Result<Cluster> {
+        if let Some(bad) = hosts.iter().find(|h| !h.starts_with("127.") || h.as_str() == ADDRESS) {
+            return Err(DemoError::Usage(format!(
+                "--hosts takes loopback addresses other than {ADDRESS} (such as 127.0.0.2), not {bad}"
+            )));
+        }
         if pairs == 0 {
             return Err(DemoError::Usage("--pairs must be at least 1".into()));
         }
@@ -332,7 +393,7 @@ impl Cluster {
                 dir.display()
             )));
         }
-        let cluster = Self::layout(dir, pairs, base_port);
+        let cluster = Self::layout_on(dir, pairs, base_port, hosts);
         if let Some(busy) = cluster.instances().find(|i| !port_free(i.port)) {
             return Err(DemoError::Usage(format!(
                 "port {} is already in use; choose another base port with --port",
@@ -340,9 +401,17 @@ impl Cluster {
             )));
         }
         make_server_dir(&dir.join("logs"))?;
-        make_server_dir(&dir.join("primary"))?;
-        make_server_dir(&dir.join("mirror"))?;
+        for i in cluster.primaries.iter().chain(&cluster.mirrors) {
+            make_server_dir(i.datadir.parent().unwrap_or(dir))?;
+        }
         make_server_dir(dir)?;
+        let ssh = if hosts.is_empty() {
+            None
+        } else {
+            let ssh = sshd::SshHosts::new(dir, free_port_range(1)?);
+            ssh.create(hosts)?;
+            Some(ssh)
+        };
 
         let writable: Vec<&Instance> = std::iter::once(&cluster.coordinator).chain(&cluster.primaries).collect();
         run_all(
@@ -356,12 +425,20 @@ impl Cluster {
                 .collect(),
         )?;
         for i in &writable {
-            let mut conf = common_conf(i.port, dir);
+            let mut conf = common_conf(i.port, &cluster.listen_addresses(), dir);
             if i.content == -1 {
                 conf.push_str("shared_preload_libraries = 'gp_recovery'\n");
                 conf.push_str(DEMO_FTS_SETTINGS);
+                if let Some(ssh) = &ssh {
+                    conf.push_str(&format!("gp_recovery.remote_shell = '{}'\n", ssh.remote_shell()));
+                }
             }
             append_server_file(&i.datadir.join("postgresql.conf"), &conf)?;
+            // Every loopback "host" of the cluster may connect and replicate.
+            append_server_file(
+                &i.datadir.join("pg_hba.conf"),
+                "host all all samenet trust\nhost replication all samenet trust\n",
+            )?;
             i.start()?;
         }
         run_all(cluster.primaries.iter().zip(&cluster.mirrors).map(|(p, m)| base_backup(p, m)).collect())?;
@@ -393,7 +470,7 @@ impl Cluster {
             let role = i.role.to_string();
             c.execute(
                 "SELECT gp_add_segment($1, $2::text::\"char\", $3, $4, $5, $6)",
-                &[&i.content, &role, &HOSTNAME, &i32::from(i.port), &datadir, &ADDRESS],
+                &[&i.content, &role, &i.hostname(), &i32::from(i.port), &datadir, &i.host],
             )
             .map_err(sql_err(format!("could not register {}", i.name())))?;
         }
@@ -429,6 +506,7 @@ impl Cluster {
         if !dir.exists() {
             return Ok(());
         }
+        sshd::SshHosts::stop_all(dir);
         for datadir in find_datadirs(dir) {
             if datadir.join("postmaster.pid").exists() {
                 // immediate: nothing of a demo needs a clean shutdown checkpoint.
@@ -469,7 +547,7 @@ pub fn find_datadirs(dir: &Path) -> Vec<PathBuf> {
 /// pg_basebackup of a primary into the mirror's directory, creating the slot.
 fn base_backup(primary: &Instance, mirror: &Instance) -> Command {
     let mut c = pg_command("pg_basebackup");
-    c.args(["-h", ADDRESS, "-p", &primary.port.to_string(), "-U", &server_user()])
+    c.args(["-h", &primary.host, "-p", &primary.port.to_string(), "-U", &server_user()])
         .arg("-D")
         .arg(&mirror.datadir)
         .args(["-X", "stream", "-c", "fast", "--no-sync", "-C", "-S", SLOT_NAME]);
@@ -481,9 +559,10 @@ pub fn configure_mirror(primary: &Instance, mirror: &Instance) -> Result<()> {
     append_server_file(
         &mirror.datadir.join("postgresql.auto.conf"),
         &format!(
-            "port = {}\nprimary_conninfo = 'host={ADDRESS} port={} user={} application_name={MIRROR_APPLICATION_NAME}'\n\
+            "port = {}\nprimary_conninfo = 'host={} port={} user={} application_name={MIRROR_APPLICATION_NAME}'\n\
              primary_slot_name = '{SLOT_NAME}'\n",
             mirror.port,
+            primary.host,
             primary.port,
             server_user()
         ),

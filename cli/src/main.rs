@@ -9,13 +9,20 @@ use std::time::{Duration, Instant};
 use gpdemo::{server_user, wait_for_sync_mirror, Cluster, DemoError, Result, ADDRESS};
 
 const USAGE: &str = "\
-usage: gpdemo create  [--dir DIR] [--pairs N] [--port BASE]
+usage: gpdemo create  [--dir DIR] [--pairs N] [--port BASE] [--hosts H1,H2,...]
        gpdemo destroy [--dir DIR]
+       gpdemo fail-host HOST [--dir DIR]
+       gpdemo restart-host HOST [--dir DIR]
        gpdemo env     [--dir DIR]
        gpdemo tour    [--dir DIR] [--port BASE]
 
 create   a coordinator on BASE with gp_recovery, N primaries on BASE+1..BASE+N,
-         and their mirrors on BASE+N+1..BASE+2N (defaults: 3 pairs, port 7000)
+         and their mirrors on BASE+N+1..BASE+2N (defaults: 3 pairs, port 7000);
+         with --hosts (loopback addresses such as 127.0.0.2,127.0.0.3; needs
+         root) the segments are spread over those hosts, each with its own
+         sshd, and the coordinator reaches them only through ssh
+fail-host     kill every segment on HOST and stop its sshd (a dead host)
+restart-host  start HOST's sshd again; its segments wait for recovery
 destroy  stop every instance of the cluster and remove its directory
 env      print the settings that connect psql to the coordinator
 tour     create a demo cluster (own directory, port 7100) and walk through it";
@@ -30,13 +37,16 @@ struct Args {
     dir: Option<PathBuf>,
     pairs: u16,
     port: Option<u16>,
+    hosts: Vec<String>,
+    /// fail-host / restart-host: the host.
+    target: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
     let usage = |msg: String| DemoError::Usage(format!("{msg}\n{USAGE}"));
     let mut it = args.iter();
     let command = it.next().cloned().ok_or_else(|| usage("no command given".into()))?;
-    let mut parsed = Args { command, dir: None, pairs: 3, port: None };
+    let mut parsed = Args { command, dir: None, pairs: 3, port: None, hosts: Vec::new(), target: None };
     while let Some(flag) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| usage(format!("{flag} needs a value")));
         match flag.as_str() {
@@ -58,6 +68,10 @@ fn parse(args: &[String]) -> Result<Args> {
                         .ok_or_else(|| usage(format!("--port takes a port number from 1024 to 65535, not {v}")))?,
                 );
             }
+            "--hosts" => parsed.hosts = value()?.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect(),
+            host if !host.starts_with('-') && parsed.target.is_none() && parsed.command.ends_with("-host") => {
+                parsed.target = Some(host.to_string())
+            }
             other => return Err(usage(format!("unknown option {other}"))),
         }
     }
@@ -70,7 +84,7 @@ fn parse(args: &[String]) -> Result<Args> {
 fn print_connect(cluster: &Cluster) {
     println!("Demo cluster in {} is running:", cluster.dir.display());
     for i in cluster.instances() {
-        println!("  {:<12} port {:<5} {}", i.name(), i.port, i.datadir.display());
+        println!("  {:<12} {:<10} port {:<5} {}", i.name(), i.hostname(), i.port, i.datadir.display());
     }
     println!("\nConnect with:\n  psql -h {ADDRESS} -p {} -U {} postgres", cluster.coordinator.port, server_user());
     println!("or:\n  eval \"$(./gpdemo env --dir {})\" && psql", cluster.dir.display());
@@ -289,8 +303,22 @@ fn main_result(argv: &[String]) -> Result<()> {
     match args.command.as_str() {
         "create" => {
             let dir = args.dir.unwrap_or_else(|| default_dir(""));
-            let cluster = Cluster::create(&dir, args.pairs, args.port.unwrap_or(7000))?;
+            let cluster = Cluster::create_on(&dir, args.pairs, args.port.unwrap_or(7000), &args.hosts)?;
             print_connect(&cluster);
+            Ok(())
+        }
+        "fail-host" | "restart-host" => {
+            let dir = args.dir.unwrap_or_else(|| default_dir(""));
+            let host = args.target.ok_or_else(|| DemoError::Usage(format!("{} needs a HOST\n{USAGE}", args.command)))?;
+            if args.command == "fail-host" {
+                for d in gpdemo::sshd::fail_host(&dir, &host)? {
+                    println!("killed the segment in {}", d.display());
+                }
+                println!("stopped the sshd of {host}: the host is unreachable");
+            } else {
+                gpdemo::sshd::restart_host(&dir, &host)?;
+                println!("{host} answers ssh again; recover its segments with SELECT * FROM gp_recover_all();");
+            }
             Ok(())
         }
         "destroy" => {

@@ -27,10 +27,17 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn new(pairs: u16) -> TestCluster {
+        Self::on_hosts(pairs, &[])
+    }
+
+    /// A cluster whose segments are on `hosts` (loopback addresses), each
+    /// with an sshd of its own: the coordinator reaches them only by ssh.
+    pub fn on_hosts(pairs: u16, hosts: &[&str]) -> TestCluster {
         let dir = scratch_dir("cluster");
         std::fs::remove_dir(&dir).expect("empty scratch dir");
         let base = gpdemo::free_port_range(2 * pairs + 1).expect("free ports");
-        let cluster = Cluster::create(&dir, pairs, base).unwrap_or_else(|e| {
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let cluster = Cluster::create_on(&dir, pairs, base, &hosts).unwrap_or_else(|e| {
             let _ = Cluster::destroy(&dir);
             panic!("could not create a test cluster: {e}")
         });
@@ -75,7 +82,7 @@ impl SpareInstance {
         let dir = scratch_dir("spare");
         let port = gpdemo::free_port_range(1).expect("free port");
         let instance =
-            Instance { content: 99, role: 'p', port, datadir: dir.join("data"), logfile: dir.join("postgres.log") };
+            Instance { content: 99, role: 'p', host: gpdemo::ADDRESS.into(), port, datadir: dir.join("data"), logfile: dir.join("postgres.log") };
         let spare = SpareInstance { instance, dir };
         let i = &spare.instance;
         match standby_of {
@@ -242,7 +249,7 @@ pub fn kill9(instance: &Instance) {
 pub fn pgbench_init(instance: &Instance, scale: u32) {
     gpdemo::run(
         std::process::Command::new(gpdemo::pg_bindir().join("pgbench"))
-            .args(["-h", "127.0.0.1", "-p", &instance.port.to_string(), "-U", &gpdemo::server_user()])
+            .args(["-h", &instance.host, "-p", &instance.port.to_string(), "-U", &gpdemo::server_user()])
             .args(["-i", "-q", "-s", &scale.to_string(), "postgres"]),
     )
     .expect("pgbench -i");

@@ -1,0 +1,144 @@
+//! Segments on other hosts: clusters whose segments live on 127.0.0.2 and
+//! 127.0.0.3, each "host" with an OpenSSH server of its own and a key made
+//! for the test, so the coordinator reaches their files and processes only
+//! through gp_recovery.remote_shell. Every recovery mode, rebalance, a
+//! relocation with an awkward directory name, and a whole host going dark.
+
+use gp_recovery_pg_test::{assert_same_data, catalog_snapshot, pgbench_init, wait_for, TestCluster};
+use gpdemo::Instance;
+
+const HOSTS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
+
+/// Submits SQL returning a job id and waits for the job's end.
+fn run_job(tc: &TestCluster, sql: &str) -> Result<String, String> {
+    let job = tc.submit(sql);
+    tc.wait_job(job)
+}
+
+/// The job's error text, for a job that must fail.
+fn job_error(tc: &TestCluster, job: i64) -> String {
+    let waited = tc.wait_job(job).unwrap_err();
+    assert!(waited.starts_with(&format!("recovery job {job} failed: ")), "{waited}");
+    tc.coordinator()
+        .query_one("SELECT error FROM gp_recovery_job WHERE job_id = $1", &[&job])
+        .unwrap()
+        .get::<_, Option<String>>(0)
+        .unwrap_or_default()
+}
+
+/// Both members of a content up and synchronized, with the same data.
+fn assert_synchronized(tc: &TestCluster, content: usize, primary: &Instance, mirror: &Instance) {
+    let (p, m) = (tc.dbid_of(primary), tc.dbid_of(mirror));
+    assert_eq!((tc.row_state(p), tc.row_state(m)), ("p u s".to_string(), "m u s".to_string()), "content {content}");
+    assert_same_data(primary, mirror);
+}
+
+/// Kills the acting primary of content 0 and waits until the other member
+/// accepts writes; returns the (new primary, down one).
+fn fail_over_acting<'a>(tc: &'a TestCluster) -> (&'a Instance, &'a Instance) {
+    let acting = tc.writable(0).expect("content 0 has a primary");
+    let other = if acting == tc.primary(0) { tc.mirror(0) } else { tc.primary(0) };
+    let (down, up) = (tc.dbid_of(acting), tc.dbid_of(other));
+    gp_recovery_pg_test::kill9(acting);
+    wait_for(60, "the failover", || tc.row_state(up) == "p u n" && tc.row_state(down) == "m d n");
+    wait_for(60, "the promoted mirror to accept writes", || tc.writable(0) == Some(other));
+    other
+        .connect()
+        .unwrap()
+        .batch_execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 2000")
+        .unwrap();
+    (other, acting)
+}
+
+#[test]
+fn every_mode_and_rebalance_run_through_ssh() {
+    let tc = TestCluster::on_hosts(1, &HOSTS);
+    tc.set_fts(1, 2, 2, 2);
+    assert_eq!((tc.primary(0).hostname(), tc.mirror(0).hostname()), (HOSTS[0], HOSTS[1]));
+    pgbench_init(tc.primary(0), 3);
+
+    for mode in ["incremental", "differential", "full"] {
+        let (primary, down) = fail_over_acting(&tc);
+        let dbid = tc.dbid_of(down);
+        assert_eq!(run_job(&tc, &format!("SELECT gp_recover_segment({dbid}, '{mode}')")), Ok("succeeded".into()), "{mode}");
+        assert_synchronized(&tc, 0, primary, down);
+    }
+    // Three failovers: the preferred primary (on 127.0.0.2) is the mirror now.
+    assert_eq!(tc.writable(0), Some(tc.mirror(0)));
+    let job: i64 = tc.coordinator().query_one("SELECT * FROM gp_rebalance()", &[]).unwrap().get(0);
+    assert_eq!(tc.wait_job(job), Ok("succeeded".into()));
+    assert_synchronized(&tc, 0, tc.primary(0), tc.mirror(0));
+
+    // Every step for these hosts went through the remote shell.
+    let log = std::fs::read_to_string(&tc.cluster.coordinator.logfile).unwrap();
+    for tool in ["check", "stop", "pg_rewind", "rsync", "pg_basebackup", "pg_ctl"] {
+        assert!(
+            log.contains(&format!("running {tool} on host 127.0.0.")) && log.contains("through gp_recovery.remote_shell"),
+            "{tool} ran through ssh"
+        );
+    }
+    assert!(!log.lines().any(|l| l.contains("running ") && l.contains("on host 127.0.0.") && !l.contains("remote_shell")));
+}
+
+#[test]
+fn a_dead_host_fails_its_jobs_cleanly_while_a_relocation_away_from_it_succeeds() {
+    let tc = TestCluster::on_hosts(2, &HOSTS);
+    tc.set_fts(1, 2, 2, 2);
+    for content in 0..2 {
+        pgbench_init(tc.primary(content), 1);
+    }
+    // 127.0.0.3 holds content 1's primary and content 0's mirror.
+    let (mirror0, primary1) = (tc.mirror(0), tc.primary(1));
+    assert_eq!((mirror0.hostname(), primary1.hostname()), (HOSTS[1], HOSTS[1]));
+    let (m0, p1, m1) = (tc.dbid_of(mirror0), tc.dbid_of(primary1), tc.dbid_of(tc.mirror(1)));
+    gpdemo::sshd::fail_host(tc.dir(), HOSTS[1]).unwrap();
+    wait_for(60, "the failover of content 1 and the mirror of content 0 marked down", || {
+        tc.row_state(m1) == "p u n" && tc.row_state(p1) == "m d n" && tc.row_state(m0) == "m d n"
+    });
+    wait_for(60, "content 1's new primary to accept writes", || tc.writable(1) == Some(tc.mirror(1)));
+
+    // In place, both jobs need the dead host: both fail, nothing changes.
+    let mut c = tc.coordinator();
+    let before = catalog_snapshot(&mut c);
+    let jobs: Vec<i64> = c.query("SELECT * FROM gp_recover_all()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(jobs.len(), 2);
+    for job in jobs {
+        let error = job_error(&tc, job);
+        assert!(error.starts_with("host 127.0.0.3 is unreachable: ssh: connect to host 127.0.0.3"), "{error}");
+    }
+    assert_eq!(catalog_snapshot(&mut c), before, "the catalog and its history are unchanged");
+
+    // Content 0's mirror moves to the live host, into a directory whose
+    // name has a space, a quote and a semicolon, while content 1's primary
+    // fails again: each job goes its own way.
+    let port = gpdemo::free_port_range(1).unwrap();
+    let datadir = tc.dir().join(HOSTS[0]).join("moved dir 'x';touch pwned");
+    let relocate = tc.submit(&format!(
+        "SELECT gp_recover_segment({m0}, 'full', new_hostname => '{}', new_port => {port}, new_datadir => $${}$$)",
+        HOSTS[0],
+        datadir.display()
+    ));
+    let row_p1 = |c: &mut postgres::Client| -> String {
+        c.query_one("SELECT c::text FROM gp_segment_configuration c WHERE dbid = $1", &[&p1]).unwrap().get(0)
+    };
+    let p1_before = row_p1(&mut c);
+    let in_place = tc.submit(&format!("SELECT gp_recover_segment({p1})"));
+    assert!(job_error(&tc, in_place).starts_with("host 127.0.0.3 is unreachable"));
+    assert_eq!(tc.wait_job(relocate), Ok("succeeded".into()));
+    assert_eq!(row_p1(&mut c), p1_before);
+    let moved = Instance {
+        content: 0,
+        role: 'm',
+        host: HOSTS[0].into(),
+        port,
+        datadir: datadir.clone(),
+        logfile: tc.dir().join("moved.log"),
+    };
+    assert_synchronized(&tc, 0, tc.primary(0), &moved);
+    assert!(!tc.dir().join("pwned").exists() && !std::path::Path::new("/pwned").exists(), "no shell ran the name");
+
+    // The host comes back: its segment is rewound over ssh.
+    gpdemo::sshd::restart_host(tc.dir(), HOSTS[1]).unwrap();
+    assert_eq!(run_job(&tc, &format!("SELECT gp_recover_segment({p1})")), Ok("succeeded".into()));
+    assert_synchronized(&tc, 1, tc.mirror(1), primary1);
+}
