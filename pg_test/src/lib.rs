@@ -375,3 +375,30 @@ impl TestCluster {
         })
     }
 }
+
+/// Sets gp_recovery.max_rate (kB/s, 0 for none) and gives the worker time
+/// to read it.
+pub fn set_rate_on(c: &mut Client, kb_per_s: u32) {
+    c.batch_execute(&format!("ALTER SYSTEM SET gp_recovery.max_rate = {kb_per_s}")).unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+}
+
+impl TestCluster {
+    pub fn set_rate(&self, kb_per_s: u32) {
+        set_rate_on(&mut self.coordinator(), kb_per_s);
+    }
+
+    /// Starts a full recovery limited to 2 MB/s and waits until it copies.
+    pub fn start_slow_full_recovery(&self, dbid: i16) -> i64 {
+        self.set_rate(2048);
+        let job = self.submit(&format!("SELECT gp_recover_segment({dbid}, 'full')"));
+        let mut c = self.coordinator();
+        wait_for(60, "the copy to make progress", || {
+            c.query_opt("SELECT 1 FROM gp_recovery_progress WHERE job_id = $1 AND bytes_done > 0", &[&job])
+                .unwrap()
+                .is_some()
+        });
+        job
+    }
+}

@@ -3,7 +3,6 @@
 //! a failed incremental recovery, cancel, coordinator restart, pg_cron.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use gp_recovery_pg_test::{
     assert_same_data, catalog_snapshot, copy_percents, expect_error, kill9, pgbench_init, wait_for, TestCluster,
@@ -38,10 +37,6 @@ fn assert_recovered(tc: &TestCluster, recovered: &Instance, mirror_dbid: i16, pr
     assert_same_data(tc.mirror(0), recovered);
 }
 
-fn set_rate(tc: &TestCluster, kb_per_s: u32) {
-    set_rate_on(&mut tc.coordinator(), kb_per_s);
-}
-
 #[test]
 fn incremental_recovery_rewinds_the_old_primary() {
     let (tc, old, new) = failed_over_cluster(5);
@@ -73,7 +68,7 @@ fn incremental_recovery_rewinds_the_old_primary() {
 #[test]
 fn full_recovery_copies_with_rising_progress() {
     let (tc, old, new) = failed_over_cluster(5);
-    set_rate(&tc, 16384);
+    tc.set_rate(16384);
     let job = tc.submit(&format!("SELECT gp_recover_segment({old}, 'full')"));
     let watcher = tc.watch_progress(job);
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
@@ -93,7 +88,7 @@ fn differential_recovery_copies_what_differs() {
     let (tc, old, new) = failed_over_cluster(5);
     // Every page of the accounts table changes on the new primary.
     tc.mirror(0).connect().unwrap().batch_execute("UPDATE pgbench_accounts SET filler = 'changed'").unwrap();
-    set_rate(&tc, 16384);
+    tc.set_rate(16384);
     let job = tc.submit(&format!("SELECT gp_recover_segment({old}, 'differential')"));
     let watcher = tc.watch_progress(job);
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
@@ -115,7 +110,7 @@ fn relocation_keeps_the_dbid_and_leaves_the_old_directory() {
         "SELECT gp_recover_segment({old}, 'full', new_port => {port}, new_datadir => $${}$$)",
         datadir.display()
     );
-    set_rate(&tc, 16384);
+    tc.set_rate(16384);
     let job = tc.submit(&sql);
     let watcher = tc.watch_progress(job);
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
@@ -155,25 +150,12 @@ fn incremental_without_wal_fails_with_advice_then_full_succeeds() {
     assert_recovered(&tc, tc.primary(0), old, new);
 }
 
-/// Starts a full recovery limited to 2 MB/s and waits until it copies.
-fn start_slow_full_recovery(tc: &TestCluster, dbid: i16) -> i64 {
-    set_rate(tc, 2048);
-    let job = tc.submit(&format!("SELECT gp_recover_segment({dbid}, 'full')"));
-    let mut c = tc.coordinator();
-    wait_for(60, "the copy to make progress", || {
-        c.query_opt("SELECT 1 FROM gp_recovery_progress WHERE job_id = $1 AND bytes_done > 0", &[&job])
-            .unwrap()
-            .is_some()
-    });
-    job
-}
-
 #[test]
 fn cancel_mid_copy_restores_everything_and_a_later_recovery_works() {
     let (tc, old, new) = failed_over_cluster(5);
     let before = catalog_snapshot(&mut tc.coordinator()).0;
     let old_version = std::fs::read_to_string(tc.primary(0).datadir.join("PG_VERSION")).unwrap();
-    let job = start_slow_full_recovery(&tc, old);
+    let job = tc.start_slow_full_recovery(old);
     let mut c = tc.coordinator();
     assert!(c.query_one("SELECT gp_recovery_cancel($1)", &[&job]).unwrap().get::<_, bool>(0));
     assert_eq!(tc.wait_job(job).unwrap(), "canceled");
@@ -188,7 +170,7 @@ fn cancel_mid_copy_restores_everything_and_a_later_recovery_works() {
     let history = tc.history();
     assert!(history.iter().any(|h| h.starts_with("gprecoverseg: segment config for backout")), "{history:#?}");
 
-    set_rate(&tc, 0);
+    tc.set_rate(0);
     let job = tc.submit(&format!("SELECT gp_recover_segment({old}, 'full')"));
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
     assert_recovered(&tc, tc.primary(0), old, new);
@@ -198,7 +180,7 @@ fn cancel_mid_copy_restores_everything_and_a_later_recovery_works() {
 fn coordinator_restart_mid_copy_leaves_no_job_running() {
     let (tc, old, new) = failed_over_cluster(5);
     let before = catalog_snapshot(&mut tc.coordinator()).0;
-    let job = start_slow_full_recovery(&tc, old);
+    let job = tc.start_slow_full_recovery(old);
     tc.cluster.coordinator.stop("fast").unwrap();
     tc.cluster.coordinator.start().unwrap();
     let mut c = tc.coordinator();
@@ -211,7 +193,7 @@ fn coordinator_restart_mid_copy_leaves_no_job_running() {
     let running: i64 = c.query_one("SELECT count(*) FROM gp_recovery_job WHERE state = 'running'", &[]).unwrap().get(0);
     assert_eq!(running, 0);
     assert_eq!(catalog_snapshot(&mut c).0, before);
-    set_rate(&tc, 0);
+    tc.set_rate(0);
     let job = tc.submit(&format!("SELECT gp_recover_segment({old}, 'full')"));
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
     assert_recovered(&tc, tc.primary(0), old, new);
@@ -351,7 +333,7 @@ fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!(jobs, jobs_before, "the failed statement's job is rolled back");
 
     // A member of gp_recovery_admin may recover; a second job for the content names the first.
-    set_rate_on(&mut c, 1024);
+    gp_recovery_pg_test::set_rate_on(&mut c, 1024);
     c.batch_execute("SET ROLE dba").unwrap();
     let job: i64 = c.query_one(&format!("SELECT gp_recover_segment({old}, 'full')"), &[]).unwrap().get(0);
     let (code, message) = expect_error(&mut c, &format!("SELECT gp_recover_segment({old}, 'full')"));
@@ -371,12 +353,6 @@ fn bad_requests_are_refused_and_change_nothing() {
     let (code, message) = expect_error(&mut c, &format!("SELECT gp_recover_segment({old}, 'full')"));
     assert_eq!(code, "55000");
     assert!(message.starts_with(&format!("double fault: content 0's acting primary dbid {new}")), "{message}");
-}
-
-fn set_rate_on(c: &mut postgres::Client, kb_per_s: u32) {
-    c.batch_execute(&format!("ALTER SYSTEM SET gp_recovery.max_rate = {kb_per_s}")).unwrap();
-    c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
 }
 
 #[test]

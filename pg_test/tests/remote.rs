@@ -142,3 +142,37 @@ fn a_dead_host_fails_its_jobs_cleanly_while_a_relocation_away_from_it_succeeds()
     assert_eq!(run_job(&tc, &format!("SELECT gp_recover_segment({p1})")), Ok("succeeded".into()));
     assert_synchronized(&tc, 1, tc.mirror(1), primary1);
 }
+
+#[test]
+fn cancel_ends_the_copy_on_the_remote_host_and_restores_everything() {
+    let tc = TestCluster::on_hosts(1, &HOSTS);
+    tc.set_fts(1, 2, 2, 2);
+    pgbench_init(tc.primary(0), 5);
+    let (primary, down) = fail_over_acting(&tc);
+    let dbid = tc.dbid_of(down);
+    let mut c = tc.coordinator();
+    let before = catalog_snapshot(&mut c).0;
+    let datadir = down.datadir.to_string_lossy().into_owned();
+    let version = std::fs::read_to_string(down.datadir.join("PG_VERSION")).unwrap();
+    let job = tc.start_slow_full_recovery(dbid);
+    // The copy runs on 127.0.0.2, under that host's sshd.
+    let copying = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", &format!("pg_basebackup -D {datadir}.gp_recovery_new")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(copying(), "pg_basebackup runs for the remote target");
+    assert!(c.query_one("SELECT gp_recovery_cancel($1)", &[&job]).unwrap().get::<_, bool>(0));
+    assert_eq!(tc.wait_job(job).unwrap(), "canceled");
+    assert!(!copying(), "the remote pg_basebackup ended with the job");
+    assert_eq!(catalog_snapshot(&mut c).0, before, "the catalog is as before the job");
+    assert_eq!(std::fs::read_to_string(down.datadir.join("PG_VERSION")).unwrap(), version);
+    assert!(!std::path::Path::new(&format!("{datadir}.gp_recovery_new")).exists(), "the partial copy is removed");
+
+    tc.set_rate(0);
+    assert_eq!(run_job(&tc, &format!("SELECT gp_recover_segment({dbid})")), Ok("succeeded".into()));
+    assert_synchronized(&tc, 0, primary, down);
+}
