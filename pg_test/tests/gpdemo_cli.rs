@@ -103,6 +103,9 @@ fn create_refuses_bad_arguments() {
         (vec!["create", "--dir", "relative/dir"], "--dir must be an absolute path"),
         (vec!["create", "--bogus"], "unknown option --bogus"),
         (vec!["frobnicate"], "unknown command frobnicate"),
+        (vec!["create", "--hosts", "10.0.0.5"], "--hosts takes loopback addresses other than 127.0.0.1"),
+        (vec!["fail-host"], "fail-host needs a HOST"),
+        (vec!["fail-host", "127.0.0.2", "--dir", "/nonexistent/gpdemo"], "/nonexistent/gpdemo has no segment hosts"),
     ] {
         let (ok, out) = gpdemo(&args);
         assert!(!ok, "{args:?} should fail");
