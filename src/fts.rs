@@ -439,7 +439,7 @@ impl Fts {
             }
             SegmentOp::CreateSlot(s) => (
                 format!("create the replication slot on dbid {}", s.dbid),
-                block_on(Target::new(s, timeout).create_slot(false)),
+                block_on(Target::new(s, timeout).create_slot()),
             ),
         };
         match result {

@@ -506,7 +506,7 @@ impl Job {
         self.source = Some(rows[1].clone());
         for (what, result) in [
             ("turn synchronous replication off", block_on(t.disable_sync_rep())),
-            ("create the slot", block_on(t.create_slot(false))),
+            ("create the slot", block_on(t.create_slot())),
         ] {
             if let Err(e) = result {
                 warning!("gp_recovery: job {}: could not {what} on dbid {}: {e}", self.id(), new.dbid);
@@ -569,11 +569,14 @@ impl Job {
         match self.mode {
             RecoveryMode::Rebalance => self.spawn_rewind(&source, &target_dir, false),
             RecoveryMode::Incremental => {
-                block_on(src.create_slot(false))?;
+                block_on(src.create_slot())?;
                 self.spawn_rewind(&source, &target_dir, true)
             }
             RecoveryMode::Full => {
-                block_on(src.create_slot(true))?;
+                // The copy streams its WAL through a temporary slot of its
+                // own: the mirror's slot keeps what it holds (all WAL since
+                // the failover) should this copy fail or be canceled.
+                block_on(src.create_slot())?;
                 let args = vec![
                     "-h".into(),
                     source.address.clone(),
@@ -585,8 +588,6 @@ impl Job {
                     "stream".into(),
                     "-c".into(),
                     "fast".into(),
-                    "-S".into(),
-                    SLOT_NAME.into(),
                     "--no-verify-checksums".into(),
                     "--progress".into(),
                     "--verbose".into(),
@@ -595,18 +596,21 @@ impl Job {
                 self.spawn("pg_basebackup", &script)
             }
             RecoveryMode::Differential => {
-                // The slot keeps all WAL from before the backup starts, so
-                // the mirror streams what the copy needs.
-                block_on(src.create_slot(true))?;
+                // The slot keeps all WAL from before the backup starts (at
+                // the latest), so the mirror streams what the copy needs.
+                block_on(src.create_slot())?;
                 self.backup = Some(block_on(src.backup_start(&format!("gp_recovery job {}", self.id())))?);
                 // --no-whole-file: the delta algorithm even between local
-                // directories, so only changed blocks are sent; --stats
-                // reports the bytes sent in the job's log.
+                // directories, so only changed blocks are sent; --inplace:
+                // only those blocks are written, not a new copy of every
+                // changed file (a failed run already needs a new one);
+                // --stats reports the bytes sent in the job's log.
                 let mut args: Vec<String> = [
                     "-a",
                     "--delete",
                     "--checksum",
                     "--no-whole-file",
+                    "--inplace",
                     "--stats",
                     "--info=progress2",
                     "--no-inc-recursive",
@@ -1121,7 +1125,9 @@ impl Worker {
             self.claim();
             self.tick();
             self.flush_progress();
-            let nap = if self.jobs.is_empty() { 1000 } else { 200 };
+            // Running jobs are polled 20 times a second, so a finished step
+            // is followed at once; probes of sources keep their own pace.
+            let nap = if self.jobs.is_empty() { 1000 } else { 50 };
             if !BackgroundWorker::wait_latch(Some(Duration::from_millis(nap))) {
                 self.stopping = true;
             }

@@ -206,20 +206,19 @@ impl Target {
     }
 
     /// Creates the replication slot the content's mirror streams from, if
-    /// missing, reserving WAL from now on. With `fresh`, an existing slot
-    /// nobody streams from is dropped first, so it retains WAL from now
-    /// rather than from an old position (a new copy needs nothing older).
-    pub async fn create_slot(&self, fresh: bool) -> Result<(), String> {
+    /// missing, reserving WAL from now on.
+    pub async fn create_slot(&self) -> Result<(), String> {
         self.with_client(|client| async move {
-            if fresh {
-                client
-                    .execute(
-                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                         WHERE slot_name = $1 AND NOT active",
-                        &[&SLOT_NAME],
-                    )
-                    .await?;
-            }
+            // A slot whose WAL is gone (max_slot_wal_keep_size) cannot serve
+            // a mirror; any other is kept: since the failover it holds the
+            // WAL the old primary needs, also when an earlier attempt failed.
+            client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                     WHERE slot_name = $1 AND NOT active AND wal_status = 'lost'",
+                    &[&SLOT_NAME],
+                )
+                .await?;
             client
                 .execute(
                     "SELECT pg_create_physical_replication_slot($1, true) \

@@ -296,9 +296,9 @@ pub const DEMO_FTS_SETTINGS: &str = "gp_recovery.fts_probe_interval = 2s\n\
      gp_recovery.fts_probe_timeout = 2s\ngp_recovery.fts_probe_retries = 2\n\
      gp_recovery.mirror_down_grace_period = 5s\n";
 
-/// Settings every instance gets. wal_keep_size: pg_rewind (incremental
-/// recovery) needs the old primary's WAL back to the last checkpoint before
-/// the divergence, which a bulk load would otherwise have recycled.
+/// Settings every instance gets. No wal_keep_size: the incremental
+/// recovery keeps the WAL pg_rewind needs on the target by itself, and kept
+/// WAL on the source would be copied by every pg_rewind.
 /// Every instance listens on all the cluster's loopback "hosts": a copy of a
 /// data directory (recovery onto another host) must work there unchanged.
 fn common_conf(port: u16, listen: &str, socket_dir: &Path) -> String {
@@ -306,7 +306,6 @@ fn common_conf(port: u16, listen: &str, socket_dir: &Path) -> String {
         "\n# gpdemo\nport = {port}\nlisten_addresses = '{listen}'\nunix_socket_directories = '{}'\n\
          wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
          wal_log_hints = on\nhot_standby = on\nshared_buffers = 32MB\nmax_connections = 50\n\
-         wal_keep_size = 1GB\n\
          log_line_prefix = '%m [%p] '\n",
         socket_dir.display()
     )

@@ -68,7 +68,9 @@ fn parse(args: &[String]) -> Result<Args> {
                         .ok_or_else(|| usage(format!("--port takes a port number from 1024 to 65535, not {v}")))?,
                 );
             }
-            "--hosts" => parsed.hosts = value()?.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect(),
+            "--hosts" => {
+                parsed.hosts = value()?.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect()
+            }
             host if !host.starts_with('-') && parsed.target.is_none() && parsed.command.ends_with("-host") => {
                 parsed.target = Some(host.to_string())
             }
@@ -309,7 +311,8 @@ fn main_result(argv: &[String]) -> Result<()> {
         }
         "fail-host" | "restart-host" => {
             let dir = args.dir.unwrap_or_else(|| default_dir(""));
-            let host = args.target.ok_or_else(|| DemoError::Usage(format!("{} needs a HOST\n{USAGE}", args.command)))?;
+            let host =
+                args.target.ok_or_else(|| DemoError::Usage(format!("{} needs a HOST\n{USAGE}", args.command)))?;
             if args.command == "fail-host" {
                 for d in gpdemo::sshd::fail_host(&dir, &host)? {
                     println!("killed the segment in {}", d.display());

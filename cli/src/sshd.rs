@@ -26,10 +26,9 @@ impl SshHosts {
     /// The sshd settings of the existing cluster in `cluster_dir`.
     pub fn open(cluster_dir: &Path) -> Result<SshHosts> {
         let file = cluster_dir.join("ssh").join("port");
-        let port = fs::read_to_string(&file)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .ok_or_else(|| DemoError::Usage(format!("{} has no segment hosts (no {})", cluster_dir.display(), file.display())))?;
+        let port = fs::read_to_string(&file).ok().and_then(|t| t.trim().parse().ok()).ok_or_else(|| {
+            DemoError::Usage(format!("{} has no segment hosts (no {})", cluster_dir.display(), file.display()))
+        })?;
         Ok(SshHosts::new(cluster_dir, port))
     }
 
@@ -62,7 +61,8 @@ impl SshHosts {
             return Err(DemoError::Usage("segments on other hosts need root, to start an sshd for each host".into()));
         }
         make_server_dir(&self.dir)?;
-        fs::write(self.dir.join("port"), self.port.to_string()).map_err(crate::io_err("could not write the sshd port"))?;
+        fs::write(self.dir.join("port"), self.port.to_string())
+            .map_err(crate::io_err("could not write the sshd port"))?;
         for key in [self.client_key(), self.host_key()] {
             run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "gpdemo", "-f"]).arg(&key))?;
         }
@@ -70,10 +70,12 @@ impl SshHosts {
         for f in [self.client_key(), self.client_key().with_extension("pub")] {
             run(Command::new("chown").arg(format!("{0}:{0}", server_user())).arg(&f))?;
         }
-        let read = |p: PathBuf| fs::read_to_string(&p).map_err(crate::io_err(format!("could not read {}", p.display())));
+        let read =
+            |p: PathBuf| fs::read_to_string(&p).map_err(crate::io_err(format!("could not read {}", p.display())));
         append_server_file(&self.dir.join("authorized_keys"), &read(self.client_key().with_extension("pub"))?)?;
         let host_pub = read(self.host_key().with_extension("pub"))?;
-        let known: String = hosts.iter().map(|h| format!("[{h}]:{} {}", self.port, host_pub.trim())).collect::<Vec<_>>().join("\n");
+        let known: String =
+            hosts.iter().map(|h| format!("[{h}]:{} {}", self.port, host_pub.trim())).collect::<Vec<_>>().join("\n");
         append_server_file(&self.dir.join("known_hosts"), &(known + "\n"))?;
         fs::create_dir_all("/run/sshd").map_err(crate::io_err("could not create /run/sshd"))?;
         hosts.iter().try_for_each(|h| self.start(h))

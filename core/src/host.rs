@@ -149,6 +149,10 @@ pub fn sibling(datadir: &str, suffix: &str) -> String {
 }
 pub const NEW_SUFFIX: &str = ".gp_recovery_new";
 pub const OLD_SUFFIX: &str = ".gp_recovery_old";
+/// Marks the line the rewind step adds to a target's postgresql.auto.conf.
+pub const REWIND_MARK: &str = "# gp_recovery: for pg_rewind only";
+/// The target's own WAL, set aside while pg_rewind runs.
+pub const WAL_SUFFIX: &str = ".gp_recovery_wal";
 /// What [`Scripts::start`] prints when the segment runs already.
 pub const ALREADY_RUNNING: &str = "the segment is already running";
 /// The server log of a segment the recovery started, beside its directory.
@@ -192,17 +196,57 @@ impl Scripts {
     /// pg_rewind against the source; a mirror that merely stopped (it still
     /// has standby.signal) is left to catch up by streaming when
     /// `skip_standby`, as gprecoverseg does.
+    ///
+    /// pg_rewind and then the rewound standby read the target's WAL from its
+    /// last checkpoint before the divergence. A killed target is first
+    /// crash-recovered by pg_rewind, whose checkpoint removes that WAL, and
+    /// pg_rewind removes what the source lacks (Greenplum patched its server
+    /// for this; vanilla clusters used to need a large wal_keep_size, whose
+    /// kept WAL PostgreSQL 15's pg_rewind copies in full every time). So the
+    /// script first copies the target's WAL from its latest checkpoint's
+    /// REDO file aside, lets pg_rewind fetch from there
+    /// (--restore-target-wal, with a restore_command line in
+    /// postgresql.auto.conf for this run only: pg_rewind replaces the file
+    /// with the source's, a failed run removes the line), and afterwards
+    /// puts back what pg_wal lacks.
     pub fn rewind(&self, datadir: &str, source_conninfo: &str, skip_standby: bool) -> String {
         let skip = if skip_standby {
             "if [ -f \"$D/standby.signal\" ]; then echo \"skipping pg_rewind on mirror as standby.signal is present\"; exit 0; fi\n"
         } else {
             ""
         };
+        let saved = sibling(datadir, WAL_SUFFIX);
+        // The data directory has no " $ ` or \ (registration refuses them),
+        // so double quotes keep it one word in restore_command's shell.
+        let restore = format!("cp \"{saved}/%f\" \"%p\"");
+        let line = format!("restore_command = '{}' {REWIND_MARK}", restore.replace('\'', "''"));
         self.preamble(datadir)
             + skip
             + &format!(
-                "exec \"$B/pg_rewind\" --target-pgdata=\"$D\" --source-server={} --progress",
-                quote(source_conninfo)
+                "A=\"$D/postgresql.auto.conf\" M={mark} W={w}\n\
+                 R=$(\"$B/pg_controldata\" -D \"$D\" | sed -n \"s/^Latest checkpoint's REDO WAL file: *//p\")\n\
+                 rm -rf \"$W\" && mkdir -p \"$W\" || exit 1\n\
+                 for f in \"$D\"/pg_wal/*; do\n\
+                 n=${{f##*/}}\n\
+                 if [ -f \"$f\" ] && [ ${{#n}} -eq 24 ] && [ -n \"$R\" ] && [ ! \"$n\" \\< \"$R\" ]; then cp \"$f\" \"$W/\" || exit 1; fi\n\
+                 done\n\
+                 printf '%s\\n' {line} >> \"$A\" || exit 1\n\
+                 \"$B/pg_rewind\" --target-pgdata=\"$D\" --source-server={conninfo} --restore-target-wal --progress\n\
+                 rc=$?\n\
+                 if [ -f \"$A\" ] && grep -q -F \"$M\" \"$A\"; then\n\
+                 {{ grep -v -F \"$M\" \"$A\" || true; }} > \"$A.tmp\" && mv \"$A.tmp\" \"$A\"\n\
+                 fi\n\
+                 if [ $rc -eq 0 ]; then\n\
+                 for f in \"$W\"/*; do\n\
+                 if [ -f \"$f\" ] && [ ! -e \"$D/pg_wal/${{f##*/}}\" ]; then mv \"$f\" \"$D/pg_wal/\" || exit 1; fi\n\
+                 done\n\
+                 fi\n\
+                 rm -rf \"$W\"\n\
+                 exit $rc",
+                mark = quote(REWIND_MARK),
+                w = quote(&saved),
+                line = quote(&line),
+                conninfo = quote(source_conninfo),
             )
     }
 
@@ -460,6 +504,19 @@ mod tests {
         assert_eq!(run_local(&s.install_backup_label(&ds, "START WAL LOCATION: 0/2\n", "")).0, 0);
         assert_eq!(std::fs::read_to_string(dir.join("backup_label")).unwrap(), "START WAL LOCATION: 0/2\n");
         assert!(!dir.join("pg_wal/000000010000000000000001").exists() && dir.join("pg_wal/archive_status").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_rewind_leaves_postgresql_auto_conf_as_it_was() {
+        let dir = scratch("rewind");
+        let ds = dir.to_string_lossy().into_owned();
+        std::fs::write(dir.join("postgresql.auto.conf"), "port = '7001'\n").unwrap();
+        let s = Scripts { bindir: "/nonexistent".into(), connect_timeout: 5 };
+        let (rc, _) = run_local(&s.rewind(&ds, "host=x", false));
+        assert_ne!(rc, 0);
+        assert_eq!(std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap(), "port = '7001'\n");
+        assert!(!PathBuf::from(sibling(&ds, WAL_SUFFIX)).exists(), "the WAL set aside is removed");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

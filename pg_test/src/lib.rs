@@ -81,8 +81,14 @@ impl SpareInstance {
     pub fn new(standby_of: Option<&Instance>) -> SpareInstance {
         let dir = scratch_dir("spare");
         let port = gpdemo::free_port_range(1).expect("free port");
-        let instance =
-            Instance { content: 99, role: 'p', host: gpdemo::ADDRESS.into(), port, datadir: dir.join("data"), logfile: dir.join("postgres.log") };
+        let instance = Instance {
+            content: 99,
+            role: 'p',
+            host: gpdemo::ADDRESS.into(),
+            port,
+            datadir: dir.join("data"),
+            logfile: dir.join("postgres.log"),
+        };
         let spare = SpareInstance { instance, dir };
         let i = &spare.instance;
         match standby_of {

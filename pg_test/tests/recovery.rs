@@ -121,7 +121,14 @@ fn relocation_keeps_the_dbid_and_leaves_the_old_directory() {
     assert_eq!((row.get::<_, i32>(0), row.get::<_, String>(1)), (i32::from(port), datadir.display().to_string()));
     assert!(tc.primary(0).datadir.join("PG_VERSION").exists(), "the old data directory is left alone");
     assert!(!PathBuf::from("/pwned").exists() && !tc.dir().join("pwned").exists(), "nothing ran through a shell");
-    let moved = Instance { content: 0, role: 'm', host: gpdemo::ADDRESS.into(), port, datadir: datadir.clone(), logfile: tc.dir().join("moved.log") };
+    let moved = Instance {
+        content: 0,
+        role: 'm',
+        host: gpdemo::ADDRESS.into(),
+        port,
+        datadir: datadir.clone(),
+        logfile: tc.dir().join("moved.log"),
+    };
     assert_recovered(&tc, &moved, old, new);
     let _ = moved.stop("immediate");
 }

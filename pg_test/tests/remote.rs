@@ -60,7 +60,11 @@ fn every_mode_and_rebalance_run_through_ssh() {
     for mode in ["incremental", "differential", "full"] {
         let (primary, down) = fail_over_acting(&tc);
         let dbid = tc.dbid_of(down);
-        assert_eq!(run_job(&tc, &format!("SELECT gp_recover_segment({dbid}, '{mode}')")), Ok("succeeded".into()), "{mode}");
+        assert_eq!(
+            run_job(&tc, &format!("SELECT gp_recover_segment({dbid}, '{mode}')")),
+            Ok("succeeded".into()),
+            "{mode}"
+        );
         assert_synchronized(&tc, 0, primary, down);
     }
     // Three failovers: the preferred primary (on 127.0.0.2) is the mirror now.
@@ -73,11 +77,14 @@ fn every_mode_and_rebalance_run_through_ssh() {
     let log = std::fs::read_to_string(&tc.cluster.coordinator.logfile).unwrap();
     for tool in ["check", "stop", "pg_rewind", "rsync", "pg_basebackup", "pg_ctl"] {
         assert!(
-            log.contains(&format!("running {tool} on host 127.0.0.")) && log.contains("through gp_recovery.remote_shell"),
+            log.contains(&format!("running {tool} on host 127.0.0."))
+                && log.contains("through gp_recovery.remote_shell"),
             "{tool} ran through ssh"
         );
     }
-    assert!(!log.lines().any(|l| l.contains("running ") && l.contains("on host 127.0.0.") && !l.contains("remote_shell")));
+    assert!(!log
+        .lines()
+        .any(|l| l.contains("running ") && l.contains("on host 127.0.0.") && !l.contains("remote_shell")));
 }
 
 #[test]
