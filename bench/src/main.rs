@@ -394,23 +394,27 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
     });
 
     // 3. Incremental after a contiguous 1% update, against full.
-    let mut inc = Vec::new();
+    let (mut inc, mut inc_bytes) = (Vec::new(), Vec::new());
     for i in 0..b.runs {
         eprintln!("== incremental recovery run {}", i + 1);
         let (_, down) = b.kill_and_time_failover()?;
         let ((primary, _), _) = b.members()?;
         b.update(&primary, 1, false)?;
-        inc.push(b.timed_recovery(down, "incremental")?.0);
+        let (total, _, bytes) = b.timed_recovery(down, "incremental")?;
+        inc.push(total);
+        inc_bytes.push(bytes);
         gaps.push(b.restore()?);
     }
-    rows.push(ratio_row(
+    let mut row = ratio_row(
         "Incremental recovery after a contiguous 1% update vs full recovery",
         median(inc),
         ft,
         0.2,
         secs,
         "full",
-    ));
+    );
+    row.baseline = format!("{}; pg_rewind copied {} (full {})", row.baseline, mb(median(inc_bytes)), mb(full_bytes));
+    rows.push(row);
 
     // 4. Differential after 5% (contiguous, then spread) against full and plain rsync.
     for (label, spread) in [("contiguous", false), ("spread over every page", true)] {
