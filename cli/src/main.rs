@@ -295,8 +295,58 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
 
     step("Done: every segment in its preferred role, up and synchronized");
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
+    if gpdemo::running_as_root() {
+        let other = dir.with_file_name(format!("{}-hosts", dir.file_name().unwrap_or_default().to_string_lossy()));
+        hosts_tour(&other, port + 50)?;
+    } else {
+        println!("\n(Run the tour as root to see segments on other hosts, reached through ssh.)");
+    }
     print_connect(&cluster);
     println!("\nRemove it with:\n  ./gpdemo destroy --dir {}", cluster.dir.display());
+    Ok(())
+}
+
+/// The second part of the tour: segments on two other "hosts", each with an
+/// sshd of its own, one of which dies.
+fn hosts_tour(dir: &Path, port: u16) -> Result<()> {
+    const HOSTS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
+    step("Segments on other hosts: a second cluster whose segments are on 127.0.0.2 and 127.0.0.3, each with its own sshd; the coordinator reaches their files and processes only through ssh");
+    Cluster::destroy(dir)?;
+    let hosts: Vec<String> = HOSTS.iter().map(|h| h.to_string()).collect();
+    let cluster = Cluster::create_on(dir, 1, port, &hosts)?;
+    psql(&cluster, "SHOW gp_recovery.remote_shell;")?;
+    psql(&cluster, "SELECT dbid, content, role, mode, status, hostname, port, datadir FROM gp_segment_configuration ORDER BY dbid;")?;
+
+    step("Host 127.0.0.3 dies: the mirror on it is killed and its sshd stopped (./gpdemo fail-host 127.0.0.3)");
+    gpdemo::sshd::fail_host(dir, HOSTS[1])?;
+    let mirror = first_value(&cluster, "SELECT dbid FROM gp_segment_configuration WHERE role = 'm'")?;
+    println!("The fault tolerance service marks the mirror down after its grace period...");
+    gpdemo::wait_until(Duration::from_secs(60), "the mirror on 127.0.0.3 to be marked down", || {
+        first_value(&cluster, &format!("SELECT status FROM gp_segment_configuration WHERE dbid = {mirror}"))
+            .is_ok_and(|s| s == "d")
+    })?;
+    psql(&cluster, "SELECT * FROM gp_state_report();")?;
+
+    step("Recovering it in place needs the dead host: the job fails with the reason, and the catalog is unchanged");
+    let job = first_value(&cluster, &format!("SELECT gp_recover_segment({mirror})"))?;
+    psql_shown(&cluster, &format!("SELECT gp_recovery_wait({job});"))?;
+
+    step("Moving it onto the live host instead: a full copy into a new directory on 127.0.0.2, through ssh");
+    let new_dir = dir.join(HOSTS[0]).join("mirror").join("gpseg0-moved");
+    let new_port = port + 10;
+    let job = first_value(
+        &cluster,
+        &format!(
+            "SELECT gp_recover_segment({mirror}, 'full', new_hostname => '{}', new_port => {new_port}, new_datadir => '{}')",
+            HOSTS[0],
+            new_dir.display()
+        ),
+    )?;
+    psql(&cluster, &format!("SELECT gp_recovery_wait({job});"))?;
+    psql(&cluster, "SELECT dbid, content, role, mode, status, hostname, port, datadir FROM gp_segment_configuration ORDER BY dbid;")?;
+    psql(&cluster, "SELECT * FROM gp_state_report();")?;
+    Cluster::destroy(dir)?;
+    println!("(The second cluster is removed again, sshds included.)");
     Ok(())
 }
 
