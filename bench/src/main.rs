@@ -599,6 +599,17 @@ fn probe_cost(dir: &Path, scale: u32, probe_pairs: u16) -> Res<Vec<Row>> {
     Ok(rows)
 }
 
+/// "yes", "no", or for a missed ratio target how far off it is.
+fn met_text(r: &Row) -> String {
+    let limit = r.target.strip_prefix("≤ ").and_then(|t| t.parse::<f64>().ok());
+    match (r.met, r.ratio, limit) {
+        (None, _, _) => "—".into(),
+        (Some(true), _, _) => "yes".into(),
+        (Some(false), Some(ratio), Some(limit)) => format!("no: {:.1} × the limit", ratio / limit),
+        (Some(false), _, _) => "no".into(),
+    }
+}
+
 fn write_results(path: &Path, rows: &[Row], scale: u32, runs: usize, took: Duration) -> Res<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mut md = format!(
@@ -617,7 +628,7 @@ fn write_results(path: &Path, rows: &[Row], scale: u32, runs: usize, took: Durat
             r.baseline,
             r.ratio.map_or("—".into(), |x| format!("{x:.2}")),
             r.target,
-            r.met.map_or("—", |m| if m { "yes" } else { "no" })
+            met_text(r)
         ));
     }
     std::fs::write(path, md).map_err(err)
