@@ -95,8 +95,7 @@ impl SegmentHost {
         if self.is_remote() && status.code() == Some(host::SSH_FAILED) {
             return HostError { message: host::unreachable(&self.name, output), unreachable: true };
         }
-        let lines: Vec<&str> = output.split(['\n', '\r']).map(str::trim).filter(|l| !l.is_empty()).collect();
-        let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
+        let tail = host::last_lines(output, 3);
         HostError { message: format!("{what} failed on host {} ({status}): {tail}", self.name), unreachable: false }
     }
 

@@ -125,10 +125,16 @@ pub fn output(cmd: &mut std::process::Command) -> std::io::Result<std::process::
     out
 }
 
+/// The last `n` non-empty lines of a step's output, for error texts
+/// (progress output separates its lines with carriage returns).
+pub fn last_lines(output: &str, n: usize) -> String {
+    let lines: Vec<&str> = output.split(['\n', '\r']).map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" / ")
+}
+
 /// The job's error for a step whose remote shell could not reach the host.
 pub fn unreachable(host: &str, output: &str) -> String {
-    let detail: Vec<&str> = output.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let detail = detail[detail.len().saturating_sub(2)..].join(" / ");
+    let detail = last_lines(output, 2);
     if detail.is_empty() {
         format!("host {host} is unreachable")
     } else {

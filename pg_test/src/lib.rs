@@ -287,11 +287,17 @@ impl TestCluster {
     /// Kills the primary of a content and waits for the fault tolerance
     /// service to promote its mirror; returns (old primary, new primary) dbids.
     pub fn fail_over(&self, content: usize) -> (i16, i16) {
-        let (old, new) = (self.dbid_of(self.primary(content)), self.dbid_of(self.mirror(content)));
-        kill9(self.primary(content));
+        self.fail_over_from(content, self.primary(content), self.mirror(content))
+    }
+
+    /// Kills `acting`, the primary of a content now, and waits until the
+    /// fault tolerance service has promoted `other`; returns their dbids.
+    pub fn fail_over_from(&self, content: usize, acting: &Instance, other: &Instance) -> (i16, i16) {
+        let (old, new) = (self.dbid_of(acting), self.dbid_of(other));
+        kill9(acting);
         wait_for(60, "the failover", || self.row_state(new) == "p u n" && self.row_state(old) == "m d n");
         // The catalog changes first, then the mirror is promoted.
-        wait_for(60, "the promoted mirror to accept writes", || self.writable(content) == Some(self.mirror(content)));
+        wait_for(60, "the promoted mirror to accept writes", || self.writable(content) == Some(other));
         (old, new)
     }
 

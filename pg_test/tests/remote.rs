@@ -38,10 +38,7 @@ fn assert_synchronized(tc: &TestCluster, content: usize, primary: &Instance, mir
 fn fail_over_acting<'a>(tc: &'a TestCluster) -> (&'a Instance, &'a Instance) {
     let acting = tc.writable(0).expect("content 0 has a primary");
     let other = if acting == tc.primary(0) { tc.mirror(0) } else { tc.primary(0) };
-    let (down, up) = (tc.dbid_of(acting), tc.dbid_of(other));
-    gp_recovery_pg_test::kill9(acting);
-    wait_for(60, "the failover", || tc.row_state(up) == "p u n" && tc.row_state(down) == "m d n");
-    wait_for(60, "the promoted mirror to accept writes", || tc.writable(0) == Some(other));
+    tc.fail_over_from(0, acting, other);
     other
         .connect()
         .unwrap()
