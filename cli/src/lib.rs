@@ -32,6 +32,9 @@ pub const HOSTNAME: &str = "localhost";
 pub enum DemoError {
     #[error("{0}")]
     Usage(String),
+    /// Another process holds the port: a caller may pick other ports.
+    #[error("port {0} is already in use; choose another base port with --port")]
+    PortInUse(u16),
     #[error("{command} failed ({status}): {stderr}")]
     Command { command: String, status: String, stderr: String },
     #[error("{context}: {source}")]
@@ -250,7 +253,16 @@ impl Instance {
             .arg(&self.datadir)
             .arg("-l")
             .arg(&self.logfile)
-            .arg("start"))?;
+            .arg("start"))
+        .map_err(|e| {
+            // The port was free when chosen; another process may bind it first.
+            let log = fs::read_to_string(&self.logfile).unwrap_or_default();
+            if log.contains("could not bind") && log.contains("Address already in use") {
+                DemoError::PortInUse(self.port)
+            } else {
+                e
+            }
+        })?;
         Ok(())
     }
 
@@ -394,10 +406,7 @@ impl Cluster {
         }
         let cluster = Self::layout_on(dir, pairs, base_port, hosts);
         if let Some(busy) = cluster.instances().find(|i| !port_free(i.port)) {
-            return Err(DemoError::Usage(format!(
-                "port {} is already in use; choose another base port with --port",
-                busy.port
-            )));
+            return Err(DemoError::PortInUse(busy.port));
         }
         make_server_dir(&dir.join("logs"))?;
         for i in cluster.primaries.iter().chain(&cluster.mirrors) {

@@ -33,15 +33,26 @@ impl TestCluster {
     /// A cluster whose segments are on `hosts` (loopback addresses), each
     /// with an sshd of its own: the coordinator reaches them only by ssh.
     pub fn on_hosts(pairs: u16, hosts: &[&str]) -> TestCluster {
-        let dir = scratch_dir("cluster");
-        std::fs::remove_dir(&dir).expect("empty scratch dir");
-        let base = gpdemo::free_port_range(2 * pairs + 1).expect("free ports");
         let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
-        let cluster = Cluster::create_on(&dir, pairs, base, &hosts).unwrap_or_else(|e| {
-            let _ = Cluster::destroy(&dir);
-            panic!("could not create a test cluster: {e}")
-        });
-        TestCluster { cluster }
+        let mut attempts = 0;
+        loop {
+            let dir = scratch_dir("cluster");
+            std::fs::remove_dir(&dir).expect("empty scratch dir");
+            let base = gpdemo::free_port_range(2 * pairs + 1).expect("free ports");
+            match Cluster::create_on(&dir, pairs, base, &hosts) {
+                Ok(cluster) => return TestCluster { cluster },
+                Err(e) => {
+                    let _ = Cluster::destroy(&dir);
+                    attempts += 1;
+                    // A free port can be taken by another process before the
+                    // server binds it; only that is worth another range.
+                    if !matches!(e, gpdemo::DemoError::PortInUse(_)) || attempts == 5 {
+                        panic!("could not create a test cluster: {e}")
+                    }
+                    eprintln!("{e}; trying other ports");
+                }
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {
