@@ -524,7 +524,46 @@ impl Cluster {
                     .arg("stop"));
             }
         }
+        end_processes_under(dir);
         fs::remove_dir_all(dir).map_err(io_err(format!("could not remove {}", dir.display())))
+    }
+}
+
+/// The tools a recovery step runs on a cluster's files.
+const STEP_TOOLS: [&str; 5] = ["postgres", "pg_ctl", "pg_basebackup", "pg_rewind", "rsync"];
+
+/// Ends what a stopped cluster can leave behind: a step the coordinator's
+/// worker had started runs on without it, and a `pg_ctl start` in flight
+/// brings up a postmaster after the stop pass, which would keep its port
+/// with its directory gone. Postmasters get an immediate shutdown (SIGQUIT),
+/// the other tools SIGKILL.
+fn end_processes_under(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut needle = dir.as_os_str().as_bytes().to_vec();
+    needle.push(b'/');
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found: Vec<(i32, bool)> = fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|pid| {
+                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                let comm = comm.trim();
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                (STEP_TOOLS.contains(&comm) && cmdline.windows(needle.len()).any(|w| w == needle.as_slice()))
+                    .then_some((pid, comm == "postgres"))
+            })
+            .collect();
+        if found.is_empty() || Instant::now() > deadline {
+            return;
+        }
+        for (pid, postmaster) in found {
+            // SAFETY: a process of this cluster's tools, found just above.
+            unsafe { libc::kill(pid, if postmaster { libc::SIGQUIT } else { libc::SIGKILL }) };
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
