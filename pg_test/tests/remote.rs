@@ -35,7 +35,7 @@ fn assert_synchronized(tc: &TestCluster, content: usize, primary: &Instance, mir
 
 /// Kills the acting primary of content 0 and waits until the other member
 /// accepts writes; returns the (new primary, down one).
-fn fail_over_acting<'a>(tc: &'a TestCluster) -> (&'a Instance, &'a Instance) {
+fn fail_over_acting(tc: &TestCluster) -> (&Instance, &Instance) {
     let acting = tc.writable(0).expect("content 0 has a primary");
     let other = if acting == tc.primary(0) { tc.mirror(0) } else { tc.primary(0) };
     tc.fail_over_from(0, acting, other);
