@@ -248,6 +248,8 @@ impl Instance {
     }
 
     pub fn start(&self) -> Result<()> {
+        // The log outlives restarts: only what this start writes explains it.
+        let logged_before = fs::metadata(&self.logfile).map(|m| m.len()).unwrap_or(0);
         run(pg_command("pg_ctl")
             .args(["-w", "-t", "120", "-D"])
             .arg(&self.datadir)
@@ -256,7 +258,8 @@ impl Instance {
             .arg("start"))
         .map_err(|e| {
             // The port was free when chosen; another process may bind it first.
-            let log = fs::read_to_string(&self.logfile).unwrap_or_default();
+            let log = fs::read(&self.logfile).unwrap_or_default();
+            let log = String::from_utf8_lossy(log.get(logged_before as usize..).unwrap_or_default());
             if log.contains("could not bind") && log.contains("Address already in use") {
                 DemoError::PortInUse(self.port)
             } else {

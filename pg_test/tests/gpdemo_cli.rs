@@ -130,3 +130,23 @@ fn create_refuses_a_busy_port() {
     assert!(!dir.join("coordinator").exists(), "nothing is created when a port is busy");
     let _ = Cluster::destroy(&dir);
 }
+
+#[test]
+fn a_port_taken_after_the_check_is_reported_as_busy() {
+    let tc = gp_recovery_pg_test::TestCluster::new(1);
+    let mirror = tc.mirror(0);
+    mirror.stop("fast").unwrap();
+    // Another process binds the port between the check and the start.
+    let listener = std::net::TcpListener::bind((gpdemo::ADDRESS, mirror.port)).unwrap();
+    match mirror.start() {
+        Err(gpdemo::DemoError::PortInUse(port)) => assert_eq!(port, mirror.port),
+        other => panic!("expected port {} in use, got {other:?}", mirror.port),
+    }
+    drop(listener);
+    // An earlier bind failure in the log does not mislabel a later failure.
+    gpdemo::append_server_file(&mirror.datadir.join("postgresql.auto.conf"), "shared_buffers = 'nonsense'\n").unwrap();
+    match mirror.start() {
+        Err(gpdemo::DemoError::Command { .. }) => {}
+        other => panic!("expected pg_ctl to fail on the bad setting, got {other:?}"),
+    }
+}
