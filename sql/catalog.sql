@@ -81,6 +81,9 @@ CREATE TABLE gp_recovery_job (
     state               text        NOT NULL DEFAULT 'queued'
                         CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'canceled')),
     phase               text        NOT NULL DEFAULT 'queued',
+    -- The side effect the job's phase is about to perform (or performs),
+    -- committed before it starts; see gp_recovery_phases().
+    intent              text,
     cancel_requested    boolean     NOT NULL DEFAULT false,
     -- While set, the fault tolerance service leaves the content alone: a
     -- switchover stops its primary on purpose.

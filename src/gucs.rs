@@ -17,6 +17,12 @@ pub static MAX_RATE: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static REMOTE_SHELL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(gp_recovery_core::host::DEFAULT_REMOTE_SHELL));
 pub static LOCAL_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static JOB_CALL_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static JOB_START_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
+pub static JOB_CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
+pub static JOB_CATCHUP_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(600);
+pub static JOB_SYNC_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
+pub static FAULT_POINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// The database holding the catalog, where the worker connects.
@@ -34,6 +40,16 @@ pub fn remote_shell() -> String {
 }
 
 /// Extra names of the coordinator's own host, comma-separated.
+/// gp_recovery.fault_point, as the jobs worker reads it.
+pub fn fault_point() -> String {
+    text(&FAULT_POINT)
+}
+
+/// A job setting in seconds, as a Duration.
+pub fn seconds(setting: &GucSetting<i32>) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::try_from(setting.get()).unwrap_or(1).max(1))
+}
+
 pub fn local_hosts() -> String {
     text(&LOCAL_HOSTS)
 }
@@ -122,6 +138,53 @@ pub fn define() {
         c"Comma-separated host names that are the coordinator's own machine.",
         c"Steps for segments on these hosts (and on localhost, 127.0.0.1, ::1 and the machine's host name) run directly instead of through gp_recovery.remote_shell.",
         &LOCAL_HOSTS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    for (name, short, long, setting, max) in [
+        (
+            c"gp_recovery.job_call_timeout",
+            c"Seconds one call of a recovery job to a segment may take (probe, CHECKPOINT, slot, promote).",
+            c"A job's own patience, apart from the fault tolerance service's probe timeout: a CHECKPOINT after a bulk load can take long.",
+            &JOB_CALL_TIMEOUT,
+            3600,
+        ),
+        (
+            c"gp_recovery.job_start_timeout",
+            c"Seconds a recovered segment may take to start (phase starting).",
+            c"Past it the job fails with the cause read from the segment's log, and the segment is stopped and left down.",
+            &JOB_START_TIMEOUT,
+            86400,
+        ),
+        (
+            c"gp_recovery.job_connect_timeout",
+            c"Seconds a started segment may take until its primary reports its stream (phase connecting).",
+            c"Past it the job fails with the cause read from the segment's log, and the segment is stopped and left down.",
+            &JOB_CONNECT_TIMEOUT,
+            86400,
+        ),
+        (
+            c"gp_recovery.job_catchup_timeout",
+            c"Seconds a catching-up mirror may go without progress (phase catching up).",
+            c"The bound is on time without progress, so a long catch-up that moves is never cut short.",
+            &JOB_CATCHUP_TIMEOUT,
+            86400,
+        ),
+        (
+            c"gp_recovery.job_sync_timeout",
+            c"Seconds the fault tolerance service may take to mark a caught-up pair synchronized (phase synchronizing).",
+            c"Past it the job fails; the segment stays up and the fault tolerance service goes on watching it.",
+            &JOB_SYNC_TIMEOUT,
+            86400,
+        ),
+    ] {
+        GucRegistry::define_int_guc(name, short, long, setting, 1, max, GucContext::Sighup, GucFlags::UNIT_S);
+    }
+    GucRegistry::define_string_guc(
+        c"gp_recovery.fault_point",
+        c"For tests: the jobs worker exits at this point of a job (KIND:PHASE:before|after[:crash]).",
+        c"before: the phase's intent is committed, its side effect not started; after: the effect ended, its outcome not committed. With :crash the worker kills itself and the coordinator restarts. Empty (the default) for none.",
+        &FAULT_POINT,
         GucContext::Sighup,
         GucFlags::default(),
     );

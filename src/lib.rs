@@ -17,10 +17,13 @@ mod fts;
 mod gpstate;
 mod gucs;
 mod latch;
+mod job_steps;
+mod job_table;
+mod jobs_worker;
 mod recovery;
-mod recovery_worker;
 mod segment_client;
 mod segment_host;
+mod supervise;
 
 ::pgrx::pg_module_magic!();
 
@@ -43,7 +46,7 @@ pub extern "C-unwind" fn _PG_init() {
     // and the functions that need a worker say what is missing.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         fts::init();
-        recovery_worker::init();
+        jobs_worker::init();
         PRELOADED.store(true, Ordering::SeqCst);
     }
 }

@@ -1,7 +1,8 @@
 //! gprecoverseg as SQL: the functions that validate a recovery, queue it as
-//! a job for the "gp_recovery jobs" worker (src/recovery_worker.rs) and
+//! a job for the "gp_recovery jobs" worker (src/jobs_worker.rs) and
 //! return its id at once, and those that wait for and cancel jobs.
 
+use gp_recovery_core::job::{self, JobKind, JobState};
 use gp_recovery_core::rebalance;
 use gp_recovery_core::recovery::{
     self, at_line, config_line_segment, plan_recovery, ActiveJob, JobSpec, NewLocation, RecoveryMode,
@@ -11,8 +12,8 @@ use gp_recovery_core::CoreError;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use crate::error::{internal, raise, OrRaise};
-use crate::{catalog, latch, recovery_worker, segment_client};
+use crate::error::{raise, OrRaise};
+use crate::{catalog, job_table, jobs_worker, latch, segment_client};
 
 fn require_worker() {
     if !crate::preloaded() {
@@ -22,28 +23,6 @@ fn require_worker() {
             "recovery jobs are run by the gp_recovery background worker: gp_recovery must be in shared_preload_libraries"
         );
     }
-}
-
-fn active_jobs() -> Vec<ActiveJob> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT job_id, dbid, content, state FROM public.gp_recovery_job \
-                  WHERE state IN ('queued', 'running') ORDER BY job_id",
-                None,
-                &[],
-            )?
-            .map(|r| {
-                Ok(ActiveJob {
-                    job_id: r.get::<i64>(1)?.unwrap_or_default(),
-                    dbid: r.get::<i16>(2)?.unwrap_or_default(),
-                    content: r.get::<i16>(3)?.unwrap_or_default(),
-                    state: r.get::<String>(4)?.unwrap_or_default(),
-                })
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .or_raise()
 }
 
 /// Checks that every job's source answers as a primary now (a double fault
@@ -58,40 +37,22 @@ fn verify_sources(specs: &[JobSpec]) -> Result<(), CoreError> {
     Ok(())
 }
 
-fn insert_job(spec: &JobSpec) -> i64 {
-    let original = serde_json::to_value(&spec.original).unwrap_or_else(|e| internal("job row", e));
-    let (s, t) = (&spec.source, &spec.target);
-    Spi::get_one_with_args::<i64>(
-        "INSERT INTO public.gp_recovery_job (recovery_type, dbid, content, relocate, \
-           source_dbid, source_hostname, source_address, source_port, source_datadir, \
-           target_hostname, target_address, target_port, target_datadir, original) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING job_id",
-        &[
-            spec.mode.as_str().into(),
-            t.dbid.into(),
-            t.content.into(),
-            spec.relocate.into(),
-            s.dbid.into(),
-            s.hostname.as_str().into(),
-            s.address.as_str().into(),
-            s.port.into(),
-            s.datadir.as_str().into(),
-            t.hostname.as_str().into(),
-            t.address.as_str().into(),
-            t.port.into(),
-            t.datadir.as_str().into(),
-            pgrx::JsonB(original).into(),
-        ],
-    )
-    .or_raise()
-    .unwrap_or_else(|| internal("job row", "INSERT returned no job_id"))
+/// A job planned in this call, for the checks of the ones after it.
+fn planned(spec: &JobSpec) -> ActiveJob {
+    ActiveJob {
+        job_id: 0,
+        dbid: spec.target.dbid,
+        content: spec.target.content,
+        state: "planned".into(),
+        target: spec.target.clone(),
+    }
 }
 
 /// Validates the jobs, checks their sources live, and queues them all (or
 /// none) in this transaction; the worker is woken at commit time or sooner.
 fn submit(specs: Vec<JobSpec>) -> Vec<i64> {
     verify_sources(&specs).or_raise();
-    let ids: Vec<i64> = specs.iter().map(insert_job).collect();
+    let ids: Vec<i64> = specs.iter().map(job_table::insert).collect();
     for (id, spec) in ids.iter().zip(&specs) {
         notice!(
             "recovery job {id}: {} recovery of dbid {} (content {}) at {}:{} from dbid {} at {}",
@@ -104,14 +65,8 @@ fn submit(specs: Vec<JobSpec>) -> Vec<i64> {
             spec.source.location()
         );
     }
-    recovery_worker::wake();
+    jobs_worker::wake();
     ids
-}
-
-/// One job for the whole queue and catalog view: serialized with other
-/// submitters so two callers cannot both plan a job for one content.
-fn lock_jobs() {
-    Spi::run("LOCK TABLE public.gp_recovery_job IN SHARE ROW EXCLUSIVE MODE").or_raise();
 }
 
 /// Recovers one down segment (gprecoverseg for one segment); returns the job id.
@@ -125,14 +80,14 @@ fn gp_recover_segment(
 ) -> i64 {
     require_worker();
     let mode = mode.parse::<RecoveryMode>().or_raise();
-    lock_jobs();
+    job_table::lock_submissions();
     let new = NewLocation {
         hostname: new_hostname.map(str::to_string),
         address: None,
         port: new_port,
         datadir: new_datadir.map(str::to_string),
     };
-    let spec = plan_recovery(&catalog::load(), &active_jobs(), dbid, mode, &new).or_raise();
+    let spec = plan_recovery(&catalog::load(), &job_table::active(), dbid, mode, &new).or_raise();
     submit(vec![spec])[0]
 }
 
@@ -141,14 +96,14 @@ fn gp_recover_segment(
 fn gp_recover_all(mode: default!(&str, "'incremental'")) -> SetOfIterator<'static, i64> {
     require_worker();
     let mode = mode.parse::<RecoveryMode>().or_raise();
-    lock_jobs();
+    job_table::lock_submissions();
     let catalog = catalog::load();
-    let mut active = active_jobs();
+    let mut active = job_table::active();
     let mut specs = Vec::new();
     for s in catalog.iter().filter(|s| !s.is_coordinator() && s.status == Status::Down) {
         match plan_recovery(&catalog, &active, s.dbid.into(), mode, &NewLocation::default()) {
             Ok(spec) => {
-                active.push(ActiveJob { job_id: 0, dbid: s.dbid, content: s.content, state: "planned".into() });
+                active.push(planned(&spec));
                 specs.push(spec);
             }
             Err(e) => warning!("skipping dbid {}: {e}", s.dbid),
@@ -166,9 +121,9 @@ fn gp_recover_all(mode: default!(&str, "'incremental'")) -> SetOfIterator<'stati
 fn gp_recover_from_config(config: &str) -> SetOfIterator<'static, i64> {
     require_worker();
     let lines = recovery::parse_config(config).or_raise();
-    lock_jobs();
+    job_table::lock_submissions();
     let catalog = catalog::load();
-    let mut active = active_jobs();
+    let mut active = job_table::active();
     let mut specs = Vec::new();
     let mut seen: Vec<(i16, usize)> = Vec::new();
     for line in &lines {
@@ -190,7 +145,7 @@ fn gp_recover_from_config(config: &str) -> SetOfIterator<'static, i64> {
         let spec = plan_recovery(&catalog, &active, segment.dbid.into(), mode, &new)
             .map_err(|e| at_line(line.line, e))
             .or_raise();
-        active.push(ActiveJob { job_id: 0, dbid: segment.dbid, content: segment.content, state: "planned".into() });
+        active.push(planned(&spec));
         specs.push(spec);
     }
     if specs.is_empty() {
@@ -214,14 +169,14 @@ fn gp_rebalance(replay_lag_limit: default!(Option<i64>, "10737418240")) -> SetOf
             expected: "must be 0 or more bytes, or NULL to skip the check",
         });
     }
-    lock_jobs();
+    job_table::lock_submissions();
     let catalog = catalog::load();
     let pairs: Vec<Pair> = Pair::all(&catalog).into_iter().filter(Pair::switched).collect();
     if pairs.is_empty() {
         notice!("{}", rebalance::NOTHING_TO_REBALANCE);
         return SetOfIterator::new(Vec::new());
     }
-    let active = active_jobs();
+    let active = job_table::active();
     let members: Vec<Segment> = pairs.iter().flat_map(|p| [p.primary.clone(), p.mirror.clone()]).collect();
     let probes = segment_client::probe_all(&members);
     let probe = |s: &Segment| probes.get(&s.dbid).cloned().unwrap_or_else(|| Err("not probed".into()));
@@ -243,7 +198,7 @@ fn gp_rebalance(replay_lag_limit: default!(Option<i64>, "10737418240")) -> SetOf
             source: pair.mirror.clone(),
             relocate: false,
         };
-        let id = insert_job(&spec);
+        let id = job_table::insert(&spec);
         notice!(
             "rebalance job {id}: content {content}: dbid {} returns to primary, dbid {} to mirror",
             pair.mirror.dbid,
@@ -254,7 +209,7 @@ fn gp_rebalance(replay_lag_limit: default!(Option<i64>, "10737418240")) -> SetOf
     if ids.is_empty() {
         notice!("No segments to rebalance");
     } else {
-        recovery_worker::wake();
+        jobs_worker::wake();
     }
     SetOfIterator::new(ids)
 }
@@ -265,32 +220,11 @@ fn gp_recovery_config() -> String {
     recovery::config_for_down_segments(&catalog::load())
 }
 
-/// A job's state, phase and error, read with a fresh snapshot (a read-only
-/// SPI query would reuse the statement's snapshot, so a waiting loop would
-/// never see the worker's commits); errors out for a job submitted in this
+/// A job's state, phase and error; errors out for a job submitted in this
 /// very transaction, which the worker cannot see before it commits.
-fn job_state(job_id: i64) -> Option<(String, String, Option<String>)> {
-    let row = Spi::connect_mut(|client| {
-        let rows = client.update(
-            "SELECT state, phase, error, \
-                    coalesce(xmin::text::bigint = txid_current_if_assigned() % 4294967296, false) \
-               FROM public.gp_recovery_job WHERE job_id = $1",
-            None,
-            &[job_id.into()],
-        )?;
-        match rows.into_iter().next() {
-            Some(r) => Ok::<_, pgrx::spi::Error>(Some((
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<String>(2)?.unwrap_or_default(),
-                r.get::<String>(3)?,
-                r.get::<bool>(4)?.unwrap_or(false),
-            ))),
-            None => Ok(None),
-        }
-    })
-    .or_raise();
-    row.map(|(state, phase, error, mine)| {
-        if mine && (state == "queued" || state == "running") {
+fn job_state(job_id: i64) -> Option<(JobState, String, Option<String>)> {
+    job_table::state_of(job_id).map(|(state, phase, error, mine)| {
+        if mine && matches!(state, JobState::Queued | JobState::Running) {
             pgrx::ereport!(
                 ERROR,
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -318,9 +252,9 @@ fn gp_recovery_wait(job_id: i64, timeout: default!(Option<pgrx::datum::Interval>
     let started = std::time::Instant::now();
     loop {
         let Some((state, phase, error)) = job_state(job_id) else { no_such_job(job_id) };
-        match state.as_str() {
-            "succeeded" | "canceled" => return state,
-            "failed" => {
+        match state {
+            JobState::Succeeded | JobState::Canceled => return state.to_string(),
+            JobState::Failed => {
                 pgrx::ereport!(
                     ERROR,
                     PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
@@ -345,20 +279,11 @@ fn gp_recovery_wait(job_id: i64, timeout: default!(Option<pgrx::datum::Interval>
 /// Returns false when the job had already ended.
 #[pg_extern]
 fn gp_recovery_cancel(job_id: i64) -> bool {
-    let updated =
-        |sql: &str| Spi::connect_mut(|client| client.update(sql, None, &[job_id.into()]).map(|t| t.len())).or_raise();
-    let queued = updated(
-        "UPDATE public.gp_recovery_job SET state = 'canceled', phase = 'canceled', finished_at = now(), \
-                updated_at = now(), error = 'canceled by ' || current_user || ' before it started' \
-          WHERE job_id = $1 AND state = 'queued'",
-    );
-    if queued > 0 {
+    if job_table::cancel_queued(job_id) {
         return true;
     }
-    let running =
-        updated("UPDATE public.gp_recovery_job SET cancel_requested = true WHERE job_id = $1 AND state = 'running'");
-    if running > 0 {
-        recovery_worker::wake();
+    if job_table::request_cancel(job_id) {
+        jobs_worker::wake();
         return true;
     }
     match job_state(job_id) {
@@ -368,4 +293,44 @@ fn gp_recovery_cancel(job_id: i64) -> bool {
         }
         None => no_such_job(job_id),
     }
+}
+
+/// The job state machine: for each kind of job, its phases in order, the
+/// side effect each performs (committed as the job's intent before it
+/// starts), the phase after success (and another way on, if any), and how a
+/// failure or a crash in it is backed out.
+#[pg_extern]
+fn gp_recovery_phases() -> TableIterator<
+    'static,
+    (
+        name!(recovery_type, String),
+        name!(position, i32),
+        name!(phase, String),
+        name!(effect, String),
+        name!(on_success, String),
+        name!(alternative, Option<String>),
+        name!(on_failure, String),
+        name!(reversible, bool),
+        name!(comment, String),
+    ),
+> {
+    let rows: Vec<_> = JobKind::ALL
+        .into_iter()
+        .flat_map(|kind| {
+            job::table(kind).iter().zip(1..).map(move |(r, position)| {
+                (
+                    kind.to_string(),
+                    position,
+                    r.phase.to_string(),
+                    r.effect.to_string(),
+                    r.next.to_string(),
+                    r.alternative.map(|p| p.to_string()),
+                    r.on_failure.describe().to_string(),
+                    r.on_failure.reversible(),
+                    r.comment.to_string(),
+                )
+            })
+        })
+        .collect();
+    TableIterator::new(rows)
 }

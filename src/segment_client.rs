@@ -25,6 +25,7 @@ use tokio::runtime::Runtime;
 use crate::error::internal;
 
 static RUNTIME: OnceCell<Runtime> = OnceCell::new();
+static TASKS: OnceCell<Runtime> = OnceCell::new();
 
 /// Blocks every signal on this thread until dropped.
 struct SignalsBlocked(libc::sigset_t);
@@ -69,6 +70,50 @@ fn build_runtime() -> std::io::Result<Runtime> {
 /// The backend's runtime, started on first use.
 pub fn runtime() -> &'static Runtime {
     RUNTIME.get_or_try_init(build_runtime).unwrap_or_else(|e| internal("could not start the segment client runtime", e))
+}
+
+/// The jobs worker's runtime: two threads of its own run its calls to
+/// segments while the worker's main thread only polls them, so a slow
+/// segment never holds up the loop. The threads start with every signal
+/// blocked (they inherit the mask), and Postgres is never called from them.
+fn tasks_runtime() -> &'static Runtime {
+    TASKS
+        .get_or_try_init(|| {
+            let _blocked = SignalsBlocked::new();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .max_blocking_threads(2)
+                .thread_keep_alive(Duration::from_secs(100 * 365 * 24 * 3600))
+                .enable_all()
+                .build()
+        })
+        .unwrap_or_else(|e| internal("could not start the jobs runtime", e))
+}
+
+/// A call to segments running on the jobs runtime, polled by the loop.
+pub struct Task<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T: Send + 'static> Task<T> {
+    pub fn spawn(future: impl std::future::Future<Output = T> + Send + 'static) -> Task<T> {
+        Task(Some(tasks_runtime().spawn(future)))
+    }
+
+    /// Its result once it has finished; None while it runs.
+    pub fn poll(&mut self) -> Option<Result<T, String>> {
+        if !self.0.as_ref()?.is_finished() {
+            return None;
+        }
+        let handle = self.0.take()?;
+        Some(tasks_runtime().block_on(handle).map_err(|e| format!("the task ended abnormally: {e}")))
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
 }
 
 /// Runs a future to completion on the backend's runtime; tasks spawned on

@@ -98,18 +98,4 @@ impl SegmentHost {
         let tail = host::last_lines(output, 3);
         HostError { message: format!("{what} failed on host {} ({status}): {tail}", self.name), unreachable: false }
     }
-
-    /// Runs a short step to its end; its standard output when it succeeds.
-    pub fn run(&self, what: &str, script: &str) -> Result<String, HostError> {
-        let out = host::output(&mut self.command(script)).map_err(|e| HostError {
-            message: format!("could not run {what} for host {}: {e}", self.name),
-            unreachable: false,
-        })?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            Ok(stdout)
-        } else {
-            Err(self.failure(what, out.status, &(stdout + &String::from_utf8_lossy(&out.stderr))))
-        }
-    }
 }

@@ -163,15 +163,31 @@ pub const WAL_SUFFIX: &str = ".gp_recovery_wal";
 pub const ALREADY_RUNNING: &str = "the segment is already running";
 /// The server log of a segment the recovery started, beside its directory.
 pub const SERVER_LOG_SUFFIX: &str = ".gp_recovery.log";
+/// Beside a data directory while a copy or rewind into it is incomplete:
+/// written before the first change, removed only when the copy is whole.
+/// A marked directory is never started, and never rewound.
+pub const INCOMPLETE_SUFFIX: &str = ".gp_recovery_incomplete";
+/// The exit code of a step refused because the directory is marked.
+pub const MARKED_INCOMPLETE: i32 = 4;
 
 impl Scripts {
     /// Settings every step runs with, and D = the data directory.
     fn preamble(&self, datadir: &str) -> String {
         format!(
-            "LC_ALL=C PGAPPNAME=gp_recovery PGCONNECT_TIMEOUT={} B={} D={}\nexport LC_ALL PGAPPNAME PGCONNECT_TIMEOUT\n",
+            "LC_ALL=C PGAPPNAME=gp_recovery PGCONNECT_TIMEOUT={} B={} D={} I={}\n\
+             export LC_ALL PGAPPNAME PGCONNECT_TIMEOUT\n",
             self.connect_timeout,
             quote(&self.bindir),
-            quote(datadir.trim_end_matches('/'))
+            quote(datadir.trim_end_matches('/')),
+            quote(&sibling(datadir, INCOMPLETE_SUFFIX))
+        )
+    }
+
+    /// Refuses to go on when the directory holds an incomplete copy.
+    fn refuse_marked(what: &str) -> String {
+        format!(
+            "if [ -e \"$I\" ]; then echo \"the data directory $D holds an incomplete copy (an interrupted differential \
+             recovery, rewind or relocation; $I exists): not {what} it\" >&2; exit {MARKED_INCOMPLETE}; fi\n"
         )
     }
 
@@ -201,7 +217,9 @@ impl Scripts {
 
     /// pg_rewind against the source; a mirror that merely stopped (it still
     /// has standby.signal) is left to catch up by streaming when
-    /// `skip_standby`, as gprecoverseg does.
+    /// `skip_standby`, as gprecoverseg does. A directory marked incomplete
+    /// is refused. The mark is set before pg_rewind runs and removed when it
+    /// succeeded, or failed before it began to copy ("need to copy").
     ///
     /// pg_rewind and then the rewound standby read the target's WAL from its
     /// last checkpoint before the divergence. A killed target is first
@@ -222,11 +240,13 @@ impl Scripts {
             ""
         };
         let saved = sibling(datadir, WAL_SUFFIX);
-        // The data directory has no " $ ` or \ (registration refuses them),
-        // so double quotes keep it one word in restore_command's shell.
-        let restore = format!("cp \"{saved}/%f\" \"%p\"");
+        // restore_command expands %f and %p, so a literal % is doubled; the
+        // data directory has no " $ ` or \ (registration refuses them), so
+        // double quotes keep it one word in restore_command's shell.
+        let restore = format!("cp \"{}/%f\" \"%p\"", saved.replace('%', "%%"));
         let line = format!("restore_command = '{}' {REWIND_MARK}", restore.replace('\'', "''"));
         self.preamble(datadir)
+            + &Self::refuse_marked("rewinding")
             + skip
             + &format!(
                 "A=\"$D/postgresql.auto.conf\" M={mark} W={w}\n\
@@ -237,18 +257,22 @@ impl Scripts {
                  if [ -f \"$f\" ] && [ ${{#n}} -eq 24 ] && [ -n \"$R\" ] && [ ! \"$n\" \\< \"$R\" ]; then cp \"$f\" \"$W/\" || exit 1; fi\n\
                  done\n\
                  printf '%s\\n' {line} >> \"$A\" || exit 1\n\
-                 \"$B/pg_rewind\" --target-pgdata=\"$D\" --source-server={conninfo} --restore-target-wal --progress\n\
-                 rc=$?\n\
+                 : > \"$I\" || exit 1\n\
+                 {{ \"$B/pg_rewind\" --target-pgdata=\"$D\" --source-server={conninfo} --restore-target-wal --progress 2>&1; echo $? > \"$W/rc\"; }} | tee \"$W/out\"\n\
+                 rc=$(cat \"$W/rc\" 2>/dev/null || echo 1)\n\
+                 if [ \"$rc\" -ne 0 ] && ! grep -q \"need to copy\" \"$W/out\"; then rm -f \"$I\"; fi\n\
                  if [ -f \"$A\" ] && grep -q -F \"$M\" \"$A\"; then\n\
                  {{ grep -v -F \"$M\" \"$A\" || true; }} > \"$A.tmp\" && mv \"$A.tmp\" \"$A\"\n\
                  fi\n\
-                 if [ $rc -eq 0 ]; then\n\
+                 if [ \"$rc\" -eq 0 ]; then\n\
+                 rm -f \"$W/rc\" \"$W/out\"\n\
                  for f in \"$W\"/*; do\n\
                  if [ -f \"$f\" ] && [ ! -e \"$D/pg_wal/${{f##*/}}\" ]; then mv \"$f\" \"$D/pg_wal/\" || exit 1; fi\n\
                  done\n\
+                 rm -f \"$I\"\n\
                  fi\n\
                  rm -rf \"$W\"\n\
-                 exit $rc",
+                 exit \"$rc\"",
                 mark = quote(REWIND_MARK),
                 w = quote(&saved),
                 line = quote(&line),
@@ -257,49 +281,63 @@ impl Scripts {
     }
 
     /// pg_basebackup into a new directory beside the target (`args` without
-    /// -D); a relocation's target must be missing or empty.
+    /// -D), which a complete copy later replaces. A relocation copies
+    /// straight into its target, which must be missing or empty (an empty
+    /// directory, perhaps a mount point, is used as it is), marked
+    /// incomplete until the copy is whole.
     pub fn basebackup(&self, datadir: &str, relocate: bool, args: &[String]) -> String {
+        let args = args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ");
         let mut s = self.preamble(datadir)
+            + &format!("N={} O={}\n", quote(&sibling(datadir, NEW_SUFFIX)), quote(&sibling(datadir, OLD_SUFFIX)));
+        if relocate {
+            return s
+                + "if [ -d \"$D\" ] && [ -n \"$(ls -A \"$D\")\" ]; then echo \"the new data directory $D exists and is not empty\" >&2; exit 1; fi\n\
+                   mkdir -p \"$D\" && chmod 700 \"$D\" && : > \"$I\" || exit 1\n\
+                   \"$B/pg_basebackup\" -D \"$D\" "
+                + &args
+                + " || exit $?\nrm -f \"$I\"";
+        }
+        // Anything beside the target from an earlier job is stale: that job
+        // either succeeded or was backed out.
+        s += "rm -rf \"$N\" \"$O\" || exit 1\n";
+        s + "mkdir -p \"$(dirname \"$N\")\" || exit 1\nexec \"$B/pg_basebackup\" -D \"$N\" " + &args
+    }
+
+    /// Puts a finished copy in place, the old directory moved aside until
+    /// the job succeeds. Safe to run again after a crash half-way: it goes
+    /// on from what it finds. The complete copy clears an incomplete mark.
+    pub fn swap_in(&self, datadir: &str) -> String {
+        self.preamble(datadir)
             + &format!("N={} O={}\n", quote(&sibling(datadir, NEW_SUFFIX)), quote(&sibling(datadir, OLD_SUFFIX)))
-            // Anything beside the target from an earlier job is stale: that
-            // job either succeeded or was backed out.
-            + "rm -rf \"$N\" \"$O\" || exit 1\n";
-        if relocate {
-            s += "if [ -d \"$D\" ] && [ -n \"$(ls -A \"$D\")\" ]; then echo \"the new data directory $D exists and is not empty\" >&2; exit 1; fi\n";
-        }
-        s + "mkdir -p \"$(dirname \"$N\")\" || exit 1\nexec \"$B/pg_basebackup\" -D \"$N\" "
-            + &args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+            + "if [ -d \"$N\" ]; then\n\
+               if [ -e \"$D\" ]; then mv \"$D\" \"$O\" || exit 1; fi\n\
+               mv \"$N\" \"$D\" || exit 1\n\
+               elif [ ! -d \"$O\" ] || [ ! -d \"$D\" ]; then echo \"the copy $N is gone\" >&2; exit 1; fi\n\
+               rm -f \"$I\""
     }
 
-    /// Puts a finished copy in place; the old directory (in place) moves aside
-    /// until the job succeeds.
-    pub fn swap_in(&self, datadir: &str, relocate: bool) -> String {
-        let mut s = self.preamble(datadir)
-            + &format!("N={} O={}\n", quote(&sibling(datadir, NEW_SUFFIX)), quote(&sibling(datadir, OLD_SUFFIX)));
-        if !relocate {
-            s += "if [ -e \"$D\" ]; then mv \"$D\" \"$O\" || exit 1; fi\n";
-        }
-        s + "mv \"$N\" \"$D\""
-    }
-
-    /// Puts the directory back as it was before a failed full recovery: the
-    /// old directory if it was moved aside, nothing of a relocation's copy.
-    pub fn back_out_copy(&self, datadir: &str, relocate: bool, copied: bool) -> String {
-        let mut s = self.preamble(datadir)
+    /// Puts the directory back as it was before a failed full recovery,
+    /// from what is there: the old directory if it was moved aside (in
+    /// place), a relocation's target emptied if a copy began in it (the
+    /// directory itself stays).
+    pub fn back_out_copy(&self, datadir: &str, relocate: bool) -> String {
+        let s = self.preamble(datadir)
             + &format!("N={} O={}\n", quote(&sibling(datadir, NEW_SUFFIX)), quote(&sibling(datadir, OLD_SUFFIX)));
         if relocate {
-            if copied {
-                s += "rm -rf \"$D\" || exit 1\n";
-            }
-        } else {
-            s += "if [ -d \"$O\" ]; then rm -rf \"$D\" && mv \"$O\" \"$D\" || exit 1; fi\n";
+            return s + "if [ -e \"$I\" ]; then find \"$D\" -mindepth 1 -delete && rm -f \"$I\" || exit 1; fi";
         }
-        s + "rm -rf \"$N\""
+        s + "if [ -d \"$O\" ]; then rm -rf \"$D\" && mv \"$O\" \"$D\" || exit 1; fi\nrm -rf \"$N\""
     }
 
     /// Removes the old directory once the recovered segment is synchronized.
     pub fn remove_old(&self, datadir: &str) -> String {
         self.preamble(datadir) + &format!("rm -rf {}", quote(&sibling(datadir, OLD_SUFFIX)))
+    }
+
+    /// The end of the server log of a segment the recovery started.
+    pub fn server_log_tail(&self, datadir: &str) -> String {
+        self.preamble(datadir)
+            + &format!("L={}\nif [ -f \"$L\" ]; then tail -c 16384 \"$L\"; fi", quote(&sibling(datadir, SERVER_LOG_SUFFIX)))
     }
 
     /// rsync of the source's data directory over the target's; `source_host`
@@ -322,17 +360,22 @@ impl Scripts {
                 words.push(quote(&format!("{host}:{source}")));
             }
         }
-        self.preamble(datadir) + &format!("exec rsync {} \"$D/\"", words.join(" "))
+        // Marked incomplete until the backup label is in place.
+        self.preamble(datadir) + &format!(": > \"$I\" || exit 1\nexec rsync {} \"$D/\"", words.join(" "))
     }
 
     /// After a differential copy: the backup label and tablespace map from
-    /// pg_backup_stop, and no WAL of the old timeline left to replay.
+    /// pg_backup_stop, no WAL of the old timeline left to replay, no stale
+    /// replication slot (the segment's own, from when it was a primary, would
+    /// keep WAL forever), and the incomplete mark removed: the copy is whole.
     pub fn install_backup_label(&self, datadir: &str, label: &str, map: &str) -> String {
         let mut s = self.preamble(datadir) + &format!("printf '%s' {} > \"$D/backup_label\" || exit 1\n", quote(label));
         if !map.is_empty() {
             s += &format!("printf '%s' {} > \"$D/tablespace_map\" || exit 1\n", quote(map));
         }
-        s + "for f in \"$D\"/pg_wal/*; do if [ -f \"$f\" ]; then rm -f \"$f\" || exit 1; fi; done"
+        s + "for f in \"$D\"/pg_wal/*; do if [ -f \"$f\" ]; then rm -f \"$f\" || exit 1; fi; done\n\
+             rm -rf \"$D\"/pg_replslot/* || exit 1\n\
+             rm -f \"$I\""
     }
 
     /// The segment's postgresql.auto.conf, to be rewritten by the caller.
@@ -353,9 +396,12 @@ impl Scripts {
 
     /// pg_ctl start, waiting until it accepts connections; the server log
     /// goes beside the data directory. With `unless_running`, a segment
-    /// that runs already is left alone.
-    pub fn start(&self, datadir: &str, unless_running: bool, wait_secs: u32) -> String {
-        let mut s = self.preamble(datadir) + &format!("L={}\n", quote(&sibling(datadir, SERVER_LOG_SUFFIX)));
+    /// that runs already is left alone. A directory marked incomplete is
+    /// never started.
+    pub fn start(&self, datadir: &str, unless_running: bool, wait_secs: u64) -> String {
+        let mut s = self.preamble(datadir)
+            + &Self::refuse_marked("starting")
+            + &format!("L={}\n", quote(&sibling(datadir, SERVER_LOG_SUFFIX)));
         if unless_running {
             s += &format!(
                 "if \"$B/pg_ctl\" status -D \"$D\" >/dev/null 2>&1; then echo {}; exit 0; fi\n",
@@ -474,13 +520,73 @@ mod tests {
         std::fs::create_dir_all(&new).unwrap();
         std::fs::write(new.join("PG_VERSION"), "new").unwrap();
         let s = scripts();
-        assert_eq!(run_local(&s.swap_in(&ds, false)).0, 0);
+        assert_eq!(run_local(&s.swap_in(&ds)).0, 0);
         assert_eq!(std::fs::read_to_string(d.join("PG_VERSION")).unwrap(), "new");
-        assert_eq!(run_local(&s.back_out_copy(&ds, false, true)).0, 0);
+        assert_eq!(run_local(&s.swap_in(&ds)).0, 0, "a swap run again after a crash goes on");
+        assert_eq!(std::fs::read_to_string(d.join("PG_VERSION")).unwrap(), "new");
+        assert_eq!(run_local(&s.back_out_copy(&ds, false)).0, 0);
         assert_eq!(std::fs::read_to_string(d.join("PG_VERSION")).unwrap(), "old");
         assert!(!new.exists() && !PathBuf::from(sibling(&ds, OLD_SUFFIX)).exists());
-        assert_eq!(run_local(&s.back_out_copy(&ds, true, true)).0, 0);
-        assert!(!d.exists(), "a relocation's copy is removed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_swap_interrupted_between_its_moves_is_finished_or_backed_out() {
+        let dir = scratch("halfswap");
+        let ds = dir.join("seg").to_string_lossy().into_owned();
+        let (old, new) = (PathBuf::from(sibling(&ds, OLD_SUFFIX)), PathBuf::from(sibling(&ds, NEW_SUFFIX)));
+        let half_way = || {
+            let _ = std::fs::remove_dir_all(&ds);
+            std::fs::create_dir_all(&old).unwrap();
+            std::fs::write(old.join("PG_VERSION"), "old").unwrap();
+            std::fs::create_dir_all(&new).unwrap();
+            std::fs::write(new.join("PG_VERSION"), "new").unwrap();
+        };
+        let s = scripts();
+        half_way();
+        assert_eq!(run_local(&s.swap_in(&ds)).0, 0);
+        assert_eq!(std::fs::read_to_string(PathBuf::from(&ds).join("PG_VERSION")).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(old.join("PG_VERSION")).unwrap(), "old");
+        let _ = std::fs::remove_dir_all(&old);
+        half_way();
+        assert_eq!(run_local(&s.back_out_copy(&ds, false)).0, 0);
+        assert_eq!(std::fs::read_to_string(PathBuf::from(&ds).join("PG_VERSION")).unwrap(), "old");
+        assert!(!new.exists() && !old.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_marked_directory_is_never_started_or_rewound() {
+        let dir = scratch("marked");
+        let ds = dir.join("seg").to_string_lossy().into_owned();
+        std::fs::create_dir_all(&ds).unwrap();
+        std::fs::write(PathBuf::from(&ds).join("standby.signal"), "").unwrap();
+        std::fs::write(sibling(&ds, INCOMPLETE_SUFFIX), "").unwrap();
+        let s = scripts();
+        let (rc, out) = run_local(&s.start(&ds, false, 5));
+        assert_eq!(rc, MARKED_INCOMPLETE, "{out}");
+        assert!(out.contains("holds an incomplete copy") && out.contains("not starting it"), "{out}");
+        let (rc, out) = run_local(&s.rewind(&ds, "host=x", true));
+        assert_eq!(rc, MARKED_INCOMPLETE, "standby.signal does not skip the check: {out}");
+        assert!(out.contains("not rewinding it"), "{out}");
+        assert_eq!(run_local(&s.install_backup_label(&ds, "label", "")).0, 0);
+        assert!(!PathBuf::from(sibling(&ds, INCOMPLETE_SUFFIX)).exists(), "a whole copy clears the mark");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_relocation_backout_empties_its_target_but_keeps_the_directory() {
+        let dir = scratch("relocback");
+        let ds = dir.join("mnt").to_string_lossy().into_owned();
+        std::fs::create_dir_all(PathBuf::from(&ds).join("base")).unwrap();
+        let s = scripts();
+        // No mark: this job never began a copy here, so nothing is removed.
+        assert_eq!(run_local(&s.back_out_copy(&ds, true)).0, 0);
+        assert!(PathBuf::from(&ds).join("base").exists());
+        std::fs::write(sibling(&ds, INCOMPLETE_SUFFIX), "").unwrap();
+        assert_eq!(run_local(&s.back_out_copy(&ds, true)).0, 0);
+        assert!(PathBuf::from(&ds).is_dir() && std::fs::read_dir(&ds).unwrap().next().is_none());
+        assert!(!PathBuf::from(sibling(&ds, INCOMPLETE_SUFFIX)).exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

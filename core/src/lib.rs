@@ -10,6 +10,7 @@ pub mod error;
 pub mod fts;
 pub mod gpstate;
 pub mod host;
+pub mod job;
 pub mod probe;
 pub mod rebalance;
 pub mod recovery;

@@ -101,6 +101,8 @@ pub struct ActiveJob {
     pub dbid: i16,
     pub content: i16,
     pub state: String,
+    /// Where the job puts its segment.
+    pub target: Segment,
 }
 
 /// What a validated request becomes: a job row.
@@ -181,6 +183,23 @@ pub fn plan_recovery(
             target.port,
             &target.datadir,
         )?;
+        let same_dir = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+        if let Some(j) = active.iter().find(|j| {
+            j.dbid != failed.dbid
+                && j.target.hostname.eq_ignore_ascii_case(&target.hostname)
+                && (j.target.port == target.port || same_dir(&j.target.datadir, &target.datadir))
+        }) {
+            return Err(CoreError::Duplicate(format!(
+                "{}:{} {} is the target of recovery job {} ({}) for dbid {} at {}",
+                target.hostname,
+                target.port,
+                target.datadir,
+                j.job_id,
+                j.state,
+                j.dbid,
+                j.target.location()
+            )));
+        }
     }
     if failed.status == Status::Up {
         return Err(CoreError::WrongState(format!(
@@ -511,13 +530,27 @@ mod tests {
             "x".parse::<RecoveryMode>().unwrap_err().to_string(),
             "invalid recovery mode \"x\": must be one of incremental, differential, full"
         );
-        let active = [ActiveJob { job_id: 12, dbid: 2, content: 0, state: "running".into() }];
+        let active = [ActiveJob { job_id: 12, dbid: 2, content: 0, state: "running".into(), target: catalog()[1].clone() }];
         let e = plan_recovery(&catalog(), &active, 2, Full, &NewLocation::default()).unwrap_err();
         assert_eq!(e.to_string(), "content 0 already has recovery job 12 (running) for dbid 2");
         let mut c = catalog();
         c[2].status = Status::Down;
         let e = plan_recovery(&c, &[], 2, Full, &NewLocation::default()).unwrap_err();
         assert!(e.to_string().starts_with("double fault: content 0's acting primary dbid 3"), "{e}");
+    }
+
+    #[test]
+    fn a_target_of_another_job_is_refused() {
+        let mut c = catalog();
+        c[4].status = Status::Down;
+        let elsewhere = Segment { port: 7100, datadir: "/new/5".into(), ..c[4].clone() };
+        let active = [ActiveJob { job_id: 9, dbid: 5, content: 1, state: "queued".into(), target: elsewhere }];
+        let to = |port: i32, dir: &str| NewLocation { port: Some(port), datadir: Some(dir.into()), ..Default::default() };
+        let e = plan_recovery(&c, &active, 2, RecoveryMode::Full, &to(7100, "/new/2")).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Duplicate);
+        assert!(e.to_string().contains("is the target of recovery job 9 (queued) for dbid 5"), "{e}");
+        assert!(plan_recovery(&c, &active, 2, RecoveryMode::Full, &to(7101, "/new/5/")).is_err(), "same directory");
+        assert!(plan_recovery(&c, &active, 2, RecoveryMode::Full, &to(7101, "/new/2")).is_ok());
     }
 
     #[test]
@@ -608,17 +641,37 @@ pub struct JobRecord {
     pub content: i16,
     pub relocate: bool,
     pub source_dbid: i16,
+    pub source_hostname: String,
+    pub source_address: String,
+    pub source_port: i32,
+    pub source_datadir: String,
     pub target_hostname: String,
     pub target_address: String,
     pub target_port: i32,
     pub target_datadir: String,
     pub original: Segment,
+    pub state: String,
     pub phase: String,
 }
 
 impl JobRecord {
     pub fn mode(&self) -> Result<RecoveryMode, CoreError> {
         RecoveryMode::from_job_type(&self.recovery_type)
+    }
+
+    /// The source as it was when the job was submitted (for a rebalance,
+    /// the mirror to be promoted).
+    pub fn source(&self) -> Segment {
+        Segment {
+            dbid: self.source_dbid,
+            hostname: self.source_hostname.clone(),
+            address: self.source_address.clone(),
+            port: self.source_port,
+            datadir: self.source_datadir.clone(),
+            role: self.original.preferred_role,
+            preferred_role: self.original.role,
+            ..self.original.clone()
+        }
     }
 
     /// The segment where the job puts it.

@@ -1,0 +1,701 @@
+//! The recovery job state machine, as one table per kind of job (like the
+//! fault tolerance rules in `fts.rs` and pg_auto_failover's `KeeperFSM[]`).
+//!
+//! Each row is a phase: the one side effect it performs, the phase that
+//! follows when it succeeds, how a failure in it (or a crash while it runs)
+//! is backed out, and a comment that is both documentation and log text.
+//! The worker commits a job's phase *before* the phase's side effect starts,
+//! and a catalog change together with the phase that follows it, so after a
+//! crash the phase on record names every effect that may have happened, and
+//! the backout of that phase (which probes what is really there) applies.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::CoreError;
+use crate::recovery::RecoveryMode;
+
+/// A job's lifecycle state (gp_recovery_job.state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] =
+        [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Canceled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self, CoreError> {
+        JobState::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| CoreError::InvalidValue {
+            what: "job state",
+            value: s.to_string(),
+            expected: "must be one of queued, running, succeeded, failed, canceled",
+        })
+    }
+}
+
+/// What kind of job runs: the recovery mode, with a relocation (a full copy
+/// to a new place) apart from a full recovery in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    Incremental,
+    Differential,
+    Full,
+    Relocation,
+    Rebalance,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 5] =
+        [JobKind::Incremental, JobKind::Differential, JobKind::Full, JobKind::Relocation, JobKind::Rebalance];
+
+    pub fn of(mode: RecoveryMode, relocate: bool) -> JobKind {
+        match mode {
+            RecoveryMode::Incremental => JobKind::Incremental,
+            RecoveryMode::Differential => JobKind::Differential,
+            RecoveryMode::Full if relocate => JobKind::Relocation,
+            RecoveryMode::Full => JobKind::Full,
+            RecoveryMode::Rebalance => JobKind::Rebalance,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Incremental => "incremental",
+            JobKind::Differential => "differential",
+            JobKind::Full => "full",
+            JobKind::Relocation => "relocation",
+            JobKind::Rebalance => "rebalance",
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job's phase (gp_recovery_job.phase).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Queued,
+    CheckingHost,
+    Stopping,
+    CheckingSource,
+    CheckingPair,
+    Rewinding,
+    Copying,
+    Swapping,
+    SwitchingRoles,
+    Promoting,
+    Configuring,
+    Starting,
+    Connecting,
+    MarkingUp,
+    CatchingUp,
+    Synchronizing,
+    RemovingOld,
+    Done,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 18] = [
+        Phase::Queued,
+        Phase::CheckingHost,
+        Phase::Stopping,
+        Phase::CheckingSource,
+        Phase::CheckingPair,
+        Phase::Rewinding,
+        Phase::Copying,
+        Phase::Swapping,
+        Phase::SwitchingRoles,
+        Phase::Promoting,
+        Phase::Configuring,
+        Phase::Starting,
+        Phase::Connecting,
+        Phase::MarkingUp,
+        Phase::CatchingUp,
+        Phase::Synchronizing,
+        Phase::RemovingOld,
+        Phase::Done,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Queued => "queued",
+            Phase::CheckingHost => "checking host",
+            Phase::Stopping => "stopping",
+            Phase::CheckingSource => "checking source",
+            Phase::CheckingPair => "checking pair",
+            Phase::Rewinding => "rewinding",
+            Phase::Copying => "copying",
+            Phase::Swapping => "swapping",
+            Phase::SwitchingRoles => "switching roles",
+            Phase::Promoting => "promoting",
+            Phase::Configuring => "configuring",
+            Phase::Starting => "starting",
+            Phase::Connecting => "connecting",
+            Phase::MarkingUp => "marking up",
+            Phase::CatchingUp => "catching up",
+            Phase::Synchronizing => "synchronizing",
+            Phase::RemovingOld => "removing old",
+            Phase::Done => "done",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Phase {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self, CoreError> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| CoreError::InvalidValue {
+            what: "job phase",
+            value: s.to_string(),
+            expected: "not a phase of gp_recovery_phases()",
+        })
+    }
+}
+
+/// How a failure in a phase, or a crash while it ran, is undone. Every
+/// backout probes what is really there (which directories exist, what
+/// runs, what the catalog says) instead of trusting memory, so it is right
+/// whether the phase's effect happened, half happened or never began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backout {
+    /// Nothing changed yet: the job just ends.
+    Nothing,
+    /// Stop the target if it runs; the segment stays down and its catalog row as it was.
+    LeaveDown,
+    /// Full copies: stop the target, discard the copy, put the old directory back (a relocation
+    /// empties its target but keeps the directory), and restore the catalog row with a backout row.
+    RestoreCopy,
+    /// Rebalance before the catalog swap: start the stopped primary again as the primary.
+    RestartOldPrimary,
+    /// Rebalance after the catalog swap: the mirror is the primary (the fault tolerance service
+    /// promotes it again if the promotion was lost); the old primary is stopped and left down.
+    KeepNewPrimary,
+    /// Past the point of no return: the segment is up in the catalog; the fault tolerance service
+    /// synchronizes it, or marks it down.
+    LeaveToFts,
+    /// The recovery stands; only its clean-up failed, which is warned about.
+    Finish,
+}
+
+impl Backout {
+    /// False once the job has passed its point of no return.
+    pub fn reversible(self) -> bool {
+        matches!(self, Backout::Nothing | Backout::LeaveDown | Backout::RestoreCopy | Backout::RestartOldPrimary)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Backout::Nothing => "nothing to undo: the job fails",
+            Backout::LeaveDown => "stop the target if it runs; the segment stays down",
+            Backout::RestoreCopy => {
+                "stop the target, discard the copy, put the old directory back, restore the catalog row"
+            }
+            Backout::RestartOldPrimary => "start the stopped primary again; the mirror stays a mirror",
+            Backout::KeepNewPrimary => {
+                "the new primary stays primary; the old primary is stopped and left down for gp_recover_segment"
+            }
+            Backout::LeaveToFts => "the segment stays up; the fault tolerance service synchronizes it or marks it down",
+            Backout::Finish => "the recovery stands; a failed clean-up is only warned about",
+        }
+    }
+}
+
+/// One row of a job kind's table.
+#[derive(Debug, Clone, Copy)]
+pub struct Transition {
+    pub phase: Phase,
+    /// The side effect the phase performs, committed as the job's intent before it starts.
+    pub effect: &'static str,
+    /// The phase after success.
+    pub next: Phase,
+    /// Another way on, taken when the phase says so (rebalance: rewind an old primary that
+    /// cannot follow the new timeline).
+    pub alternative: Option<Phase>,
+    pub on_failure: Backout,
+    pub comment: &'static str,
+}
+
+const fn t(phase: Phase, effect: &'static str, next: Phase, on_failure: Backout, comment: &'static str) -> Transition {
+    Transition { phase, effect, next, alternative: None, on_failure, comment }
+}
+
+const CHECK_HOST: &str = "run a check on the target's host (ssh for other hosts)";
+const STOP_TARGET: &str = "pg_ctl stop -m fast of the failed segment, if it runs";
+const CONFIGURE: &str = "write standby.signal and primary_conninfo to the acting primary into the target";
+const START: &str = "pg_ctl start of the target, bounded by gp_recovery.job_start_timeout";
+const CONNECT: &str = "wait for the acting primary to report the target's stream (gp_recovery.job_connect_timeout)";
+const MARK_UP: &str = "catalog: the target becomes an up mirror, not in sync";
+const CATCH_UP: &str = "wait for the stream to reach 'streaming' (gp_recovery.job_catchup_timeout without progress)";
+const SYNC: &str = "wait for the fault tolerance service to mark the pair 's' (gp_recovery.job_sync_timeout)";
+
+const C_CHECK_HOST: &str = "a dead host fails the job before the catalog or any directory changes";
+const C_CONFIGURE: &str = "files only; the segment stays down";
+const C_START: &str = "a segment that does not start is stopped and left down, with the cause from its log";
+const C_CONNECT: &str = "a segment that does not stream is stopped and left down, with the cause from its log";
+const C_MARK_UP: &str = "point of no return: from here the segment is an up mirror in the catalog";
+const C_WAIT_FTS: &str = "the segment stays up; the fault tolerance service marks it down if it stops streaming";
+
+const INCREMENTAL: &[Transition] = &[
+    t(Phase::CheckingHost, CHECK_HOST, Phase::Stopping, Backout::Nothing, C_CHECK_HOST),
+    t(Phase::Stopping, STOP_TARGET, Phase::CheckingSource, Backout::LeaveDown, "a stopped segment cannot diverge further"),
+    t(
+        Phase::CheckingSource,
+        "probe the acting primary, create its replication slot, CHECKPOINT",
+        Phase::Rewinding,
+        Backout::LeaveDown,
+        "no acting primary answering: a double fault, nothing is rewound",
+    ),
+    t(
+        Phase::Rewinding,
+        "mark the directory incomplete, pg_rewind against the acting primary, remove the mark",
+        Phase::Configuring,
+        Backout::LeaveDown,
+        "an interrupted rewind leaves the directory marked incomplete: only differential or full can recover it",
+    ),
+    t(Phase::Configuring, CONFIGURE, Phase::Starting, Backout::LeaveDown, C_CONFIGURE),
+    t(Phase::Starting, START, Phase::Connecting, Backout::LeaveDown, C_START),
+    t(Phase::Connecting, CONNECT, Phase::MarkingUp, Backout::LeaveDown, C_CONNECT),
+    t(Phase::MarkingUp, MARK_UP, Phase::CatchingUp, Backout::LeaveDown, C_MARK_UP),
+    t(Phase::CatchingUp, CATCH_UP, Phase::Synchronizing, Backout::LeaveToFts, C_WAIT_FTS),
+    t(Phase::Synchronizing, SYNC, Phase::Done, Backout::LeaveToFts, C_WAIT_FTS),
+];
+
+const DIFFERENTIAL: &[Transition] = &[
+    t(Phase::CheckingHost, CHECK_HOST, Phase::Stopping, Backout::Nothing, C_CHECK_HOST),
+    t(Phase::Stopping, STOP_TARGET, Phase::CheckingSource, Backout::LeaveDown, "a stopped segment cannot diverge further"),
+    t(
+        Phase::CheckingSource,
+        "probe the acting primary and create its replication slot",
+        Phase::Copying,
+        Backout::LeaveDown,
+        "no acting primary answering: a double fault, nothing is copied",
+    ),
+    t(
+        Phase::Copying,
+        "mark the directory incomplete, pg_backup_start, rsync in place, pg_backup_stop, backup_label, remove the mark",
+        Phase::Configuring,
+        Backout::LeaveDown,
+        "an interrupted copy leaves the directory marked incomplete: never started, only differential or full recover it",
+    ),
+    t(Phase::Configuring, CONFIGURE, Phase::Starting, Backout::LeaveDown, C_CONFIGURE),
+    t(Phase::Starting, START, Phase::Connecting, Backout::LeaveDown, C_START),
+    t(Phase::Connecting, CONNECT, Phase::MarkingUp, Backout::LeaveDown, C_CONNECT),
+    t(Phase::MarkingUp, MARK_UP, Phase::CatchingUp, Backout::LeaveDown, C_MARK_UP),
+    t(Phase::CatchingUp, CATCH_UP, Phase::Synchronizing, Backout::LeaveToFts, C_WAIT_FTS),
+    t(Phase::Synchronizing, SYNC, Phase::Done, Backout::LeaveToFts, C_WAIT_FTS),
+];
+
+const FULL: &[Transition] = &[
+    t(
+        Phase::CheckingHost,
+        "run a check on the target's host; catalog: record that a full copy replaces the segment",
+        Phase::Stopping,
+        Backout::Nothing,
+        C_CHECK_HOST,
+    ),
+    t(Phase::Stopping, STOP_TARGET, Phase::CheckingSource, Backout::RestoreCopy, "the old directory is untouched"),
+    t(
+        Phase::CheckingSource,
+        "probe the acting primary and create its replication slot",
+        Phase::Copying,
+        Backout::RestoreCopy,
+        "no acting primary answering: a double fault, nothing is copied",
+    ),
+    t(
+        Phase::Copying,
+        "pg_basebackup into a new directory beside the target",
+        Phase::Swapping,
+        Backout::RestoreCopy,
+        "the old directory is untouched; a partial copy is discarded",
+    ),
+    t(
+        Phase::Swapping,
+        "move the old directory aside and the complete copy in its place",
+        Phase::Configuring,
+        Backout::RestoreCopy,
+        "whatever the moves did, backout finds the old directory and puts it back",
+    ),
+    t(Phase::Configuring, CONFIGURE, Phase::Starting, Backout::RestoreCopy, C_CONFIGURE),
+    t(Phase::Starting, START, Phase::Connecting, Backout::RestoreCopy, C_START),
+    t(Phase::Connecting, CONNECT, Phase::MarkingUp, Backout::RestoreCopy, C_CONNECT),
+    t(Phase::MarkingUp, MARK_UP, Phase::CatchingUp, Backout::RestoreCopy, C_MARK_UP),
+    t(Phase::CatchingUp, CATCH_UP, Phase::Synchronizing, Backout::LeaveToFts, C_WAIT_FTS),
+    t(Phase::Synchronizing, SYNC, Phase::RemovingOld, Backout::LeaveToFts, C_WAIT_FTS),
+    t(
+        Phase::RemovingOld,
+        "remove the old directory moved aside",
+        Phase::Done,
+        Backout::Finish,
+        "the recovered segment is synchronized; a leftover old directory is only warned about",
+    ),
+];
+
+const RELOCATION: &[Transition] = &[
+    t(
+        Phase::CheckingHost,
+        "run a check on the new host; catalog: the segment's row moves to its new place (backout row kept)",
+        Phase::Stopping,
+        Backout::Nothing,
+        C_CHECK_HOST,
+    ),
+    t(
+        Phase::Stopping,
+        "pg_ctl stop of the failed segment at its old place (skipped when its host is unreachable)",
+        Phase::CheckingSource,
+        Backout::RestoreCopy,
+        "the catalog row goes back to the old place on failure",
+    ),
+    t(
+        Phase::CheckingSource,
+        "probe the acting primary and create its replication slot",
+        Phase::Copying,
+        Backout::RestoreCopy,
+        "no acting primary answering: a double fault, nothing is copied",
+    ),
+    t(
+        Phase::Copying,
+        "mark the new directory incomplete, pg_basebackup into it (an existing empty directory is used as it is)",
+        Phase::Configuring,
+        Backout::RestoreCopy,
+        "a partial copy is emptied out; the directory itself is kept",
+    ),
+    t(Phase::Configuring, CONFIGURE, Phase::Starting, Backout::RestoreCopy, C_CONFIGURE),
+    t(Phase::Starting, START, Phase::Connecting, Backout::RestoreCopy, C_START),
+    t(Phase::Connecting, CONNECT, Phase::MarkingUp, Backout::RestoreCopy, C_CONNECT),
+    t(Phase::MarkingUp, MARK_UP, Phase::CatchingUp, Backout::RestoreCopy, C_MARK_UP),
+    t(Phase::CatchingUp, CATCH_UP, Phase::Synchronizing, Backout::LeaveToFts, C_WAIT_FTS),
+    t(Phase::Synchronizing, SYNC, Phase::Done, Backout::LeaveToFts, C_WAIT_FTS),
+];
+
+const REBALANCE: &[Transition] = &[
+    t(
+        Phase::CheckingHost,
+        "run a check on the preferred primary's host; the fault tolerance service leaves the content alone",
+        Phase::CheckingPair,
+        Backout::Nothing,
+        C_CHECK_HOST,
+    ),
+    t(
+        Phase::CheckingPair,
+        "probe both members: still switched, up, synchronized, the preferred primary in recovery",
+        Phase::Stopping,
+        Backout::Nothing,
+        "a pair that changed since it was queued is left alone",
+    ),
+    t(
+        Phase::Stopping,
+        "pg_ctl stop -m fast of the acting primary, so its last WAL reaches the mirror",
+        Phase::SwitchingRoles,
+        Backout::RestartOldPrimary,
+        "commits wait for the synchronous standby until the primary stops",
+    ),
+    t(
+        Phase::SwitchingRoles,
+        "wait until the preferred primary replayed the stopped primary's final checkpoint, then swap the roles \
+         in the catalog (committed with the next phase)",
+        Phase::Promoting,
+        Backout::RestartOldPrimary,
+        "no promotion before the catalog says so: a crash before the swap restarts the old primary",
+    ),
+    t(
+        Phase::Promoting,
+        "pg_promote() of the preferred primary, synchronous replication off there, its replication slot",
+        Phase::Configuring,
+        Backout::KeepNewPrimary,
+        "point of no return: the catalog names the new primary; a lost promotion is repeated by the fault \
+         tolerance service",
+    ),
+    t(
+        Phase::Configuring,
+        "write standby.signal and primary_conninfo to the new primary into the old primary",
+        Phase::Starting,
+        Backout::KeepNewPrimary,
+        "the old primary stays down until it follows the new one",
+    ),
+    t(Phase::Starting, START, Phase::Connecting, Backout::KeepNewPrimary, "a failed start leaves the old primary down"),
+    Transition {
+        phase: Phase::Connecting,
+        effect: CONNECT,
+        next: Phase::MarkingUp,
+        alternative: Some(Phase::Rewinding),
+        on_failure: Backout::KeepNewPrimary,
+        comment: "an old primary that cannot follow the new timeline within 30 s is stopped and rewound, once",
+    },
+    t(
+        Phase::Rewinding,
+        "stop the old primary, mark it incomplete, pg_rewind against the new primary, remove the mark",
+        Phase::Configuring,
+        Backout::KeepNewPrimary,
+        "a failed rewind leaves the old primary down and marked for differential or full recovery",
+    ),
+    t(
+        Phase::MarkingUp,
+        "catalog: the old primary becomes an up mirror; the fault tolerance service watches the pair again",
+        Phase::CatchingUp,
+        Backout::KeepNewPrimary,
+        C_MARK_UP,
+    ),
+    t(Phase::CatchingUp, CATCH_UP, Phase::Synchronizing, Backout::LeaveToFts, C_WAIT_FTS),
+    t(Phase::Synchronizing, SYNC, Phase::Done, Backout::LeaveToFts, C_WAIT_FTS),
+];
+
+/// The table of a job kind, in the order the phases normally run.
+pub fn table(kind: JobKind) -> &'static [Transition] {
+    match kind {
+        JobKind::Incremental => INCREMENTAL,
+        JobKind::Differential => DIFFERENTIAL,
+        JobKind::Full => FULL,
+        JobKind::Relocation => RELOCATION,
+        JobKind::Rebalance => REBALANCE,
+    }
+}
+
+/// The row of a phase; None for `queued`, `done` and phases the kind does not have.
+pub fn row(kind: JobKind, phase: Phase) -> Option<&'static Transition> {
+    table(kind).iter().find(|r| r.phase == phase)
+}
+
+/// The phase a claimed job starts in.
+pub const FIRST: Phase = Phase::CheckingHost;
+
+/// How a job interrupted in `phase` (failed, canceled, or found running
+/// after a restart) is backed out.
+pub fn backout(kind: JobKind, phase: Phase) -> Backout {
+    match phase {
+        Phase::Queued => Backout::Nothing,
+        Phase::Done => Backout::Finish,
+        p => row(kind, p).map_or(Backout::LeaveDown, |r| r.on_failure),
+    }
+}
+
+/// The one advice for a segment whose directory cannot be rewound or
+/// started as it is.
+pub fn copy_advice(dbid: i16) -> String {
+    format!("run gp_recover_segment({dbid}, 'differential') or gp_recover_segment({dbid}, 'full')")
+}
+
+/// The cause of a segment's failure to start or to stream, from its
+/// server log, with the advice when another mode would help.
+pub fn diagnose_server_log(log: &str, dbid: i16) -> Option<String> {
+    let advice = copy_advice(dbid);
+    for line in log.lines().rev() {
+        if let Some(rest) = line.split("requested WAL segment ").nth(1) {
+            let segment = rest.split_whitespace().next().unwrap_or("?");
+            return Some(format!(
+                "the acting primary no longer has WAL segment {segment} that the recovered segment needs; {advice}"
+            ));
+        }
+        if line.contains("could not locate a valid checkpoint record") || line.contains("invalid checkpoint record") {
+            return Some(format!("the data directory has no valid checkpoint record (an incomplete copy); {advice}"));
+        }
+        if line.contains("database system identifier differs") {
+            return Some(format!("the segment is not a copy of its acting primary (system identifier differs); {advice}"));
+        }
+        if line.contains("is not a child of this server's history") || line.contains("not in this server's history") {
+            return Some(format!("the segment's timeline history diverged from the acting primary's; {advice}"));
+        }
+        if line.contains("No space left on device") {
+            return Some("the target's file system is full (No space left on device)".to_string());
+        }
+    }
+    None
+}
+
+/// A superuser's fault point (gp_recovery.fault_point): the jobs worker
+/// exits (or, with `crash`, kills itself so the coordinator restarts) when
+/// a job of `kind` reaches `phase`, `before` its side effect starts (its
+/// intent committed) or `after` it ended (its outcome not yet committed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultPoint {
+    /// None: any kind.
+    pub kind: Option<JobKind>,
+    pub phase: Phase,
+    pub after: bool,
+    pub crash: bool,
+}
+
+impl FaultPoint {
+    pub fn parse(s: &str) -> Result<Option<FaultPoint>, CoreError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        let invalid = || CoreError::InvalidValue {
+            what: "gp_recovery.fault_point",
+            value: s.to_string(),
+            expected: "must be KIND:PHASE:before|after[:crash], KIND one of incremental, differential, full, \
+                       relocation, rebalance or *",
+        };
+        let parts: Vec<&str> = s.split(':').map(str::trim).collect();
+        if !(3..=4).contains(&parts.len()) || (parts.len() == 4 && parts[3] != "crash") {
+            return Err(invalid());
+        }
+        let kind = match parts[0] {
+            "*" => None,
+            k => Some(JobKind::ALL.into_iter().find(|x| x.as_str() == k).ok_or_else(invalid)?),
+        };
+        let phase: Phase = parts[1].parse().map_err(|_| invalid())?;
+        let after = match parts[2] {
+            "before" => false,
+            "after" => true,
+            _ => return Err(invalid()),
+        };
+        Ok(Some(FaultPoint { kind, phase, after, crash: parts.len() == 4 }))
+    }
+
+    pub fn matches(&self, kind: JobKind, phase: Phase, after: bool) -> bool {
+        self.kind.is_none_or(|k| k == kind) && self.phase == phase && self.after == after
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reachable(kind: JobKind) -> Vec<Phase> {
+        let mut seen = vec![FIRST];
+        let mut i = 0;
+        while i < seen.len() {
+            if let Some(r) = row(kind, seen[i]) {
+                for p in std::iter::once(r.next).chain(r.alternative) {
+                    if !seen.contains(&p) {
+                        seen.push(p);
+                    }
+                }
+            }
+            i += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn every_phase_is_reachable_and_the_job_can_end() {
+        for kind in JobKind::ALL {
+            let seen = reachable(kind);
+            for r in table(kind) {
+                assert!(seen.contains(&r.phase), "{kind}: {} is unreachable", r.phase);
+            }
+            assert!(seen.contains(&Phase::Done), "{kind} never ends");
+            assert_eq!(table(kind)[0].phase, FIRST);
+        }
+    }
+
+    #[test]
+    fn each_phase_has_one_row_with_a_next_that_exists() {
+        for kind in JobKind::ALL {
+            for r in table(kind) {
+                assert_eq!(table(kind).iter().filter(|x| x.phase == r.phase).count(), 1, "{kind}: {}", r.phase);
+                for p in std::iter::once(r.next).chain(r.alternative) {
+                    assert!(p == Phase::Done || row(kind, p).is_some(), "{kind}: {} leads to {p}, not in the table", r.phase);
+                }
+                assert!(!r.effect.is_empty() && !r.comment.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn backout_never_crosses_the_point_of_no_return_backwards() {
+        for kind in JobKind::ALL {
+            for r in table(kind) {
+                for p in std::iter::once(r.next).chain(r.alternative) {
+                    if !r.on_failure.reversible() {
+                        assert!(
+                            !backout(kind, p).reversible(),
+                            "{kind}: {} is past the point of no return but {p} backs out as {:?}",
+                            r.phase,
+                            backout(kind, p)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_first_phase_and_rebalance_pair_check_have_nothing_to_undo() {
+        for kind in JobKind::ALL {
+            for r in table(kind) {
+                if r.on_failure == Backout::Nothing {
+                    assert!(matches!(r.phase, Phase::CheckingHost | Phase::CheckingPair), "{kind}: {}", r.phase);
+                }
+            }
+        }
+        assert_eq!(backout(JobKind::Full, Phase::Swapping), Backout::RestoreCopy);
+        assert_eq!(backout(JobKind::Rebalance, Phase::SwitchingRoles), Backout::RestartOldPrimary);
+        assert_eq!(backout(JobKind::Rebalance, Phase::Promoting), Backout::KeepNewPrimary);
+        assert_eq!(backout(JobKind::Incremental, Phase::CatchingUp), Backout::LeaveToFts);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for p in Phase::ALL {
+            assert_eq!(p.as_str().parse::<Phase>().unwrap(), p);
+        }
+        for s in JobState::ALL {
+            assert_eq!(s.as_str().parse::<JobState>().unwrap(), s);
+        }
+        assert!("copy".parse::<Phase>().is_err());
+    }
+
+    #[test]
+    fn server_log_causes() {
+        let log = "LOG:  started streaming WAL from primary at 0/3000000 on timeline 2\n\
+                   FATAL:  could not receive data from WAL stream: ERROR:  requested WAL segment 000000020000000000000003 has already been removed\n";
+        let d = diagnose_server_log(log, 2).unwrap();
+        assert!(d.starts_with("the acting primary no longer has WAL segment 000000020000000000000003"), "{d}");
+        assert!(d.ends_with("run gp_recover_segment(2, 'differential') or gp_recover_segment(2, 'full')"));
+        assert!(diagnose_server_log("PANIC:  could not locate a valid checkpoint record", 3)
+            .unwrap()
+            .contains("no valid checkpoint"));
+        assert_eq!(diagnose_server_log("LOG:  database system is ready", 2), None);
+    }
+
+    #[test]
+    fn fault_points_parse() {
+        assert_eq!(FaultPoint::parse("").unwrap(), None);
+        let f = FaultPoint::parse("rebalance:switching roles:after:crash").unwrap().unwrap();
+        assert_eq!(f, FaultPoint { kind: Some(JobKind::Rebalance), phase: Phase::SwitchingRoles, after: true, crash: true });
+        assert!(f.matches(JobKind::Rebalance, Phase::SwitchingRoles, true));
+        assert!(!f.matches(JobKind::Full, Phase::SwitchingRoles, true));
+        let any = FaultPoint::parse("*:copying:before").unwrap().unwrap();
+        assert!(any.matches(JobKind::Full, Phase::Copying, false) && !any.crash);
+        for bad in ["full:copying", "full:copy:before", "full:copying:during", "nope:copying:before", "full:copying:after:x"] {
+            assert!(FaultPoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,1115 @@
+//! The steps of one recovery or rebalance job, phase by phase, and their
+//! backout. Which phase follows which, and how each is backed out, is the
+//! table in gp_recovery_core::job; here is only what each phase does.
+//!
+//! Nothing here blocks: a step on a segment's files or processes is a
+//! supervised script (`supervise::Tool`), a call to a segment is a task on
+//! the jobs runtime (`segment_client::Task`), and each phase's function
+//! starts or polls them, once per tick of the worker's loop. A catalog
+//! change is handed to the loop, which commits it together with the phase
+//! that follows.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use gp_recovery_core::host::{self, Scripts};
+use gp_recovery_core::job::{self, Backout, JobKind, JobState, Phase};
+use gp_recovery_core::probe::{ProbeResult, MIRROR_APPLICATION_NAME, SLOT_NAME};
+use gp_recovery_core::rebalance;
+use gp_recovery_core::recovery::{self, JobRecord, Progress};
+use gp_recovery_core::segment::{update_history, Mode, Role, Segment, Status};
+use pgrx::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::job_table::{self, try_transaction};
+use crate::segment_client::{server_user, Target, Task};
+use crate::segment_host::{self, HostError, SegmentHost};
+use crate::supervise::Tool;
+use crate::{catalog, fts, gucs};
+
+/// History texts, as gprecoverseg writes them.
+const RESYNC: &str = "gprecoverseg: segment config for resync";
+const BACKOUT: &str = "gprecoverseg: segment config for backout";
+const REBALANCE: &str = "gp_rebalance: segment config for rebalance";
+
+/// The tools whose output reports copy progress.
+const COPY_TOOLS: [&str; 3] = ["pg_rewind", "pg_basebackup", "rsync"];
+
+/// Short steps (checks, moves, configuration) must end within this.
+const SHORT_STEP: Duration = Duration::from_secs(300);
+
+/// A catalog change, committed by the loop with the phase that follows.
+pub type CatalogChange = Box<dyn FnOnce() -> Result<(), String>>;
+
+/// What one tick of a phase decided.
+pub enum Step {
+    Stay,
+    /// The phase is done: on to the table's next phase (or its alternative).
+    Next { alternative: bool, change: Option<CatalogChange> },
+    Fail(String),
+}
+
+fn next() -> Step {
+    Step::Next { alternative: false, change: None }
+}
+
+fn next_with(change: CatalogChange) -> Step {
+    Step::Next { alternative: false, change: Some(change) }
+}
+
+/// What a call to a segment returned.
+enum Answer {
+    Done,
+    Probe(ProbeResult),
+    Lsn(u64),
+    Label(String, String),
+}
+
+/// A differential copy's base backup: its session lives in a task until
+/// told to stop (or dropped, which ends the backup).
+struct Backup {
+    started: oneshot::Receiver<Result<(), String>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// Undoing a failed, canceled or interrupted job, one step at a time.
+#[derive(Clone, Copy)]
+enum Undo {
+    StopTarget,
+    RestoreDirectory,
+    RestoreCatalog,
+    StartOldPrimary,
+    KeepNewPrimary,
+}
+
+pub struct Ending {
+    state: JobState,
+    message: String,
+    steps: VecDeque<Undo>,
+    notes: Vec<String>,
+    success_after_all: bool,
+}
+
+pub struct Job {
+    pub rec: JobRecord,
+    pub kind: JobKind,
+    pub phase: Phase,
+    target: Segment,
+    source: Segment,
+    target_host: Result<SegmentHost, String>,
+    original_host: Result<SegmentHost, String>,
+    tool: Option<Tool>,
+    task: Option<Task<Result<Answer, String>>>,
+    backup: Option<Backup>,
+    /// The step within the phase.
+    sub: u8,
+    rewound: bool,
+    checkpoint_lsn: Option<u64>,
+    deadline: Option<Instant>,
+    next_check: Instant,
+    /// Catching up: the last WAL distance seen, and when it last shrank.
+    behind: Option<(i64, Instant)>,
+    /// A failure waiting for the cause from the segment's log.
+    diagnosing: Option<String>,
+    /// Text a later step of the phase writes (backup label and map, postgresql.auto.conf).
+    pending_text: Option<(String, String)>,
+    pub ending: Option<Ending>,
+    pub progress: Option<Progress>,
+    pub wal_remaining: Option<i64>,
+    pub logfile: Option<std::path::PathBuf>,
+}
+
+fn call_timeout() -> Duration {
+    gucs::seconds(&gucs::JOB_CALL_TIMEOUT)
+}
+
+fn scripts() -> Scripts {
+    segment_host::scripts(call_timeout().as_secs().min(60))
+}
+
+/// Adds gp_recovery.max_rate (kB/s) to a copy tool's arguments.
+fn with_rate(mut args: Vec<String>, option: &str) -> Vec<String> {
+    let rate = gucs::MAX_RATE.get();
+    if rate > 0 {
+        // pg_basebackup accepts 32 kB/s at the least.
+        args.insert(0, format!("{option}{}k", rate.max(32)));
+    }
+    args
+}
+
+fn lsn_text(l: u64) -> String {
+    format!("{:X}/{:X}", l >> 32, l & 0xFFFF_FFFF)
+}
+
+impl Job {
+    pub fn new(rec: JobRecord) -> Result<Job, String> {
+        let mode = rec.mode().map_err(|e| e.to_string())?;
+        let phase: Phase = rec.phase.parse().map_err(|e: gp_recovery_core::CoreError| e.to_string())?;
+        Ok(Job {
+            kind: JobKind::of(mode, rec.relocate),
+            phase,
+            target: rec.target(),
+            source: rec.source(),
+            target_host: SegmentHost::of(&rec.target_hostname),
+            original_host: SegmentHost::of(&rec.original.hostname),
+            rec,
+            tool: None,
+            task: None,
+            backup: None,
+            sub: 0,
+            rewound: false,
+            checkpoint_lsn: None,
+            deadline: None,
+            next_check: Instant::now(),
+            behind: None,
+            diagnosing: None,
+            pending_text: None,
+            ending: None,
+            progress: None,
+            wal_remaining: None,
+            logfile: None,
+        })
+    }
+
+    pub fn id(&self) -> i64 {
+        self.rec.job_id
+    }
+
+    pub fn dbid(&self) -> i16 {
+        self.rec.dbid
+    }
+
+    /// Called by the loop when the job enters a phase.
+    pub fn enter(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.sub = 0;
+        self.deadline = None;
+        self.behind = None;
+    }
+
+    /// Runs a script on `host` (first call) or polls it (later calls):
+    /// Some once it ended, with its output.
+    fn tool(
+        &mut self,
+        host: Result<SegmentHost, String>,
+        name: &'static str,
+        script: impl FnOnce() -> String,
+        limit: Option<Duration>,
+    ) -> Option<Result<String, HostError>> {
+        if self.tool.is_none() {
+            let log_name = format!("{name}.job{}.dbid{}.out", self.id(), self.dbid());
+            let started = host.and_then(|h| {
+                let remote = h.is_remote();
+                let name_of_host = h.name.clone();
+                Tool::spawn(h, name, &log_name, &script(), limit).inspect(|t| {
+                    log!(
+                        "gp_recovery: job {} (dbid {}): running {name} on host {name_of_host}{}; output in {}",
+                        self.rec.job_id,
+                        self.rec.dbid,
+                        if remote { " through gp_recovery.remote_shell" } else { "" },
+                        t.log.display()
+                    )
+                })
+            });
+            return match started {
+                Ok(t) => {
+                    if COPY_TOOLS.contains(&name) {
+                        self.logfile = Some(t.log.clone());
+                    }
+                    self.tool = Some(t);
+                    None
+                }
+                Err(e) => Some(Err(HostError { message: e, unreachable: false })),
+            };
+        }
+        let tool = self.tool.as_mut()?;
+        if COPY_TOOLS.contains(&tool.name) {
+            if let Some(p) = recovery::parse_progress(&tool.output()) {
+                self.progress = Some(p);
+            }
+        }
+        let finished = tool.poll()?;
+        self.tool = None;
+        Some(finished.result.map(|()| finished.output))
+    }
+
+    /// A script on the target's host.
+    fn target_tool(
+        &mut self,
+        name: &'static str,
+        script: impl FnOnce(&Scripts) -> String,
+        limit: Option<Duration>,
+    ) -> Option<Result<String, HostError>> {
+        let s = scripts();
+        self.tool(self.target_host.clone(), name, || script(&s), limit)
+    }
+
+    /// Starts a call to segments (first call) or polls it.
+    fn call(
+        &mut self,
+        future: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answer, String>> + Send>>,
+    ) -> Option<Result<Answer, String>> {
+        match self.task.as_mut() {
+            None => {
+                self.task = Some(Task::spawn(future()));
+                None
+            }
+            Some(t) => {
+                let r = t.poll()?;
+                self.task = None;
+                Some(r.and_then(|r| r))
+            }
+        }
+    }
+
+    /// The acting primary's report, at most five times a second.
+    fn probe_source(&mut self) -> Option<ProbeResult> {
+        if self.task.is_none() && Instant::now() < self.next_check {
+            return None;
+        }
+        let t = Target::new(&self.source, call_timeout());
+        let answer = self.call(|| Box::pin(async move { Ok(Answer::Probe(t.probe().await)) }))?;
+        self.next_check = Instant::now() + Duration::from_millis(200);
+        Some(match answer {
+            Ok(Answer::Probe(p)) => p,
+            Ok(_) => Err("unexpected answer".into()),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Runs the current phase one step further.
+    pub fn step(&mut self) -> Step {
+        if self.diagnosing.is_some() {
+            return self.diagnose();
+        }
+        match self.phase {
+            Phase::CheckingHost => self.checking_host(),
+            Phase::Stopping => self.stopping(),
+            Phase::CheckingSource => self.checking_source(),
+            Phase::CheckingPair => self.checking_pair(),
+            Phase::Rewinding => self.rewinding(),
+            Phase::Copying => self.copying(),
+            Phase::Swapping => self.swapping(),
+            Phase::SwitchingRoles => self.switching_roles(),
+            Phase::Promoting => self.promoting(),
+            Phase::Configuring => self.configuring(),
+            Phase::Starting => self.starting(),
+            Phase::Connecting => self.connecting(),
+            Phase::MarkingUp => self.marking_up(),
+            Phase::CatchingUp => self.catching_up(),
+            Phase::Synchronizing => self.synchronizing(),
+            Phase::RemovingOld => self.removing_old(),
+            Phase::Queued | Phase::Done => Step::Fail(format!("a running job cannot be in phase {}", self.phase)),
+        }
+    }
+
+    /// Fails with `message` and the cause read from the segment's log.
+    fn fail_with_log(&mut self, message: String) -> Step {
+        self.diagnosing = Some(message);
+        self.diagnose()
+    }
+
+    fn diagnose(&mut self) -> Step {
+        let dir = self.target.datadir.clone();
+        let Some(out) = self.target_tool("server_log", |s| s.server_log_tail(&dir), Some(Duration::from_secs(60)))
+        else {
+            return Step::Stay;
+        };
+        let message = self.diagnosing.take().unwrap_or_default();
+        match out.ok().and_then(|log| job::diagnose_server_log(&log, self.dbid())) {
+            Some(cause) => Step::Fail(format!("{message}: {cause}")),
+            None => Step::Fail(message),
+        }
+    }
+
+    /// The target's host must answer and have the server programs before
+    /// the catalog changes (gprecoverseg: "The recovery target segment ...
+    /// is unreachable").
+    fn checking_host(&mut self) -> Step {
+        let dir = self.target.datadir.clone();
+        match self.target_tool("check", |s| s.check(&dir), Some(Duration::from_secs(60))) {
+            None => Step::Stay,
+            Some(Err(e)) => Step::Fail(e.message),
+            Some(Ok(_)) => {
+                let rec = self.rec.clone();
+                let kind = self.kind;
+                next_with(Box::new(move || start_in_catalog(&rec, kind)))
+            }
+        }
+    }
+
+    /// Makes sure the failed segment is not running. Rebalance stops the
+    /// acting primary, which must be running.
+    fn stopping(&mut self) -> Step {
+        let rebalance = self.kind == JobKind::Rebalance;
+        let dir = self.rec.original.datadir.clone();
+        let s = scripts();
+        let host = self.original_host.clone();
+        match self.tool(host, "stop", || s.stop(&dir, rebalance), Some(Duration::from_secs(120))) {
+            None => Step::Stay,
+            Some(Ok(_)) => next(),
+            // gprecoverseg: a relocation away from a dead host skips the stop.
+            Some(Err(e)) if e.unreachable && self.kind == JobKind::Relocation => {
+                log!("gp_recovery: job {}: not stopping the failed segment: {}", self.id(), e.message);
+                next()
+            }
+            Some(Err(e)) => Step::Fail(e.message),
+        }
+    }
+
+    /// The source must still be the content's acting primary and answer as
+    /// one; it gets the slot its mirror will stream from, and (before a
+    /// rewind) a CHECKPOINT so its control file shows its current timeline.
+    fn checking_source(&mut self) -> Step {
+        if self.sub == 0 {
+            let catalog = match try_transaction(|| Ok(catalog::load())) {
+                Ok(c) => c,
+                Err(e) => return Step::Fail(e),
+            };
+            let Some(source) =
+                catalog.iter().find(|s| s.content == self.rec.content && s.role == Role::Primary).cloned()
+            else {
+                return Step::Fail(format!("double fault: content {} has no acting primary", self.rec.content));
+            };
+            if source.dbid != self.rec.source_dbid {
+                return Step::Fail(format!(
+                    "the acting primary of content {} changed from dbid {} to dbid {} since the job was submitted; submit it again",
+                    self.rec.content, self.rec.source_dbid, source.dbid
+                ));
+            }
+            self.source = source;
+            self.sub = 1;
+        }
+        let t = Target::new(&self.source, call_timeout());
+        let checkpoint = self.kind == JobKind::Incremental;
+        let answer = self.call(|| {
+            Box::pin(async move {
+                let probe = t.probe().await;
+                if let Ok(p) = &probe {
+                    if !p.in_recovery {
+                        t.create_slot().await?;
+                        if checkpoint {
+                            t.checkpoint().await?;
+                        }
+                    }
+                }
+                Ok(Answer::Probe(probe))
+            })
+        });
+        match answer {
+            None => Step::Stay,
+            Some(Ok(Answer::Probe(p))) => match recovery::verify_source(&self.source, &p) {
+                Ok(()) => next(),
+                Err(e) => Step::Fail(e.to_string()),
+            },
+            Some(Ok(_)) => Step::Fail("unexpected answer".into()),
+            Some(Err(e)) => Step::Fail(format!("the acting primary dbid {}: {e}", self.source.dbid)),
+        }
+    }
+
+    /// Rebalance: the pair must still be switched, up and synchronized, and
+    /// the preferred primary must answer as a standby.
+    fn checking_pair(&mut self) -> Step {
+        if self.sub == 0 {
+            let catalog = match try_transaction(|| Ok(catalog::load())) {
+                Ok(c) => c,
+                Err(e) => return Step::Fail(e),
+            };
+            let find = |dbid: i16| catalog.iter().find(|s| s.dbid == dbid).cloned();
+            let (Some(primary), Some(mirror)) = (find(self.dbid()), find(self.rec.source_dbid)) else {
+                return Step::Fail("the pair is no longer in the catalog".into());
+            };
+            let healthy =
+                |s: &Segment, role: Role| s.role == role && s.status == Status::Up && s.mode == Mode::Synchronized;
+            if !healthy(&primary, Role::Primary) || !healthy(&mirror, Role::Mirror) {
+                return Step::Fail(format!(
+                    "dbid {} and dbid {} are no longer an up, synchronized primary and mirror",
+                    primary.dbid, mirror.dbid
+                ));
+            }
+            self.source = mirror;
+            self.sub = 1;
+        }
+        match self.probe_mirror() {
+            None => Step::Stay,
+            Some(Ok(p)) if p.in_recovery => next(),
+            Some(Ok(_)) => Step::Fail(format!("dbid {} is not in recovery", self.source.dbid)),
+            Some(Err(e)) => Step::Fail(format!("dbid {} does not answer: {e}", self.source.dbid)),
+        }
+    }
+
+    fn probe_mirror(&mut self) -> Option<ProbeResult> {
+        let t = Target::new(&self.source, call_timeout());
+        match self.call(|| Box::pin(async move { Ok(Answer::Probe(t.probe().await)) }))? {
+            Ok(Answer::Probe(p)) => Some(p),
+            Ok(_) => Some(Err("unexpected answer".into())),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Incremental: pg_rewind against the acting primary (skipped for a
+    /// mirror that merely stopped). Rebalance: the old primary could not
+    /// follow the new timeline; it is stopped, then rewound.
+    fn rewinding(&mut self) -> Step {
+        let rebalance = self.kind == JobKind::Rebalance;
+        let dir = self.target.datadir.clone();
+        if rebalance && self.sub == 0 {
+            match self.target_tool("stop", |s| s.stop(&dir, false), Some(Duration::from_secs(120))) {
+                None => return Step::Stay,
+                Some(Err(e)) => return Step::Fail(e.message),
+                Some(Ok(_)) => self.sub = 1,
+            }
+        }
+        if rebalance && self.sub == 1 {
+            let t = Target::new(&self.source, call_timeout());
+            match self.call(|| Box::pin(async move { t.checkpoint().await.map(|()| Answer::Done) })) {
+                None => return Step::Stay,
+                Some(Err(e)) => return Step::Fail(format!("CHECKPOINT on the new primary failed: {e}")),
+                Some(Ok(_)) => self.sub = 2,
+            }
+        }
+        let conninfo = user_conninfo(&self.source, "gp_recovery_pg_rewind");
+        match self.target_tool("pg_rewind", |s| s.rewind(&dir, &conninfo, !rebalance), None) {
+            None => Step::Stay,
+            Some(Ok(_)) => {
+                self.rewound = true;
+                next()
+            }
+            Some(Err(e)) => Step::Fail(self.copy_failure(e.message)),
+        }
+    }
+
+    /// Adds gprecoverseg's advice to a failed copy: one text.
+    fn copy_failure(&self, e: String) -> String {
+        let dbid = self.dbid();
+        let what = match self.kind {
+            JobKind::Incremental => "Incremental recovery failed",
+            JobKind::Differential => "Differential recovery failed and left the data directory marked incomplete",
+            JobKind::Full | JobKind::Relocation => return e,
+            JobKind::Rebalance => "The old primary could not be rewound to follow the new primary",
+        };
+        format!("{e}. {what}: {}", job::copy_advice(dbid))
+    }
+
+    fn copying(&mut self) -> Step {
+        match self.kind {
+            JobKind::Differential => self.copying_differential(),
+            _ => self.copying_full(),
+        }
+    }
+
+    /// pg_basebackup; its WAL streams through a temporary slot of its own,
+    /// so the mirror's slot keeps what it holds should the copy fail.
+    fn copying_full(&mut self) -> Step {
+        let args = vec![
+            "-h".into(),
+            self.source.address.clone(),
+            "-p".into(),
+            self.source.port.to_string(),
+            "-U".into(),
+            server_user(),
+            "-X".into(),
+            "stream".into(),
+            "-c".into(),
+            "fast".into(),
+            "--no-verify-checksums".into(),
+            "--progress".into(),
+            "--verbose".into(),
+        ];
+        let (dir, relocate) = (self.target.datadir.clone(), self.kind == JobKind::Relocation);
+        match self.target_tool(
+            "pg_basebackup",
+            |s| s.basebackup(&dir, relocate, &with_rate(args, "--max-rate=")),
+            None,
+        ) {
+            None => Step::Stay,
+            Some(Ok(_)) => next(),
+            Some(Err(e)) => Step::Fail(e.message),
+        }
+    }
+
+    /// pg_backup_start, rsync in place, pg_backup_stop, backup_label.
+    fn copying_differential(&mut self) -> Step {
+        let dir = self.target.datadir.clone();
+        if self.sub == 0 {
+            let (started_tx, started) = oneshot::channel();
+            let (stop, stop_rx) = oneshot::channel::<()>();
+            let t = Target::new(&self.source, call_timeout());
+            let label = format!("gp_recovery job {}", self.id());
+            self.task = Some(Task::spawn(async move {
+                let session = match t.backup_start(&label).await {
+                    Ok(s) => {
+                        let _ = started_tx.send(Ok(()));
+                        s
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e.clone()));
+                        return Err(e);
+                    }
+                };
+                // Dropped unsent (the job failed or was canceled): the
+                // session closes, which ends the backup.
+                stop_rx.await.map_err(|_| "the base backup was abandoned".to_string())?;
+                let (label, map) = t.backup_stop(&session).await?;
+                Ok(Answer::Label(label, map))
+            }));
+            self.backup = Some(Backup { started, stop: Some(stop) });
+            self.sub = 1;
+        }
+        if self.sub == 1 {
+            let Some(b) = self.backup.as_mut() else { return Step::Fail("the base backup is gone".into()) };
+            match b.started.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return Step::Stay,
+                Err(oneshot::error::TryRecvError::Closed) => return Step::Fail("the base backup did not start".into()),
+                Ok(Err(e)) => return Step::Fail(format!("pg_backup_start failed: {e}")),
+                Ok(Ok(())) => self.sub = 2,
+            }
+        }
+        if self.sub == 2 {
+            // --no-whole-file: the delta algorithm even between local
+            // directories, so only changed blocks are sent; --inplace: only
+            // those blocks are written; --stats reports the bytes sent.
+            let mut args: Vec<String> = [
+                "-a",
+                "--delete",
+                "--checksum",
+                "--no-whole-file",
+                "--inplace",
+                "--stats",
+                "--info=progress2",
+                "--no-inc-recursive",
+            ]
+            .map(String::from)
+            .to_vec();
+            args.extend(recovery::RSYNC_EXCLUDES.iter().map(|e| format!("--exclude={e}")));
+            // From another host, rsync on the target's host pulls through
+            // the same remote shell.
+            let source = self.source.clone();
+            let source_host =
+                (!source.hostname.eq_ignore_ascii_case(&self.target.hostname)).then_some(source.hostname.clone());
+            let shell = gucs::remote_shell();
+            match self.target_tool(
+                "rsync",
+                |s| s.rsync(&dir, &source.datadir, source_host.as_deref(), &shell, &with_rate(args, "--bwlimit=")),
+                None,
+            ) {
+                None => return Step::Stay,
+                Some(Err(e)) => return Step::Fail(self.copy_failure(e.message)),
+                Some(Ok(_)) => {
+                    if let Some(stop) = self.backup.as_mut().and_then(|b| b.stop.take()) {
+                        let _ = stop.send(());
+                    }
+                    self.sub = 3;
+                }
+            }
+        }
+        if self.sub == 3 {
+            let Some(task) = self.task.as_mut() else { return Step::Fail("the base backup is gone".into()) };
+            match task.poll() {
+                None => return Step::Stay,
+                Some(r) => {
+                    self.task = None;
+                    self.backup = None;
+                    match r.and_then(|r| r) {
+                        Ok(Answer::Label(label, map)) => {
+                            self.checkpoint_lsn = None;
+                            self.pending_text = Some((label, map));
+                            self.sub = 4;
+                        }
+                        Ok(_) => return Step::Fail("unexpected answer".into()),
+                        Err(e) => return Step::Fail(self.copy_failure(format!("pg_backup_stop failed: {e}"))),
+                    }
+                }
+            }
+        }
+        let (label, map) = self.pending_text.clone().unwrap_or_default();
+        // WAL of the old timeline must not be replayed: the mirror streams
+        // what it needs from the slot.
+        match self.target_tool("backup_label", |s| s.install_backup_label(&dir, &label, &map), Some(SHORT_STEP)) {
+            None => Step::Stay,
+            Some(Ok(_)) => next(),
+            Some(Err(e)) => Step::Fail(self.copy_failure(e.message)),
+        }
+    }
+
+    /// Full in place: the complete copy replaces the old directory, which
+    /// moves aside until the job succeeds.
+    fn swapping(&mut self) -> Step {
+        let dir = self.target.datadir.clone();
+        match self.target_tool("swap", |s| s.swap_in(&dir), Some(SHORT_STEP)) {
+            None => Step::Stay,
+            Some(Ok(_)) => next(),
+            Some(Err(e)) => Step::Fail(e.message),
+        }
+    }
+
+    /// Rebalance: once the preferred primary has replayed the stopped
+    /// primary's final checkpoint (so no acknowledged commit is missing),
+    /// the catalog names it primary; the promotion follows in the next phase.
+    fn switching_roles(&mut self) -> Step {
+        if self.checkpoint_lsn.is_none() {
+            let dir = self.rec.original.datadir.clone();
+            return match self.target_tool("pg_controldata", |s| s.controldata(&dir), Some(SHORT_STEP)) {
+                None => Step::Stay,
+                Some(Err(e)) => Step::Fail(format!("could not read the stopped primary's final checkpoint: {}", e.message)),
+                Some(Ok(report)) => match rebalance::controldata_checkpoint(&report) {
+                    Some(l) => {
+                        self.checkpoint_lsn = Some(l);
+                        self.deadline = Some(Instant::now() + Duration::from_secs(60));
+                        Step::Stay
+                    }
+                    None => Step::Fail("pg_controldata did not report the stopped primary's final checkpoint".into()),
+                },
+            };
+        }
+        let checkpoint = self.checkpoint_lsn.unwrap_or(u64::MAX);
+        if self.task.is_none() && Instant::now() < self.next_check {
+            return Step::Stay;
+        }
+        let t = Target::new(&self.source, call_timeout());
+        let Some(replayed) = self.call(|| Box::pin(async move { t.replay_lsn().await.map(Answer::Lsn) })) else {
+            return Step::Stay;
+        };
+        self.next_check = Instant::now() + Duration::from_millis(100);
+        match replayed {
+            Ok(Answer::Lsn(r)) if r > checkpoint => {
+                let rows = [
+                    Segment { role: Role::Mirror, status: Status::Down, mode: Mode::NotInSync, ..self.rec.original.clone() },
+                    Segment { role: Role::Primary, status: Status::Up, mode: Mode::NotInSync, ..self.source.clone() },
+                ];
+                self.source = rows[1].clone();
+                next_with(Box::new(move || {
+                    let now = catalog::lock_rows(&[rows[0].dbid, rows[1].dbid]);
+                    let switched = |dbid: i16, role: Role| now.iter().any(|s| s.dbid == dbid && s.role == role);
+                    if !switched(rows[0].dbid, Role::Primary) || !switched(rows[1].dbid, Role::Mirror) {
+                        return Err("the pair's roles changed in the catalog meanwhile".into());
+                    }
+                    catalog::update_rows(&rows, |s| update_history(REBALANCE, s));
+                    Ok(())
+                }))
+            }
+            other => {
+                if self.deadline.is_some_and(|d| Instant::now() > d) {
+                    return Step::Fail(format!(
+                        "dbid {} did not replay the old primary's final checkpoint at {} within 60 s ({}); not promoting it",
+                        self.source.dbid,
+                        lsn_text(checkpoint),
+                        match other {
+                            Ok(Answer::Lsn(r)) => format!("replayed up to {}", lsn_text(r)),
+                            Err(e) => e,
+                            Ok(_) => "no answer".into(),
+                        }
+                    ));
+                }
+                Step::Stay
+            }
+        }
+    }
+
+    /// Rebalance: the catalog already names the new primary; promote it,
+    /// turn synchronous replication off there and give it the slot for its
+    /// mirror. If this fails, the fault tolerance service repeats the
+    /// promotion (the acting primary in recovery with its peer down).
+    fn promoting(&mut self) -> Step {
+        let t = Target::new(&self.source, call_timeout());
+        let answer = self.call(|| {
+            Box::pin(async move {
+                t.promote().await?;
+                let mut warnings = Vec::new();
+                for (what, result) in [
+                    ("turn synchronous replication off", t.disable_sync_rep().await),
+                    ("create the slot", t.create_slot().await),
+                ] {
+                    if let Err(e) = result {
+                        warnings.push(format!("could not {what}: {e}"));
+                    }
+                }
+                if warnings.is_empty() {
+                    Ok(Answer::Done)
+                } else {
+                    Ok(Answer::Label(warnings.join("; "), String::new()))
+                }
+            })
+        });
+        match answer {
+            None => Step::Stay,
+            Some(Ok(Answer::Label(w, _))) => {
+                warning!("gp_recovery: job {}: dbid {}: {w}", self.id(), self.source.dbid);
+                next()
+            }
+            Some(Ok(_)) => next(),
+            Some(Err(e)) => Step::Fail(format!("could not promote dbid {}: {e}", self.source.dbid)),
+        }
+    }
+
+    /// standby.signal, primary_conninfo to the acting primary, the slot, and
+    /// the segment's own port (a copy brought the source's settings).
+    fn configuring(&mut self) -> Step {
+        let dir = self.target.datadir.clone();
+        if self.sub == 0 {
+            match self.target_tool("read_auto_conf", |s| s.read_auto_conf(&dir), Some(SHORT_STEP)) {
+                None => return Step::Stay,
+                Some(Err(e)) => return Step::Fail(format!("could not configure {dir}: {}", e.message)),
+                Some(Ok(existing)) => {
+                    let text = recovery::rewrite_auto_conf(
+                        &existing,
+                        &[
+                            ("port", self.target.port.to_string()),
+                            ("primary_conninfo", user_conninfo(&self.source, MIRROR_APPLICATION_NAME)),
+                            ("primary_slot_name", SLOT_NAME.to_string()),
+                            ("synchronous_standby_names", String::new()),
+                        ],
+                    );
+                    self.pending_text = Some((text, String::new()));
+                    self.sub = 1;
+                }
+            }
+        }
+        let text = self.pending_text.clone().map(|(t, _)| t).unwrap_or_default();
+        match self.target_tool("configure", |s| s.configure_standby(&dir, &text), Some(SHORT_STEP)) {
+            None => Step::Stay,
+            Some(Ok(_)) => next(),
+            Some(Err(e)) => Step::Fail(format!("could not configure {dir}: {}", e.message)),
+        }
+    }
+
+    fn starting(&mut self) -> Step {
+        let dir = self.target.datadir.clone();
+        let limit = gucs::seconds(&gucs::JOB_START_TIMEOUT);
+        // pg_ctl's own wait is the bound; the step's limit only backs it up.
+        match self.target_tool("pg_ctl", |s| s.start(&dir, false, limit.as_secs()), Some(limit + Duration::from_secs(30)))
+        {
+            None => Step::Stay,
+            Some(Ok(_)) => next(),
+            Some(Err(e)) => self.fail_with_log(format!("the segment did not start: {}", e.message)),
+        }
+    }
+
+    /// Waits until the primary reports a stream from the new mirror, so that
+    /// the fault tolerance service never sees an 'up' mirror without one.
+    fn connecting(&mut self) -> Step {
+        if self.deadline.is_none() {
+            // A demoted primary that cannot follow the new timeline is
+            // rewound after 30 s instead of failing.
+            let wait = if self.kind == JobKind::Rebalance && !self.rewound {
+                Duration::from_secs(30)
+            } else {
+                gucs::seconds(&gucs::JOB_CONNECT_TIMEOUT)
+            };
+            self.deadline = Some(Instant::now() + wait);
+        }
+        if let Some(Ok(p)) = self.probe_source() {
+            if let Some(r) = p.mirror_replication() {
+                self.wal_remaining = r.bytes_behind;
+                return next();
+            }
+        }
+        if self.deadline.is_some_and(|d| Instant::now() > d) {
+            self.task = None;
+            if self.kind == JobKind::Rebalance && !self.rewound {
+                log!("gp_recovery: job {}: dbid {} does not follow the new primary; rewinding it", self.id(), self.dbid());
+                return Step::Next { alternative: true, change: None };
+            }
+            return self.fail_with_log(format!(
+                "the segment started but its primary reported no stream from it within {} s",
+                gucs::JOB_CONNECT_TIMEOUT.get()
+            ));
+        }
+        Step::Stay
+    }
+
+    /// The target becomes an up mirror, and the fault tolerance service
+    /// watches the pair again; committed with the next phase.
+    fn marking_up(&mut self) -> Step {
+        if self.kind == JobKind::Rebalance && self.sub == 0 {
+            // The demoted primary's slot served its old mirror; as a standby
+            // it would only keep WAL forever.
+            let t = Target::new(&self.target, call_timeout());
+            match self.call(|| Box::pin(async move { t.drop_slot().await.map(|()| Answer::Done) })) {
+                None => return Step::Stay,
+                Some(Err(e)) => {
+                    warning!("gp_recovery: job {}: could not drop the old slot on dbid {}: {e}", self.id(), self.dbid())
+                }
+                Some(Ok(_)) => {}
+            }
+            self.sub = 1;
+        }
+        let (target, job_id) = (self.target.clone(), self.id());
+        next_with(Box::new(move || {
+            job_table::release_hold(job_id)?;
+            let rows = catalog::lock_rows(&[target.dbid]);
+            match rows.first() {
+                Some(now) if now.status == Status::Down => {
+                    let up = Segment { status: Status::Up, mode: Mode::NotInSync, role: Role::Mirror, ..target.clone() };
+                    catalog::update_rows(&[up], |s| update_history(RESYNC, s));
+                    Ok(())
+                }
+                _ => Err(format!("dbid {} is no longer down in the catalog", target.dbid)),
+            }
+        }))
+    }
+
+    /// Until the stream reaches 'streaming'; fails after
+    /// gp_recovery.job_catchup_timeout without progress.
+    fn catching_up(&mut self) -> Step {
+        if self.sub == 0 {
+            fts::request_round();
+            self.sub = 1;
+        }
+        let limit = gucs::seconds(&gucs::JOB_CATCHUP_TIMEOUT);
+        if let Some(Ok(p)) = self.probe_source() {
+            match p.mirror_replication() {
+                Some(r) => {
+                    self.wal_remaining = r.bytes_behind;
+                    if r.state == "streaming" {
+                        fts::request_round();
+                        return next();
+                    }
+                    let now = r.bytes_behind.unwrap_or(i64::MAX);
+                    match self.behind {
+                        Some((before, _)) if now >= before => {}
+                        _ => self.behind = Some((now, Instant::now())),
+                    }
+                }
+                None => self.wal_remaining = None,
+            }
+        }
+        let since = self.behind.get_or_insert((i64::MAX, Instant::now())).1;
+        if since.elapsed() > limit {
+            return self.fail_with_log(format!(
+                "the mirror made no progress catching up for {} s; it stays up and the fault tolerance service watches it",
+                limit.as_secs()
+            ));
+        }
+        Step::Stay
+    }
+
+    /// The fault tolerance service turns synchronous replication on and
+    /// marks the pair 's'; the job ends when it has.
+    fn synchronizing(&mut self) -> Step {
+        let limit = gucs::seconds(&gucs::JOB_SYNC_TIMEOUT);
+        let deadline = *self.deadline.get_or_insert(Instant::now() + limit);
+        if Instant::now() < self.next_check {
+            return Step::Stay;
+        }
+        self.next_check = Instant::now() + Duration::from_millis(200);
+        let catalog = match try_transaction(|| Ok(catalog::load())) {
+            Ok(c) => c,
+            Err(e) => return Step::Fail(e),
+        };
+        let pair: Vec<&Segment> = catalog.iter().filter(|s| s.content == self.rec.content).collect();
+        if pair.len() == 2 && pair.iter().all(|s| s.status == Status::Up && s.mode == Mode::Synchronized) {
+            self.wal_remaining = Some(0);
+            return next();
+        }
+        if Instant::now() > deadline {
+            return Step::Fail(format!(
+                "the fault tolerance service did not mark the pair synchronized within {} s; the segment stays up",
+                limit.as_secs()
+            ));
+        }
+        fts::request_round();
+        Step::Stay
+    }
+
+    fn removing_old(&mut self) -> Step {
+        let dir = self.target.datadir.clone();
+        match self.target_tool("remove_old", |s| s.remove_old(&dir), Some(SHORT_STEP)) {
+            None => Step::Stay,
+            Some(Ok(_)) => next(),
+            Some(Err(e)) => Step::Fail(format!("could not remove the old data directory: {}", e.message)),
+        }
+    }
+}
+
+fn user_conninfo(source: &Segment, application_name: &str) -> String {
+    let port = source.port.to_string();
+    let user = server_user();
+    recovery::conninfo(&[
+        ("host", &source.address),
+        ("port", &port),
+        ("user", &user),
+        ("dbname", "postgres"),
+        ("application_name", application_name),
+    ])
+}
+
+/// The catalog step when a job's host answered: a relocation moves the row to its
+/// new place (same dbid) and a full recovery records that it replaces the
+/// segment, as gprecoverseg does. The row must still be what was planned.
+fn start_in_catalog(rec: &JobRecord, kind: JobKind) -> Result<(), String> {
+    if kind == JobKind::Rebalance {
+        // Checked in full by the next phase.
+        return Ok(());
+    }
+    let rows = catalog::lock_rows(&[rec.dbid]);
+    let now = rows.first().ok_or_else(|| format!("dbid {} is no longer in gp_segment_configuration", rec.dbid))?;
+    if now.status != Status::Down {
+        return Err(format!("dbid {} is no longer down", rec.dbid));
+    }
+    if matches!(kind, JobKind::Full | JobKind::Relocation) {
+        let target = Segment { status: Status::Down, mode: Mode::NotInSync, ..rec.target() };
+        catalog::update_rows(&[target], |s| {
+            format!("{RESYNC}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
+        });
+    }
+    Ok(())
+}
+
+impl Job {
+    /// Stops what runs and plans the backout of the current phase (from the
+    /// table); `step_ending` carries it out.
+    pub fn begin_ending(&mut self, state: JobState, message: String) {
+        if let Some(mut t) = self.tool.take() {
+            t.kill();
+        }
+        self.task = None;
+        self.backup = None;
+        self.diagnosing = None;
+        let backout = job::backout(self.kind, self.phase);
+        let steps: VecDeque<Undo> = match backout {
+            Backout::Nothing | Backout::LeaveToFts | Backout::Finish => VecDeque::new(),
+            Backout::LeaveDown => [Undo::StopTarget, Undo::RestoreCatalog].into(),
+            Backout::RestoreCopy => [Undo::StopTarget, Undo::RestoreDirectory, Undo::RestoreCatalog].into(),
+            Backout::RestartOldPrimary => [Undo::StartOldPrimary].into(),
+            Backout::KeepNewPrimary => [Undo::StopTarget, Undo::KeepNewPrimary].into(),
+        };
+        let mut notes = Vec::new();
+        match backout {
+            Backout::LeaveToFts => {
+                notes.push("the segment stays up; the fault tolerance service synchronizes it or marks it down".into())
+            }
+            Backout::KeepNewPrimary => notes.push(format!(
+                "dbid {} is the primary now; dbid {} was left down: recover it with gp_recover_segment({})",
+                self.rec.source_dbid,
+                self.dbid(),
+                self.dbid()
+            )),
+            _ => {}
+        }
+        self.sub = 0;
+        self.ending = Some(Ending { state, message, steps, notes, success_after_all: backout == Backout::Finish });
+    }
+
+    /// Carries the backout one step further; Some(state, error) once done.
+    pub fn step_ending(&mut self) -> Option<(JobState, Option<String>)> {
+        loop {
+            let Some(step) = self.ending.as_ref()?.steps.front().copied() else { break };
+            let result = match step {
+                Undo::StopTarget => self.undo_stop(),
+                Undo::RestoreDirectory => self.undo_directory(),
+                Undo::RestoreCatalog => Some(self.undo_catalog()),
+                Undo::StartOldPrimary => self.undo_start_old_primary(),
+                Undo::KeepNewPrimary => Some(self.undo_keep_new_primary()),
+            }?;
+            let ending = self.ending.as_mut()?;
+            ending.steps.pop_front();
+            self.sub = 0;
+            if let Err(e) = result {
+                ending.notes.push(e);
+            }
+        }
+        let ending = self.ending.take()?;
+        if ending.state == JobState::Succeeded {
+            return Some((JobState::Succeeded, None));
+        }
+        if ending.success_after_all {
+            warning!("gp_recovery: job {}: {}", self.id(), ending.message);
+            return Some((JobState::Succeeded, None));
+        }
+        let mut error = ending.message;
+        if !ending.notes.is_empty() {
+            error = format!("{error}; {}", ending.notes.join("; "));
+        }
+        Some((ending.state, Some(error)))
+    }
+
+    fn undo_stop(&mut self) -> Option<Result<(), String>> {
+        let dir = self.target.datadir.clone();
+        match self.target_tool("stop", |s| s.stop(&dir, false), Some(Duration::from_secs(120)))? {
+            Ok(_) => Some(Ok(())),
+            Err(e) => Some(Err(format!("could not stop the target: {}", e.message))),
+        }
+    }
+
+    fn undo_directory(&mut self) -> Option<Result<(), String>> {
+        let (dir, relocate) = (self.target.datadir.clone(), self.kind == JobKind::Relocation);
+        match self.target_tool("restore", |s| s.back_out_copy(&dir, relocate), Some(SHORT_STEP))? {
+            Ok(_) => Some(Ok(())),
+            Err(e) => Some(Err(format!("could not restore the data directory: {}", e.message))),
+        }
+    }
+
+    /// The segment stays down with its catalog row as before the job (a
+    /// full copy's original row back, with a backout row), and a pair whose
+    /// mirror is down is not in sync.
+    fn undo_catalog(&mut self) -> Result<(), String> {
+        let (original, full) = (self.rec.original.clone(), matches!(self.kind, JobKind::Full | JobKind::Relocation));
+        try_transaction(|| {
+            let catalog_now = catalog::load();
+            let Some(now) = catalog_now.iter().find(|s| s.dbid == original.dbid) else {
+                return Ok(());
+            };
+            catalog::lock_rows(&[original.dbid]);
+            if full {
+                let row = Segment { status: Status::Down, mode: Mode::NotInSync, ..original.clone() };
+                if &row != now {
+                    catalog::update_rows(&[row], |s| {
+                        format!("{BACKOUT}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
+                    });
+                }
+            } else {
+                let down = Segment { status: Status::Down, mode: Mode::NotInSync, role: Role::Mirror, ..now.clone() };
+                if &down != now {
+                    catalog::update_rows(&[down], |s| update_history(BACKOUT, s));
+                }
+            }
+            if let Some(p) = catalog_now
+                .iter()
+                .find(|s| s.content == original.content && s.dbid != original.dbid && s.mode == Mode::Synchronized)
+            {
+                let p = Segment { mode: Mode::NotInSync, ..p.clone() };
+                catalog::update_rows(&[p], |s| update_history(BACKOUT, s));
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("could not restore the catalog: {e}"))
+    }
+
+    /// Rebalance before the catalog swap: the stopped primary runs again.
+    fn undo_start_old_primary(&mut self) -> Option<Result<(), String>> {
+        let dir = self.rec.original.datadir.clone();
+        let (dbid, content) = (self.dbid(), self.rec.content);
+        match self.target_tool("pg_ctl_start", |s| s.start(&dir, true, 120), Some(Duration::from_secs(150)))? {
+            Ok(out) if out.contains(host::ALREADY_RUNNING) => Some(Ok(())),
+            Ok(_) => Some(Err(format!("dbid {dbid} was started again as the primary"))),
+            Err(e) => Some(Err(format!(
+                "dbid {dbid} could not be started again: content {content} has no running primary ({})",
+                e.message
+            ))),
+        }
+    }
+
+    /// Rebalance after the catalog swap: the old primary is a down mirror.
+    fn undo_keep_new_primary(&mut self) -> Result<(), String> {
+        let old = self.rec.original.clone();
+        try_transaction(|| {
+            let row = Segment { role: Role::Mirror, status: Status::Down, mode: Mode::NotInSync, ..old.clone() };
+            let now = catalog::lock_rows(&[row.dbid]);
+            if !now.contains(&row) {
+                catalog::update_rows(&[row], |s| update_history(BACKOUT, s));
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("could not record dbid {} down: {e}", old.dbid))
+    }
+
+    /// Ends whatever runs, at once (the worker is shutting down).
+    pub fn abandon(&mut self) {
+        if let Some(mut t) = self.tool.take() {
+            t.kill();
+        }
+        self.task = None;
+        self.backup = None;
+    }
+}

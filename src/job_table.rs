@@ -1,0 +1,236 @@
+//! Every statement on gp_recovery_job: the SQL functions' inserts, reads and
+//! cancels, and the jobs worker's claims, phase records (the intent,
+//! committed before each side effect), progress and ends.
+
+use gp_recovery_core::job::{JobState, Phase};
+use gp_recovery_core::recovery::{ActiveJob, JobRecord, JobSpec};
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+
+use crate::error::{internal, OrRaise};
+
+/// A worker transaction whose errors (a constraint failing at commit, a
+/// lock timeout, a row that changed) come back as an Err instead of ending
+/// the worker: the transaction is aborted and the message returned.
+pub fn try_transaction<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| BackgroundWorker::transaction(std::panic::AssertUnwindSafe(f))));
+    match outcome {
+        Ok(result) => result,
+        Err(payload) => {
+            // SAFETY: on the worker's main thread, inside the failed transaction.
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            Err(match payload.downcast_ref::<CaughtError>() {
+                Some(
+                    CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. },
+                ) => r.message().to_string(),
+                None => payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown error".into()),
+            })
+        }
+    }
+}
+
+fn spi<T>(r: Result<T, pgrx::spi::Error>) -> Result<T, String> {
+    r.map_err(|e| e.to_string())
+}
+
+fn parse_jobs(json: Option<pgrx::JsonB>) -> Result<Vec<JobRecord>, String> {
+    let value = json.map(|j| j.0).unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+    serde_json::from_value(value).map_err(|e| format!("unexpected gp_recovery_job row: {e}"))
+}
+
+/// Claims up to `room` queued jobs, oldest first: they become running in
+/// their first phase (a rebalance also puts its content on hold for the
+/// fault tolerance service).
+pub fn claim(room: usize) -> Result<Vec<JobRecord>, String> {
+    try_transaction(|| {
+        let json = spi(Spi::get_one_with_args::<pgrx::JsonB>(
+            "WITH c AS (SELECT job_id FROM public.gp_recovery_job WHERE state = 'queued' ORDER BY job_id \
+                         LIMIT $1 FOR UPDATE SKIP LOCKED), \
+                  u AS (UPDATE public.gp_recovery_job j SET state = 'running', phase = $2, intent = $3, \
+                               fts_hold = (j.recovery_type = 'rebalance'), started_at = now(), updated_at = now() \
+                          FROM c WHERE j.job_id = c.job_id RETURNING j.*) \
+             SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(u) ORDER BY u.job_id), '[]'::jsonb) FROM u",
+            &[i64::try_from(room).unwrap_or(16).into(), Phase::CheckingHost.as_str().into(), "claimed".into()],
+        ))?;
+        parse_jobs(json)
+    })
+}
+
+/// Jobs left running by a worker that stopped (or a coordinator restart).
+pub fn running() -> Result<Vec<JobRecord>, String> {
+    try_transaction(|| {
+        parse_jobs(spi(Spi::get_one::<pgrx::JsonB>(
+            "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(j) ORDER BY j.job_id), '[]'::jsonb) \
+               FROM public.gp_recovery_job j WHERE state = 'running'",
+        ))?)
+    })
+}
+
+/// Records the phase a job enters and the side effect it is about to
+/// perform; must be called inside a transaction (with the catalog change
+/// that led there, if any).
+pub fn set_phase(job_id: i64, phase: Phase, intent: &str) -> Result<(), String> {
+    spi(Spi::run_with_args(
+        "UPDATE public.gp_recovery_job SET phase = $2, intent = $3, updated_at = now() WHERE job_id = $1",
+        &[job_id.into(), phase.as_str().into(), intent.into()],
+    ))
+}
+
+/// From here on the fault tolerance service watches the job's content again.
+pub fn release_hold(job_id: i64) -> Result<(), String> {
+    spi(Spi::run_with_args("UPDATE public.gp_recovery_job SET fts_hold = false WHERE job_id = $1", &[job_id.into()]))
+}
+
+/// Progress of a running job.
+pub struct ProgressRow {
+    pub job_id: i64,
+    pub done: Option<i64>,
+    pub total: Option<i64>,
+    pub wal_remaining: Option<i64>,
+    pub logfile: Option<String>,
+}
+
+pub fn record_progress(rows: &[ProgressRow]) -> Result<(), String> {
+    try_transaction(|| {
+        for r in rows {
+            spi(Spi::run_with_args(
+                "UPDATE public.gp_recovery_job SET bytes_done = $2, bytes_total = $3, wal_remaining_bytes = $4, \
+                        logfile = $5, updated_at = now() WHERE job_id = $1 AND state = 'running'",
+                &[r.job_id.into(), r.done.into(), r.total.into(), r.wal_remaining.into(), r.logfile.clone().into()],
+            ))?;
+        }
+        Ok(())
+    })
+}
+
+/// Ends a job; its content leaves the fault tolerance hold.
+pub fn record_end(job_id: i64, state: JobState, error: Option<&str>) -> Result<(), String> {
+    try_transaction(|| {
+        spi(Spi::run_with_args(
+            "UPDATE public.gp_recovery_job SET state = $2, error = $3, finished_at = now(), updated_at = now(), \
+                    fts_hold = false, intent = NULL, \
+                    phase = CASE WHEN $2 = 'succeeded' THEN 'done' ELSE phase END \
+              WHERE job_id = $1",
+            &[job_id.into(), state.as_str().into(), error.into()],
+        ))
+    })
+}
+
+/// Running jobs whose cancel was requested.
+pub fn cancel_requests() -> Result<Vec<i64>, String> {
+    try_transaction(|| {
+        spi(Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT job_id FROM public.gp_recovery_job WHERE state = 'running' AND cancel_requested",
+                    None,
+                    &[],
+                )?
+                .map(|r| r.get::<i64>(1).map(|v| v.unwrap_or_default()))
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        }))
+    })
+}
+
+/// Queued and running jobs, for the SQL functions' checks.
+pub fn active() -> Vec<ActiveJob> {
+    let json = Spi::get_one::<pgrx::JsonB>(
+        "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(j) ORDER BY j.job_id), '[]'::jsonb) \
+           FROM public.gp_recovery_job j WHERE state IN ('queued', 'running')",
+    )
+    .or_raise();
+    parse_jobs(json)
+        .unwrap_or_else(|e| internal("gp_recovery_job", e))
+        .into_iter()
+        .map(|r| ActiveJob { job_id: r.job_id, dbid: r.dbid, content: r.content, target: r.target(), state: r.state })
+        .collect()
+}
+
+/// Queues a validated job; returns its id.
+pub fn insert(spec: &JobSpec) -> i64 {
+    let original = serde_json::to_value(&spec.original).unwrap_or_else(|e| internal("job row", e));
+    let (s, t) = (&spec.source, &spec.target);
+    Spi::get_one_with_args::<i64>(
+        "INSERT INTO public.gp_recovery_job (recovery_type, dbid, content, relocate, \
+           source_dbid, source_hostname, source_address, source_port, source_datadir, \
+           target_hostname, target_address, target_port, target_datadir, original) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING job_id",
+        &[
+            spec.mode.as_str().into(),
+            t.dbid.into(),
+            t.content.into(),
+            spec.relocate.into(),
+            s.dbid.into(),
+            s.hostname.as_str().into(),
+            s.address.as_str().into(),
+            s.port.into(),
+            s.datadir.as_str().into(),
+            t.hostname.as_str().into(),
+            t.address.as_str().into(),
+            t.port.into(),
+            t.datadir.as_str().into(),
+            pgrx::JsonB(original).into(),
+        ],
+    )
+    .or_raise()
+    .unwrap_or_else(|| internal("job row", "INSERT returned no job_id"))
+}
+
+/// Serializes submitters, so two cannot both plan a job for one content
+/// or one target. An advisory lock, not a table lock: the jobs worker
+/// never waits for a submitter that keeps its transaction open.
+pub fn lock_submissions() {
+    Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('gp_recovery_job'))").or_raise();
+}
+
+/// A job's state, phase and error, read with a fresh snapshot (a read-only
+/// SPI query would reuse the statement's snapshot, so a waiting loop would
+/// never see the worker's commits), and whether this transaction wrote it.
+pub fn state_of(job_id: i64) -> Option<(JobState, String, Option<String>, bool)> {
+    let row = Spi::connect_mut(|client| {
+        let rows = client.update(
+            "SELECT state, phase, error, \
+                    coalesce(xmin::text::bigint = pg_catalog.txid_current_if_assigned() % 4294967296, false) \
+               FROM public.gp_recovery_job WHERE job_id = $1",
+            None,
+            &[job_id.into()],
+        )?;
+        match rows.into_iter().next() {
+            Some(r) => Ok::<_, pgrx::spi::Error>(Some((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?,
+                r.get::<bool>(4)?.unwrap_or(false),
+            ))),
+            None => Ok(None),
+        }
+    })
+    .or_raise();
+    row.map(|(state, phase, error, mine)| {
+        (state.parse().unwrap_or_else(|e| internal("gp_recovery_job.state", e)), phase, error, mine)
+    })
+}
+
+/// Cancels a queued job at once; returns whether it was queued.
+pub fn cancel_queued(job_id: i64) -> bool {
+    updated(
+        "UPDATE public.gp_recovery_job SET state = 'canceled', finished_at = now(), updated_at = now(), \
+                error = 'canceled by ' || current_user || ' before it started' \
+          WHERE job_id = $1 AND state = 'queued'",
+        job_id,
+    )
+}
+
+/// Asks the worker to cancel a running job; returns whether it runs.
+pub fn request_cancel(job_id: i64) -> bool {
+    updated("UPDATE public.gp_recovery_job SET cancel_requested = true WHERE job_id = $1 AND state = 'running'", job_id)
+}
+
+fn updated(sql: &str, job_id: i64) -> bool {
+    Spi::connect_mut(|client| client.update(sql, None, &[job_id.into()]).map(|t| t.len())).or_raise() > 0
+}

@@ -1,0 +1,315 @@
+//! The recovery jobs worker: a background worker on the coordinator that
+//! runs queued gp_recovery_job rows, several at once up to
+//! gp_recovery.max_parallel_jobs, each through the phases of its table
+//! (gp_recovery_core::job, `SELECT * FROM gp_recovery_phases()`).
+//!
+//! The loop only polls: each job's phase starts or polls a supervised
+//! script or a task (`job_steps`), and the loop commits what they decided
+//! in short transactions with a lock timeout. Before a phase's side effect
+//! starts, the phase is committed as the job's intent; a catalog change is
+//! committed together with the phase that follows it. A job found running
+//! at start (the worker or the coordinator restarted) is backed out as its
+//! recorded phase says, by probing what is really there.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use gp_recovery_core::job::{self, FaultPoint, JobState, Phase};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PgAtomic};
+
+use crate::job_steps::{Job, Step};
+use crate::job_table::{self, try_transaction, ProgressRow};
+use crate::{catalog, gucs, latch};
+
+static JOBS_WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"gp_recovery_jobs_worker_pid") };
+
+/// Shared memory and the worker; only while loading via shared_preload_libraries.
+pub fn init() {
+    pg_shmem_init!(JOBS_WORKER_PID);
+    BackgroundWorkerBuilder::new("gp_recovery jobs")
+        .set_type("gp_recovery jobs")
+        .set_library("gp_recovery")
+        .set_function("gp_recovery_jobs_main")
+        .enable_spi_access()
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+/// Tells the worker there is something to do.
+pub fn wake() {
+    if crate::preloaded() {
+        latch::wake(JOBS_WORKER_PID.get().load(Ordering::SeqCst));
+    }
+}
+
+struct Worker {
+    jobs: Vec<Job>,
+    /// Ends whose write failed, retried every tick.
+    unrecorded: Vec<(i64, JobState, Option<String>)>,
+    last_flush: Instant,
+    stopping: bool,
+    fault: Option<FaultPoint>,
+}
+
+impl Worker {
+    fn read_settings(&mut self) {
+        self.fault = match FaultPoint::parse(&gucs::fault_point()) {
+            Ok(f) => f,
+            Err(e) => {
+                warning!("gp_recovery: {e}");
+                None
+            }
+        };
+    }
+
+    /// A superuser's fault point: exit here, or crash the coordinator.
+    fn fault(&self, job: &Job, after: bool) {
+        let Some(f) = self.fault.filter(|f| f.matches(job.kind, job.phase, after)) else { return };
+        warning!(
+            "gp_recovery: job {}: fault point {} {} {} reached: the jobs worker {}",
+            job.id(),
+            job.kind,
+            job.phase,
+            if after { "after" } else { "before" },
+            if f.crash { "crashes" } else { "exits" }
+        );
+        if f.crash {
+            // SAFETY: ends this process; the postmaster restarts the coordinator.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        unsafe { pg_sys::proc_exit(1) };
+    }
+
+    /// Jobs left running by a worker that stopped (or a coordinator
+    /// restart) are backed out as their recorded phase says.
+    fn reconcile(&mut self) {
+        let leftovers = match job_table::running() {
+            Ok(l) => l,
+            Err(e) => {
+                warning!("gp_recovery: could not read the running jobs: {e}");
+                return;
+            }
+        };
+        for rec in leftovers {
+            let (id, phase) = (rec.job_id, rec.phase.clone());
+            match Job::new(rec) {
+                Ok(mut job) => {
+                    let message = format!(
+                        "interrupted in phase {phase}: the coordinator or the recovery worker restarted; {}",
+                        job::backout(job.kind, job.phase).describe()
+                    );
+                    warning!("gp_recovery: job {id}: {message}");
+                    job.begin_ending(JobState::Failed, message);
+                    self.jobs.push(job);
+                }
+                Err(e) => self.end(id, JobState::Failed, Some(format!("interrupted, and its row is unusable: {e}"))),
+            }
+        }
+    }
+
+    /// Claims queued jobs while there is room, in submission order.
+    fn claim(&mut self) {
+        let room = usize::try_from(gucs::MAX_PARALLEL_JOBS.get()).unwrap_or(16).saturating_sub(self.jobs.len());
+        if room == 0 {
+            return;
+        }
+        let claimed = match job_table::claim(room) {
+            Ok(c) => c,
+            Err(e) => {
+                warning!("gp_recovery: could not claim queued jobs: {e}");
+                return;
+            }
+        };
+        for rec in claimed {
+            log!(
+                "gp_recovery: job {}: {} recovery of dbid {} (content {}) to {}:{} {}",
+                rec.job_id,
+                rec.recovery_type,
+                rec.dbid,
+                rec.content,
+                rec.target_hostname,
+                rec.target_port,
+                rec.target_datadir
+            );
+            let id = rec.job_id;
+            match Job::new(rec) {
+                Ok(job) => {
+                    self.fault(&job, false);
+                    self.jobs.push(job);
+                }
+                Err(e) => self.end(id, JobState::Failed, Some(e)),
+            }
+        }
+    }
+
+    fn end(&mut self, id: i64, state: JobState, error: Option<String>) {
+        if let Err(e) = job_table::record_end(id, state, error.as_deref()) {
+            warning!("gp_recovery: job {id}: could not record that it {state}: {e}; retrying");
+            self.unrecorded.push((id, state, error));
+        }
+    }
+
+    /// Runs one job as far as it goes now; true when it has ended.
+    fn advance(&mut self, i: usize) -> bool {
+        if self.jobs[i].ending.is_some() {
+            let Some((state, error)) = self.jobs[i].step_ending() else { return false };
+            let job = &self.jobs[i];
+            match &error {
+                Some(e) => warning!("gp_recovery: job {} (dbid {}) {state}: {e}", job.id(), job.dbid()),
+                None => log!("gp_recovery: job {}: dbid {} recovered and synchronized", job.id(), job.dbid()),
+            }
+            let id = job.id();
+            self.end(id, state, error);
+            return true;
+        }
+        loop {
+            let step = self.jobs[i].step();
+            let job = &mut self.jobs[i];
+            match step {
+                Step::Stay => return false,
+                Step::Fail(e) => {
+                    self.fault(&self.jobs[i], true);
+                    let job = &mut self.jobs[i];
+                    let message = format!("{e} (in phase {})", job.phase);
+                    job.begin_ending(JobState::Failed, message);
+                    return false;
+                }
+                Step::Next { alternative, change } => {
+                    let row = job::row(job.kind, job.phase);
+                    let next = match row {
+                        Some(r) if alternative => r.alternative.unwrap_or(r.next),
+                        Some(r) => r.next,
+                        None => Phase::Done,
+                    };
+                    self.fault(&self.jobs[i], true);
+                    let job = &mut self.jobs[i];
+                    if next == Phase::Done {
+                        job.enter(Phase::Done);
+                        job.begin_ending(JobState::Succeeded, String::new());
+                        return false;
+                    }
+                    let intent = job::row(job.kind, next).map_or("", |r| r.effect);
+                    let id = job.id();
+                    let committed = try_transaction(|| {
+                        if let Some(change) = change {
+                            change()?;
+                        }
+                        job_table::set_phase(id, next, intent)
+                    });
+                    if let Err(e) = committed {
+                        job.begin_ending(JobState::Failed, format!("{e} (in phase {})", job.phase));
+                        return false;
+                    }
+                    log!("gp_recovery: job {id} (dbid {}): {} done, now {next}", job.dbid(), job.phase);
+                    job.enter(next);
+                    self.fault(&self.jobs[i], false);
+                }
+            }
+        }
+    }
+
+    /// One pass over the running jobs.
+    fn tick(&mut self) {
+        self.unrecorded.retain(|(id, state, error)| job_table::record_end(*id, *state, error.as_deref()).is_err());
+        if !self.jobs.is_empty() {
+            match job_table::cancel_requests() {
+                Ok(cancels) => {
+                    for job in self.jobs.iter_mut().filter(|j| j.ending.is_none() && cancels.contains(&j.id())) {
+                        let message = format!("canceled in phase {}", job.phase);
+                        job.begin_ending(JobState::Canceled, message);
+                    }
+                }
+                Err(e) => warning!("gp_recovery: could not read cancel requests: {e}"),
+            }
+        }
+        let mut i = 0;
+        while i < self.jobs.len() {
+            if self.advance(i) {
+                self.jobs.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Writes the progress of every running job, twice a second.
+    fn flush_progress(&mut self) {
+        if self.jobs.is_empty() || self.last_flush.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        self.last_flush = Instant::now();
+        let rows: Vec<ProgressRow> = self
+            .jobs
+            .iter()
+            .map(|j| ProgressRow {
+                job_id: j.id(),
+                done: j.progress.map(|p| p.done_bytes),
+                total: j.progress.and_then(|p| p.total_bytes),
+                wal_remaining: j.wal_remaining,
+                logfile: j.logfile.as_ref().map(|l| l.to_string_lossy().into_owned()),
+            })
+            .collect();
+        if let Err(e) = job_table::record_progress(&rows) {
+            warning!("gp_recovery: could not record progress: {e}");
+        }
+    }
+
+    fn run(&mut self) {
+        while !self.stopping {
+            if BackgroundWorker::sighup_received() {
+                // SAFETY: on the worker's main thread, outside a transaction.
+                unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+                self.read_settings();
+            }
+            self.claim();
+            self.tick();
+            self.flush_progress();
+            // Running jobs are polled 20 times a second, so a finished step
+            // is followed at once; probes of sources keep their own pace.
+            let nap = if self.jobs.is_empty() { 1000 } else { 50 };
+            if !BackgroundWorker::wait_latch(Some(Duration::from_millis(nap))) {
+                self.stopping = true;
+            }
+        }
+        // Shutting down: running jobs are backed out at the next start.
+        for job in &mut self.jobs {
+            job.abandon();
+        }
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
+    // SAFETY: MyProcPid is set for every backend before this runs.
+    JOBS_WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
+    let mut worker =
+        Worker { jobs: Vec::new(), unrecorded: Vec::new(), last_flush: Instant::now(), stopping: false, fault: None };
+    worker.read_settings();
+    // No statement of the worker waits long for a lock: a submitter holding
+    // its transaction open, or a DBA's lock, fails one write, not the loop.
+    if let Err(e) = try_transaction(|| {
+        Spi::run("SET lock_timeout = '2s'").map_err(|e| e.to_string())?;
+        Spi::run("SET statement_timeout = '30s'").map_err(|e| e.to_string())
+    }) {
+        warning!("gp_recovery: could not set the worker's timeouts: {e}");
+    }
+    while !BackgroundWorker::transaction(catalog::extension_exists) {
+        if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
+            worker.stopping = true;
+            break;
+        }
+    }
+    if !worker.stopping {
+        worker.reconcile();
+        log!("gp_recovery recovery worker started");
+        worker.run();
+    }
+    JOBS_WORKER_PID.get().store(0, Ordering::SeqCst);
+    // Exit code 1: restarted after its restart time unless shutting down.
+    unsafe { pg_sys::proc_exit(1) };
+}

@@ -1,0 +1,147 @@
+//! Supervised step processes of the jobs worker: a step's script runs as a
+//! child (on the segment's host, see `segment_host`), its output going to a
+//! file under the coordinator's gp_recovery_log/; the worker's loop only
+//! polls it, and ends it when its deadline passes or its job is canceled.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Stdio};
+use std::time::{Duration, Instant};
+
+use pgrx::prelude::*;
+
+use crate::segment_host::{HostError, SegmentHost};
+
+/// gp_recovery_log/ under the coordinator's data directory.
+pub fn log_dir() -> PathBuf {
+    // SAFETY: DataDir is set before any worker starts.
+    let data = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
+    PathBuf::from(&*data.to_string_lossy()).join("gp_recovery_log")
+}
+
+/// A step's script running on a host.
+pub struct Tool {
+    pub name: &'static str,
+    host: SegmentHost,
+    child: Child,
+    /// Held open while the script runs: closing it ends the script's session on its host.
+    stdin: Option<ChildStdin>,
+    pub log: PathBuf,
+    /// When it must have ended, and its limit for the error text.
+    deadline: Option<(Instant, Duration)>,
+}
+
+/// What a finished step left.
+pub struct Finished {
+    pub result: Result<(), HostError>,
+    /// Everything it printed.
+    pub output: String,
+}
+
+fn read(log: &PathBuf) -> String {
+    fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+impl Tool {
+    /// Starts `script` on `host`; `log_name` names its output file; past
+    /// `limit` the step is ended and fails.
+    pub fn spawn(
+        host: SegmentHost,
+        name: &'static str,
+        log_name: &str,
+        script: &str,
+        limit: Option<Duration>,
+    ) -> Result<Tool, String> {
+        let dir = log_dir();
+        fs::create_dir_all(&dir).map_err(|e| format!("could not create {}: {e}", dir.display()))?;
+        let log = dir.join(log_name);
+        let out = fs::File::create(&log).map_err(|e| format!("could not create {}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let mut child = host
+            .command(script)
+            .stdin(Stdio::piped())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("could not run {name} for host {}: {e}", host.name))?;
+        let stdin = child.stdin.take();
+        Ok(Tool { name, host, child, stdin, log, deadline: limit.map(|l| (Instant::now() + l, l)) })
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.host.is_remote()
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        read(&self.log)
+    }
+
+    /// None while the step runs; how it ended once it has.
+    pub fn poll(&mut self) -> Option<Finished> {
+        let status = match self.child.try_wait() {
+            Ok(None) => {
+                if let Some((_, limit)) = self.deadline.filter(|(d, _)| Instant::now() > *d) {
+                    self.kill();
+                    let output = self.output();
+                    let message = format!(
+                        "{} on host {} did not finish within {} s: {} (output in {})",
+                        self.name,
+                        self.host.name,
+                        limit.as_secs(),
+                        gp_recovery_core::host::last_lines(&output, 3),
+                        self.log.display()
+                    );
+                    return Some(Finished { result: Err(HostError { message, unreachable: false }), output });
+                }
+                return None;
+            }
+            Ok(Some(status)) => status,
+            Err(e) => {
+                let message = format!("could not wait for {}: {e}", self.name);
+                return Some(Finished { result: Err(HostError { message, unreachable: false }), output: String::new() });
+            }
+        };
+        let output = self.output();
+        // rsync's 24: some source files vanished while copying (dropped
+        // tables); the WAL replayed from the backup start covers them.
+        let result = if status.success() || (self.name == "rsync" && status.code() == Some(24)) {
+            Ok(())
+        } else {
+            let mut e = self.host.failure(self.name, status, &output);
+            e.message = format!("{} (output in {})", e.message, self.log.display());
+            Err(e)
+        };
+        Some(Finished { result, output })
+    }
+
+    /// Ends the step and everything it started, on its host: closing its
+    /// standard input ends the script's session there; a local process
+    /// group that does not exit at once is killed. Waits at most about 1 s.
+    pub fn kill(&mut self) {
+        drop(self.stdin.take());
+        let group = -(self.child.id() as i32);
+        for (signal, wait_ms) in [(libc::SIGTERM, 700), (libc::SIGKILL, 300)] {
+            // SAFETY: signals the process group this step created.
+            unsafe { libc::kill(group, signal) };
+            let until = Instant::now() + Duration::from_millis(wait_ms);
+            while Instant::now() < until {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if self.is_remote() {
+            log!("gp_recovery: {} on host {} was ended locally; its remote session ends with its input", self.name, self.host.name);
+        }
+    }
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
