@@ -45,7 +45,10 @@ pub type CatalogChange = Box<dyn FnOnce() -> Result<(), String>>;
 pub enum Step {
     Stay,
     /// The phase is done: on to the table's next phase (or its alternative).
-    Next { alternative: bool, change: Option<CatalogChange> },
+    Next {
+        alternative: bool,
+        change: Option<CatalogChange>,
+    },
     Fail(String),
 }
 
@@ -517,11 +520,8 @@ impl Job {
             "--verbose".into(),
         ];
         let (dir, relocate) = (self.target.datadir.clone(), self.kind == JobKind::Relocation);
-        match self.target_tool(
-            "pg_basebackup",
-            |s| s.basebackup(&dir, relocate, &with_rate(args, "--max-rate=")),
-            None,
-        ) {
+        match self.target_tool("pg_basebackup", |s| s.basebackup(&dir, relocate, &with_rate(args, "--max-rate=")), None)
+        {
             None => Step::Stay,
             Some(Ok(_)) => next(),
             Some(Err(e)) => Step::Fail(e.message),
@@ -651,7 +651,9 @@ impl Job {
             let dir = self.rec.original.datadir.clone();
             return match self.target_tool("pg_controldata", |s| s.controldata(&dir), Some(SHORT_STEP)) {
                 None => Step::Stay,
-                Some(Err(e)) => Step::Fail(format!("could not read the stopped primary's final checkpoint: {}", e.message)),
+                Some(Err(e)) => {
+                    Step::Fail(format!("could not read the stopped primary's final checkpoint: {}", e.message))
+                }
                 Some(Ok(report)) => match rebalance::controldata_checkpoint(&report) {
                     Some(l) => {
                         self.checkpoint_lsn = Some(l);
@@ -674,7 +676,12 @@ impl Job {
         match replayed {
             Ok(Answer::Lsn(r)) if r > checkpoint => {
                 let rows = [
-                    Segment { role: Role::Mirror, status: Status::Down, mode: Mode::NotInSync, ..self.rec.original.clone() },
+                    Segment {
+                        role: Role::Mirror,
+                        status: Status::Down,
+                        mode: Mode::NotInSync,
+                        ..self.rec.original.clone()
+                    },
                     Segment { role: Role::Primary, status: Status::Up, mode: Mode::NotInSync, ..self.source.clone() },
                 ];
                 self.source = rows[1].clone();
@@ -777,8 +784,11 @@ impl Job {
         let dir = self.target.datadir.clone();
         let limit = gucs::seconds(&gucs::JOB_START_TIMEOUT);
         // pg_ctl's own wait is the bound; the step's limit only backs it up.
-        match self.target_tool("pg_ctl", |s| s.start(&dir, false, limit.as_secs()), Some(limit + Duration::from_secs(30)))
-        {
+        match self.target_tool(
+            "pg_ctl",
+            |s| s.start(&dir, false, limit.as_secs()),
+            Some(limit + Duration::from_secs(30)),
+        ) {
             None => Step::Stay,
             Some(Ok(_)) => next(),
             Some(Err(e)) => self.fail_with_log(format!("the segment did not start: {}", e.message)),
@@ -807,7 +817,11 @@ impl Job {
         if self.deadline.is_some_and(|d| Instant::now() > d) {
             self.task = None;
             if self.kind == JobKind::Rebalance && !self.rewound {
-                log!("gp_recovery: job {}: dbid {} does not follow the new primary; rewinding it", self.id(), self.dbid());
+                log!(
+                    "gp_recovery: job {}: dbid {} does not follow the new primary; rewinding it",
+                    self.id(),
+                    self.dbid()
+                );
                 return Step::Next { alternative: true, change: None };
             }
             return self.fail_with_log(format!(
@@ -840,7 +854,8 @@ impl Job {
             let rows = catalog::lock_rows(&[target.dbid]);
             match rows.first() {
                 Some(now) if now.status == Status::Down => {
-                    let up = Segment { status: Status::Up, mode: Mode::NotInSync, role: Role::Mirror, ..target.clone() };
+                    let up =
+                        Segment { status: Status::Up, mode: Mode::NotInSync, role: Role::Mirror, ..target.clone() };
                     catalog::update_rows(&[up], |s| update_history(RESYNC, s));
                     Ok(())
                 }
@@ -1052,12 +1067,12 @@ impl Job {
             };
             catalog::lock_rows(&[original.dbid]);
             if full {
+                // As gprecoverseg: the original row goes back, with a backout
+                // row even when in place nothing moved.
                 let row = Segment { status: Status::Down, mode: Mode::NotInSync, ..original.clone() };
-                if &row != now {
-                    catalog::update_rows(&[row], |s| {
-                        format!("{BACKOUT}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
-                    });
-                }
+                catalog::update_rows(&[row], |s| {
+                    format!("{BACKOUT}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
+                });
             } else {
                 let down = Segment { status: Status::Down, mode: Mode::NotInSync, role: Role::Mirror, ..now.clone() };
                 if &down != now {

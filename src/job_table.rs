@@ -14,7 +14,9 @@ use crate::error::{internal, OrRaise};
 /// lock timeout, a row that changed) come back as an Err instead of ending
 /// the worker: the transaction is aborted and the message returned.
 pub fn try_transaction<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| BackgroundWorker::transaction(std::panic::AssertUnwindSafe(f))));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        BackgroundWorker::transaction(std::panic::AssertUnwindSafe(f))
+    }));
     match outcome {
         Ok(result) => result,
         Err(payload) => {
@@ -22,7 +24,9 @@ pub fn try_transaction<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, St
             unsafe { pg_sys::AbortCurrentTransaction() };
             Err(match payload.downcast_ref::<CaughtError>() {
                 Some(
-                    CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. },
+                    CaughtError::PostgresError(r)
+                    | CaughtError::ErrorReport(r)
+                    | CaughtError::RustPanic { ereport: r, .. },
                 ) => r.message().to_string(),
                 None => payload
                     .downcast_ref::<String>()
@@ -182,10 +186,33 @@ pub fn insert(spec: &JobSpec) -> i64 {
 }
 
 /// Serializes submitters, so two cannot both plan a job for one content
-/// or one target. An advisory lock, not a table lock: the jobs worker
-/// never waits for a submitter that keeps its transaction open.
+/// or one target. An advisory lock, not a table lock: the jobs worker never
+/// waits for a submitter that keeps its transaction open, and another
+/// submitter waits at most 10 s for it, then gets an ERROR naming it.
 pub fn lock_submissions() {
-    Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('gp_recovery_job'))").or_raise();
+    const KEY: &str = "pg_catalog.hashtext('gp_recovery_job')";
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = Spi::get_one::<bool>(&format!("SELECT pg_catalog.pg_try_advisory_xact_lock({KEY})")).or_raise();
+        if got == Some(true) {
+            return;
+        }
+        if std::time::Instant::now() > until {
+            let holders = Spi::get_one::<String>(&format!(
+                "SELECT pg_catalog.string_agg(pid::text, ', ') FROM pg_catalog.pg_locks \
+                  WHERE locktype = 'advisory' AND granted AND pid <> pg_catalog.pg_backend_pid() \
+                    AND objid = ({KEY}::bigint & 4294967295)::text::oid"
+            ))
+            .or_raise()
+            .unwrap_or_else(|| "?".into());
+            pgrx::ereport!(
+                ERROR,
+                pgrx::PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+                format!("another session (pid {holders}) is submitting recovery jobs in a transaction that has not ended; try again once it commits or rolls back")
+            );
+        }
+        crate::latch::nap(100);
+    }
 }
 
 /// A job's state, phase and error, read with a fresh snapshot (a read-only

@@ -68,10 +68,6 @@ impl Tool {
         Ok(Tool { name, host, child, stdin, log, deadline: limit.map(|l| (Instant::now() + l, l)) })
     }
 
-    pub fn is_remote(&self) -> bool {
-        self.host.is_remote()
-    }
-
     /// What it printed so far.
     pub fn output(&self) -> String {
         read(&self.log)
@@ -99,7 +95,10 @@ impl Tool {
             Ok(Some(status)) => status,
             Err(e) => {
                 let message = format!("could not wait for {}: {e}", self.name);
-                return Some(Finished { result: Err(HostError { message, unreachable: false }), output: String::new() });
+                return Some(Finished {
+                    result: Err(HostError { message, unreachable: false }),
+                    output: String::new(),
+                });
             }
         };
         let output = self.output();
@@ -116,14 +115,18 @@ impl Tool {
     }
 
     /// Ends the step and everything it started, on its host: closing its
-    /// standard input ends the script's session there; a local process
-    /// group that does not exit at once is killed. Waits at most about 1 s.
+    /// standard input makes the script's watcher end the script's session
+    /// (which runs apart from the local process group, under setsid), so
+    /// that comes first and gets time; only a step that still has not
+    /// exited has its local process group signaled.
     pub fn kill(&mut self) {
         drop(self.stdin.take());
         let group = -(self.child.id() as i32);
-        for (signal, wait_ms) in [(libc::SIGTERM, 700), (libc::SIGKILL, 300)] {
-            // SAFETY: signals the process group this step created.
-            unsafe { libc::kill(group, signal) };
+        for (signal, wait_ms) in [(None, 1500), (Some(libc::SIGTERM), 500), (Some(libc::SIGKILL), 300)] {
+            if let Some(signal) = signal {
+                // SAFETY: signals the process group this step created.
+                unsafe { libc::kill(group, signal) };
+            }
             let until = Instant::now() + Duration::from_millis(wait_ms);
             while Instant::now() < until {
                 if let Ok(Some(_)) = self.child.try_wait() {
@@ -132,9 +135,7 @@ impl Tool {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        if self.is_remote() {
-            log!("gp_recovery: {} on host {} was ended locally; its remote session ends with its input", self.name, self.host.name);
-        }
+        log!("gp_recovery: {} on host {} did not end when its input closed; it was killed", self.name, self.host.name);
     }
 }
 

@@ -337,7 +337,10 @@ impl Scripts {
     /// The end of the server log of a segment the recovery started.
     pub fn server_log_tail(&self, datadir: &str) -> String {
         self.preamble(datadir)
-            + &format!("L={}\nif [ -f \"$L\" ]; then tail -c 16384 \"$L\"; fi", quote(&sibling(datadir, SERVER_LOG_SUFFIX)))
+            + &format!(
+                "L={}\nif [ -f \"$L\" ]; then tail -c 16384 \"$L\"; fi",
+                quote(&sibling(datadir, SERVER_LOG_SUFFIX))
+            )
     }
 
     /// rsync of the source's data directory over the target's; `source_host`

@@ -272,7 +272,13 @@ const C_WAIT_FTS: &str = "the segment stays up; the fault tolerance service mark
 
 const INCREMENTAL: &[Transition] = &[
     t(Phase::CheckingHost, CHECK_HOST, Phase::Stopping, Backout::Nothing, C_CHECK_HOST),
-    t(Phase::Stopping, STOP_TARGET, Phase::CheckingSource, Backout::LeaveDown, "a stopped segment cannot diverge further"),
+    t(
+        Phase::Stopping,
+        STOP_TARGET,
+        Phase::CheckingSource,
+        Backout::LeaveDown,
+        "a stopped segment cannot diverge further",
+    ),
     t(
         Phase::CheckingSource,
         "probe the acting primary, create its replication slot, CHECKPOINT",
@@ -524,7 +530,9 @@ pub fn diagnose_server_log(log: &str, dbid: i16) -> Option<String> {
             return Some(format!("the data directory has no valid checkpoint record (an incomplete copy); {advice}"));
         }
         if line.contains("database system identifier differs") {
-            return Some(format!("the segment is not a copy of its acting primary (system identifier differs); {advice}"));
+            return Some(format!(
+                "the segment is not a copy of its acting primary (system identifier differs); {advice}"
+            ));
         }
         if line.contains("is not a child of this server's history") || line.contains("not in this server's history") {
             return Some(format!("the segment's timeline history diverged from the acting primary's; {advice}"));
@@ -621,7 +629,11 @@ mod tests {
             for r in table(kind) {
                 assert_eq!(table(kind).iter().filter(|x| x.phase == r.phase).count(), 1, "{kind}: {}", r.phase);
                 for p in std::iter::once(r.next).chain(r.alternative) {
-                    assert!(p == Phase::Done || row(kind, p).is_some(), "{kind}: {} leads to {p}, not in the table", r.phase);
+                    assert!(
+                        p == Phase::Done || row(kind, p).is_some(),
+                        "{kind}: {} leads to {p}, not in the table",
+                        r.phase
+                    );
                 }
                 assert!(!r.effect.is_empty() && !r.comment.is_empty());
             }
@@ -689,12 +701,17 @@ mod tests {
     fn fault_points_parse() {
         assert_eq!(FaultPoint::parse("").unwrap(), None);
         let f = FaultPoint::parse("rebalance:switching roles:after:crash").unwrap().unwrap();
-        assert_eq!(f, FaultPoint { kind: Some(JobKind::Rebalance), phase: Phase::SwitchingRoles, after: true, crash: true });
+        assert_eq!(
+            f,
+            FaultPoint { kind: Some(JobKind::Rebalance), phase: Phase::SwitchingRoles, after: true, crash: true }
+        );
         assert!(f.matches(JobKind::Rebalance, Phase::SwitchingRoles, true));
         assert!(!f.matches(JobKind::Full, Phase::SwitchingRoles, true));
         let any = FaultPoint::parse("*:copying:before").unwrap().unwrap();
         assert!(any.matches(JobKind::Full, Phase::Copying, false) && !any.crash);
-        for bad in ["full:copying", "full:copy:before", "full:copying:during", "nope:copying:before", "full:copying:after:x"] {
+        for bad in
+            ["full:copying", "full:copy:before", "full:copying:during", "nope:copying:before", "full:copying:after:x"]
+        {
             assert!(FaultPoint::parse(bad).is_err(), "{bad}");
         }
     }

@@ -530,7 +530,8 @@ mod tests {
             "x".parse::<RecoveryMode>().unwrap_err().to_string(),
             "invalid recovery mode \"x\": must be one of incremental, differential, full"
         );
-        let active = [ActiveJob { job_id: 12, dbid: 2, content: 0, state: "running".into(), target: catalog()[1].clone() }];
+        let active =
+            [ActiveJob { job_id: 12, dbid: 2, content: 0, state: "running".into(), target: catalog()[1].clone() }];
         let e = plan_recovery(&catalog(), &active, 2, Full, &NewLocation::default()).unwrap_err();
         assert_eq!(e.to_string(), "content 0 already has recovery job 12 (running) for dbid 2");
         let mut c = catalog();
@@ -545,7 +546,8 @@ mod tests {
         c[4].status = Status::Down;
         let elsewhere = Segment { port: 7100, datadir: "/new/5".into(), ..c[4].clone() };
         let active = [ActiveJob { job_id: 9, dbid: 5, content: 1, state: "queued".into(), target: elsewhere }];
-        let to = |port: i32, dir: &str| NewLocation { port: Some(port), datadir: Some(dir.into()), ..Default::default() };
+        let to =
+            |port: i32, dir: &str| NewLocation { port: Some(port), datadir: Some(dir.into()), ..Default::default() };
         let e = plan_recovery(&c, &active, 2, RecoveryMode::Full, &to(7100, "/new/2")).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Duplicate);
         assert!(e.to_string().contains("is the target of recovery job 9 (queued) for dbid 5"), "{e}");
