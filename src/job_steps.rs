@@ -65,7 +65,10 @@ enum Answer {
     Done,
     Probe(ProbeResult),
     Lsn(u64),
+    /// A differential copy's backup_label and tablespace_map.
     Label(String, String),
+    /// Done, with what could not be done beside it.
+    Warnings(String),
 }
 
 /// A differential copy's base backup: its session lives in a task until
@@ -612,7 +615,6 @@ impl Job {
                     self.backup = None;
                     match r.and_then(|r| r) {
                         Ok(Answer::Label(label, map)) => {
-                            self.checkpoint_lsn = None;
                             self.pending_text = Some((label, map));
                             self.sub = 4;
                         }
@@ -734,13 +736,13 @@ impl Job {
                 if warnings.is_empty() {
                     Ok(Answer::Done)
                 } else {
-                    Ok(Answer::Label(warnings.join("; "), String::new()))
+                    Ok(Answer::Warnings(warnings.join("; ")))
                 }
             })
         });
         match answer {
             None => Step::Stay,
-            Some(Ok(Answer::Label(w, _))) => {
+            Some(Ok(Answer::Warnings(w))) => {
                 warning!("gp_recovery: job {}: dbid {}: {w}", self.id(), self.source.dbid);
                 next()
             }

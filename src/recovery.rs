@@ -315,7 +315,8 @@ fn gp_recovery_phases() -> TableIterator<
     ),
 > {
     let rows: Vec<_> = JobKind::ALL
-        .into_iter()
+        .iter()
+        .copied()
         .flat_map(|kind| {
             job::table(kind).iter().zip(1..).map(move |(r, position)| {
                 (

@@ -15,64 +15,70 @@ use std::str::FromStr;
 use crate::error::CoreError;
 use crate::recovery::RecoveryMode;
 
-/// A job's lifecycle state (gp_recovery_job.state).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Canceled,
-}
-
-impl JobState {
-    pub const ALL: [JobState; 5] =
-        [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Canceled];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Canceled => "canceled",
+/// An enum whose values are stored and shown by name: its names, every
+/// value in order, Display, and FromStr with an error naming `what`.
+macro_rules! named_enum {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $expected:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant),+
         }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = CoreError;
+
+            fn from_str(s: &str) -> Result<Self, CoreError> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| CoreError::InvalidValue {
+                    what: $what,
+                    value: s.to_string(),
+                    expected: $expected,
+                })
+            }
+        }
+    };
+}
+
+named_enum!(
+    /// A job's lifecycle state (gp_recovery_job.state).
+    JobState, "job state", "must be one of queued, running, succeeded, failed, canceled", {
+        Queued => "queued",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Canceled => "canceled",
     }
-}
+);
 
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+named_enum!(
+    /// What kind of job runs: the recovery mode, with a relocation (a full
+    /// copy to a new place) apart from a full recovery in place.
+    JobKind, "job kind", "must be one of incremental, differential, full, relocation, rebalance", {
+        Incremental => "incremental",
+        Differential => "differential",
+        Full => "full",
+        Relocation => "relocation",
+        Rebalance => "rebalance",
     }
-}
-
-impl FromStr for JobState {
-    type Err = CoreError;
-
-    fn from_str(s: &str) -> Result<Self, CoreError> {
-        JobState::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| CoreError::InvalidValue {
-            what: "job state",
-            value: s.to_string(),
-            expected: "must be one of queued, running, succeeded, failed, canceled",
-        })
-    }
-}
-
-/// What kind of job runs: the recovery mode, with a relocation (a full copy
-/// to a new place) apart from a full recovery in place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobKind {
-    Incremental,
-    Differential,
-    Full,
-    Relocation,
-    Rebalance,
-}
+);
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] =
-        [JobKind::Incremental, JobKind::Differential, JobKind::Full, JobKind::Relocation, JobKind::Rebalance];
-
     pub fn of(mode: RecoveryMode, relocate: bool) -> JobKind {
         match mode {
             RecoveryMode::Incremental => JobKind::Incremental,
@@ -82,110 +88,31 @@ impl JobKind {
             RecoveryMode::Rebalance => JobKind::Rebalance,
         }
     }
+}
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Incremental => "incremental",
-            JobKind::Differential => "differential",
-            JobKind::Full => "full",
-            JobKind::Relocation => "relocation",
-            JobKind::Rebalance => "rebalance",
-        }
+named_enum!(
+    /// A job's phase (gp_recovery_job.phase).
+    Phase, "job phase", "not a phase of gp_recovery_phases()", {
+        Queued => "queued",
+        CheckingHost => "checking host",
+        Stopping => "stopping",
+        CheckingSource => "checking source",
+        CheckingPair => "checking pair",
+        Rewinding => "rewinding",
+        Copying => "copying",
+        Swapping => "swapping",
+        SwitchingRoles => "switching roles",
+        Promoting => "promoting",
+        Configuring => "configuring",
+        Starting => "starting",
+        Connecting => "connecting",
+        MarkingUp => "marking up",
+        CatchingUp => "catching up",
+        Synchronizing => "synchronizing",
+        RemovingOld => "removing old",
+        Done => "done",
     }
-}
-
-impl fmt::Display for JobKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A job's phase (gp_recovery_job.phase).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Phase {
-    Queued,
-    CheckingHost,
-    Stopping,
-    CheckingSource,
-    CheckingPair,
-    Rewinding,
-    Copying,
-    Swapping,
-    SwitchingRoles,
-    Promoting,
-    Configuring,
-    Starting,
-    Connecting,
-    MarkingUp,
-    CatchingUp,
-    Synchronizing,
-    RemovingOld,
-    Done,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 18] = [
-        Phase::Queued,
-        Phase::CheckingHost,
-        Phase::Stopping,
-        Phase::CheckingSource,
-        Phase::CheckingPair,
-        Phase::Rewinding,
-        Phase::Copying,
-        Phase::Swapping,
-        Phase::SwitchingRoles,
-        Phase::Promoting,
-        Phase::Configuring,
-        Phase::Starting,
-        Phase::Connecting,
-        Phase::MarkingUp,
-        Phase::CatchingUp,
-        Phase::Synchronizing,
-        Phase::RemovingOld,
-        Phase::Done,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Queued => "queued",
-            Phase::CheckingHost => "checking host",
-            Phase::Stopping => "stopping",
-            Phase::CheckingSource => "checking source",
-            Phase::CheckingPair => "checking pair",
-            Phase::Rewinding => "rewinding",
-            Phase::Copying => "copying",
-            Phase::Swapping => "swapping",
-            Phase::SwitchingRoles => "switching roles",
-            Phase::Promoting => "promoting",
-            Phase::Configuring => "configuring",
-            Phase::Starting => "starting",
-            Phase::Connecting => "connecting",
-            Phase::MarkingUp => "marking up",
-            Phase::CatchingUp => "catching up",
-            Phase::Synchronizing => "synchronizing",
-            Phase::RemovingOld => "removing old",
-            Phase::Done => "done",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Phase {
-    type Err = CoreError;
-
-    fn from_str(s: &str) -> Result<Self, CoreError> {
-        Phase::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| CoreError::InvalidValue {
-            what: "job phase",
-            value: s.to_string(),
-            expected: "not a phase of gp_recovery_phases()",
-        })
-    }
-}
+);
 
 /// How a failure in a phase, or a crash while it ran, is undone. Every
 /// backout probes what is really there (which directories exist, what
@@ -575,7 +502,7 @@ impl FaultPoint {
         }
         let kind = match parts[0] {
             "*" => None,
-            k => Some(JobKind::ALL.into_iter().find(|x| x.as_str() == k).ok_or_else(invalid)?),
+            k => Some(k.parse::<JobKind>().map_err(|_| invalid())?),
         };
         let phase: Phase = parts[1].parse().map_err(|_| invalid())?;
         let after = match parts[2] {
@@ -613,7 +540,7 @@ mod tests {
 
     #[test]
     fn every_phase_is_reachable_and_the_job_can_end() {
-        for kind in JobKind::ALL {
+        for &kind in JobKind::ALL {
             let seen = reachable(kind);
             for r in table(kind) {
                 assert!(seen.contains(&r.phase), "{kind}: {} is unreachable", r.phase);
@@ -625,7 +552,7 @@ mod tests {
 
     #[test]
     fn each_phase_has_one_row_with_a_next_that_exists() {
-        for kind in JobKind::ALL {
+        for &kind in JobKind::ALL {
             for r in table(kind) {
                 assert_eq!(table(kind).iter().filter(|x| x.phase == r.phase).count(), 1, "{kind}: {}", r.phase);
                 for p in std::iter::once(r.next).chain(r.alternative) {
@@ -642,7 +569,7 @@ mod tests {
 
     #[test]
     fn backout_never_crosses_the_point_of_no_return_backwards() {
-        for kind in JobKind::ALL {
+        for &kind in JobKind::ALL {
             for r in table(kind) {
                 for p in std::iter::once(r.next).chain(r.alternative) {
                     if !r.on_failure.reversible() {
@@ -660,7 +587,7 @@ mod tests {
 
     #[test]
     fn only_the_first_phase_and_rebalance_pair_check_have_nothing_to_undo() {
-        for kind in JobKind::ALL {
+        for &kind in JobKind::ALL {
             for r in table(kind) {
                 if r.on_failure == Backout::Nothing {
                     assert!(matches!(r.phase, Phase::CheckingHost | Phase::CheckingPair), "{kind}: {}", r.phase);
@@ -675,10 +602,10 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for p in Phase::ALL {
+        for &p in Phase::ALL {
             assert_eq!(p.as_str().parse::<Phase>().unwrap(), p);
         }
-        for s in JobState::ALL {
+        for &s in JobState::ALL {
             assert_eq!(s.as_str().parse::<JobState>().unwrap(), s);
         }
         assert!("copy".parse::<Phase>().is_err());

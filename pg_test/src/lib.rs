@@ -402,7 +402,13 @@ impl TestCluster {
 /// Sets gp_recovery.max_rate (kB/s, 0 for none) and gives the worker time
 /// to read it.
 pub fn set_rate_on(c: &mut Client, kb_per_s: u32) {
-    c.batch_execute(&format!("ALTER SYSTEM SET gp_recovery.max_rate = {kb_per_s}")).unwrap();
+    set_setting_on(c, "max_rate", &kb_per_s.to_string());
+}
+
+/// Sets a gp_recovery setting with ALTER SYSTEM, reloads, and gives the
+/// workers time to read it.
+pub fn set_setting_on(c: &mut Client, setting: &str, value: &str) {
+    c.batch_execute(&format!("ALTER SYSTEM SET gp_recovery.{setting} = '{value}'")).unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
 }

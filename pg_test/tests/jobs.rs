@@ -8,14 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use gp_recovery_pg_test::{assert_same_data, expect_error, kill9, pgbench_init, wait_for, TestCluster};
+use gp_recovery_pg_test::{assert_same_data, expect_error, kill9, pgbench_init, set_setting_on, wait_for, TestCluster};
 use gpdemo::Instance;
 
 fn set(tc: &TestCluster, setting: &str, value: &str) {
-    let mut c = tc.coordinator();
-    c.batch_execute(&format!("ALTER SYSTEM SET gp_recovery.{setting} = '{value}'")).unwrap();
-    c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
+    set_setting_on(&mut tc.coordinator(), setting, value);
 }
 
 /// The jobs worker's pid; None while the coordinator does not answer
