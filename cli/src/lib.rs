@@ -517,18 +517,39 @@ impl Cluster {
         if !dir.exists() {
             return Ok(());
         }
+        // Segments relocated outside the cluster's directory are stopped
+        // too (their files stay: they are not under `dir`).
+        let elsewhere = Self::relocated_elsewhere(dir);
         sshd::SshHosts::stop_all(dir);
-        for datadir in find_datadirs(dir) {
+        for datadir in find_datadirs(dir).iter().chain(&elsewhere) {
             if datadir.join("postmaster.pid").exists() {
                 // immediate: nothing of a demo needs a clean shutdown checkpoint.
                 let _ = run(pg_command("pg_ctl")
                     .args(["-w", "-t", "60", "-m", "immediate", "-D"])
-                    .arg(&datadir)
+                    .arg(datadir)
                     .arg("stop"));
             }
         }
-        end_processes_under(dir);
+        for d in std::iter::once(dir).chain(elsewhere.iter().map(PathBuf::as_path)) {
+            end_processes_under(d);
+        }
         fs::remove_dir_all(dir).map_err(io_err(format!("could not remove {}", dir.display())))
+    }
+
+    /// The data directories outside `dir` that the running coordinator's
+    /// catalog names; none when it does not answer.
+    fn relocated_elsewhere(dir: &Path) -> Vec<PathBuf> {
+        let port = Self::read_env(dir)
+            .ok()
+            .and_then(|env| env.lines().find_map(|l| l.strip_prefix("export PGPORT=")?.trim().parse::<u16>().ok()));
+        let Some(mut c) = port.and_then(|p| Self::layout(dir, 0, p).coordinator.connect().ok()) else {
+            return Vec::new();
+        };
+        c.query("SELECT datadir FROM gp_segment_configuration", &[])
+            .map(|rows| {
+                rows.iter().map(|r| PathBuf::from(r.get::<_, String>(0))).filter(|d| !d.starts_with(dir)).collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -542,8 +563,13 @@ const STEP_TOOLS: [&str; 5] = ["postgres", "pg_ctl", "pg_basebackup", "pg_rewind
 /// the other tools SIGKILL.
 fn end_processes_under(dir: &Path) {
     use std::os::unix::ffi::OsStrExt;
-    let mut needle = dir.as_os_str().as_bytes().to_vec();
+    let exact = dir.as_os_str().as_bytes();
+    let mut needle = exact.to_vec();
     needle.push(b'/');
+    // An argument that is the directory, or a path below it.
+    let names_dir = |cmdline: &[u8]| {
+        cmdline.split(|b| *b == 0).any(|arg| arg == exact || arg.windows(needle.len()).any(|w| w == needle.as_slice()))
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let found: Vec<(i32, bool)> = fs::read_dir("/proc")
@@ -555,8 +581,7 @@ fn end_processes_under(dir: &Path) {
                 let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
                 let comm = comm.trim();
                 let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                (STEP_TOOLS.contains(&comm) && cmdline.windows(needle.len()).any(|w| w == needle.as_slice()))
-                    .then_some((pid, comm == "postgres"))
+                (STEP_TOOLS.contains(&comm) && names_dir(&cmdline)).then_some((pid, comm == "postgres"))
             })
             .collect();
         if found.is_empty() || Instant::now() > deadline {

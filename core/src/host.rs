@@ -107,6 +107,11 @@ pub fn command_line(remote_shell: Option<(&[String], &str)>, script: &str) -> Ve
         None => vec!["sh".into(), "-c".into(), wrapped],
         Some((words, host)) => {
             let mut argv = words.to_vec();
+            // ssh reads no option after "--": a host name can never be one
+            // (they are also refused when a segment is registered or moved).
+            if words.first().is_some_and(|w| w == "ssh" || w.ends_with("/ssh")) {
+                argv.push("--".into());
+            }
             argv.push(host.to_string());
             argv.push(wrapped);
             argv
@@ -157,6 +162,12 @@ pub const NEW_SUFFIX: &str = ".gp_recovery_new";
 pub const OLD_SUFFIX: &str = ".gp_recovery_old";
 /// Marks the line the rewind step adds to a target's postgresql.auto.conf.
 pub const REWIND_MARK: &str = "# gp_recovery: for pg_rewind only";
+/// The line pg_rewind writes into the backup_label of a directory it
+/// finished rewinding. Rewinding such a directory again would first
+/// crash-recover it, writing a checkpoint on the source's timeline over WAL
+/// the source does not have, and the segment would never stream; so a
+/// finished rewind is started as it is.
+pub const REWIND_LABEL_METHOD: &str = "BACKUP METHOD: pg_rewind";
 /// The target's own WAL, set aside while pg_rewind runs.
 pub const WAL_SUFFIX: &str = ".gp_recovery_wal";
 /// What [`Scripts::start`] prints when the segment runs already.
@@ -167,19 +178,26 @@ pub const SERVER_LOG_SUFFIX: &str = ".gp_recovery.log";
 /// written before the first change, removed only when the copy is whole.
 /// A marked directory is never started, and never rewound.
 pub const INCOMPLETE_SUFFIX: &str = ".gp_recovery_incomplete";
+/// Beside a relocation's new directory from the start of its copy until
+/// the relocated segment is synchronized: a backout empties the directory
+/// when this mark is there, even after the copy finished, and never
+/// touches a directory without it (it was not this job's copy).
+pub const RELOCATING_SUFFIX: &str = ".gp_recovery_relocating";
 /// The exit code of a step refused because the directory is marked.
 pub const MARKED_INCOMPLETE: i32 = 4;
 
 impl Scripts {
-    /// Settings every step runs with, and D = the data directory.
+    /// Settings every step runs with, D = the data directory, I and R its
+    /// incomplete and relocating marks.
     fn preamble(&self, datadir: &str) -> String {
         format!(
-            "LC_ALL=C PGAPPNAME=gp_recovery PGCONNECT_TIMEOUT={} B={} D={} I={}\n\
+            "LC_ALL=C PGAPPNAME=gp_recovery PGCONNECT_TIMEOUT={} B={} D={} I={} R={}\n\
              export LC_ALL PGAPPNAME PGCONNECT_TIMEOUT\n",
             self.connect_timeout,
             quote(&self.bindir),
             quote(datadir.trim_end_matches('/')),
-            quote(&sibling(datadir, INCOMPLETE_SUFFIX))
+            quote(&sibling(datadir, INCOMPLETE_SUFFIX)),
+            quote(&sibling(datadir, RELOCATING_SUFFIX))
         )
     }
 
@@ -219,7 +237,9 @@ impl Scripts {
     /// has standby.signal) is left to catch up by streaming when
     /// `skip_standby`, as gprecoverseg does. A directory marked incomplete
     /// is refused. The mark is set before pg_rewind runs and removed when it
-    /// succeeded, or failed before it began to copy ("need to copy").
+    /// succeeded, or failed before it began to copy ("need to copy"). A
+    /// directory pg_rewind already finished (a crash came before its start)
+    /// is left as it is, to be started.
     ///
     /// pg_rewind and then the rewound standby read the target's WAL from its
     /// last checkpoint before the divergence. A killed target is first
@@ -248,6 +268,11 @@ impl Scripts {
         self.preamble(datadir)
             + &Self::refuse_marked("rewinding")
             + skip
+            + &format!(
+                "if [ -f \"$D/backup_label\" ] && grep -q {method} \"$D/backup_label\"; then \
+                 echo \"pg_rewind already finished in $D (its backup_label is there): starting it as it is\"; exit 0; fi\n",
+                method = quote(REWIND_LABEL_METHOD)
+            )
             + &format!(
                 "A=\"$D/postgresql.auto.conf\" M={mark} W={w}\n\
                  R=$(\"$B/pg_controldata\" -D \"$D\" | sed -n \"s/^Latest checkpoint's REDO WAL file: *//p\")\n\
@@ -292,7 +317,7 @@ impl Scripts {
         if relocate {
             return s
                 + "if [ -d \"$D\" ] && [ -n \"$(ls -A \"$D\")\" ]; then echo \"the new data directory $D exists and is not empty\" >&2; exit 1; fi\n\
-                   mkdir -p \"$D\" && chmod 700 \"$D\" && : > \"$I\" || exit 1\n\
+                   mkdir -p \"$D\" && chmod 700 \"$D\" && : > \"$R\" && : > \"$I\" || exit 1\n\
                    \"$B/pg_basebackup\" -D \"$D\" "
                 + &args
                 + " || exit $?\nrm -f \"$I\"";
@@ -324,14 +349,15 @@ impl Scripts {
         let s = self.preamble(datadir)
             + &format!("N={} O={}\n", quote(&sibling(datadir, NEW_SUFFIX)), quote(&sibling(datadir, OLD_SUFFIX)));
         if relocate {
-            return s + "if [ -e \"$I\" ]; then find \"$D\" -mindepth 1 -delete && rm -f \"$I\" || exit 1; fi";
+            return s + "if [ -e \"$I\" ] || [ -e \"$R\" ]; then find \"$D\" -mindepth 1 -delete && rm -f \"$I\" \"$R\" || exit 1; fi";
         }
         s + "if [ -d \"$O\" ]; then rm -rf \"$D\" && mv \"$O\" \"$D\" || exit 1; fi\nrm -rf \"$N\""
     }
 
-    /// Removes the old directory once the recovered segment is synchronized.
+    /// Once the recovered segment is synchronized: removes the old directory
+    /// (in place) or the relocating mark (the new directory is the segment's).
     pub fn remove_old(&self, datadir: &str) -> String {
-        self.preamble(datadir) + &format!("rm -rf {}", quote(&sibling(datadir, OLD_SUFFIX)))
+        self.preamble(datadir) + &format!("rm -rf {} && rm -f \"$R\"", quote(&sibling(datadir, OLD_SUFFIX)))
     }
 
     /// The end of the server log of a segment the recovery started.
@@ -470,9 +496,11 @@ mod tests {
     fn remote_command_line_is_the_shell_then_host_then_one_script() {
         let words = split_words(default_shell()).unwrap();
         let argv = command_line(Some((&words, "sdw2")), "echo hi");
-        assert_eq!(&argv[..6], ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "sdw2"]);
-        assert_eq!(argv.len(), 7);
-        assert!(argv[6].contains("setsid sh -c 'echo hi'"));
+        assert_eq!(&argv[..7], ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "--", "sdw2"]);
+        assert_eq!(argv.len(), 8);
+        assert!(argv[7].contains("setsid sh -c 'echo hi'"));
+        let other = vec!["my-shell".to_string()];
+        assert_eq!(&command_line(Some((&other, "sdw2")), "echo hi")[..2], ["my-shell", "sdw2"]);
     }
 
     #[test]
@@ -590,6 +618,33 @@ mod tests {
         assert_eq!(run_local(&s.back_out_copy(&ds, true)).0, 0);
         assert!(PathBuf::from(&ds).is_dir() && std::fs::read_dir(&ds).unwrap().next().is_none());
         assert!(!PathBuf::from(sibling(&ds, INCOMPLETE_SUFFIX)).exists());
+        // A finished copy (only the relocating mark left) is emptied too.
+        std::fs::create_dir_all(PathBuf::from(&ds).join("base")).unwrap();
+        std::fs::write(sibling(&ds, RELOCATING_SUFFIX), "").unwrap();
+        assert_eq!(run_local(&s.back_out_copy(&ds, true)).0, 0);
+        assert!(PathBuf::from(&ds).is_dir() && std::fs::read_dir(&ds).unwrap().next().is_none());
+        assert!(!PathBuf::from(sibling(&ds, RELOCATING_SUFFIX)).exists());
+        // Once synchronized, the mark goes and the directory is the segment's.
+        std::fs::create_dir_all(PathBuf::from(&ds).join("base")).unwrap();
+        std::fs::write(sibling(&ds, RELOCATING_SUFFIX), "").unwrap();
+        assert_eq!(run_local(&s.remove_old(&ds)).0, 0);
+        assert_eq!(run_local(&s.back_out_copy(&ds, true)).0, 0);
+        assert!(PathBuf::from(&ds).join("base").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_finished_rewind_is_not_redone() {
+        let dir = scratch("rewound");
+        let ds = dir.to_string_lossy().into_owned();
+        std::fs::write(dir.join("backup_label"), "START WAL LOCATION: 0/2\nBACKUP METHOD: pg_rewind\n").unwrap();
+        // pg_rewind is not there: the script must not call it.
+        let s = Scripts { bindir: "/nonexistent".into(), connect_timeout: 5 };
+        let (rc, out) = run_local(&s.rewind(&ds, "host=x", true));
+        assert_eq!(rc, 0, "{out}");
+        assert!(out.contains("pg_rewind already finished"), "{out}");
+        std::fs::write(dir.join("backup_label"), "START WAL LOCATION: 0/2\nBACKUP METHOD: streamed\n").unwrap();
+        assert_ne!(run_local(&s.rewind(&ds, "host=x", true)).0, 0, "another backup's label is rewound");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -322,17 +322,25 @@ const RELOCATION: &[Transition] = &[
     ),
     t(
         Phase::Copying,
-        "mark the new directory incomplete, pg_basebackup into it (an existing empty directory is used as it is)",
+        "mark the new directory relocating and incomplete, pg_basebackup into it (an existing empty directory is \
+         used as it is)",
         Phase::Configuring,
         Backout::RestoreCopy,
-        "a partial copy is emptied out; the directory itself is kept",
+        "a partial or finished copy is emptied out; the directory itself is kept",
     ),
     t(Phase::Configuring, CONFIGURE, Phase::Starting, Backout::RestoreCopy, C_CONFIGURE),
     t(Phase::Starting, START, Phase::Connecting, Backout::RestoreCopy, C_START),
     t(Phase::Connecting, CONNECT, Phase::MarkingUp, Backout::RestoreCopy, C_CONNECT),
     t(Phase::MarkingUp, MARK_UP, Phase::CatchingUp, Backout::RestoreCopy, C_MARK_UP),
     t(Phase::CatchingUp, CATCH_UP, Phase::Synchronizing, Backout::LeaveToFts, C_WAIT_FTS),
-    t(Phase::Synchronizing, SYNC, Phase::Done, Backout::LeaveToFts, C_WAIT_FTS),
+    t(Phase::Synchronizing, SYNC, Phase::RemovingOld, Backout::LeaveToFts, C_WAIT_FTS),
+    t(
+        Phase::RemovingOld,
+        "remove the relocating mark: the new directory is the segment's",
+        Phase::Done,
+        Backout::Finish,
+        "the relocated segment is synchronized; a leftover mark is only warned about",
+    ),
 ];
 
 const REBALANCE: &[Transition] = &[
