@@ -93,7 +93,9 @@ CREATE TABLE gp_recovery_job (
     wal_remaining_bytes bigint,
     logfile             text,
     error               text,
-    submitted_by        name        NOT NULL DEFAULT current_user,
+    -- The role that called the submitting function (which runs as the
+    -- extension's owner); written by the function.
+    submitted_by        name        NOT NULL DEFAULT session_user,
     submitted_at        timestamptz NOT NULL DEFAULT now(),
     started_at          timestamptz,
     updated_at          timestamptz,

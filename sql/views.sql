@@ -25,9 +25,15 @@ COMMENT ON VIEW gp_mirror_status IS
 -- Changing the catalog is for superusers only.
 REVOKE ALL ON FUNCTION gp_add_segment(integer, "char", text, integer, text, text) FROM PUBLIC;
 
--- Reading the catalog and the status is for everyone, monitoring roles included.
-GRANT SELECT ON gp_segment_configuration, gp_configuration_history,
-                gp_segment_status, gp_mirror_status TO PUBLIC;
+-- Reading the catalog is for everyone, as in Greenplum. Probing the
+-- segments (each read of the live views opens a connection to every
+-- segment) is for monitoring roles and recovery admins only.
+GRANT SELECT ON gp_segment_configuration, gp_configuration_history TO PUBLIC;
+REVOKE ALL ON FUNCTION gp_segment_status_probe(), gp_mirror_status_probe(), gp_state_report(),
+                       gp_request_fts_probe_scan() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION gp_segment_status_probe(), gp_mirror_status_probe(), gp_state_report(),
+                          gp_request_fts_probe_scan() TO pg_monitor, gp_recovery_admin;
+GRANT SELECT ON gp_segment_status, gp_mirror_status TO pg_monitor, gp_recovery_admin;
 
 -- Queued and running recovery jobs with their progress (updated by the
 -- worker every second); finished jobs leave the view and stay in gp_recovery_job.
@@ -60,5 +66,26 @@ GRANT EXECUTE ON FUNCTION gp_recover_segment(integer, text, text, integer, text)
                           gp_recover_from_config(text),
                           gp_recovery_cancel(bigint),
                           gp_rebalance(bigint) TO gp_recovery_admin;
-GRANT INSERT, UPDATE ON gp_recovery_job TO gp_recovery_admin;
-GRANT USAGE ON SEQUENCE gp_recovery_job_job_id_seq TO gp_recovery_admin;
+
+-- The functions are the only way in: nobody but a superuser writes the job,
+-- catalog or history tables. The functions that write run as the
+-- extension's owner (SECURITY DEFINER); every function of the extension
+-- runs with a search path nobody else can plant objects in, and names the
+-- extension's tables as public.x.
+ALTER FUNCTION gp_recover_segment(integer, text, text, integer, text) SECURITY DEFINER;
+ALTER FUNCTION gp_recover_all(text) SECURITY DEFINER;
+ALTER FUNCTION gp_recover_from_config(text) SECURITY DEFINER;
+ALTER FUNCTION gp_recovery_cancel(bigint) SECURITY DEFINER;
+ALTER FUNCTION gp_rebalance(bigint) SECURITY DEFINER;
+DO $$
+DECLARE f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure
+               FROM pg_catalog.pg_proc p
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid
+              WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e'
+                AND d.refobjid = (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'gp_recovery')
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
+    END LOOP;
+END $$;

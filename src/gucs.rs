@@ -131,7 +131,8 @@ pub fn define() {
         c"Used for every segment whose host name is not the coordinator's own (see gp_recovery.local_hosts), and by differential recovery's rsync between hosts. It must log in without a password, as the server's OS user.",
         &REMOTE_SHELL,
         GucContext::Sighup,
-        GucFlags::default(),
+        // It may carry key paths and options: superusers only, to read too.
+        GucFlags::SUPERUSER_ONLY,
     );
     GucRegistry::define_string_guc(
         c"gp_recovery.local_hosts",

@@ -155,6 +155,18 @@ pub fn active() -> Vec<ActiveJob> {
         .collect()
 }
 
+/// The role that called the function: the session's user or the role it
+/// SET ROLE to, not the extension's owner that a SECURITY DEFINER function
+/// runs as.
+fn caller() -> String {
+    // SAFETY: plain reads of the backend's user state, on its main thread;
+    // the name is copied out of the palloc'd string at once.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), false);
+        std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+    }
+}
+
 /// Queues a validated job; returns its id.
 pub fn insert(spec: &JobSpec) -> i64 {
     let original = serde_json::to_value(&spec.original).unwrap_or_else(|e| internal("job row", e));
@@ -162,8 +174,8 @@ pub fn insert(spec: &JobSpec) -> i64 {
     Spi::get_one_with_args::<i64>(
         "INSERT INTO public.gp_recovery_job (recovery_type, dbid, content, relocate, \
            source_dbid, source_hostname, source_address, source_port, source_datadir, \
-           target_hostname, target_address, target_port, target_datadir, original) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING job_id",
+           target_hostname, target_address, target_port, target_datadir, original, submitted_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING job_id",
         &[
             spec.mode.as_str().into(),
             t.dbid.into(),
@@ -179,6 +191,7 @@ pub fn insert(spec: &JobSpec) -> i64 {
             t.port.into(),
             t.datadir.as_str().into(),
             pgrx::JsonB(original).into(),
+            caller().into(),
         ],
     )
     .or_raise()
@@ -247,17 +260,20 @@ pub fn state_of(job_id: i64) -> Option<(JobState, String, Option<String>, bool)>
 pub fn cancel_queued(job_id: i64) -> bool {
     updated(
         "UPDATE public.gp_recovery_job SET state = 'canceled', finished_at = now(), updated_at = now(), \
-                error = 'canceled by ' || current_user || ' before it started' \
+                error = 'canceled by ' || $2 || ' before it started' \
           WHERE job_id = $1 AND state = 'queued'",
-        job_id,
+        &[job_id.into(), caller().into()],
     )
 }
 
 /// Asks the worker to cancel a running job; returns whether it runs.
 pub fn request_cancel(job_id: i64) -> bool {
-    updated("UPDATE public.gp_recovery_job SET cancel_requested = true WHERE job_id = $1 AND state = 'running'", job_id)
+    updated(
+        "UPDATE public.gp_recovery_job SET cancel_requested = true WHERE job_id = $1 AND state = 'running'",
+        &[job_id.into()],
+    )
 }
 
-fn updated(sql: &str, job_id: i64) -> bool {
-    Spi::connect_mut(|client| client.update(sql, None, &[job_id.into()]).map(|t| t.len())).or_raise() > 0
+fn updated(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> bool {
+    Spi::connect_mut(|client| client.update(sql, None, args).map(|t| t.len())).or_raise() > 0
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use gp_recovery_core::job::{self, FaultPoint, JobState, Phase};
+use gp_recovery_core::recovery;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic};
@@ -122,7 +123,27 @@ impl Worker {
                 return;
             }
         };
+        // Every claimed row is planned again from the catalog with the SQL
+        // functions' checks: a row they did not write never runs.
+        let now = match try_transaction(|| Ok((catalog::load(), job_table::active()))) {
+            Ok(n) => n,
+            Err(e) => {
+                for rec in claimed {
+                    self.end(
+                        rec.job_id,
+                        JobState::Failed,
+                        Some(format!("could not check it against the catalog: {e}")),
+                    );
+                }
+                return;
+            }
+        };
         for rec in claimed {
+            if let Err(e) = recovery::verify_claimed(&now.0, &now.1, &rec) {
+                warning!("gp_recovery: job {} refused: {e}", rec.job_id);
+                self.end(rec.job_id, JobState::Failed, Some(format!("refused: {e}")));
+                continue;
+            }
             log!(
                 "gp_recovery: job {}: {} recovery of dbid {} (content {}) to {}:{} {}",
                 rec.job_id,
@@ -292,7 +313,9 @@ pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
     worker.read_settings();
     // No statement of the worker waits long for a lock: a submitter holding
     // its transaction open, or a DBA's lock, fails one write, not the loop.
+    // Nothing a user can create is on the search path of a superuser's loop.
     if let Err(e) = try_transaction(|| {
+        Spi::run("SET search_path = pg_catalog, pg_temp").map_err(|e| e.to_string())?;
         Spi::run("SET lock_timeout = '2s'").map_err(|e| e.to_string())?;
         Spi::run("SET statement_timeout = '30s'").map_err(|e| e.to_string())
     }) {

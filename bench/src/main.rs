@@ -483,6 +483,7 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
     for (name, section) in [
         ("parallel recovery of 8 segments", parallel as fn(&Path, u32, u16) -> Res<Vec<Row>>),
         ("probe cost", probe_cost),
+        ("jobs latency", job_latency),
     ] {
         let section_dir = dir.with_file_name(format!("gp-bench-{}", name.split(' ').next().unwrap_or("x")));
         let _ = Cluster::destroy(&section_dir);
@@ -599,6 +600,138 @@ fn probe_cost(dir: &Path, scale: u32, probe_pairs: u16) -> Res<Vec<Row>> {
     Ok(rows)
 }
 
+/// The jobs worker's pid, once it runs.
+fn jobs_worker(b: &Bench) -> Res<i32> {
+    let mut pid = 0;
+    wait_until(Duration::from_secs(30), "the jobs worker", || {
+        pid = b.value::<i32>("SELECT pid FROM pg_stat_activity WHERE backend_type = 'gp_recovery jobs'").unwrap_or(0);
+        pid > 0
+    })
+    .map_err(err)?;
+    Ok(pid)
+}
+
+/// A full recovery of `dbid` slowed to 1 MB/s, once it is copying.
+fn slow_copy(b: &Bench, dbid: i16) -> Res<i64> {
+    b.exec("ALTER SYSTEM SET gp_recovery.max_rate = 1024; SELECT pg_reload_conf()")?;
+    let job = b.submit(&format!("SELECT gp_recover_segment({dbid}, 'full')"))?;
+    wait_until(Duration::from_secs(60), "the copy to begin", || {
+        b.value::<bool>(&format!(
+            "SELECT phase = 'copying' AND coalesce(bytes_done, 0) > 0 FROM gp_recovery_job WHERE job_id = {job}"
+        ))
+        .unwrap_or(false)
+    })
+    .map_err(err)?;
+    Ok(job)
+}
+
+/// Seconds until `pid` is gone after SIGTERM.
+fn sigterm_latency(pid: i32) -> Res<f64> {
+    let started = Instant::now();
+    // SAFETY: the jobs worker of this benchmark's own cluster.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    wait_until(Duration::from_secs(30), "the jobs worker to exit", || !gpdemo::process_alive(pid)).map_err(err)?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Cancel and SIGTERM latency of the jobs worker while another session
+/// keeps a submitting transaction open (issue 11's target: 1 s each).
+fn job_latency(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
+    const RUNS: usize = 5;
+    eprintln!("== jobs: cancel and SIGTERM latency with a submitter's transaction held open");
+    let base = gpdemo::free_port_range(5).map_err(err)?;
+    let cluster = Cluster::create(dir, 2, base).map_err(err)?;
+    let b = Bench { cluster, runs: RUNS, scale };
+    let p = &b.cluster.primaries[0];
+    run(b.pg("pgbench").args(["-h", "127.0.0.1", "-p", &p.port.to_string(), "-U", &server_user()]).args([
+        "-i",
+        "-q",
+        "-s",
+        &scale.clamp(1, 10).to_string(),
+        "postgres",
+    ]))
+    .map_err(err)?;
+    b.fts(FAST)?;
+    for m in &b.cluster.mirrors {
+        m.stop("immediate").map_err(err)?;
+    }
+    wait_until(Duration::from_secs(60), "both mirrors to be marked down", || {
+        b.value::<i64>("SELECT count(*) FROM gp_segment_configuration WHERE status = 'd'").unwrap_or(0) == 2
+    })
+    .map_err(err)?;
+    let down: Vec<i16> = b
+        .coord()?
+        .query("SELECT dbid FROM gp_segment_configuration WHERE status = 'd' ORDER BY content", &[])
+        .map_err(err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // The blocked submitter: a job for content 1 queued in a transaction that stays open.
+    let mut holder = b.coord()?;
+    let mut held = holder.transaction().map_err(err)?;
+    held.query_one(&format!("SELECT gp_recover_segment({})", down[1]), &[]).map_err(err)?;
+    let (mut cancels, mut busy_terms, mut idle_terms) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let job = slow_copy(&b, down[0])?;
+        let started = Instant::now();
+        b.exec(&format!("SELECT gp_recovery_cancel({job})"))?;
+        wait_until(Duration::from_secs(30), "the cancel", || {
+            b.value::<String>(&format!("SELECT state FROM gp_recovery_job WHERE job_id = {job}"))
+                .is_ok_and(|s| s == "canceled")
+        })
+        .map_err(err)?;
+        cancels.push(started.elapsed().as_secs_f64());
+        idle_terms.push(sigterm_latency(jobs_worker(&b)?)?);
+        let job = slow_copy(&b, down[0])?;
+        busy_terms.push(sigterm_latency(jobs_worker(&b)?)?);
+        // The restarted worker backs the interrupted copy out.
+        wait_until(Duration::from_secs(60), "the interrupted job to be backed out", || {
+            b.value::<String>(&format!("SELECT state FROM gp_recovery_job WHERE job_id = {job}"))
+                .is_ok_and(|s| s == "failed")
+        })
+        .map_err(err)?;
+    }
+    held.rollback().map_err(err)?;
+    let row = |what: &str, v: Vec<f64>| {
+        let worst = v.iter().copied().fold(0.0, f64::max);
+        let m = median(v);
+        Row {
+            what: format!(
+                "Job engine: {what} (median of {RUNS}, another session holding a submitting transaction open)"
+            ),
+            ours: secs(m),
+            baseline: format!("worst {}", secs(worst)),
+            ratio: None,
+            target: "≤ 1 s".into(),
+            met: Some(worst <= 1.0),
+        }
+    };
+    let rows = vec![
+        row("cancel of a running full copy → job canceled, copy removed, directory restored", cancels),
+        row("SIGTERM of the idle jobs worker → process gone", idle_terms),
+        row("SIGTERM of the jobs worker while it supervises a copy → process gone", busy_terms),
+    ];
+    Cluster::destroy(dir).map_err(err)?;
+    Ok(rows)
+}
+
+/// Replaces the rows of results.md that start like `rows` (one section run
+/// with --only), keeping every other row.
+fn merge_results(path: &Path, rows: &[Row]) -> Res<()> {
+    let old = std::fs::read_to_string(path).map_err(err)?;
+    let prefixes: Vec<&str> = rows.iter().filter_map(|r| r.what.split(':').next()).collect();
+    let mut out: Vec<String> = old
+        .lines()
+        .filter(|l| !prefixes.iter().any(|p| l.starts_with(&format!("| {p}:"))))
+        .map(str::to_string)
+        .collect();
+    while out.last().is_some_and(|l| l.is_empty()) {
+        out.pop();
+    }
+    out.extend(rows.iter().map(table_line));
+    std::fs::write(path, out.join("\n") + "\n").map_err(err)
+}
+
 /// "yes", "no", or for a missed ratio target how far off it is.
 fn met_text(r: &Row) -> String {
     let limit = r.target.strip_prefix("≤ ").and_then(|t| t.parse::<f64>().ok());
@@ -621,17 +754,22 @@ fn write_results(path: &Path, rows: &[Row], scale: u32, runs: usize, took: Durat
         took.as_secs_f64()
     );
     for r in rows {
-        md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            r.what,
-            r.ours,
-            r.baseline,
-            r.ratio.map_or("—".into(), |x| format!("{x:.2}")),
-            r.target,
-            met_text(r)
-        ));
+        md.push_str(&table_line(r));
+        md.push('\n');
     }
     std::fs::write(path, md).map_err(err)
+}
+
+fn table_line(r: &Row) -> String {
+    format!(
+        "| {} | {} | {} | {} | {} | {} |",
+        r.what,
+        r.ours,
+        r.baseline,
+        r.ratio.map_or("—".into(), |x| format!("{x:.2}")),
+        r.target,
+        met_text(r)
+    )
 }
 
 fn main() {
@@ -646,6 +784,19 @@ fn main() {
     let (scale, runs, probe_pairs) = (get("--scale", 70), get("--runs", 3) as usize, get("--probe-pairs", 32) as u16);
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results.md");
     let dir = PathBuf::from("/var/tmp/gp-bench");
+    // --only jobs: that section alone, its rows merged into results.md.
+    if args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).is_some_and(|s| s == "jobs") {
+        let section_dir = dir.with_file_name("gp-bench-jobs");
+        let _ = Cluster::destroy(&section_dir);
+        match job_latency(&section_dir, scale.min(5), probe_pairs).and_then(|rows| merge_results(&out, &rows)) {
+            Ok(()) => println!("{}", std::fs::read_to_string(&out).unwrap_or_default()),
+            Err(e) => {
+                eprintln!("gp_bench: jobs latency failed: {e}; its cluster is left in {}", section_dir.display());
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let started = Instant::now();
     match run_bench(&dir, scale, runs.max(1), probe_pairs) {
         Ok(rows) => {

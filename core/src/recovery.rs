@@ -498,6 +498,61 @@ mod tests {
         plan_recovery(&catalog(), &[], dbid, mode, &new)
     }
 
+    /// The row gp_recovery_job gets for a planned job.
+    fn record(j: &JobSpec, job_id: i64) -> JobRecord {
+        JobRecord {
+            job_id,
+            recovery_type: j.mode.as_str().into(),
+            dbid: j.target.dbid,
+            content: j.target.content,
+            relocate: j.relocate,
+            source_dbid: j.source.dbid,
+            source_hostname: j.source.hostname.clone(),
+            source_address: j.source.address.clone(),
+            source_port: j.source.port,
+            source_datadir: j.source.datadir.clone(),
+            target_hostname: j.target.hostname.clone(),
+            target_address: j.target.address.clone(),
+            target_port: j.target.port,
+            target_datadir: j.target.datadir.clone(),
+            original: j.original.clone(),
+            state: "running".into(),
+            phase: "checking host".into(),
+        }
+    }
+
+    #[test]
+    fn a_claimed_row_must_be_what_the_functions_plan() {
+        let c = catalog();
+        let new = NewLocation { port: Some(7100), datadir: Some("/new/2".into()), ..Default::default() };
+        for spec in [
+            plan(2, RecoveryMode::Incremental, NewLocation::default()).unwrap(),
+            plan(2, RecoveryMode::Full, new).unwrap(),
+        ] {
+            let rec = record(&spec, 9);
+            let me = ActiveJob { job_id: 9, dbid: 2, content: 0, state: "running".into(), target: rec.target() };
+            assert!(verify_claimed(&c, &[me], &rec).is_ok(), "{spec:?}");
+        }
+        let good = record(&plan(2, RecoveryMode::Incremental, NewLocation::default()).unwrap(), 9);
+        let refused = |rec: JobRecord| verify_claimed(&c, &[], &rec).unwrap_err().to_string();
+        let e = refused(JobRecord { target_datadir: "/var/tmp/x$(touch /tmp/pwned)".into(), ..good.clone() });
+        assert!(e.contains("target_datadir is /var/tmp/x$(touch /tmp/pwned)") && e.contains("nothing was run"), "{e}");
+        let e = refused(JobRecord { source_port: 7000, ..good.clone() });
+        assert!(e.contains("source_port is 7000, but the catalog gives 7003"), "{e}");
+        let coordinator = JobRecord {
+            relocate: true,
+            target_hostname: "127.0.0.1".into(),
+            target_datadir: "/d/1".into(),
+            recovery_type: "full".into(),
+            ..good.clone()
+        };
+        assert!(refused(coordinator).contains("coordinator's data directory"));
+        let e = refused(JobRecord { dbid: 5, ..good.clone() });
+        assert!(e.contains("is up"), "{e}");
+        let e = refused(JobRecord { recovery_type: "rebalance".into(), ..good });
+        assert!(e.contains("not a primary running in its mirror's role"), "{e}");
+    }
+
     #[test]
     fn plans_in_place_and_relocation() {
         let j = plan(2, RecoveryMode::Incremental, NewLocation::default()).unwrap();
@@ -525,7 +580,10 @@ mod tests {
         assert!(msg(2, Full, dir("relative")).contains("must be an absolute path"));
         assert!(msg(2, Full, dir("")).contains("must be an absolute path"));
         assert!(msg(2, Full, dir("/")).contains("must not be the root directory"));
-        assert!(msg(2, Full, dir("/d/1")).contains("already used by dbid 1 (content -1)"), "the coordinator's datadir");
+        assert!(
+            msg(2, Full, dir("/d/1")).contains("it is the coordinator's data directory"),
+            "the coordinator's datadir"
+        );
         assert_eq!(
             "x".parse::<RecoveryMode>().unwrap_err().to_string(),
             "invalid recovery mode \"x\": must be one of incremental, differential, full"
@@ -631,6 +689,61 @@ pub fn verify_source(source: &Segment, probe: &crate::probe::ProbeResult) -> Res
         Err(e) => Err(double_fault(source, &format!("does not answer ({e})"))),
         Ok(p) if p.in_recovery => Err(double_fault(source, "is in recovery, not a primary")),
         Ok(_) => Ok(()),
+    }
+}
+
+/// Checks a job row the worker claimed against the plan the SQL functions
+/// make from the catalog now, so that a row written by hand (only a
+/// superuser can) never runs: the first column that differs is named.
+pub fn verify_claimed(catalog: &[Segment], active: &[ActiveJob], rec: &JobRecord) -> Result<(), CoreError> {
+    let mode = rec.mode()?;
+    let others: Vec<ActiveJob> = active.iter().filter(|j| j.job_id != rec.job_id).cloned().collect();
+    let plan = if mode == RecoveryMode::Rebalance {
+        let acting = catalog.iter().find(|s| s.dbid == rec.dbid && !s.is_coordinator()).ok_or_else(|| {
+            CoreError::WrongState(format!("dbid {} is not a segment in gp_segment_configuration", rec.dbid))
+        })?;
+        let preferred = catalog
+            .iter()
+            .find(|s| s.content == acting.content && s.dbid != acting.dbid)
+            .filter(|m| acting.role == Role::Primary && acting.preferred_role == Role::Mirror && m.role == Role::Mirror)
+            .ok_or_else(|| {
+                CoreError::WrongState(format!("dbid {} is not a primary running in its mirror's role", rec.dbid))
+            })?;
+        JobSpec { mode, original: acting.clone(), target: acting.clone(), source: preferred.clone(), relocate: false }
+    } else {
+        let new = if rec.relocate {
+            NewLocation {
+                hostname: Some(rec.target_hostname.clone()),
+                address: Some(rec.target_address.clone()),
+                port: Some(rec.target_port),
+                datadir: Some(rec.target_datadir.clone()),
+            }
+        } else {
+            NewLocation::default()
+        };
+        plan_recovery(catalog, &others, rec.dbid.into(), mode, &new)?
+    };
+    let (s, t) = (&plan.source, &plan.target);
+    let columns: [(&str, String, String); 12] = [
+        ("content", plan.original.content.to_string(), rec.content.to_string()),
+        ("relocate", plan.relocate.to_string(), rec.relocate.to_string()),
+        ("original", format!("{:?}", plan.original), format!("{:?}", rec.original)),
+        ("source_dbid", s.dbid.to_string(), rec.source_dbid.to_string()),
+        ("source_hostname", s.hostname.clone(), rec.source_hostname.clone()),
+        ("source_address", s.address.clone(), rec.source_address.clone()),
+        ("source_port", s.port.to_string(), rec.source_port.to_string()),
+        ("source_datadir", s.datadir.clone(), rec.source_datadir.clone()),
+        ("target_hostname", t.hostname.clone(), rec.target_hostname.clone()),
+        ("target_address", t.address.clone(), rec.target_address.clone()),
+        ("target_port", t.port.to_string(), rec.target_port.to_string()),
+        ("target_datadir", t.datadir.clone(), rec.target_datadir.clone()),
+    ];
+    match columns.into_iter().find(|(_, planned, got)| planned != got) {
+        None => Ok(()),
+        Some((column, planned, got)) => Err(CoreError::WrongState(format!(
+            "its {column} is {got}, but the catalog gives {planned}: the row was not written by the gp_recovery \
+             functions, or the catalog changed since it was queued; nothing was run"
+        ))),
     }
 }
 

@@ -44,16 +44,24 @@ pub fn validate_port(port: i32) -> Result<(), CoreError> {
     }
 }
 
-/// Checks a host name or address: not empty, no white space.
+/// Checks a host name or address: not empty, no white space or control
+/// characters, and no leading `-` (ssh would read it as an option).
 pub fn validate_host(what: &'static str, host: &str) -> Result<(), CoreError> {
-    if host.is_empty() || host.chars().any(char::is_whitespace) {
+    if host.is_empty() || host.starts_with('-') || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(CoreError::InvalidValue {
             what,
             value: host.to_string(),
-            expected: "must be a host name or address without white space",
+            expected:
+                "must be a host name or address, not starting with '-', without white space or control characters",
         });
     }
     Ok(())
+}
+
+/// True when one directory is the other or lies inside it.
+fn dirs_overlap(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_end_matches('/'), b.trim_end_matches('/'));
+    a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"))
 }
 
 /// Finds a segment other than `except_dbid` that already uses host+port or
@@ -70,6 +78,19 @@ pub fn check_location_free(
     let same_host =
         |s: &Segment| s.hostname == hostname || s.address == address || s.hostname == address || s.address == hostname;
     let datadir = datadir.trim_end_matches('/');
+    // Whatever name the host is given: the coordinator's own directory must
+    // never be copied over, moved aside or removed.
+    if let Some(c) = catalog.iter().find(|s| s.is_coordinator() && dirs_overlap(&s.datadir, datadir)) {
+        return Err(CoreError::InvalidValue {
+            what: "data directory",
+            value: datadir.to_string(),
+            expected: if c.datadir.trim_end_matches('/') == datadir {
+                "it is the coordinator's data directory"
+            } else {
+                "it is inside, or holds, the coordinator's data directory"
+            },
+        });
+    }
     for s in catalog.iter().filter(|s| Some(s.dbid) != except_dbid && same_host(s)) {
         if s.port == port {
             return Err(CoreError::Duplicate(format!(
@@ -248,6 +269,26 @@ mod tests {
 
     fn catalog() -> Vec<Segment> {
         vec![seg(1, -1, Role::Primary, 7000, "/d/coordinator"), seg(2, 0, Role::Primary, 7001, "/d/primary/gpseg0")]
+    }
+
+    #[test]
+    fn hosts_that_a_shell_or_ssh_would_misread_are_refused() {
+        for bad in ["", "-oProxyCommand=touch${IFS}x", "a b", "a\tb", "a\u{7}b", "x\n"] {
+            assert!(validate_host("host name", bad).is_err(), "{bad:?}");
+        }
+        for good in ["sdw1", "10.0.0.5", "::1", "host-1.example.com"] {
+            assert!(validate_host("host name", good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn the_coordinators_directory_is_refused_under_any_host_name() {
+        let c = catalog();
+        for dir in ["/d/coordinator", "/d/coordinator/", "/d/coordinator/base/x", "/d"] {
+            let e = check_location_free(&c, Some(2), "otherhost", "10.1.1.1", 9000, dir).unwrap_err();
+            assert!(e.to_string().contains("coordinator's data directory"), "{dir}: {e}");
+        }
+        assert!(check_location_free(&c, Some(2), "otherhost", "10.1.1.1", 9000, "/d/coordinator2").is_ok());
     }
 
     fn req(content: i32, role: char, port: i32, datadir: &str) -> SegmentRequest {

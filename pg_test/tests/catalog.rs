@@ -179,7 +179,7 @@ fn constraints_reject_impossible_rows() {
 fn only_superusers_register_and_pg_dump_keeps_the_rows() {
     let tc = TestCluster::new(1);
     let mut c = tc.coordinator();
-    c.batch_execute("CREATE ROLE monitor LOGIN").unwrap();
+    c.batch_execute("CREATE ROLE monitor LOGIN IN ROLE pg_monitor; CREATE ROLE nobody LOGIN").unwrap();
     let before = catalog_snapshot(&mut c);
     let (code, message) =
         expect_error(&mut c, "SET ROLE monitor; SELECT gp_add_segment(1, 'p', 'localhost', 9999, '/tmp/x')");
@@ -188,11 +188,23 @@ fn only_superusers_register_and_pg_dump_keeps_the_rows() {
     assert!(message.contains("permission denied for function gp_add_segment"), "{message}");
     assert_eq!(catalog_snapshot(&mut c), before);
 
-    // Monitoring roles may read the views.
+    // Monitoring roles may read the live views, which probe every segment;
+    // a plain login reads the catalog only.
     c.batch_execute("SET ROLE monitor").unwrap();
     let n: i64 = c.query_one("SELECT count(*) FROM gp_segment_status WHERE answering", &[]).unwrap().get(0);
     c.batch_execute("RESET ROLE").unwrap();
     assert_eq!(n, 3);
+    for sql in ["SELECT count(*) FROM gp_segment_status", "SELECT gp_request_fts_probe_scan()"] {
+        let (code, message) = expect_error(&mut c, &format!("SET ROLE nobody; {sql}"));
+        c.batch_execute("RESET ROLE").unwrap();
+        assert_eq!(code, "42501", "{sql}: {message}");
+    }
+    c.batch_execute("SET ROLE nobody").unwrap();
+    let rows: i64 = c.query_one("SELECT count(*) FROM gp_segment_configuration", &[]).unwrap().get(0);
+    let (_, message) = expect_error(&mut c, "SHOW gp_recovery.remote_shell");
+    c.batch_execute("RESET ROLE").unwrap();
+    assert_eq!(rows, 3);
+    assert!(message.contains("must be superuser"), "{message}");
 
     let out = gpdemo::run(
         std::process::Command::new(gpdemo::pg_bindir().join("pg_dump"))

@@ -98,14 +98,20 @@ fn differential_recovery_copies_what_differs() {
     assert_recovered(&tc, tc.primary(0), old, new);
     let backup_label = tc.primary(0).datadir.join("backup_label.old");
     assert!(backup_label.exists(), "recovery started from the backup label pg_backup_stop returned");
+    // The old primary's slot for its former mirror would keep WAL forever.
+    let slots: i64 =
+        tc.primary(0).connect().unwrap().query_one("SELECT count(*) FROM pg_replication_slots", &[]).unwrap().get(0);
+    assert_eq!(slots, 0, "the recovered mirror keeps no replication slot");
 }
 
 #[test]
 fn relocation_keeps_the_dbid_and_leaves_the_old_directory() {
     let (tc, old, new) = failed_over_cluster(3);
     let port = gpdemo::free_port_range(1).unwrap();
-    // A space, a quote and a semicolon: arguments, never shell text.
-    let datadir = tc.dir().join("moved dir 'x';touch pwned");
+    // Outside the cluster's directory; a space, a quote and a semicolon:
+    // arguments, never shell text.
+    let elsewhere = gp_recovery_pg_test::scratch_dir("moved");
+    let datadir = elsewhere.join("moved dir 'x';touch pwned");
     let sql = format!(
         "SELECT gp_recover_segment({old}, 'full', new_port => {port}, new_datadir => $${}$$)",
         datadir.display()
@@ -120,7 +126,7 @@ fn relocation_keeps_the_dbid_and_leaves_the_old_directory() {
     let row = c.query_one("SELECT port, datadir FROM gp_segment_configuration WHERE dbid = $1", &[&old]).unwrap();
     assert_eq!((row.get::<_, i32>(0), row.get::<_, String>(1)), (i32::from(port), datadir.display().to_string()));
     assert!(tc.primary(0).datadir.join("PG_VERSION").exists(), "the old data directory is left alone");
-    assert!(!PathBuf::from("/pwned").exists() && !tc.dir().join("pwned").exists(), "nothing ran through a shell");
+    assert!(!PathBuf::from("/pwned").exists() && !elsewhere.join("pwned").exists(), "nothing ran through a shell");
     let moved = Instance {
         content: 0,
         role: 'm',
@@ -130,7 +136,11 @@ fn relocation_keeps_the_dbid_and_leaves_the_old_directory() {
         logfile: tc.dir().join("moved.log"),
     };
     assert_recovered(&tc, &moved, old, new);
-    let _ = moved.stop("immediate");
+    // gpdemo destroy stops a segment the catalog names outside the cluster.
+    let pid = moved.postmaster_pid().expect("the relocated segment runs");
+    gpdemo::Cluster::destroy(tc.dir()).unwrap();
+    wait_for(30, "the relocated segment to stop", || !gpdemo::process_alive(pid));
+    let _ = std::fs::remove_dir_all(&elsewhere);
 }
 
 #[test]
@@ -303,8 +313,27 @@ fn bad_requests_are_refused_and_change_nothing() {
         ),
         (
             format!("SELECT gp_recover_segment({old}, 'full', new_datadir => '{coordinator_dir}')"),
-            "23505",
-            "is already used by dbid 1 (content -1)".into(),
+            "22023",
+            "it is the coordinator's data directory".into(),
+        ),
+        (
+            // Under another name for the coordinator's host.
+            format!(
+                "SELECT gp_recover_segment({old}, 'full', new_hostname => '127.0.0.1', new_datadir => '{coordinator_dir}/')"
+            ),
+            "22023",
+            "it is the coordinator's data directory".into(),
+        ),
+        (
+            format!("SELECT gp_recover_segment({old}, 'full', new_datadir => '{coordinator_dir}/base/x')"),
+            "22023",
+            "inside, or holds, the coordinator's data directory".into(),
+        ),
+        (
+            // No white space, yet ssh would take it for an option.
+            format!("SELECT gp_recover_segment({old}, 'full', new_hostname => '-oProxyCommand=touch${{IFS}}x')"),
+            "22023",
+            "not starting with '-'".into(),
         ),
         (
             "SELECT gp_recover_from_config(E'# ok\\n127.0.0.1|nope|/x')".into(),
