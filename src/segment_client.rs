@@ -235,9 +235,10 @@ impl Target {
             loop {
                 let row = client
                     .query_opt(
-                        "SELECT pg_current_wal_flush_lsn()::text FROM pg_stat_replication \
-                         WHERE application_name = $1 AND sync_state = 'sync'",
-                        &[&MIRROR_APPLICATION_NAME],
+                        "SELECT pg_current_wal_flush_lsn()::text FROM pg_stat_replication r \
+                         JOIN pg_replication_slots s ON s.active_pid = r.pid AND s.slot_type = 'physical' \
+                         WHERE r.application_name = $1 AND s.slot_name = $2 AND r.sync_state = 'sync'",
+                        &[&MIRROR_APPLICATION_NAME, &SLOT_NAME],
                     )
                     .await?;
                 if let Some(row) = row {
@@ -338,11 +339,16 @@ const IDENTITY_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('data_di
      (SELECT system_identifier::text FROM pg_control_system()), \
      current_setting('synchronous_standby_names')";
 const WAL_RECEIVER_SQL: &str = "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver";
-const REPLICATION_SQL: &str = "SELECT application_name, state, sync_state, \
-     sent_lsn::text, flush_lsn::text, replay_lsn::text, \
-     pg_wal_lsn_diff(pg_current_wal_flush_lsn(), sent_lsn)::bigint, \
-     pg_wal_lsn_diff(pg_current_wal_flush_lsn(), replay_lsn)::bigint \
-     FROM pg_stat_replication ORDER BY pid";
+/// Each walsender with the physical slot it streams from, if any, so that
+/// only the mirror on the content's slot counts as the mirror.
+const REPLICATION_SQL: &str = "SELECT r.application_name, r.state, r.sync_state, \
+     r.sent_lsn::text, r.flush_lsn::text, r.replay_lsn::text, \
+     pg_wal_lsn_diff(pg_current_wal_flush_lsn(), r.sent_lsn)::bigint, \
+     pg_wal_lsn_diff(pg_current_wal_flush_lsn(), r.replay_lsn)::bigint, \
+     s.slot_name::text \
+     FROM pg_stat_replication r \
+     LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid AND s.slot_type = 'physical' \
+     ORDER BY r.pid";
 
 async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe, tokio_postgres::Error> {
     let row = client.query_one(IDENTITY_SQL, &[]).await?;
@@ -375,6 +381,7 @@ async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe
                     replay_lsn: r.try_get(5)?,
                     wal_sync_remaining_bytes: r.try_get(6)?,
                     bytes_behind: r.try_get(7)?,
+                    slot_name: r.try_get(8)?,
                 })
             })
             .collect::<Result<_, tokio_postgres::Error>>()?

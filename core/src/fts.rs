@@ -423,6 +423,7 @@ mod tests {
             replication: stream
                 .map(|(state, sync, flush)| Replication {
                     application_name: "gp_walreceiver".into(),
+                    slot_name: Some(crate::probe::SLOT_NAME.into()),
                     state: state.into(),
                     sync_state: sync.into(),
                     flush_lsn: Some(flush.into()),
@@ -489,6 +490,30 @@ mod tests {
         // The catalog says 'n' before synchronous replication is turned off.
         assert!(plan.before_catalog.is_empty());
         assert_eq!(plan.after_catalog, vec![SegmentOp::DisableSyncRep(o.primary.clone())]);
+    }
+
+    #[test]
+    fn other_walsenders_are_not_the_mirror() {
+        let mut o = healthy();
+        let foreign = |app: &str, slot: Option<&str>| Replication {
+            application_name: app.into(),
+            slot_name: slot.map(Into::into),
+            state: "streaming".into(),
+            sync_state: "async".into(),
+            ..Default::default()
+        };
+        o.primary_health = PrimaryHealth::Alive(InstanceProbe {
+            synchronous_standby_names: "gp_walreceiver".into(),
+            replication: vec![
+                foreign("pg_receivewal", Some("archive")),
+                foreign("sub", Some("sub")),
+                foreign("gp_walreceiver", None),
+            ],
+            ..Default::default()
+        });
+        o.mirror_probe = Err("connection refused".into());
+        o.mirror_gone_for = Some(Duration::from_secs(31));
+        assert_eq!(rule(&o), "mirror_gone");
     }
 
     #[test]

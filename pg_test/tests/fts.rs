@@ -1,11 +1,84 @@
 //! The fault tolerance service against real failures: SIGKILL, SIGSTOP,
 //! `pg_ctl stop -m immediate`, double faults, a crashing backend.
 
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gp_recovery_pg_test::{kill9, wait_for, Stopped, TestCluster};
+use gp_recovery_pg_test::{kill9, scratch_dir, wait_for, Instance, Stopped, TestCluster};
+
+/// A client program (pg_receivewal, pg_recvlogical) attached to an instance,
+/// ended with SIGTERM when dropped. SIGTERM, not SIGKILL: under root the
+/// child is runuser, which passes SIGTERM on to the program.
+struct Consumer(Child);
+
+impl Consumer {
+    fn start(instance: &Instance, program: &str, app_name: Option<&str>, args: &[&str]) -> Consumer {
+        let mut cmd = gpdemo::pg_command(program);
+        cmd.args(["-h", &instance.host, "-p", &instance.port.to_string(), "-U", &gpdemo::server_user()])
+            // Ends by itself when the server goes away instead of reconnecting.
+            .arg("--no-loop")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(name) = app_name {
+            cmd.env("PGAPPNAME", name);
+        }
+        Consumer(cmd.spawn().unwrap_or_else(|e| panic!("could not start {program}: {e}")))
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let pid = i32::try_from(self.0.id()).unwrap_or(0);
+        if pid > 0 {
+            // SAFETY: signals a child this test started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `sql` on `instance` in a thread; Some(result) if it returned within
+/// `limit`. A commit waiting for a synchronous standby is bounded by neither
+/// statement_timeout nor the client, hence the thread.
+fn run_bounded(instance: &Instance, sql: &str, limit: Duration) -> Option<Result<(), String>> {
+    let (tx, rx) = mpsc::channel();
+    let (instance, sql) = (instance.clone(), sql.to_string());
+    std::thread::spawn(move || {
+        let result = instance
+            .connect()
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| c.batch_execute(&sql).map_err(|e| e.to_string()));
+        let _ = tx.send(result);
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// The walsenders a primary reports: (application_name, slot_name).
+fn walsenders(instance: &Instance) -> Vec<(String, Option<String>)> {
+    instance
+        .connect()
+        .unwrap()
+        .query(
+            "SELECT r.application_name, s.slot_name::text FROM pg_stat_replication r \
+             LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid ORDER BY r.pid",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
 
 #[test]
 fn killed_primary_fails_over_without_losing_acknowledged_commits() {
@@ -297,4 +370,59 @@ fn rule_table_is_visible_in_sql() {
     let last: String = rows[rows.len() - 1].get(1);
     assert_eq!((first.as_str(), last.as_str()), ("double_fault_cleared", "healthy_or_catching_up"));
     assert!(rows.iter().any(|r| r.get::<_, String>(2) == "FailOver"));
+}
+
+#[test]
+fn other_walsenders_are_not_taken_for_a_dead_mirror() {
+    let tc = TestCluster::new(1);
+    let (primary, mirror) = (tc.primary(0), tc.mirror(0));
+    let (pdbid, mdbid) = (tc.dbid_of(primary), tc.dbid_of(mirror));
+
+    // Logical decoding needs wal_level = logical, that is a restart of the
+    // primary, during which the FTS is made patient (and a long grace period
+    // keeps the mirror up while it reconnects).
+    tc.set_fts(5, 2, 5, 60);
+    primary.connect().unwrap().batch_execute("ALTER SYSTEM SET wal_level = logical").unwrap();
+    primary.stop("fast").unwrap();
+    primary.start().unwrap();
+    wait_for(60, "the mirror to stream again", || {
+        walsenders(primary)
+            .iter()
+            .any(|(app, slot)| app == "gp_walreceiver" && slot.as_deref() == Some("internal_wal_replication_slot"))
+    });
+    assert_eq!((tc.row_state(pdbid), tc.row_state(mdbid)), ("p u s".to_string(), "m u s".to_string()));
+    primary.connect().unwrap().batch_execute("CREATE TABLE t (x int)").unwrap();
+
+    // A pg_receivewal that even calls itself gp_walreceiver (without the
+    // content's slot), and a logical consumer on a slot of its own.
+    let recv_dir = scratch_dir("recv");
+    let receivewal =
+        Consumer::start(primary, "pg_receivewal", Some("gp_walreceiver"), &["-D", recv_dir.to_str().unwrap()]);
+    let recvlogical = Consumer::start(
+        primary,
+        "pg_recvlogical",
+        None,
+        &["-d", "postgres", "-S", "gpr_test_logical", "--create-slot", "--start", "-f", "/dev/null"],
+    );
+    wait_for(30, "both consumers to attach", || walsenders(primary).len() == 3);
+
+    tc.set_fts(1, 1, 2, 2);
+    let killed_at = Instant::now();
+    kill9(mirror);
+    let commit = run_bounded(primary, "INSERT INTO t VALUES (1)", Duration::from_secs(30));
+    assert_eq!(commit, Some(Ok(())), "the commit must complete once the mirror is marked down");
+    eprintln!("the commit completed {:?} after the mirror was killed", killed_at.elapsed());
+    wait_for(10, "the mirror to be marked down", || tc.row_state(mdbid) == "m d n");
+    assert_eq!(tc.row_state(pdbid), "p u n");
+    // The consumers were attached all along: they did not count as the mirror.
+    let attached = walsenders(primary);
+    assert_eq!(attached.len(), 2, "{attached:?}");
+    let names: String = primary.connect().unwrap().query_one("SHOW synchronous_standby_names", &[]).unwrap().get(0);
+    assert_eq!(names, "");
+
+    drop(receivewal);
+    drop(recvlogical);
+    wait_for(10, "the consumers to detach", || walsenders(primary).is_empty());
+    primary.connect().unwrap().batch_execute("SELECT pg_drop_replication_slot('gpr_test_logical')").unwrap();
+    let _ = std::fs::remove_dir_all(&recv_dir);
 }
