@@ -169,13 +169,23 @@ impl Target {
         F: FnOnce(tokio_postgres::Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     {
+        self.with_client_coded(work).await.map_err(|(message, _)| message)
+    }
+
+    /// As with_client, and a failure keeps the SQLSTATE the server sent, if
+    /// any: the fault tolerance service tells a refusal from a death by it.
+    async fn with_client_coded<T, F, Fut>(&self, work: F) -> Result<T, (String, Option<String>)>
+    where
+        F: FnOnce(tokio_postgres::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    {
         let attempt = async {
             let client = self.connect().await?;
             work(client).await
         };
         match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(result) => result.map_err(|e| describe(&e)),
-            Err(_) => Err(format!("no answer within {} s", self.timeout.as_secs())),
+            Ok(result) => result.map_err(|e| (describe(&e), e.as_db_error().map(|db| db.code().code().to_string()))),
+            Err(_) => Err((format!("no answer within {} s", self.timeout.as_secs()), None)),
         }
     }
 
@@ -185,13 +195,14 @@ impl Target {
     }
 
     /// Probes a primary up to 1 + `retries` times, `pause` apart, before it
-    /// counts as failed.
+    /// counts as failed; the last failure is classified (alive but refusing,
+    /// starting up, or gone).
     pub async fn probe_primary(&self, retries: u32, pause: Duration) -> PrimaryHealth {
         let mut attempt = 0;
         loop {
-            match self.probe().await {
+            match self.with_client_coded(|client| async move { query_instance(&client).await }).await {
                 Ok(p) => return PrimaryHealth::Alive(p),
-                Err(e) if attempt >= retries => return PrimaryHealth::from_failure(e),
+                Err((e, code)) if attempt >= retries => return PrimaryHealth::from_failure(e, code.as_deref()),
                 Err(_) => {
                     attempt += 1;
                     tokio::time::sleep(pause).await;

@@ -20,6 +20,10 @@ pub enum PrimaryHealth {
     /// Every attempt was answered with "the database system is starting up"
     /// (or in recovery mode): a restart or crash recovery is under way.
     StartingUp(String),
+    /// The server answered but turned the probe away (authentication,
+    /// pg_hba.conf, no free connection slot, shutting down): it is alive,
+    /// so this is never a reason to fail over.
+    Refusing(String),
     Unreachable(String),
 }
 
@@ -35,11 +39,35 @@ pub fn is_starting_up(error: &str) -> bool {
     .any(|m| error.contains(m))
 }
 
+/// True when a connection error comes from a live server that refused the
+/// connection: by SQLSTATE when the server sent one, else by its text.
+pub fn is_refusal(sqlstate: Option<&str>, error: &str) -> bool {
+    // invalid_authorization_specification (pg_hba.conf), invalid_password,
+    // too_many_connections (also the reserved superuser slots).
+    if sqlstate.is_some_and(|c| ["28000", "28P01", "53300"].contains(&c)) {
+        return true;
+    }
+    [
+        "password authentication failed",
+        "no pg_hba.conf entry",
+        "pg_hba.conf rejects connection",
+        "too many clients",
+        "remaining connection slots are reserved",
+        // 57P03 also means starting up, so this one goes by its text.
+        "the database system is shutting down",
+    ]
+    .iter()
+    .any(|m| error.contains(m))
+}
+
 impl PrimaryHealth {
-    /// Classifies the last error of a primary whose every attempt failed.
-    pub fn from_failure(error: String) -> Self {
+    /// Classifies the last error of a primary whose every attempt failed,
+    /// with the SQLSTATE the server sent, if it sent one.
+    pub fn from_failure(error: String, sqlstate: Option<&str>) -> Self {
         if is_starting_up(&error) {
             PrimaryHealth::StartingUp(error)
+        } else if is_refusal(sqlstate, &error) {
+            PrimaryHealth::Refusing(error)
         } else {
             PrimaryHealth::Unreachable(error)
         }
@@ -50,6 +78,7 @@ impl PrimaryHealth {
             PrimaryHealth::Alive(p) if p.in_recovery => "answers, in recovery".into(),
             PrimaryHealth::Alive(_) => "answers".into(),
             PrimaryHealth::StartingUp(e) => format!("starting up ({e})"),
+            PrimaryHealth::Refusing(e) => format!("answers but refuses the probe ({e})"),
             PrimaryHealth::Unreachable(e) => format!("unreachable ({e})"),
         }
     }
@@ -89,6 +118,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Nothing,
+    /// Nothing, but logged as a WARNING every round: the DBA must look.
+    Warn,
     EnableSyncRep,
     MarkSynchronized,
     MarkMirrorDown,
@@ -129,7 +160,7 @@ fn primary_writable(o: &Observation) -> Option<&InstanceProbe> {
 
 fn primary_failed(o: &Observation, s: &Settings) -> bool {
     match o.primary_health {
-        PrimaryHealth::Alive(_) => false,
+        PrimaryHealth::Alive(_) | PrimaryHealth::Refusing(_) => false,
         PrimaryHealth::StartingUp(_) => o.starting_rounds > s.max_starting_rounds,
         PrimaryHealth::Unreachable(_) => true,
     }
@@ -189,13 +220,19 @@ pub const RULES: &[Rule] = &[
         name: "acting_primary_in_recovery",
         reason: "the acting primary is in recovery while its mirror is up in the catalog: not acting, the DBA must check this pair",
         when: |o, _| primary_alive(o).is_some_and(|p| p.in_recovery),
-        action: Action::Nothing,
+        action: Action::Warn,
     },
     Rule {
         name: "primary_starting_up",
         reason: "the primary is restarting or in crash recovery: no failover while it recovers",
         when: |o, s| matches!(o.primary_health, PrimaryHealth::StartingUp(_)) && !primary_failed(o, s),
         action: Action::Nothing,
+    },
+    Rule {
+        name: "primary_refuses_probe",
+        reason: "the primary answers but refuses the probe (authentication, pg_hba.conf, connection slots, shutting down): it is alive, no failover; let the coordinator's superuser in",
+        when: |o, _| matches!(o.primary_health, PrimaryHealth::Refusing(_)),
+        action: Action::Warn,
     },
     Rule {
         name: "primary_failed_mirror_in_sync",
@@ -344,7 +381,8 @@ pub fn decide(o: &Observation, s: &Settings) -> Plan {
     let mut plan =
         Plan { rule, before_catalog: vec![], catalog: vec![], history: vec![], after_catalog: vec![], warning: false };
     match rule.action {
-        Action::Nothing => plan.warning = rule.name == "acting_primary_in_recovery",
+        Action::Nothing => {}
+        Action::Warn => plan.warning = true,
         Action::EnableSyncRep => plan.before_catalog.push(SegmentOp::EnableSyncRep(p.clone())),
         Action::MarkSynchronized => {
             plan.catalog = changed(vec![
@@ -580,15 +618,55 @@ mod tests {
     #[test]
     fn starting_up_primary_is_given_time() {
         let mut o = healthy();
-        o.primary_health = PrimaryHealth::from_failure("FATAL: the database system is starting up".into());
+        o.primary_health =
+            PrimaryHealth::from_failure("FATAL: the database system is starting up".into(), Some("57P03"));
         o.starting_rounds = 1;
         assert_eq!(rule(&o), "primary_starting_up");
         o.starting_rounds = 6;
         assert_eq!(rule(&o), "primary_failed_mirror_in_sync");
         assert!(matches!(
-            PrimaryHealth::from_failure("error connecting to server: Connection refused".into()),
+            PrimaryHealth::from_failure("error connecting to server: Connection refused".into(), None),
             PrimaryHealth::Unreachable(_)
         ));
+    }
+
+    #[test]
+    fn primary_refusing_the_probe_is_alive_and_never_failed_over() {
+        let refusals = [
+            ("FATAL: password authentication failed for user \"gpadmin\"", Some("28P01")),
+            ("FATAL: no pg_hba.conf entry for host \"127.0.0.1\", user \"gpadmin\"", Some("28000")),
+            ("FATAL: pg_hba.conf rejects connection for host \"127.0.0.1\"", Some("28000")),
+            ("FATAL: sorry, too many clients already", Some("53300")),
+            ("FATAL: remaining connection slots are reserved for non-replication superuser connections", Some("53300")),
+            ("FATAL: the database system is shutting down", Some("57P03")),
+            // Without a SQLSTATE (a proxy, an old server), the text decides.
+            ("FATAL: sorry, too many clients already", None),
+            ("FATAL: password authentication failed for user \"gpadmin\"", None),
+            // A SQLSTATE alone is enough, whatever the text's language.
+            ("FATAL: Passwort-Authentifizierung fehlgeschlagen", Some("28P01")),
+        ];
+        for (text, code) in refusals {
+            let health = PrimaryHealth::from_failure(text.into(), code);
+            assert!(matches!(health, PrimaryHealth::Refusing(_)), "{text}: {health:?}");
+            let mut o = healthy();
+            o.primary_health = health;
+            for _ in 0..2 {
+                let plan = decide(&o, &SETTINGS);
+                assert_eq!(plan.rule.name, "primary_refuses_probe", "{text}");
+                assert!(plan.warning && !plan.changes_anything());
+                // Also with a mirror that could take over, or in a double fault.
+                o.in_double_fault = true;
+            }
+        }
+        for (text, code) in [
+            ("error connecting to server: Connection refused (os error 111)", None),
+            ("no answer within 1 s", None),
+            ("FATAL: the database system is starting up", Some("57P03")),
+            ("FATAL: terminating connection due to administrator command", Some("57P01")),
+        ] {
+            let health = PrimaryHealth::from_failure(text.into(), code);
+            assert!(!matches!(health, PrimaryHealth::Refusing(_)), "{text}: {health:?}");
+        }
     }
 
     #[test]

@@ -426,3 +426,42 @@ fn other_walsenders_are_not_taken_for_a_dead_mirror() {
     primary.connect().unwrap().batch_execute("SELECT pg_drop_replication_slot('gpr_test_logical')").unwrap();
     let _ = std::fs::remove_dir_all(&recv_dir);
 }
+
+#[test]
+fn primary_refusing_the_probe_is_not_failed_over() {
+    let tc = TestCluster::new(1);
+    tc.set_fts(1, 1, 1, 2);
+    let (primary, mirror) = (tc.primary(0), tc.mirror(0));
+    let (pdbid, mdbid) = (tc.dbid_of(primary), tc.dbid_of(mirror));
+    let hba = primary.datadir.join("pg_hba.conf");
+    let original = std::fs::read_to_string(&hba).unwrap();
+    let reload = || {
+        gpdemo::run(gpdemo::pg_command("pg_ctl").arg("reload").arg("-D").arg(&primary.datadir)).unwrap();
+        // The postmaster rereads pg_hba.conf when it handles SIGHUP.
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // Every TCP session but replication is rejected (the mirror keeps streaming).
+    std::fs::write(&hba, format!("host all all 0.0.0.0/0 reject\n{original}")).unwrap();
+    reload();
+    assert!(primary.connect().is_err(), "pg_hba.conf should reject the probe now");
+
+    let mut c = tc.coordinator();
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        c.batch_execute("SELECT gp_request_fts_probe_scan()").unwrap();
+        assert_eq!(tc.row_state(pdbid), "p u s", "a primary that refuses the probe is alive");
+        assert_eq!(tc.row_state(mdbid), "m u s");
+    }
+    let log = std::fs::read_to_string(&tc.cluster.coordinator.logfile).unwrap_or_default();
+    assert!(log.contains("rule primary_refuses_probe"), "the refusal is logged");
+
+    std::fs::write(&hba, original).unwrap();
+    reload();
+    primary
+        .connect()
+        .unwrap()
+        .batch_execute("CREATE TABLE after_refusal (x int); INSERT INTO after_refusal VALUES (1)")
+        .unwrap();
+    c.batch_execute("SELECT gp_request_fts_probe_scan()").unwrap();
+    assert_eq!((tc.row_state(pdbid), tc.row_state(mdbid)), ("p u s".to_string(), "m u s".to_string()));
+}
