@@ -107,6 +107,9 @@ struct Memory {
     mirror_gone_since: Option<Instant>,
     starting_rounds: u32,
     sync_from_lsn: Option<u64>,
+    /// The down member's fencing is in the history since it last stopped
+    /// answering as a writable primary.
+    fence_recorded: bool,
 }
 
 /// What one content's probe task brings back.
@@ -340,6 +343,11 @@ impl Fts {
             }
             _ => {}
         }
+        let down_member_writable = p.mirror.status == gp_recovery_core::segment::Status::Down
+            && p.mirror_probe.as_ref().is_ok_and(|m| !m.in_recovery);
+        if !down_member_writable {
+            memory.fence_recorded = false;
+        }
         memory.starting_rounds = match p.primary_health {
             PrimaryHealth::StartingUp(_) => memory.starting_rounds + 1,
             _ => 0,
@@ -354,6 +362,7 @@ impl Fts {
             in_double_fault: self.double_faults.contains(&content),
             starting_rounds: memory.starting_rounds,
             sync_from_lsn: memory.sync_from_lsn,
+            fence_recorded: memory.fence_recorded,
         };
         let plan = fts::decide(&observation, &s.rules);
         if plan.warning {
@@ -413,6 +422,11 @@ impl Fts {
                 fts::Action::ClearDoubleFault => {
                     self.double_faults.remove(&content);
                 }
+                fts::Action::Fence => {
+                    if let Some(m) = self.memory.get_mut(&content) {
+                        m.fence_recorded = true;
+                    }
+                }
                 _ => {}
             }
         }
@@ -440,6 +454,10 @@ impl Fts {
             SegmentOp::CreateSlot(s) => (
                 format!("create the replication slot on dbid {}", s.dbid),
                 block_on(Target::new(s, timeout).create_slot()),
+            ),
+            SegmentOp::Fence(s) => (
+                format!("stop dbid {} at {} (immediate shutdown, fencing)", s.dbid, s.location()),
+                block_on(Target::new(s, timeout).fence()),
             ),
         };
         match result {

@@ -288,6 +288,38 @@ impl Target {
         .await
     }
 
+    /// Immediate shutdown of a writable server through its own connection
+    /// (it may be on any host): SIGQUIT to the postmaster named in its
+    /// postmaster.pid. A server in recovery is left alone. The connection
+    /// dies with the server, so losing it counts as done; the next probe
+    /// round checks.
+    pub async fn fence(&self) -> Result<(), String> {
+        let refused = self
+            .with_client(|client| async move {
+                let row = client
+                    .query_one("SELECT pg_is_in_recovery(), split_part(pg_read_file('postmaster.pid'), E'\\n', 1)", &[])
+                    .await?;
+                if row.try_get::<_, bool>(0)? {
+                    return Ok(None);
+                }
+                let pid: String = row.try_get(1)?;
+                let Ok(pid) = pid.trim().parse::<u32>() else {
+                    return Ok(Some(format!("its postmaster.pid starts with {pid:?}, not a pid")));
+                };
+                match client.batch_execute(&format!("COPY (SELECT 1) TO PROGRAM 'kill -QUIT {pid}'")).await {
+                    Ok(()) => Ok(None),
+                    // Our backend gets the SIGQUIT too: the session ends with
+                    // an admin or crash shutdown error, or just goes away.
+                    Err(e) if e.is_closed() || e.as_db_error().is_none_or(|d| d.code().code().starts_with("57P")) => {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        refused.map_or(Ok(()), Err)
+    }
+
     /// How far a standby has replayed.
     pub async fn replay_lsn(&self) -> Result<u64, String> {
         let lsn: Option<String> = self

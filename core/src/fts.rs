@@ -104,6 +104,9 @@ pub struct Observation {
     /// last turned on; the mirror must have flushed it before the pair counts
     /// as synchronized. None when not known (turn it on again to learn it).
     pub sync_from_lsn: Option<u64>,
+    /// The down member was already fenced (and its history row written)
+    /// since it last stopped answering as a writable primary.
+    pub fence_recorded: bool,
 }
 
 /// Settings the rules read.
@@ -128,6 +131,8 @@ pub enum Action {
     RepeatPromotion,
     RecordDoubleFault,
     ClearDoubleFault,
+    /// Stop a member that is down in the catalog but writable, at once.
+    Fence,
 }
 
 /// One row of the decision table.
@@ -164,6 +169,12 @@ fn primary_failed(o: &Observation, s: &Settings) -> bool {
         PrimaryHealth::StartingUp(_) => o.starting_rounds > s.max_starting_rounds,
         PrimaryHealth::Unreachable(_) => true,
     }
+}
+
+/// The catalog's down member (a failed-over primary, a mirror marked down)
+/// answers as a writable primary: a second primary sessions could commit on.
+fn down_member_writable(o: &Observation) -> bool {
+    o.mirror.status == Status::Down && o.mirror_probe.as_ref().is_ok_and(|m| !m.in_recovery)
 }
 
 fn mirror_can_take_over(o: &Observation) -> bool {
@@ -204,6 +215,12 @@ fn mirror_flushed_sync_point(o: &Observation) -> bool {
 
 /// The decision table. Order matters: the first rule whose `when` holds wins.
 pub const RULES: &[Rule] = &[
+    Rule {
+        name: "down_member_writable",
+        reason: "a member that is down in the catalog answers as a writable primary (failed over while hung, then resumed, or started by hand): stopping it at once (immediate shutdown) so no session commits on it",
+        when: |o, _| down_member_writable(o),
+        action: Action::Fence,
+    },
     Rule {
         name: "double_fault_cleared",
         reason: "the primary answers again after a double fault: the content is available again",
@@ -312,6 +329,10 @@ pub enum SegmentOp {
     Promote(Segment),
     /// The slot the old primary will stream from once recovered.
     CreateSlot(Segment),
+    /// Immediate shutdown (SIGQUIT to its postmaster, sent through its own
+    /// connection) of a writable member that is down in the catalog. Not a
+    /// fast shutdown: its checkpoint would recycle WAL pg_rewind needs.
+    Fence(Segment),
 }
 
 /// What to do for one content.
@@ -425,6 +446,20 @@ pub fn decide(o: &Observation, s: &Settings) -> Plan {
         Action::ClearDoubleFault => plan
             .history
             .push((p.dbid, format!("FTS: content id {} is out of double fault, dbid {} is up", p.content, p.dbid))),
+        Action::Fence => {
+            // Once per episode in the history; the shutdown every round it answers.
+            if !o.fence_recorded {
+                plan.history.push((
+                    m.dbid,
+                    format!(
+                        "FTS: dbid {} is down in the catalog but answers as a writable primary: stopping it (fencing)",
+                        m.dbid
+                    ),
+                ));
+            }
+            plan.after_catalog.push(SegmentOp::Fence(m.clone()));
+            plan.warning = true;
+        }
     }
     plan
 }
@@ -491,6 +526,7 @@ mod tests {
             in_double_fault: false,
             starting_rounds: 0,
             sync_from_lsn: None,
+            fence_recorded: false,
         }
     }
 
@@ -706,6 +742,68 @@ mod tests {
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.name, "acting_primary_in_recovery");
         assert!(plan.warning && !plan.changes_anything());
+    }
+
+    #[test]
+    fn writable_down_member_is_fenced_before_anything_else() {
+        // After a failover: the old primary is the catalog's down mirror.
+        let mut o = healthy();
+        o.primary = seg(5, Role::Primary, Mode::NotInSync, Status::Up);
+        o.mirror = seg(2, Role::Mirror, Mode::NotInSync, Status::Down);
+        o.primary_health = PrimaryHealth::Alive(primary_probe(None, "gp_walreceiver"));
+        o.mirror_probe = Ok(InstanceProbe { in_recovery: false, ..Default::default() });
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.name, "down_member_writable");
+        assert!(plan.warning && plan.catalog.is_empty() && plan.before_catalog.is_empty());
+        assert_eq!(plan.after_catalog, vec![SegmentOp::Fence(o.mirror.clone())]);
+        assert_eq!(
+            plan.history,
+            vec![(
+                2,
+                "FTS: dbid 2 is down in the catalog but answers as a writable primary: stopping it (fencing)".into()
+            )]
+        );
+        // The next rounds stop it again, without another history row; its
+        // synchronous replication is never touched (only the fence).
+        o.fence_recorded = true;
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.name, "down_member_writable");
+        assert!(plan.history.is_empty());
+        assert_eq!(plan.after_catalog, vec![SegmentOp::Fence(o.mirror.clone())]);
+        // Whatever the acting primary's state: even a dead one is not failed over to it.
+        o.primary_health = PrimaryHealth::Unreachable("connection refused".into());
+        assert_eq!(rule(&o), "down_member_writable");
+
+        // In recovery (a standby being recovered) or unreachable: no fence.
+        o.primary_health = PrimaryHealth::Alive(primary_probe(None, ""));
+        o.mirror_probe = mirror_probe();
+        assert_eq!(rule(&o), "mirror_down");
+        o.mirror_probe = Err("no answer within 1 s".into());
+        assert_eq!(rule(&o), "mirror_down");
+        // An up mirror that is writable is the DBA's to look at, not fenced.
+        o.mirror.status = Status::Up;
+        o.mirror_probe = Ok(InstanceProbe::default());
+        assert_ne!(rule(&o), "down_member_writable");
+    }
+
+    /// No rule but the fence ever acts on the down member: synchronous
+    /// replication is only changed on the acting primary or the promoted mirror.
+    #[test]
+    fn sync_rep_is_only_changed_on_the_acting_primary() {
+        let mut o = healthy();
+        o.mirror.status = Status::Down;
+        for health in [
+            PrimaryHealth::Alive(primary_probe(None, "gp_walreceiver")),
+            PrimaryHealth::Alive(primary_probe(Some(("streaming", "async", "0/1")), "")),
+        ] {
+            o.primary_health = health;
+            let plan = decide(&o, &SETTINGS);
+            for op in plan.before_catalog.iter().chain(&plan.after_catalog) {
+                if let SegmentOp::EnableSyncRep(s) | SegmentOp::DisableSyncRep(s) = op {
+                    assert_eq!(s.dbid, o.primary.dbid, "{}", plan.rule.name);
+                }
+            }
+        }
     }
 
     #[test]

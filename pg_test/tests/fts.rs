@@ -64,6 +64,33 @@ fn run_bounded(instance: &Instance, sql: &str, limit: Duration) -> Option<Result
     rx.recv_timeout(limit).ok()
 }
 
+/// A process and all its descendants, parents first.
+fn process_tree(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", all[i])).into_iter().flatten().flatten();
+        for task in tasks {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            all.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        }
+        i += 1;
+    }
+    all
+}
+
+/// SIGSTOP of an instance's postmaster and every process under it, so no
+/// session on it can do anything; all resumed when dropped.
+fn stop_instance(instance: &Instance) -> Vec<Stopped> {
+    let postmaster = instance.postmaster_pid().expect("instance runs");
+    // The postmaster first, so it forks nothing new; then what it had forked.
+    let mut stopped = vec![Stopped::new(postmaster)];
+    for pid in process_tree(postmaster).into_iter().skip(1) {
+        stopped.push(Stopped::new(pid));
+    }
+    stopped
+}
+
 /// The walsenders a primary reports: (application_name, slot_name).
 fn walsenders(instance: &Instance) -> Vec<(String, Option<String>)> {
     instance
@@ -368,7 +395,7 @@ fn rule_table_is_visible_in_sql() {
     assert!(rows.len() >= 10);
     let first: String = rows[0].get(1);
     let last: String = rows[rows.len() - 1].get(1);
-    assert_eq!((first.as_str(), last.as_str()), ("double_fault_cleared", "healthy_or_catching_up"));
+    assert_eq!((first.as_str(), last.as_str()), ("down_member_writable", "healthy_or_catching_up"));
     assert!(rows.iter().any(|r| r.get::<_, String>(2) == "FailOver"));
 }
 
@@ -464,4 +491,78 @@ fn primary_refusing_the_probe_is_not_failed_over() {
         .unwrap();
     c.batch_execute("SELECT gp_request_fts_probe_scan()").unwrap();
     assert_eq!((tc.row_state(pdbid), tc.row_state(mdbid)), ("p u s".to_string(), "m u s".to_string()));
+}
+
+#[test]
+fn failed_over_primary_that_resumes_is_fenced_and_loses_no_acknowledged_commit() {
+    let tc = TestCluster::new(1);
+    tc.set_fts(1, 1, 2, 2);
+    let (primary, mirror) = (tc.primary(0), tc.mirror(0));
+    let (pdbid, mdbid) = (tc.dbid_of(primary), tc.dbid_of(mirror));
+    primary.connect().unwrap().batch_execute("CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
+
+    // A session opened before the stop commits in a loop (synchronous_commit
+    // on, no statement_timeout: a canceled sync-rep wait would report the
+    // commit as done) and remembers what the server acknowledged.
+    let acked = Arc::new(Mutex::new(Vec::<i32>::new()));
+    let ended = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, ended, primary) = (acked.clone(), ended.clone(), primary.clone());
+        std::thread::spawn(move || {
+            let mut c = primary.connect().unwrap();
+            let mut last_error = None;
+            for id in 1.. {
+                match c.execute("INSERT INTO acked VALUES ($1)", &[&id]) {
+                    Ok(_) => acked.lock().unwrap().push(id),
+                    Err(e) => {
+                        last_error = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            ended.store(true, Ordering::SeqCst);
+            last_error
+        })
+    };
+    wait_for(30, "the writer to commit", || acked.lock().unwrap().len() >= 50);
+
+    let postmaster = primary.postmaster_pid().unwrap();
+    let stopped = stop_instance(primary);
+    wait_for(60, "the failover", || tc.row_state(mdbid) == "p u n" && tc.row_state(pdbid) == "m d n");
+    wait_for(60, "the promoted mirror to accept writes", || {
+        mirror.connect().is_ok_and(|mut c| c.batch_execute("INSERT INTO acked VALUES (-1)").is_ok())
+    });
+    let acked_before_resume = acked.lock().unwrap().len();
+
+    // Resumed: it answers as a writable primary until the FTS stops it.
+    let resumed_at = Instant::now();
+    drop(stopped);
+    wait_for(15, "the old primary to be stopped (fenced)", || !gpdemo::process_alive(postmaster));
+    eprintln!("fenced {:?} after it resumed", resumed_at.elapsed());
+    wait_for(30, "the writer's session to end", || ended.load(Ordering::SeqCst));
+    let last_error = writer.join().unwrap();
+    eprintln!("the writer's session ended with: {last_error:?}");
+
+    // Nothing acknowledged is missing on the new primary; nothing was
+    // acknowledged after the stop (its commits waited for the lost mirror).
+    let acked = acked.lock().unwrap().clone();
+    let mut new_primary = mirror.connect().unwrap();
+    let present: i64 =
+        new_primary.query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&acked]).unwrap().get(0);
+    assert_eq!(present as usize, acked.len(), "an acknowledged commit is missing on the new primary");
+    assert!(acked.len() <= acked_before_resume + 1, "commits acknowledged by the resumed old primary");
+
+    assert_eq!(tc.row_state(pdbid), "m d n");
+    assert_eq!(tc.row_state(mdbid), "p u n");
+    let fenced =
+        format!("FTS: dbid {pdbid} is down in the catalog but answers as a writable primary: stopping it (fencing)");
+    let history = tc.history();
+    assert_eq!(history.iter().filter(|h| **h == fenced).count(), 1, "{history:#?}");
+
+    // It is recovered as usual afterwards (pg_rewind over the immediate shutdown).
+    let job = tc.submit(&format!("SELECT gp_recover_segment({pdbid})"));
+    assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
+    wait_for(60, "the pair to be synchronized", || tc.row_state(pdbid) == "m u s" && tc.row_state(mdbid) == "p u s");
+    let n: i64 = primary.connect().unwrap().query_one("SELECT count(*) FROM acked", &[]).unwrap().get(0);
+    assert!(n as usize > acked.len(), "the recovered mirror has the new primary's rows");
 }
