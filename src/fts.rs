@@ -107,6 +107,8 @@ struct Memory {
     mirror_gone_since: Option<Instant>,
     starting_rounds: u32,
     sync_from_lsn: Option<u64>,
+    /// The mirror stream's flush progress, to tell a hung mirror.
+    flush_watch: fts::FlushWatch,
     /// The down member's fencing is in the history since it last stopped
     /// answering as a writable primary.
     fence_recorded: bool,
@@ -334,7 +336,13 @@ impl Fts {
         if memory.primary_dbid != p.primary.dbid {
             *memory = Memory { primary_dbid: p.primary.dbid, ..Memory::default() };
         }
-        let stream_seen = fts::mirror_stream(&p.primary_health).is_some();
+        let stream = fts::mirror_stream(&p.primary_health);
+        let stream_seen = stream.is_some();
+        // Only a primary that answered says anything about the stream.
+        let flush_stalled_since = match &p.primary_health {
+            PrimaryHealth::Alive(_) => memory.flush_watch.observe(stream, now),
+            _ => None,
+        };
         match &p.primary_health {
             PrimaryHealth::Alive(_) if stream_seen => memory.mirror_gone_since = None,
             PrimaryHealth::Alive(_) => {
@@ -362,6 +370,7 @@ impl Fts {
             in_double_fault: self.double_faults.contains(&content),
             starting_rounds: memory.starting_rounds,
             sync_from_lsn: memory.sync_from_lsn,
+            mirror_flush_stalled_for: flush_stalled_since.map(|t| now - t),
             fence_recorded: memory.fence_recorded,
         };
         let plan = fts::decide(&observation, &s.rules);
@@ -374,6 +383,12 @@ impl Fts {
         }
         if plan.rule.name == "mirror_gone_within_grace" {
             if let Some(since) = mirror_gone_since {
+                self.follow_up.insert(content, since + s.rules.mirror_down_grace_period);
+            }
+        }
+        // A mirror that hangs is looked at again when its grace period ends.
+        if let (Some(since), Err(_)) = (flush_stalled_since, &observation.mirror_probe) {
+            if !plan.changes_anything() {
                 self.follow_up.insert(content, since + s.rules.mirror_down_grace_period);
             }
         }

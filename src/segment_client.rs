@@ -388,7 +388,8 @@ const REPLICATION_SQL: &str = "SELECT r.application_name, r.state, r.sync_state,
      r.sent_lsn::text, r.flush_lsn::text, r.replay_lsn::text, \
      pg_wal_lsn_diff(pg_current_wal_flush_lsn(), r.sent_lsn)::bigint, \
      pg_wal_lsn_diff(pg_current_wal_flush_lsn(), r.replay_lsn)::bigint, \
-     s.slot_name::text \
+     s.slot_name::text, \
+     pg_wal_lsn_diff(pg_current_wal_flush_lsn(), r.flush_lsn)::bigint \
      FROM pg_stat_replication r \
      LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid AND s.slot_type = 'physical' \
      ORDER BY r.pid";
@@ -425,6 +426,7 @@ async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe
                     wal_sync_remaining_bytes: r.try_get(6)?,
                     bytes_behind: r.try_get(7)?,
                     slot_name: r.try_get(8)?,
+                    unflushed_bytes: r.try_get(9)?,
                 })
             })
             .collect::<Result<_, tokio_postgres::Error>>()?

@@ -8,7 +8,7 @@
 //! [`Plan`]: segment operations before the catalog write, the catalog rows
 //! and history in one transaction, then the operations after it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::probe::{InstanceProbe, ProbeResult};
 use crate::segment::{Mode, Role, Segment, Status};
@@ -104,6 +104,10 @@ pub struct Observation {
     /// last turned on; the mirror must have flushed it before the pair counts
     /// as synchronized. None when not known (turn it on again to learn it).
     pub sync_from_lsn: Option<u64>,
+    /// How long the primary's stream to the mirror has had WAL to flush
+    /// without its flush position moving ([`FlushWatch`]); None while it
+    /// flushes or has nothing to flush.
+    pub mirror_flush_stalled_for: Option<Duration>,
     /// The down member was already fenced (and its history row written)
     /// since it last stopped answering as a writable primary.
     pub fence_recorded: bool,
@@ -213,6 +217,39 @@ fn mirror_flushed_sync_point(o: &Observation) -> bool {
     matches!((flushed, o.sync_from_lsn), (Some(f), Some(from)) if f >= from)
 }
 
+/// Follows the flush position the primary reports for its mirror's
+/// stream, round after round, to tell a mirror that hangs (a stopped
+/// postmaster, a frozen host: the walsender keeps its connection until
+/// wal_sender_timeout) from one that is merely slow.
+#[derive(Debug, Clone, Default)]
+pub struct FlushWatch {
+    flushed: Option<u64>,
+    stalled_since: Option<Instant>,
+}
+
+impl FlushWatch {
+    /// Takes one round's stream (None: no stream) and returns since when
+    /// the stream has had WAL to flush with no flush progress.
+    pub fn observe(&mut self, stream: Option<&crate::probe::Replication>, now: Instant) -> Option<Instant> {
+        let Some(r) = stream else {
+            *self = FlushWatch::default();
+            return None;
+        };
+        let flushed = r.flush_lsn.as_deref().and_then(parse_lsn);
+        let advanced = flushed.is_some() && flushed > self.flushed;
+        let behind = r.unflushed_bytes.is_some_and(|b| b > 0);
+        if advanced || !behind {
+            self.stalled_since = None;
+        } else {
+            self.stalled_since.get_or_insert(now);
+        }
+        if flushed.is_some() {
+            self.flushed = flushed;
+        }
+        self.stalled_since
+    }
+}
+
 /// The decision table. Order matters: the first rule whose `when` holds wins.
 pub const RULES: &[Rule] = &[
     Rule {
@@ -291,6 +328,16 @@ pub const RULES: &[Rule] = &[
         name: "mirror_gone",
         reason: "the primary has reported no stream to its mirror for longer than the grace period: marking the mirror down and turning synchronous replication off so waiting commits complete",
         when: |o, _| stream(o).is_none(),
+        action: Action::MarkMirrorDown,
+    },
+    Rule {
+        name: "mirror_stalled",
+        reason: "the mirror does not answer and its stream has had WAL to flush without progress for longer than the grace period (a hung mirror): marking the mirror down and turning synchronous replication off so waiting commits complete",
+        when: |o, s| {
+            stream(o).is_some()
+                && o.mirror_probe.is_err()
+                && o.mirror_flush_stalled_for.is_some_and(|d| d >= s.mirror_down_grace_period)
+        },
         action: Action::MarkMirrorDown,
     },
     Rule {
@@ -526,6 +573,7 @@ mod tests {
             in_double_fault: false,
             starting_rounds: 0,
             sync_from_lsn: None,
+            mirror_flush_stalled_for: None,
             fence_recorded: false,
         }
     }
@@ -804,6 +852,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn hung_mirror_is_marked_down_after_the_grace_period() {
+        let mut o = healthy();
+        o.mirror_probe = Err("no answer within 1 s".into());
+        o.mirror_flush_stalled_for = Some(Duration::from_secs(29));
+        assert_eq!(rule(&o), "healthy_or_catching_up");
+        o.mirror_flush_stalled_for = Some(Duration::from_secs(30));
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.name, "mirror_stalled");
+        assert_eq!(plan.catalog.iter().map(|s| s.status).collect::<Vec<_>>(), vec![Status::Up, Status::Down]);
+        assert!(plan.catalog.iter().all(|s| s.mode == Mode::NotInSync));
+        assert_eq!(plan.after_catalog, vec![SegmentOp::DisableSyncRep(o.primary.clone())]);
+        // A mirror that still answers is slow, not hung.
+        o.mirror_probe = mirror_probe();
+        assert_eq!(rule(&o), "healthy_or_catching_up");
+    }
+
+    #[test]
+    fn flush_watch_times_only_a_stream_that_is_behind_and_stuck() {
+        let stream = |flush: &str, unflushed: i64| Replication {
+            flush_lsn: Some(flush.into()),
+            unflushed_bytes: Some(unflushed),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = FlushWatch::default();
+        assert_eq!(w.observe(Some(&stream("0/100", 0)), at(0)), None, "nothing to flush");
+        assert_eq!(w.observe(Some(&stream("0/100", 0)), at(1)), None);
+        assert_eq!(w.observe(Some(&stream("0/100", 8)), at(2)), Some(at(2)), "behind, no progress");
+        assert_eq!(w.observe(Some(&stream("0/100", 16)), at(3)), Some(at(2)), "still stuck since then");
+        assert_eq!(w.observe(Some(&stream("0/108", 8)), at(4)), None, "it flushed: slow, not stuck");
+        assert_eq!(w.observe(Some(&stream("0/108", 8)), at(5)), Some(at(5)));
+        assert_eq!(w.observe(Some(&stream("0/110", 0)), at(6)), None, "caught up");
+        assert_eq!(w.observe(Some(&stream("0/110", 8)), at(7)), Some(at(7)));
+        assert_eq!(w.observe(None, at(8)), None, "no stream: the grace period of mirror_gone applies");
+        // A new stream starts fresh, whatever the old one had flushed.
+        assert_eq!(w.observe(Some(&stream("0/50", 8)), at(9)), None, "first sight of a stream counts as progress");
+        assert_eq!(w.observe(Some(&stream("0/50", 8)), at(10)), Some(at(10)));
     }
 
     #[test]

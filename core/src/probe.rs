@@ -43,6 +43,9 @@ pub struct Replication {
     pub wal_sync_remaining_bytes: Option<i64>,
     /// pg_current_wal_flush_lsn() - replay_lsn on the primary.
     pub bytes_behind: Option<i64>,
+    /// pg_current_wal_flush_lsn() - flush_lsn on the primary: WAL the
+    /// standby has yet to flush, what a synchronous commit waits for.
+    pub unflushed_bytes: Option<i64>,
 }
 
 impl Replication {

@@ -566,3 +566,34 @@ fn failed_over_primary_that_resumes_is_fenced_and_loses_no_acknowledged_commit()
     let n: i64 = primary.connect().unwrap().query_one("SELECT count(*) FROM acked", &[]).unwrap().get(0);
     assert!(n as usize > acked.len(), "the recovered mirror has the new primary's rows");
 }
+
+#[test]
+fn hung_mirror_stops_blocking_commits_after_the_grace_period() {
+    let tc = TestCluster::new(1);
+    tc.set_fts(1, 1, 2, 2);
+    let (primary, mirror) = (tc.primary(0), tc.mirror(0));
+    let (pdbid, mdbid) = (tc.dbid_of(primary), tc.dbid_of(mirror));
+    primary.connect().unwrap().batch_execute("CREATE TABLE t (x int)").unwrap();
+
+    // The mirror's processes all hang: its walreceiver keeps the connection
+    // (the primary's walsender would only give up after wal_sender_timeout).
+    let hung = stop_instance(mirror);
+    let started = Instant::now();
+    let commit = run_bounded(primary, "INSERT INTO t VALUES (1)", Duration::from_secs(30));
+    let took = started.elapsed();
+    assert_eq!(commit, Some(Ok(())), "the commit must complete once the hung mirror is marked down");
+    assert!(took < Duration::from_secs(2 + 10), "the commit waited {took:?}");
+    assert_eq!(tc.row_state(mdbid), "m d n");
+    assert_eq!(tc.row_state(pdbid), "p u n");
+    assert!(tc.history().iter().any(|h| h.contains(&format!("dbid {mdbid} with contentid 0 to m, d, and n"))));
+    eprintln!("the commit waited {took:?} for the hung mirror");
+
+    // Resumed, it stays down (in recovery: not fenced) until it is recovered.
+    drop(hung);
+    let mut c = tc.coordinator();
+    for _ in 0..3 {
+        c.batch_execute("SELECT gp_request_fts_probe_scan()").unwrap();
+    }
+    assert_eq!(tc.row_state(mdbid), "m d n");
+    assert!(mirror.postmaster_pid().is_some(), "a mirror in recovery is not fenced");
+}
