@@ -109,6 +109,10 @@ struct Memory {
     sync_from_lsn: Option<u64>,
     /// The mirror stream's flush progress, to tell a hung mirror.
     flush_watch: fts::FlushWatch,
+    /// Segment operations that failed after a catalog write, with the
+    /// content's rows as that write left them: retried while the rows stay
+    /// so, also across the primary change a failover makes.
+    unfinished: Option<(Vec<Segment>, Vec<SegmentOp>)>,
     /// The down member's fencing is in the history since it last stopped
     /// answering as a writable primary.
     fence_recorded: bool,
@@ -333,9 +337,14 @@ impl Fts {
         let s = settings();
         let now = Instant::now();
         let memory = self.memory.entry(content).or_default();
+        let mut rows = vec![p.primary.clone(), p.mirror.clone()];
+        rows.sort_by_key(|s| s.dbid);
+        // A recovery, a rebalance or a DBA changed the rows: decided afresh.
+        let unfinished = memory.unfinished.take().filter(|(after, _)| *after == rows);
         if memory.primary_dbid != p.primary.dbid {
             *memory = Memory { primary_dbid: p.primary.dbid, ..Memory::default() };
         }
+        memory.unfinished = unfinished;
         let stream = fts::mirror_stream(&p.primary_health);
         let stream_seen = stream.is_some();
         // Only a primary that answered says anything about the stream.
@@ -371,6 +380,7 @@ impl Fts {
             starting_rounds: memory.starting_rounds,
             sync_from_lsn: memory.sync_from_lsn,
             mirror_flush_stalled_for: flush_stalled_since.map(|t| now - t),
+            unfinished: memory.unfinished.as_ref().map(|(_, ops)| ops.clone()).unwrap_or_default(),
             fence_recorded: memory.fence_recorded,
         };
         let plan = fts::decide(&observation, &s.rules);
@@ -445,7 +455,42 @@ impl Fts {
                 _ => {}
             }
         }
-        plan.after_catalog.iter().all(|op| self.segment_op(content, op, timeout))
+        let rows_after = plan.rows_after(o);
+        let mut left: Vec<SegmentOp> = self
+            .memory
+            .get_mut(&content)
+            .and_then(|m| m.unfinished.take())
+            .filter(|(after, _)| *after == rows_after)
+            .map(|(_, ops)| ops)
+            .unwrap_or_default();
+        let mut done = true;
+        for (i, op) in plan.after_catalog.iter().enumerate() {
+            if self.segment_op(content, op, timeout) {
+                left.retain(|l| !l.same_step(op));
+                continue;
+            }
+            // It and what depends on it are retried on the content's next
+            // rounds until they succeed.
+            for op in plan.after_catalog[i..].iter().filter(|op| op.retried()) {
+                if !left.iter().any(|l| l.same_step(op)) {
+                    left.push(op.clone());
+                }
+            }
+            done = false;
+            break;
+        }
+        let new_primary =
+            rows_after.iter().find(|s| s.role == gp_recovery_core::segment::Role::Primary).map(|s| s.dbid);
+        if let Some(m) = self.memory.get_mut(&content) {
+            // After a failover the promoted mirror is the primary the next
+            // rounds find: memory starts afresh for it, but its unfinished
+            // steps must outlive the change.
+            if let Some(dbid) = new_primary.filter(|d| *d != m.primary_dbid) {
+                *m = Memory { primary_dbid: dbid, ..Memory::default() };
+            }
+            m.unfinished = (!left.is_empty()).then_some((rows_after, left));
+        }
+        done
     }
 
     fn segment_op(&mut self, content: i16, op: &SegmentOp, timeout: Duration) -> bool {

@@ -108,6 +108,10 @@ pub struct Observation {
     /// without its flush position moving ([`FlushWatch`]); None while it
     /// flushes or has nothing to flush.
     pub mirror_flush_stalled_for: Option<Duration>,
+    /// Segment operations of earlier plans, after their catalog write, that
+    /// have not succeeded yet; the worker keeps them while the content's rows
+    /// stay as that write left them.
+    pub unfinished: Vec<SegmentOp>,
     /// The down member was already fenced (and its history row written)
     /// since it last stopped answering as a writable primary.
     pub fence_recorded: bool,
@@ -137,6 +141,8 @@ pub enum Action {
     ClearDoubleFault,
     /// Stop a member that is down in the catalog but writable, at once.
     Fence,
+    /// Retry the segment operations an earlier plan left unfinished.
+    FinishSteps,
 }
 
 /// One row of the decision table.
@@ -307,6 +313,12 @@ pub const RULES: &[Rule] = &[
         action: Action::Nothing,
     },
     Rule {
+        name: "steps_unfinished",
+        reason: "segment operations of an earlier decision failed after its catalog change (synchronous replication off, the slot for the old primary): retrying them",
+        when: |o, _| primary_writable(o).is_some() && !o.unfinished.is_empty(),
+        action: Action::FinishSteps,
+    },
+    Rule {
         name: "mirror_down_sync_rep_on",
         reason: "the mirror is down in the catalog but its primary still waits for a synchronous standby: turning synchronous replication off",
         when: |o, _| o.mirror.status == Status::Down && sync_rep_on(o),
@@ -382,6 +394,30 @@ pub enum SegmentOp {
     Fence(Segment),
 }
 
+impl SegmentOp {
+    /// Kept for a retry when it fails after the catalog write. A fence is
+    /// not: the rule decides it afresh from every round's probe.
+    pub fn retried(&self) -> bool {
+        !matches!(self, SegmentOp::Fence(_))
+    }
+
+    /// The same step on the same segment, whatever its row looked like
+    /// when the step was planned (a promoted mirror's row changes role).
+    pub fn same_step(&self, other: &SegmentOp) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other) && self.segment().dbid == other.segment().dbid
+    }
+
+    pub fn segment(&self) -> &Segment {
+        match self {
+            SegmentOp::EnableSyncRep(s)
+            | SegmentOp::DisableSyncRep(s)
+            | SegmentOp::Promote(s)
+            | SegmentOp::CreateSlot(s)
+            | SegmentOp::Fence(s) => s,
+        }
+    }
+}
+
 /// What to do for one content.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -397,6 +433,17 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The content's two rows once the catalog write is done, by dbid: what
+    /// the next rounds must find for unfinished operations to still apply.
+    pub fn rows_after(&self, o: &Observation) -> Vec<Segment> {
+        let mut rows: Vec<Segment> = [&o.primary, &o.mirror]
+            .into_iter()
+            .map(|row| self.catalog.iter().find(|c| c.dbid == row.dbid).unwrap_or(row).clone())
+            .collect();
+        rows.sort_by_key(|s| s.dbid);
+        rows
+    }
+
     pub fn changes_anything(&self) -> bool {
         !(self.before_catalog.is_empty()
             && self.catalog.is_empty()
@@ -507,6 +554,7 @@ pub fn decide(o: &Observation, s: &Settings) -> Plan {
             plan.after_catalog.push(SegmentOp::Fence(m.clone()));
             plan.warning = true;
         }
+        Action::FinishSteps => plan.after_catalog = o.unfinished.clone(),
     }
     plan
 }
@@ -574,6 +622,7 @@ mod tests {
             starting_rounds: 0,
             sync_from_lsn: None,
             mirror_flush_stalled_for: None,
+            unfinished: vec![],
             fence_recorded: false,
         }
     }
@@ -893,6 +942,52 @@ mod tests {
         // A new stream starts fresh, whatever the old one had flushed.
         assert_eq!(w.observe(Some(&stream("0/50", 8)), at(9)), None, "first sight of a stream counts as progress");
         assert_eq!(w.observe(Some(&stream("0/50", 8)), at(10)), Some(at(10)));
+    }
+
+    #[test]
+    fn steps_left_unfinished_after_a_failover_are_retried() {
+        let o = {
+            let mut o = healthy();
+            o.primary_health = PrimaryHealth::Unreachable("connection refused".into());
+            o
+        };
+        let failover = decide(&o, &SETTINGS);
+        assert_eq!(failover.rule.name, "primary_failed_mirror_in_sync");
+        // The rows the next rounds must find: the roles switched.
+        let after = failover.rows_after(&o);
+        assert_eq!(
+            after.iter().map(|s| (s.dbid, s.role, s.status)).collect::<Vec<_>>(),
+            vec![(2, Role::Mirror, Status::Down), (5, Role::Primary, Status::Up)]
+        );
+        assert!(failover.after_catalog.iter().all(SegmentOp::retried));
+        // A repeated promotion plans the same steps on the promoted row.
+        let promoted = &after[1];
+        assert!(SegmentOp::CreateSlot(o.mirror.clone()).same_step(&SegmentOp::CreateSlot(promoted.clone())));
+        assert!(!SegmentOp::CreateSlot(o.mirror.clone()).same_step(&SegmentOp::Promote(promoted.clone())));
+        assert!(!SegmentOp::CreateSlot(o.mirror.clone()).same_step(&SegmentOp::CreateSlot(o.primary.clone())));
+
+        // Next round: the promoted mirror is the acting primary; the slot is missing.
+        let mut next = healthy();
+        next.primary = after[1].clone();
+        next.mirror = after[0].clone();
+        next.primary_health = PrimaryHealth::Alive(primary_probe(None, ""));
+        next.mirror_probe = Err("connection refused".into());
+        next.unfinished = vec![SegmentOp::CreateSlot(next.primary.clone())];
+        let plan = decide(&next, &SETTINGS);
+        assert_eq!(plan.rule.name, "steps_unfinished");
+        assert_eq!(plan.after_catalog, next.unfinished);
+        assert!(plan.catalog.is_empty() && plan.history.is_empty());
+        // Not while the new primary is unreachable or still in recovery.
+        next.primary_health = PrimaryHealth::Alive(InstanceProbe { in_recovery: true, ..Default::default() });
+        assert_eq!(rule(&next), "promotion_unfinished");
+        next.primary_health = PrimaryHealth::Unreachable("connection refused".into());
+        assert_ne!(rule(&next), "steps_unfinished");
+        // A writable down member is fenced first, and a fence is never kept for a retry.
+        next.primary_health = PrimaryHealth::Alive(primary_probe(None, ""));
+        next.mirror_probe = Ok(InstanceProbe::default());
+        let fence = decide(&next, &SETTINGS);
+        assert_eq!(fence.rule.name, "down_member_writable");
+        assert!(!fence.after_catalog.iter().any(SegmentOp::retried));
     }
 
     #[test]

@@ -597,3 +597,53 @@ fn hung_mirror_stops_blocking_commits_after_the_grace_period() {
     assert_eq!(tc.row_state(mdbid), "m d n");
     assert!(mirror.postmaster_pid().is_some(), "a mirror in recovery is not fenced");
 }
+
+#[test]
+fn failover_steps_that_failed_are_retried_until_they_succeed() {
+    let tc = TestCluster::new(1);
+    tc.set_fts(1, 1, 2, 2);
+    let mirror = tc.mirror(0);
+    let slots = |c: &mut postgres::Client, name: &str| -> i64 {
+        c.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&name]).unwrap().get(0)
+    };
+    // Every slot the mirror may have is taken (a standby can create physical
+    // slots; these reserve no WAL), so creating the content's slot there
+    // after its promotion fails.
+    let mut m = mirror.connect().unwrap();
+    let max: i64 = m
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    m.batch_execute(&format!(
+        "SELECT pg_create_physical_replication_slot('filler_' || g) FROM generate_series(1, {max}) g"
+    ))
+    .unwrap();
+    drop(m);
+
+    let (old, new) = tc.fail_over(0);
+    let mut p = mirror.connect().unwrap();
+    let mut c = tc.coordinator();
+    for _ in 0..3 {
+        c.batch_execute("SELECT gp_request_fts_probe_scan()").unwrap();
+    }
+    assert_eq!(slots(&mut p, "internal_wal_replication_slot"), 0, "no free slot: its creation failed");
+    // The steps before it did happen.
+    let names: String = p.query_one("SHOW synchronous_standby_names", &[]).unwrap().get(0);
+    assert_eq!(names, "");
+
+    // Room again: the content's next rounds create it.
+    p.batch_execute("SELECT pg_drop_replication_slot('filler_1')").unwrap();
+    wait_for(10, "the slot to be created by a retry", || slots(&mut p, "internal_wal_replication_slot") == 1);
+    assert_eq!((tc.row_state(old), tc.row_state(new)), ("m d n".to_string(), "p u n".to_string()));
+    let log = std::fs::read_to_string(&tc.cluster.coordinator.logfile).unwrap_or_default();
+    assert!(log.contains("rule steps_unfinished"), "the retry is logged");
+
+    // The old primary is recovered from the slot as usual.
+    p.batch_execute(&format!("SELECT pg_drop_replication_slot('filler_' || g) FROM generate_series(2, {max}) g"))
+        .unwrap();
+    let job = tc.submit(&format!("SELECT gp_recover_segment({old})"));
+    assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
+}
