@@ -107,6 +107,15 @@ struct Memory {
     mirror_gone_since: Option<Instant>,
     starting_rounds: u32,
     sync_from_lsn: Option<u64>,
+    /// The mirror stream's flush progress, to tell a hung mirror.
+    flush_watch: fts::FlushWatch,
+    /// Segment operations that failed after a catalog write, with the
+    /// content's rows as that write left them: retried while the rows stay
+    /// so, also across the primary change a failover makes.
+    unfinished: Option<(Vec<Segment>, Vec<SegmentOp>)>,
+    /// The down member's fencing is in the history since it last stopped
+    /// answering as a writable primary.
+    fence_recorded: bool,
 }
 
 /// What one content's probe task brings back.
@@ -328,10 +337,21 @@ impl Fts {
         let s = settings();
         let now = Instant::now();
         let memory = self.memory.entry(content).or_default();
+        let mut rows = vec![p.primary.clone(), p.mirror.clone()];
+        rows.sort_by_key(|s| s.dbid);
+        // A recovery, a rebalance or a DBA changed the rows: decided afresh.
+        let unfinished = memory.unfinished.take().filter(|(after, _)| *after == rows);
         if memory.primary_dbid != p.primary.dbid {
             *memory = Memory { primary_dbid: p.primary.dbid, ..Memory::default() };
         }
-        let stream_seen = fts::mirror_stream(&p.primary_health).is_some();
+        memory.unfinished = unfinished;
+        let stream = fts::mirror_stream(&p.primary_health);
+        let stream_seen = stream.is_some();
+        // Only a primary that answered says anything about the stream.
+        let flush_stalled_since = match &p.primary_health {
+            PrimaryHealth::Alive(_) => memory.flush_watch.observe(stream, now),
+            _ => None,
+        };
         match &p.primary_health {
             PrimaryHealth::Alive(_) if stream_seen => memory.mirror_gone_since = None,
             PrimaryHealth::Alive(_) => {
@@ -339,6 +359,11 @@ impl Fts {
                 memory.sync_from_lsn = None;
             }
             _ => {}
+        }
+        let down_member_writable = p.mirror.status == gp_recovery_core::segment::Status::Down
+            && p.mirror_probe.as_ref().is_ok_and(|m| !m.in_recovery);
+        if !down_member_writable {
+            memory.fence_recorded = false;
         }
         memory.starting_rounds = match p.primary_health {
             PrimaryHealth::StartingUp(_) => memory.starting_rounds + 1,
@@ -354,6 +379,9 @@ impl Fts {
             in_double_fault: self.double_faults.contains(&content),
             starting_rounds: memory.starting_rounds,
             sync_from_lsn: memory.sync_from_lsn,
+            mirror_flush_stalled_for: flush_stalled_since.map(|t| now - t),
+            unfinished: memory.unfinished.as_ref().map(|(_, ops)| ops.clone()).unwrap_or_default(),
+            fence_recorded: memory.fence_recorded,
         };
         let plan = fts::decide(&observation, &s.rules);
         if plan.warning {
@@ -365,6 +393,12 @@ impl Fts {
         }
         if plan.rule.name == "mirror_gone_within_grace" {
             if let Some(since) = mirror_gone_since {
+                self.follow_up.insert(content, since + s.rules.mirror_down_grace_period);
+            }
+        }
+        // A mirror that hangs is looked at again when its grace period ends.
+        if let (Some(since), Err(_)) = (flush_stalled_since, &observation.mirror_probe) {
+            if !plan.changes_anything() {
                 self.follow_up.insert(content, since + s.rules.mirror_down_grace_period);
             }
         }
@@ -413,10 +447,50 @@ impl Fts {
                 fts::Action::ClearDoubleFault => {
                     self.double_faults.remove(&content);
                 }
+                fts::Action::Fence => {
+                    if let Some(m) = self.memory.get_mut(&content) {
+                        m.fence_recorded = true;
+                    }
+                }
                 _ => {}
             }
         }
-        plan.after_catalog.iter().all(|op| self.segment_op(content, op, timeout))
+        let rows_after = plan.rows_after(o);
+        let mut left: Vec<SegmentOp> = self
+            .memory
+            .get_mut(&content)
+            .and_then(|m| m.unfinished.take())
+            .filter(|(after, _)| *after == rows_after)
+            .map(|(_, ops)| ops)
+            .unwrap_or_default();
+        let mut done = true;
+        for (i, op) in plan.after_catalog.iter().enumerate() {
+            if self.segment_op(content, op, timeout) {
+                left.retain(|l| !l.same_step(op));
+                continue;
+            }
+            // It and what depends on it are retried on the content's next
+            // rounds until they succeed.
+            for op in plan.after_catalog[i..].iter().filter(|op| op.retried()) {
+                if !left.iter().any(|l| l.same_step(op)) {
+                    left.push(op.clone());
+                }
+            }
+            done = false;
+            break;
+        }
+        let new_primary =
+            rows_after.iter().find(|s| s.role == gp_recovery_core::segment::Role::Primary).map(|s| s.dbid);
+        if let Some(m) = self.memory.get_mut(&content) {
+            // After a failover the promoted mirror is the primary the next
+            // rounds find: memory starts afresh for it, but its unfinished
+            // steps must outlive the change.
+            if let Some(dbid) = new_primary.filter(|d| *d != m.primary_dbid) {
+                *m = Memory { primary_dbid: dbid, ..Memory::default() };
+            }
+            m.unfinished = (!left.is_empty()).then_some((rows_after, left));
+        }
+        done
     }
 
     fn segment_op(&mut self, content: i16, op: &SegmentOp, timeout: Duration) -> bool {
@@ -440,6 +514,10 @@ impl Fts {
             SegmentOp::CreateSlot(s) => (
                 format!("create the replication slot on dbid {}", s.dbid),
                 block_on(Target::new(s, timeout).create_slot()),
+            ),
+            SegmentOp::Fence(s) => (
+                format!("stop dbid {} at {} (immediate shutdown, fencing)", s.dbid, s.location()),
+                block_on(Target::new(s, timeout).fence()),
             ),
         };
         match result {

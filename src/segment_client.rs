@@ -169,13 +169,23 @@ impl Target {
         F: FnOnce(tokio_postgres::Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     {
+        self.with_client_coded(work).await.map_err(|(message, _)| message)
+    }
+
+    /// As with_client, and a failure keeps the SQLSTATE the server sent, if
+    /// any: the fault tolerance service tells a refusal from a death by it.
+    async fn with_client_coded<T, F, Fut>(&self, work: F) -> Result<T, (String, Option<String>)>
+    where
+        F: FnOnce(tokio_postgres::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    {
         let attempt = async {
             let client = self.connect().await?;
             work(client).await
         };
         match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(result) => result.map_err(|e| describe(&e)),
-            Err(_) => Err(format!("no answer within {} s", self.timeout.as_secs())),
+            Ok(result) => result.map_err(|e| (describe(&e), e.as_db_error().map(|db| db.code().code().to_string()))),
+            Err(_) => Err((format!("no answer within {} s", self.timeout.as_secs()), None)),
         }
     }
 
@@ -185,13 +195,14 @@ impl Target {
     }
 
     /// Probes a primary up to 1 + `retries` times, `pause` apart, before it
-    /// counts as failed.
+    /// counts as failed; the last failure is classified (alive but refusing,
+    /// starting up, or gone).
     pub async fn probe_primary(&self, retries: u32, pause: Duration) -> PrimaryHealth {
         let mut attempt = 0;
         loop {
-            match self.probe().await {
+            match self.with_client_coded(|client| async move { query_instance(&client).await }).await {
                 Ok(p) => return PrimaryHealth::Alive(p),
-                Err(e) if attempt >= retries => return PrimaryHealth::from_failure(e),
+                Err((e, code)) if attempt >= retries => return PrimaryHealth::from_failure(e, code.as_deref()),
                 Err(_) => {
                     attempt += 1;
                     tokio::time::sleep(pause).await;
@@ -235,9 +246,10 @@ impl Target {
             loop {
                 let row = client
                     .query_opt(
-                        "SELECT pg_current_wal_flush_lsn()::text FROM pg_stat_replication \
-                         WHERE application_name = $1 AND sync_state = 'sync'",
-                        &[&MIRROR_APPLICATION_NAME],
+                        "SELECT pg_current_wal_flush_lsn()::text FROM pg_stat_replication r \
+                         JOIN pg_replication_slots s ON s.active_pid = r.pid AND s.slot_type = 'physical' \
+                         WHERE r.application_name = $1 AND s.slot_name = $2 AND r.sync_state = 'sync'",
+                        &[&MIRROR_APPLICATION_NAME, &SLOT_NAME],
                     )
                     .await?;
                 if let Some(row) = row {
@@ -274,6 +286,38 @@ impl Target {
                 .map(|_| ())
         })
         .await
+    }
+
+    /// Immediate shutdown of a writable server through its own connection
+    /// (it may be on any host): SIGQUIT to the postmaster named in its
+    /// postmaster.pid. A server in recovery is left alone. The connection
+    /// dies with the server, so losing it counts as done; the next probe
+    /// round checks.
+    pub async fn fence(&self) -> Result<(), String> {
+        let refused = self
+            .with_client(|client| async move {
+                let row = client
+                    .query_one("SELECT pg_is_in_recovery(), split_part(pg_read_file('postmaster.pid'), E'\\n', 1)", &[])
+                    .await?;
+                if row.try_get::<_, bool>(0)? {
+                    return Ok(None);
+                }
+                let pid: String = row.try_get(1)?;
+                let Ok(pid) = pid.trim().parse::<u32>() else {
+                    return Ok(Some(format!("its postmaster.pid starts with {pid:?}, not a pid")));
+                };
+                match client.batch_execute(&format!("COPY (SELECT 1) TO PROGRAM 'kill -QUIT {pid}'")).await {
+                    Ok(()) => Ok(None),
+                    // Our backend gets the SIGQUIT too: the session ends with
+                    // an admin or crash shutdown error, or just goes away.
+                    Err(e) if e.is_closed() || e.as_db_error().is_none_or(|d| d.code().code().starts_with("57P")) => {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        refused.map_or(Ok(()), Err)
     }
 
     /// How far a standby has replayed.
@@ -338,11 +382,17 @@ const IDENTITY_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('data_di
      (SELECT system_identifier::text FROM pg_control_system()), \
      current_setting('synchronous_standby_names')";
 const WAL_RECEIVER_SQL: &str = "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver";
-const REPLICATION_SQL: &str = "SELECT application_name, state, sync_state, \
-     sent_lsn::text, flush_lsn::text, replay_lsn::text, \
-     pg_wal_lsn_diff(pg_current_wal_flush_lsn(), sent_lsn)::bigint, \
-     pg_wal_lsn_diff(pg_current_wal_flush_lsn(), replay_lsn)::bigint \
-     FROM pg_stat_replication ORDER BY pid";
+/// Each walsender with the physical slot it streams from, if any, so that
+/// only the mirror on the content's slot counts as the mirror.
+const REPLICATION_SQL: &str = "SELECT r.application_name, r.state, r.sync_state, \
+     r.sent_lsn::text, r.flush_lsn::text, r.replay_lsn::text, \
+     pg_wal_lsn_diff(pg_current_wal_flush_lsn(), r.sent_lsn)::bigint, \
+     pg_wal_lsn_diff(pg_current_wal_flush_lsn(), r.replay_lsn)::bigint, \
+     s.slot_name::text, \
+     pg_wal_lsn_diff(pg_current_wal_flush_lsn(), r.flush_lsn)::bigint \
+     FROM pg_stat_replication r \
+     LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid AND s.slot_type = 'physical' \
+     ORDER BY r.pid";
 
 async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe, tokio_postgres::Error> {
     let row = client.query_one(IDENTITY_SQL, &[]).await?;
@@ -375,6 +425,8 @@ async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe
                     replay_lsn: r.try_get(5)?,
                     wal_sync_remaining_bytes: r.try_get(6)?,
                     bytes_behind: r.try_get(7)?,
+                    slot_name: r.try_get(8)?,
+                    unflushed_bytes: r.try_get(9)?,
                 })
             })
             .collect::<Result<_, tokio_postgres::Error>>()?

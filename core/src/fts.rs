@@ -8,7 +8,7 @@
 //! [`Plan`]: segment operations before the catalog write, the catalog rows
 //! and history in one transaction, then the operations after it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::probe::{InstanceProbe, ProbeResult};
 use crate::segment::{Mode, Role, Segment, Status};
@@ -20,6 +20,10 @@ pub enum PrimaryHealth {
     /// Every attempt was answered with "the database system is starting up"
     /// (or in recovery mode): a restart or crash recovery is under way.
     StartingUp(String),
+    /// The server answered but turned the probe away (authentication,
+    /// pg_hba.conf, no free connection slot, shutting down): it is alive,
+    /// so this is never a reason to fail over.
+    Refusing(String),
     Unreachable(String),
 }
 
@@ -35,11 +39,35 @@ pub fn is_starting_up(error: &str) -> bool {
     .any(|m| error.contains(m))
 }
 
+/// True when a connection error comes from a live server that refused the
+/// connection: by SQLSTATE when the server sent one, else by its text.
+pub fn is_refusal(sqlstate: Option<&str>, error: &str) -> bool {
+    // invalid_authorization_specification (pg_hba.conf), invalid_password,
+    // too_many_connections (also the reserved superuser slots).
+    if sqlstate.is_some_and(|c| ["28000", "28P01", "53300"].contains(&c)) {
+        return true;
+    }
+    [
+        "password authentication failed",
+        "no pg_hba.conf entry",
+        "pg_hba.conf rejects connection",
+        "too many clients",
+        "remaining connection slots are reserved",
+        // 57P03 also means starting up, so this one goes by its text.
+        "the database system is shutting down",
+    ]
+    .iter()
+    .any(|m| error.contains(m))
+}
+
 impl PrimaryHealth {
-    /// Classifies the last error of a primary whose every attempt failed.
-    pub fn from_failure(error: String) -> Self {
+    /// Classifies the last error of a primary whose every attempt failed,
+    /// with the SQLSTATE the server sent, if it sent one.
+    pub fn from_failure(error: String, sqlstate: Option<&str>) -> Self {
         if is_starting_up(&error) {
             PrimaryHealth::StartingUp(error)
+        } else if is_refusal(sqlstate, &error) {
+            PrimaryHealth::Refusing(error)
         } else {
             PrimaryHealth::Unreachable(error)
         }
@@ -50,6 +78,7 @@ impl PrimaryHealth {
             PrimaryHealth::Alive(p) if p.in_recovery => "answers, in recovery".into(),
             PrimaryHealth::Alive(_) => "answers".into(),
             PrimaryHealth::StartingUp(e) => format!("starting up ({e})"),
+            PrimaryHealth::Refusing(e) => format!("answers but refuses the probe ({e})"),
             PrimaryHealth::Unreachable(e) => format!("unreachable ({e})"),
         }
     }
@@ -75,6 +104,17 @@ pub struct Observation {
     /// last turned on; the mirror must have flushed it before the pair counts
     /// as synchronized. None when not known (turn it on again to learn it).
     pub sync_from_lsn: Option<u64>,
+    /// How long the primary's stream to the mirror has had WAL to flush
+    /// without its flush position moving ([`FlushWatch`]); None while it
+    /// flushes or has nothing to flush.
+    pub mirror_flush_stalled_for: Option<Duration>,
+    /// Segment operations of earlier plans, after their catalog write, that
+    /// have not succeeded yet; the worker keeps them while the content's rows
+    /// stay as that write left them.
+    pub unfinished: Vec<SegmentOp>,
+    /// The down member was already fenced (and its history row written)
+    /// since it last stopped answering as a writable primary.
+    pub fence_recorded: bool,
 }
 
 /// Settings the rules read.
@@ -89,6 +129,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Nothing,
+    /// Nothing, but logged as a WARNING every round: the DBA must look.
+    Warn,
     EnableSyncRep,
     MarkSynchronized,
     MarkMirrorDown,
@@ -97,6 +139,10 @@ pub enum Action {
     RepeatPromotion,
     RecordDoubleFault,
     ClearDoubleFault,
+    /// Stop a member that is down in the catalog but writable, at once.
+    Fence,
+    /// Retry the segment operations an earlier plan left unfinished.
+    FinishSteps,
 }
 
 /// One row of the decision table.
@@ -129,10 +175,16 @@ fn primary_writable(o: &Observation) -> Option<&InstanceProbe> {
 
 fn primary_failed(o: &Observation, s: &Settings) -> bool {
     match o.primary_health {
-        PrimaryHealth::Alive(_) => false,
+        PrimaryHealth::Alive(_) | PrimaryHealth::Refusing(_) => false,
         PrimaryHealth::StartingUp(_) => o.starting_rounds > s.max_starting_rounds,
         PrimaryHealth::Unreachable(_) => true,
     }
+}
+
+/// The catalog's down member (a failed-over primary, a mirror marked down)
+/// answers as a writable primary: a second primary sessions could commit on.
+fn down_member_writable(o: &Observation) -> bool {
+    o.mirror.status == Status::Down && o.mirror_probe.as_ref().is_ok_and(|m| !m.in_recovery)
 }
 
 fn mirror_can_take_over(o: &Observation) -> bool {
@@ -171,8 +223,47 @@ fn mirror_flushed_sync_point(o: &Observation) -> bool {
     matches!((flushed, o.sync_from_lsn), (Some(f), Some(from)) if f >= from)
 }
 
+/// Follows the flush position the primary reports for its mirror's
+/// stream, round after round, to tell a mirror that hangs (a stopped
+/// postmaster, a frozen host: the walsender keeps its connection until
+/// wal_sender_timeout) from one that is merely slow.
+#[derive(Debug, Clone, Default)]
+pub struct FlushWatch {
+    flushed: Option<u64>,
+    stalled_since: Option<Instant>,
+}
+
+impl FlushWatch {
+    /// Takes one round's stream (None: no stream) and returns since when
+    /// the stream has had WAL to flush with no flush progress.
+    pub fn observe(&mut self, stream: Option<&crate::probe::Replication>, now: Instant) -> Option<Instant> {
+        let Some(r) = stream else {
+            *self = FlushWatch::default();
+            return None;
+        };
+        let flushed = r.flush_lsn.as_deref().and_then(parse_lsn);
+        let advanced = flushed.is_some() && flushed > self.flushed;
+        let behind = r.unflushed_bytes.is_some_and(|b| b > 0);
+        if advanced || !behind {
+            self.stalled_since = None;
+        } else {
+            self.stalled_since.get_or_insert(now);
+        }
+        if flushed.is_some() {
+            self.flushed = flushed;
+        }
+        self.stalled_since
+    }
+}
+
 /// The decision table. Order matters: the first rule whose `when` holds wins.
 pub const RULES: &[Rule] = &[
+    Rule {
+        name: "down_member_writable",
+        reason: "a member that is down in the catalog answers as a writable primary (failed over while hung, then resumed, or started by hand): stopping it at once (immediate shutdown) so no session commits on it",
+        when: |o, _| down_member_writable(o),
+        action: Action::Fence,
+    },
     Rule {
         name: "double_fault_cleared",
         reason: "the primary answers again after a double fault: the content is available again",
@@ -189,13 +280,19 @@ pub const RULES: &[Rule] = &[
         name: "acting_primary_in_recovery",
         reason: "the acting primary is in recovery while its mirror is up in the catalog: not acting, the DBA must check this pair",
         when: |o, _| primary_alive(o).is_some_and(|p| p.in_recovery),
-        action: Action::Nothing,
+        action: Action::Warn,
     },
     Rule {
         name: "primary_starting_up",
         reason: "the primary is restarting or in crash recovery: no failover while it recovers",
         when: |o, s| matches!(o.primary_health, PrimaryHealth::StartingUp(_)) && !primary_failed(o, s),
         action: Action::Nothing,
+    },
+    Rule {
+        name: "primary_refuses_probe",
+        reason: "the primary answers but refuses the probe (authentication, pg_hba.conf, connection slots, shutting down): it is alive, no failover; let the coordinator's superuser in",
+        when: |o, _| matches!(o.primary_health, PrimaryHealth::Refusing(_)),
+        action: Action::Warn,
     },
     Rule {
         name: "primary_failed_mirror_in_sync",
@@ -214,6 +311,12 @@ pub const RULES: &[Rule] = &[
         reason: "the content is still in double fault: waiting for its primary",
         when: |o, s| primary_failed(o, s),
         action: Action::Nothing,
+    },
+    Rule {
+        name: "steps_unfinished",
+        reason: "segment operations of an earlier decision failed after its catalog change (synchronous replication off, the slot for the old primary): retrying them",
+        when: |o, _| primary_writable(o).is_some() && !o.unfinished.is_empty(),
+        action: Action::FinishSteps,
     },
     Rule {
         name: "mirror_down_sync_rep_on",
@@ -237,6 +340,16 @@ pub const RULES: &[Rule] = &[
         name: "mirror_gone",
         reason: "the primary has reported no stream to its mirror for longer than the grace period: marking the mirror down and turning synchronous replication off so waiting commits complete",
         when: |o, _| stream(o).is_none(),
+        action: Action::MarkMirrorDown,
+    },
+    Rule {
+        name: "mirror_stalled",
+        reason: "the mirror does not answer and its stream has had WAL to flush without progress for longer than the grace period (a hung mirror): marking the mirror down and turning synchronous replication off so waiting commits complete",
+        when: |o, s| {
+            stream(o).is_some()
+                && o.mirror_probe.is_err()
+                && o.mirror_flush_stalled_for.is_some_and(|d| d >= s.mirror_down_grace_period)
+        },
         action: Action::MarkMirrorDown,
     },
     Rule {
@@ -275,6 +388,34 @@ pub enum SegmentOp {
     Promote(Segment),
     /// The slot the old primary will stream from once recovered.
     CreateSlot(Segment),
+    /// Immediate shutdown (SIGQUIT to its postmaster, sent through its own
+    /// connection) of a writable member that is down in the catalog. Not a
+    /// fast shutdown: its checkpoint would recycle WAL pg_rewind needs.
+    Fence(Segment),
+}
+
+impl SegmentOp {
+    /// Kept for a retry when it fails after the catalog write. A fence is
+    /// not: the rule decides it afresh from every round's probe.
+    pub fn retried(&self) -> bool {
+        !matches!(self, SegmentOp::Fence(_))
+    }
+
+    /// The same step on the same segment, whatever its row looked like
+    /// when the step was planned (a promoted mirror's row changes role).
+    pub fn same_step(&self, other: &SegmentOp) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other) && self.segment().dbid == other.segment().dbid
+    }
+
+    pub fn segment(&self) -> &Segment {
+        match self {
+            SegmentOp::EnableSyncRep(s)
+            | SegmentOp::DisableSyncRep(s)
+            | SegmentOp::Promote(s)
+            | SegmentOp::CreateSlot(s)
+            | SegmentOp::Fence(s) => s,
+        }
+    }
 }
 
 /// What to do for one content.
@@ -292,6 +433,17 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The content's two rows once the catalog write is done, by dbid: what
+    /// the next rounds must find for unfinished operations to still apply.
+    pub fn rows_after(&self, o: &Observation) -> Vec<Segment> {
+        let mut rows: Vec<Segment> = [&o.primary, &o.mirror]
+            .into_iter()
+            .map(|row| self.catalog.iter().find(|c| c.dbid == row.dbid).unwrap_or(row).clone())
+            .collect();
+        rows.sort_by_key(|s| s.dbid);
+        rows
+    }
+
     pub fn changes_anything(&self) -> bool {
         !(self.before_catalog.is_empty()
             && self.catalog.is_empty()
@@ -344,7 +496,8 @@ pub fn decide(o: &Observation, s: &Settings) -> Plan {
     let mut plan =
         Plan { rule, before_catalog: vec![], catalog: vec![], history: vec![], after_catalog: vec![], warning: false };
     match rule.action {
-        Action::Nothing => plan.warning = rule.name == "acting_primary_in_recovery",
+        Action::Nothing => {}
+        Action::Warn => plan.warning = true,
         Action::EnableSyncRep => plan.before_catalog.push(SegmentOp::EnableSyncRep(p.clone())),
         Action::MarkSynchronized => {
             plan.catalog = changed(vec![
@@ -387,6 +540,21 @@ pub fn decide(o: &Observation, s: &Settings) -> Plan {
         Action::ClearDoubleFault => plan
             .history
             .push((p.dbid, format!("FTS: content id {} is out of double fault, dbid {} is up", p.content, p.dbid))),
+        Action::Fence => {
+            // Once per episode in the history; the shutdown every round it answers.
+            if !o.fence_recorded {
+                plan.history.push((
+                    m.dbid,
+                    format!(
+                        "FTS: dbid {} is down in the catalog but answers as a writable primary: stopping it (fencing)",
+                        m.dbid
+                    ),
+                ));
+            }
+            plan.after_catalog.push(SegmentOp::Fence(m.clone()));
+            plan.warning = true;
+        }
+        Action::FinishSteps => plan.after_catalog = o.unfinished.clone(),
     }
     plan
 }
@@ -423,6 +591,7 @@ mod tests {
             replication: stream
                 .map(|(state, sync, flush)| Replication {
                     application_name: "gp_walreceiver".into(),
+                    slot_name: Some(crate::probe::SLOT_NAME.into()),
                     state: state.into(),
                     sync_state: sync.into(),
                     flush_lsn: Some(flush.into()),
@@ -452,6 +621,9 @@ mod tests {
             in_double_fault: false,
             starting_rounds: 0,
             sync_from_lsn: None,
+            mirror_flush_stalled_for: None,
+            unfinished: vec![],
+            fence_recorded: false,
         }
     }
 
@@ -489,6 +661,30 @@ mod tests {
         // The catalog says 'n' before synchronous replication is turned off.
         assert!(plan.before_catalog.is_empty());
         assert_eq!(plan.after_catalog, vec![SegmentOp::DisableSyncRep(o.primary.clone())]);
+    }
+
+    #[test]
+    fn other_walsenders_are_not_the_mirror() {
+        let mut o = healthy();
+        let foreign = |app: &str, slot: Option<&str>| Replication {
+            application_name: app.into(),
+            slot_name: slot.map(Into::into),
+            state: "streaming".into(),
+            sync_state: "async".into(),
+            ..Default::default()
+        };
+        o.primary_health = PrimaryHealth::Alive(InstanceProbe {
+            synchronous_standby_names: "gp_walreceiver".into(),
+            replication: vec![
+                foreign("pg_receivewal", Some("archive")),
+                foreign("sub", Some("sub")),
+                foreign("gp_walreceiver", None),
+            ],
+            ..Default::default()
+        });
+        o.mirror_probe = Err("connection refused".into());
+        o.mirror_gone_for = Some(Duration::from_secs(31));
+        assert_eq!(rule(&o), "mirror_gone");
     }
 
     #[test]
@@ -555,15 +751,55 @@ mod tests {
     #[test]
     fn starting_up_primary_is_given_time() {
         let mut o = healthy();
-        o.primary_health = PrimaryHealth::from_failure("FATAL: the database system is starting up".into());
+        o.primary_health =
+            PrimaryHealth::from_failure("FATAL: the database system is starting up".into(), Some("57P03"));
         o.starting_rounds = 1;
         assert_eq!(rule(&o), "primary_starting_up");
         o.starting_rounds = 6;
         assert_eq!(rule(&o), "primary_failed_mirror_in_sync");
         assert!(matches!(
-            PrimaryHealth::from_failure("error connecting to server: Connection refused".into()),
+            PrimaryHealth::from_failure("error connecting to server: Connection refused".into(), None),
             PrimaryHealth::Unreachable(_)
         ));
+    }
+
+    #[test]
+    fn primary_refusing_the_probe_is_alive_and_never_failed_over() {
+        let refusals = [
+            ("FATAL: password authentication failed for user \"gpadmin\"", Some("28P01")),
+            ("FATAL: no pg_hba.conf entry for host \"127.0.0.1\", user \"gpadmin\"", Some("28000")),
+            ("FATAL: pg_hba.conf rejects connection for host \"127.0.0.1\"", Some("28000")),
+            ("FATAL: sorry, too many clients already", Some("53300")),
+            ("FATAL: remaining connection slots are reserved for non-replication superuser connections", Some("53300")),
+            ("FATAL: the database system is shutting down", Some("57P03")),
+            // Without a SQLSTATE (a proxy, an old server), the text decides.
+            ("FATAL: sorry, too many clients already", None),
+            ("FATAL: password authentication failed for user \"gpadmin\"", None),
+            // A SQLSTATE alone is enough, whatever the text's language.
+            ("FATAL: Passwort-Authentifizierung fehlgeschlagen", Some("28P01")),
+        ];
+        for (text, code) in refusals {
+            let health = PrimaryHealth::from_failure(text.into(), code);
+            assert!(matches!(health, PrimaryHealth::Refusing(_)), "{text}: {health:?}");
+            let mut o = healthy();
+            o.primary_health = health;
+            for _ in 0..2 {
+                let plan = decide(&o, &SETTINGS);
+                assert_eq!(plan.rule.name, "primary_refuses_probe", "{text}");
+                assert!(plan.warning && !plan.changes_anything());
+                // Also with a mirror that could take over, or in a double fault.
+                o.in_double_fault = true;
+            }
+        }
+        for (text, code) in [
+            ("error connecting to server: Connection refused (os error 111)", None),
+            ("no answer within 1 s", None),
+            ("FATAL: the database system is starting up", Some("57P03")),
+            ("FATAL: terminating connection due to administrator command", Some("57P01")),
+        ] {
+            let health = PrimaryHealth::from_failure(text.into(), code);
+            assert!(!matches!(health, PrimaryHealth::Refusing(_)), "{text}: {health:?}");
+        }
     }
 
     #[test]
@@ -603,6 +839,155 @@ mod tests {
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.name, "acting_primary_in_recovery");
         assert!(plan.warning && !plan.changes_anything());
+    }
+
+    #[test]
+    fn writable_down_member_is_fenced_before_anything_else() {
+        // After a failover: the old primary is the catalog's down mirror.
+        let mut o = healthy();
+        o.primary = seg(5, Role::Primary, Mode::NotInSync, Status::Up);
+        o.mirror = seg(2, Role::Mirror, Mode::NotInSync, Status::Down);
+        o.primary_health = PrimaryHealth::Alive(primary_probe(None, "gp_walreceiver"));
+        o.mirror_probe = Ok(InstanceProbe { in_recovery: false, ..Default::default() });
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.name, "down_member_writable");
+        assert!(plan.warning && plan.catalog.is_empty() && plan.before_catalog.is_empty());
+        assert_eq!(plan.after_catalog, vec![SegmentOp::Fence(o.mirror.clone())]);
+        assert_eq!(
+            plan.history,
+            vec![(
+                2,
+                "FTS: dbid 2 is down in the catalog but answers as a writable primary: stopping it (fencing)".into()
+            )]
+        );
+        // The next rounds stop it again, without another history row; its
+        // synchronous replication is never touched (only the fence).
+        o.fence_recorded = true;
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.name, "down_member_writable");
+        assert!(plan.history.is_empty());
+        assert_eq!(plan.after_catalog, vec![SegmentOp::Fence(o.mirror.clone())]);
+        // Whatever the acting primary's state: even a dead one is not failed over to it.
+        o.primary_health = PrimaryHealth::Unreachable("connection refused".into());
+        assert_eq!(rule(&o), "down_member_writable");
+
+        // In recovery (a standby being recovered) or unreachable: no fence.
+        o.primary_health = PrimaryHealth::Alive(primary_probe(None, ""));
+        o.mirror_probe = mirror_probe();
+        assert_eq!(rule(&o), "mirror_down");
+        o.mirror_probe = Err("no answer within 1 s".into());
+        assert_eq!(rule(&o), "mirror_down");
+        // An up mirror that is writable is the DBA's to look at, not fenced.
+        o.mirror.status = Status::Up;
+        o.mirror_probe = Ok(InstanceProbe::default());
+        assert_ne!(rule(&o), "down_member_writable");
+    }
+
+    /// No rule but the fence ever acts on the down member: synchronous
+    /// replication is only changed on the acting primary or the promoted mirror.
+    #[test]
+    fn sync_rep_is_only_changed_on_the_acting_primary() {
+        let mut o = healthy();
+        o.mirror.status = Status::Down;
+        for health in [
+            PrimaryHealth::Alive(primary_probe(None, "gp_walreceiver")),
+            PrimaryHealth::Alive(primary_probe(Some(("streaming", "async", "0/1")), "")),
+        ] {
+            o.primary_health = health;
+            let plan = decide(&o, &SETTINGS);
+            for op in plan.before_catalog.iter().chain(&plan.after_catalog) {
+                if let SegmentOp::EnableSyncRep(s) | SegmentOp::DisableSyncRep(s) = op {
+                    assert_eq!(s.dbid, o.primary.dbid, "{}", plan.rule.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hung_mirror_is_marked_down_after_the_grace_period() {
+        let mut o = healthy();
+        o.mirror_probe = Err("no answer within 1 s".into());
+        o.mirror_flush_stalled_for = Some(Duration::from_secs(29));
+        assert_eq!(rule(&o), "healthy_or_catching_up");
+        o.mirror_flush_stalled_for = Some(Duration::from_secs(30));
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.name, "mirror_stalled");
+        assert_eq!(plan.catalog.iter().map(|s| s.status).collect::<Vec<_>>(), vec![Status::Up, Status::Down]);
+        assert!(plan.catalog.iter().all(|s| s.mode == Mode::NotInSync));
+        assert_eq!(plan.after_catalog, vec![SegmentOp::DisableSyncRep(o.primary.clone())]);
+        // A mirror that still answers is slow, not hung.
+        o.mirror_probe = mirror_probe();
+        assert_eq!(rule(&o), "healthy_or_catching_up");
+    }
+
+    #[test]
+    fn flush_watch_times_only_a_stream_that_is_behind_and_stuck() {
+        let stream = |flush: &str, unflushed: i64| Replication {
+            flush_lsn: Some(flush.into()),
+            unflushed_bytes: Some(unflushed),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = FlushWatch::default();
+        assert_eq!(w.observe(Some(&stream("0/100", 0)), at(0)), None, "nothing to flush");
+        assert_eq!(w.observe(Some(&stream("0/100", 0)), at(1)), None);
+        assert_eq!(w.observe(Some(&stream("0/100", 8)), at(2)), Some(at(2)), "behind, no progress");
+        assert_eq!(w.observe(Some(&stream("0/100", 16)), at(3)), Some(at(2)), "still stuck since then");
+        assert_eq!(w.observe(Some(&stream("0/108", 8)), at(4)), None, "it flushed: slow, not stuck");
+        assert_eq!(w.observe(Some(&stream("0/108", 8)), at(5)), Some(at(5)));
+        assert_eq!(w.observe(Some(&stream("0/110", 0)), at(6)), None, "caught up");
+        assert_eq!(w.observe(Some(&stream("0/110", 8)), at(7)), Some(at(7)));
+        assert_eq!(w.observe(None, at(8)), None, "no stream: the grace period of mirror_gone applies");
+        // A new stream starts fresh, whatever the old one had flushed.
+        assert_eq!(w.observe(Some(&stream("0/50", 8)), at(9)), None, "first sight of a stream counts as progress");
+        assert_eq!(w.observe(Some(&stream("0/50", 8)), at(10)), Some(at(10)));
+    }
+
+    #[test]
+    fn steps_left_unfinished_after_a_failover_are_retried() {
+        let o = {
+            let mut o = healthy();
+            o.primary_health = PrimaryHealth::Unreachable("connection refused".into());
+            o
+        };
+        let failover = decide(&o, &SETTINGS);
+        assert_eq!(failover.rule.name, "primary_failed_mirror_in_sync");
+        // The rows the next rounds must find: the roles switched.
+        let after = failover.rows_after(&o);
+        assert_eq!(
+            after.iter().map(|s| (s.dbid, s.role, s.status)).collect::<Vec<_>>(),
+            vec![(2, Role::Mirror, Status::Down), (5, Role::Primary, Status::Up)]
+        );
+        assert!(failover.after_catalog.iter().all(SegmentOp::retried));
+        // A repeated promotion plans the same steps on the promoted row.
+        let promoted = &after[1];
+        assert!(SegmentOp::CreateSlot(o.mirror.clone()).same_step(&SegmentOp::CreateSlot(promoted.clone())));
+        assert!(!SegmentOp::CreateSlot(o.mirror.clone()).same_step(&SegmentOp::Promote(promoted.clone())));
+        assert!(!SegmentOp::CreateSlot(o.mirror.clone()).same_step(&SegmentOp::CreateSlot(o.primary.clone())));
+
+        // Next round: the promoted mirror is the acting primary; the slot is missing.
+        let mut next = healthy();
+        next.primary = after[1].clone();
+        next.mirror = after[0].clone();
+        next.primary_health = PrimaryHealth::Alive(primary_probe(None, ""));
+        next.mirror_probe = Err("connection refused".into());
+        next.unfinished = vec![SegmentOp::CreateSlot(next.primary.clone())];
+        let plan = decide(&next, &SETTINGS);
+        assert_eq!(plan.rule.name, "steps_unfinished");
+        assert_eq!(plan.after_catalog, next.unfinished);
+        assert!(plan.catalog.is_empty() && plan.history.is_empty());
+        // Not while the new primary is unreachable or still in recovery.
+        next.primary_health = PrimaryHealth::Alive(InstanceProbe { in_recovery: true, ..Default::default() });
+        assert_eq!(rule(&next), "promotion_unfinished");
+        next.primary_health = PrimaryHealth::Unreachable("connection refused".into());
+        assert_ne!(rule(&next), "steps_unfinished");
+        // A writable down member is fenced first, and a fence is never kept for a retry.
+        next.primary_health = PrimaryHealth::Alive(primary_probe(None, ""));
+        next.mirror_probe = Ok(InstanceProbe::default());
+        let fence = decide(&next, &SETTINGS);
+        assert_eq!(fence.rule.name, "down_member_writable");
+        assert!(!fence.after_catalog.iter().any(SegmentOp::retried));
     }
 
     #[test]

@@ -254,6 +254,7 @@ mod tests {
             Ok(InstanceProbe {
                 replication: vec![Replication {
                     application_name: "gp_walreceiver".into(),
+                    slot_name: Some(crate::probe::SLOT_NAME.into()),
                     state: "streaming".into(),
                     sync_state: "sync".into(),
                     wal_sync_remaining_bytes: Some(0),

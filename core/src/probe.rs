@@ -28,6 +28,9 @@ pub fn os_user_name() -> Option<String> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replication {
     pub application_name: String,
+    /// The physical slot the walsender streams from (pg_replication_slots
+    /// joined on active_pid); None without one.
+    pub slot_name: Option<String>,
     /// startup | catchup | streaming | backup | stopping
     pub state: String,
     /// async | potential | sync | quorum
@@ -40,6 +43,9 @@ pub struct Replication {
     pub wal_sync_remaining_bytes: Option<i64>,
     /// pg_current_wal_flush_lsn() - replay_lsn on the primary.
     pub bytes_behind: Option<i64>,
+    /// pg_current_wal_flush_lsn() - flush_lsn on the primary: WAL the
+    /// standby has yet to flush, what a synchronous commit waits for.
+    pub unflushed_bytes: Option<i64>,
 }
 
 impl Replication {
@@ -71,14 +77,17 @@ pub struct InstanceProbe {
 }
 
 impl InstanceProbe {
-    /// The walsender that serves this primary's mirror: the one named
-    /// `gp_walreceiver` if there is one, otherwise any that is not a base
-    /// backup (a pg_basebackup also shows up in pg_stat_replication).
+    /// The walsender that serves this primary's mirror: named
+    /// `gp_walreceiver` and streaming from the content's slot. Nothing else
+    /// counts: a pg_receivewal, a logical consumer or a base backup attached
+    /// to the primary taken for the mirror would keep a dead mirror 'up'
+    /// and commits waiting for it forever.
     pub fn mirror_replication(&self) -> Option<&Replication> {
-        self.replication
-            .iter()
-            .find(|r| r.application_name == MIRROR_APPLICATION_NAME)
-            .or_else(|| self.replication.iter().find(|r| r.state != "backup" && r.application_name != "pg_basebackup"))
+        self.replication.iter().find(|r| {
+            r.application_name == MIRROR_APPLICATION_NAME
+                && r.slot_name.as_deref() == Some(SLOT_NAME)
+                && r.state != "backup"
+        })
     }
 }
 
@@ -89,9 +98,10 @@ pub type ProbeResult = Result<InstanceProbe, String>;
 mod tests {
     use super::*;
 
-    fn rep(app: &str, state: &str) -> Replication {
+    fn rep(app: &str, slot: Option<&str>, state: &str) -> Replication {
         Replication {
             application_name: app.into(),
+            slot_name: slot.map(Into::into),
             state: state.into(),
             sync_state: "async".into(),
             ..Default::default()
@@ -104,20 +114,23 @@ mod tests {
     }
 
     #[test]
-    fn picks_the_mirror_not_a_base_backup() {
-        let p = InstanceProbe {
-            replication: vec![rep("pg_basebackup", "backup"), rep("walreceiver", "streaming")],
-            ..Default::default()
-        };
-        assert_eq!(p.mirror_replication().unwrap().application_name, "walreceiver");
+    fn only_the_mirror_on_its_slot_is_the_mirror() {
+        let mirror = rep(MIRROR_APPLICATION_NAME, Some(SLOT_NAME), "catchup");
+        let others = [
+            rep("pg_basebackup", None, "backup"),
+            rep("walreceiver", None, "streaming"),
+            rep("pg_receivewal", Some("archive"), "streaming"),
+            rep("sub", Some("sub"), "streaming"),
+            // The right name is not enough: a pg_receivewal can claim it too.
+            rep(MIRROR_APPLICATION_NAME, None, "streaming"),
+            rep(MIRROR_APPLICATION_NAME, Some("other_slot"), "streaming"),
+        ];
+        let p = InstanceProbe { replication: others.to_vec(), ..Default::default() };
+        assert_eq!(p.mirror_replication(), None);
 
-        let p = InstanceProbe {
-            replication: vec![rep("other", "streaming"), rep(MIRROR_APPLICATION_NAME, "catchup")],
-            ..Default::default()
-        };
-        assert_eq!(p.mirror_replication().unwrap().application_name, MIRROR_APPLICATION_NAME);
-
-        let p = InstanceProbe { replication: vec![rep("pg_basebackup", "backup")], ..Default::default() };
-        assert!(p.mirror_replication().is_none());
+        let mut with_mirror = others.to_vec();
+        with_mirror.insert(3, mirror.clone());
+        let p = InstanceProbe { replication: with_mirror, ..Default::default() };
+        assert_eq!(p.mirror_replication(), Some(&mirror));
     }
 }

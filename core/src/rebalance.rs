@@ -87,6 +87,7 @@ mod tests {
         Ok(InstanceProbe {
             replication: vec![Replication {
                 application_name: "gp_walreceiver".into(),
+                slot_name: Some(crate::probe::SLOT_NAME.into()),
                 state: "streaming".into(),
                 sync_state: "sync".into(),
                 flush_lsn: Some(flush.into()),

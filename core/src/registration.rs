@@ -371,6 +371,7 @@ mod tests {
         let mut prim = probe(false, "/p0", "42").unwrap();
         prim.replication = vec![Replication {
             application_name: "gp_walreceiver".into(),
+            slot_name: Some(crate::probe::SLOT_NAME.into()),
             state: "streaming".into(),
             sync_state: "sync".into(),
             ..Default::default()
