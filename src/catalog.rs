@@ -12,7 +12,7 @@ use crate::segment_client;
 /// The whole catalog, ordered by dbid.
 pub fn load() -> Vec<Segment> {
     let json = Spi::get_one::<pgrx::JsonB>(
-        "SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.dbid), '[]'::jsonb) \
+        "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(c) ORDER BY c.dbid), '[]'::jsonb) \
            FROM public.gp_segment_configuration c",
     )
     .or_raise()
@@ -100,7 +100,7 @@ pub fn update_rows(rows: &[Segment], history_text: impl Fn(&Segment) -> String) 
 /// returns them as they are now.
 pub fn lock_rows(dbids: &[i16]) -> Vec<Segment> {
     let json = Spi::get_one_with_args::<pgrx::JsonB>(
-        "SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.dbid), '[]'::jsonb) FROM \
+        "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(c) ORDER BY c.dbid), '[]'::jsonb) FROM \
            (SELECT * FROM public.gp_segment_configuration WHERE dbid = ANY($1) ORDER BY dbid FOR UPDATE) c",
         &[dbids.to_vec().into()],
     )
@@ -129,6 +129,12 @@ pub fn contents_in_double_fault() -> Vec<i16> {
             .collect::<Result<Vec<i16>, _>>()
     })
     .or_raise()
+}
+
+/// Both workers run as the bootstrap superuser: nothing a user can create
+/// may be on their search path.
+pub fn set_worker_search_path() {
+    Spi::run("SET search_path = pg_catalog, pg_temp").or_raise();
 }
 
 /// Whether CREATE EXTENSION gp_recovery has run in this database (the

@@ -541,6 +541,7 @@ pub extern "C-unwind" fn gp_recovery_fts_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     // SAFETY: MyProcPid is set for every backend before this runs.
     WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
+    BackgroundWorker::transaction(catalog::set_worker_search_path);
     Fts::new().run();
     WORKER_PID.get().store(0, Ordering::SeqCst);
     log!("gp_recovery fault tolerance service stopped");

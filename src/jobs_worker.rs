@@ -313,13 +313,12 @@ pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
     worker.read_settings();
     // No statement of the worker waits long for a lock: a submitter holding
     // its transaction open, or a DBA's lock, fails one write, not the loop.
-    // Nothing a user can create is on the search path of a superuser's loop.
     if let Err(e) = try_transaction(|| {
-        Spi::run("SET search_path = pg_catalog, pg_temp").map_err(|e| e.to_string())?;
+        catalog::set_worker_search_path();
         Spi::run("SET lock_timeout = '2s'").map_err(|e| e.to_string())?;
         Spi::run("SET statement_timeout = '30s'").map_err(|e| e.to_string())
     }) {
-        warning!("gp_recovery: could not set the worker's timeouts: {e}");
+        warning!("gp_recovery: could not set the worker's search path and timeouts: {e}");
     }
     while !BackgroundWorker::transaction(catalog::extension_exists) {
         if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
