@@ -613,7 +613,8 @@ fn jobs_worker(b: &Bench) -> Res<i32> {
 
 /// A full recovery of `dbid` slowed to 1 MB/s, once it is copying.
 fn slow_copy(b: &Bench, dbid: i16) -> Res<i64> {
-    b.exec("ALTER SYSTEM SET gp_recovery.max_rate = 1024; SELECT pg_reload_conf()")?;
+    b.exec("ALTER SYSTEM SET gp_recovery.max_rate = 1024")?;
+    b.exec("SELECT pg_reload_conf()")?;
     let job = b.submit(&format!("SELECT gp_recover_segment({dbid}, 'full')"))?;
     wait_until(Duration::from_secs(60), "the copy to begin", || {
         b.value::<bool>(&format!(
@@ -625,13 +626,24 @@ fn slow_copy(b: &Bench, dbid: i16) -> Res<i64> {
     Ok(job)
 }
 
+/// Seconds from `started` until `done`, polled every 5 ms (wait_until's
+/// 200 ms would be the resolution of the measurement).
+fn latency(started: Instant, what: &str, mut done: impl FnMut() -> bool) -> Res<f64> {
+    while !done() {
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(format!("{what} took more than 30 s"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
 /// Seconds until `pid` is gone after SIGTERM.
 fn sigterm_latency(pid: i32) -> Res<f64> {
     let started = Instant::now();
     // SAFETY: the jobs worker of this benchmark's own cluster.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    wait_until(Duration::from_secs(30), "the jobs worker to exit", || !gpdemo::process_alive(pid)).map_err(err)?;
-    Ok(started.elapsed().as_secs_f64())
+    latency(started, "the jobs worker's exit", || !gpdemo::process_alive(pid))
 }
 
 /// Cancel and SIGTERM latency of the jobs worker while another session
@@ -666,32 +678,35 @@ fn job_latency(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // The blocked submitter: a job for content 1 queued in a transaction that stays open.
+    // The blocked submitter: a job for content 1 queued in a transaction
+    // that stays open while each latency is measured (it holds the
+    // submission lock, so the measured jobs are submitted before it).
     let mut holder = b.coord()?;
-    let mut held = holder.transaction().map_err(err)?;
-    held.query_one(&format!("SELECT gp_recover_segment({})", down[1]), &[]).map_err(err)?;
+    let hold = |holder: &mut postgres::Client| -> Res<()> {
+        holder.batch_execute(&format!("BEGIN; SELECT gp_recover_segment({})", down[1])).map_err(err)
+    };
+    let job_state = |job: i64| b.value::<String>(&format!("SELECT state FROM gp_recovery_job WHERE job_id = {job}"));
     let (mut cancels, mut busy_terms, mut idle_terms) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
         let job = slow_copy(&b, down[0])?;
+        hold(&mut holder)?;
+        let mut c = b.coord()?;
         let started = Instant::now();
-        b.exec(&format!("SELECT gp_recovery_cancel({job})"))?;
-        wait_until(Duration::from_secs(30), "the cancel", || {
-            b.value::<String>(&format!("SELECT state FROM gp_recovery_job WHERE job_id = {job}"))
-                .is_ok_and(|s| s == "canceled")
-        })
-        .map_err(err)?;
-        cancels.push(started.elapsed().as_secs_f64());
+        c.batch_execute(&format!("SELECT gp_recovery_cancel({job})")).map_err(err)?;
+        let state = format!("SELECT state = 'canceled' FROM gp_recovery_job WHERE job_id = {job}");
+        cancels.push(latency(started, "the cancel", || c.query_one(&state, &[]).is_ok_and(|r| r.get::<_, bool>(0)))?);
         idle_terms.push(sigterm_latency(jobs_worker(&b)?)?);
+        holder.batch_execute("ROLLBACK").map_err(err)?;
         let job = slow_copy(&b, down[0])?;
+        hold(&mut holder)?;
         busy_terms.push(sigterm_latency(jobs_worker(&b)?)?);
+        holder.batch_execute("ROLLBACK").map_err(err)?;
         // The restarted worker backs the interrupted copy out.
         wait_until(Duration::from_secs(60), "the interrupted job to be backed out", || {
-            b.value::<String>(&format!("SELECT state FROM gp_recovery_job WHERE job_id = {job}"))
-                .is_ok_and(|s| s == "failed")
+            job_state(job).is_ok_and(|s| s == "failed")
         })
         .map_err(err)?;
     }
-    held.rollback().map_err(err)?;
     let row = |what: &str, v: Vec<f64>| {
         let worst = v.iter().copied().fold(0.0, f64::max);
         let m = median(v);

@@ -250,6 +250,13 @@ impl Drop for Stopped {
     }
 }
 
+/// Panics, saying `what` was lost, unless every id in `acked` is in the
+/// table `acked` on the server `client` is connected to.
+pub fn assert_acked_present(client: &mut Client, acked: &[i32], what: &str) {
+    let present: i64 = client.query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&acked]).unwrap().get(0);
+    assert_eq!(present as usize, acked.len(), "{what}");
+}
+
 /// Waits up to `secs` seconds for `f`, panicking with `what` otherwise.
 pub fn wait_for(secs: u64, what: &str, f: impl FnMut() -> bool) {
     gpdemo::wait_until(std::time::Duration::from_secs(secs), what, f).unwrap_or_else(|e| panic!("{e}"));

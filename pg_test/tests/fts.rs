@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gp_recovery_pg_test::{kill9, scratch_dir, wait_for, Instance, Stopped, TestCluster};
+use gp_recovery_pg_test::{assert_acked_present, kill9, scratch_dir, wait_for, Instance, Stopped, TestCluster};
 
 /// A client program (pg_receivewal, pg_recvlogical) attached to an instance,
 /// ended with SIGTERM when dropped. SIGTERM, not SIGKILL: under root the
@@ -150,9 +150,7 @@ fn killed_primary_fails_over_without_losing_acknowledged_commits() {
         new_primary.batch_execute("INSERT INTO acked VALUES (-1)").is_ok()
     });
     let acked = acked.lock().unwrap().clone();
-    let present: i64 =
-        new_primary.query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&acked]).unwrap().get(0);
-    assert_eq!(present as usize, acked.len(), "acknowledged commits lost in the failover");
+    assert_acked_present(&mut new_primary, &acked, "acknowledged commits lost in the failover");
 
     // Right after the promotion the FTS turns synchronous replication off
     // there and creates the slot the old primary will stream from.
@@ -547,9 +545,7 @@ fn failed_over_primary_that_resumes_is_fenced_and_loses_no_acknowledged_commit()
     // acknowledged after the stop (its commits waited for the lost mirror).
     let acked = acked.lock().unwrap().clone();
     let mut new_primary = mirror.connect().unwrap();
-    let present: i64 =
-        new_primary.query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&acked]).unwrap().get(0);
-    assert_eq!(present as usize, acked.len(), "an acknowledged commit is missing on the new primary");
+    assert_acked_present(&mut new_primary, &acked, "an acknowledged commit is missing on the new primary");
     assert!(acked.len() <= acked_before_resume + 1, "commits acknowledged by the resumed old primary");
 
     assert_eq!(tc.row_state(pdbid), "m d n");

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use gp_recovery_pg_test::{assert_same_data, expect_error, kill9, pgbench_init, set_setting_on, wait_for, TestCluster};
+use gp_recovery_pg_test::{
+    assert_acked_present, assert_same_data, expect_error, kill9, pgbench_init, set_setting_on, wait_for, TestCluster,
+};
 use gpdemo::Instance;
 
 fn set(tc: &TestCluster, setting: &str, value: &str) {
@@ -133,8 +135,7 @@ impl Writer<'_> {
     fn check(&self) {
         let acked = self.acked.lock().unwrap().clone();
         let mut c = gpdemo::connect_to_primary(&[self.tc.primary(0).clone(), self.tc.mirror(0).clone()]).unwrap();
-        let present: i64 = c.query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&acked]).unwrap().get(0);
-        assert_eq!(present as usize, acked.len(), "acknowledged commits lost");
+        assert_acked_present(&mut c, &acked, "acknowledged commits lost");
         assert!(acked.len() > 50, "the writer committed throughout: {}", acked.len());
     }
 }

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gp_recovery_pg_test::{connect_collecting_notices, pgbench_init, table_checksum, wait_for, TestCluster};
+use gp_recovery_pg_test::{
+    assert_acked_present, connect_collecting_notices, pgbench_init, table_checksum, wait_for, TestCluster,
+};
 
 fn all_balanced(tc: &TestCluster) -> bool {
     let n: i64 = tc
@@ -91,8 +93,7 @@ fn switched_pairs_return_to_preferred_roles_without_losing_commits() {
     }
     let acked = acked.lock().unwrap().clone();
     let mut p = tc.primary(0).connect().unwrap();
-    let present: i64 = p.query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&acked]).unwrap().get(0);
-    assert_eq!(present as usize, acked.len(), "acknowledged commits lost in the switchover");
+    assert_acked_present(&mut p, &acked, "acknowledged commits lost in the switchover");
     p.batch_execute("SET synchronous_commit = remote_apply; INSERT INTO acked VALUES (-1)").unwrap();
     let mut m = tc.mirror(0).connect().unwrap();
     assert_eq!(table_checksum(&mut p, "acked"), table_checksum(&mut m, "acked"));
