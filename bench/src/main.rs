@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use gpdemo::{run, server_user, wait_until, Cluster, Instance};
 
+mod chaos;
+
 type Res<T> = Result<T, String>;
 
 /// The fast fault tolerance settings the failover target is stated for.
@@ -799,6 +801,30 @@ fn main() {
     let (scale, runs, probe_pairs) = (get("--scale", 70), get("--runs", 3) as usize, get("--probe-pairs", 32) as u16);
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results.md");
     let dir = PathBuf::from("/var/tmp/gp-bench");
+    // --chaos: the fault soak instead of the benchmark.
+    if args.iter().any(|a| a == "--chaos") {
+        let name = args.iter().position(|a| a == "--fault").and_then(|i| args.get(i + 1)).cloned();
+        let o = chaos::Options {
+            rounds: get("--rounds", 30) as usize,
+            seed: u64::from(get("--seed", 1)),
+            pairs: get("--pairs", 3).clamp(1, 16) as u16,
+            fault: name,
+            hosts: args
+                .iter()
+                .position(|a| a == "--hosts")
+                .and_then(|i| args.get(i + 1))
+                .map(|h| h.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
+        };
+        match chaos::run(&dir.with_file_name("gp-chaos"), &o) {
+            Ok(true) => return,
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("gp_bench: the soak could not run: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     // --only jobs: that section alone, its rows merged into results.md.
     if args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).is_some_and(|s| s == "jobs") {
         let section_dir = dir.with_file_name("gp-bench-jobs");

@@ -247,6 +247,21 @@ impl Instance {
         )))
     }
 
+    /// Some(answer of pg_is_in_recovery()), None when it does not answer.
+    fn recovery_state(&self) -> Option<bool> {
+        self.connect().ok()?.query_one("SELECT pg_is_in_recovery()", &[]).ok().map(|r| r.get(0))
+    }
+
+    /// Answers and is a standby.
+    pub fn in_recovery(&self) -> bool {
+        self.recovery_state() == Some(true)
+    }
+
+    /// Answers and accepts writes.
+    pub fn writable(&self) -> bool {
+        self.recovery_state() == Some(false)
+    }
+
     pub fn start(&self) -> Result<()> {
         // The log outlives restarts: only what this start writes explains it.
         let logged_before = fs::metadata(&self.logfile).map(|m| m.len()).unwrap_or(0);
@@ -551,6 +566,21 @@ impl Cluster {
             })
             .unwrap_or_default()
     }
+}
+
+/// A process and all its descendants, parents first.
+pub fn process_tree(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let tasks = fs::read_dir(format!("/proc/{}/task", all[i])).into_iter().flatten().flatten();
+        for task in tasks {
+            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            all.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        }
+        i += 1;
+    }
+    all
 }
 
 /// The tools a recovery step runs on a cluster's files.

@@ -199,16 +199,7 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let killed = Instant::now();
     let new_primary = &cluster.mirrors[1];
-    gpdemo::wait_until(Duration::from_secs(60), "the failover", || {
-        new_primary
-            .connect()
-            .and_then(|mut c| {
-                c.query_one("SELECT NOT pg_is_in_recovery()", &[])
-                    .map(|r| r.get::<_, bool>(0))
-                    .map_err(|e| DemoError::Usage(gpdemo::sql_message(&e)))
-            })
-            .unwrap_or(false)
-    })?;
+    gpdemo::wait_until(Duration::from_secs(60), "the failover", || new_primary.writable())?;
     println!(
         "The mirror on port {} accepts writes {:.1} s after the kill.\n",
         new_primary.port,

@@ -437,7 +437,28 @@ impl Scripts {
                 quote(ALREADY_RUNNING)
             );
         }
-        s + &format!("exec \"$B/pg_ctl\" start -D \"$D\" -l \"$L\" -w -t {wait_secs}")
+        // Not pg_ctl -w: a standby that can never become consistent (its
+        // WAL is gone from the source) would hold the job for the whole
+        // wait. The server's status line in postmaster.pid says when it is
+        // ready, as pg_ctl reads it (a killed server's stale file goes
+        // first, so that only the new server's status counts); a hopeless
+        // line in the log, or the server's exit, ends the wait at once.
+        let patterns: String = crate::job::HOPELESS_START.iter().map(|p| format!(" -e {}", quote(p))).collect();
+        s + &format!(
+            "S=0; if [ -f \"$L\" ]; then S=$(wc -c < \"$L\"); fi\n\
+             if [ -f \"$D/postmaster.pid\" ] && ! \"$B/pg_ctl\" status -D \"$D\" >/dev/null 2>&1; then rm -f \"$D/postmaster.pid\"; fi\n\
+             \"$B/pg_ctl\" start -D \"$D\" -l \"$L\" -W || exit $?\n\
+             n=0\n\
+             while [ $n -lt {ticks} ]; do\n\
+             case \"$(sed -n 8p \"$D/postmaster.pid\" 2>/dev/null)\" in ready*|standby*) echo \"server started\"; exit 0;; esac\n\
+             H=$(tail -c +$((S + 1)) \"$L\" 2>/dev/null | grep -F{patterns} | tail -n 1)\n\
+             if [ -n \"$H\" ]; then echo \"the segment cannot start as a standby: $H\" >&2; exit 5; fi\n\
+             if [ $n -ge 10 ] && ! \"$B/pg_ctl\" status -D \"$D\" >/dev/null 2>&1; then echo \"the server exited while starting\" >&2; exit 1; fi\n\
+             sleep 0.2; n=$((n + 1))\n\
+             done\n\
+             echo \"the server did not start within {wait_secs} s\" >&2; exit 1",
+            ticks = wait_secs * 5
+        )
     }
 }
 

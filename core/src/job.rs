@@ -450,13 +450,28 @@ pub fn copy_advice(dbid: i16) -> String {
     format!("run gp_recover_segment({dbid}, 'differential') or gp_recover_segment({dbid}, 'full')")
 }
 
+/// Server log texts after which a starting segment can never become a
+/// consistent standby: the start step ends on them at once instead of
+/// waiting out gp_recovery.job_start_timeout, and diagnose_server_log
+/// explains each.
+pub const HOPELESS_START: [&str; 7] = [
+    "has already been removed",
+    "could not locate a valid checkpoint record",
+    "invalid checkpoint record",
+    "database system identifier differs",
+    "is not a child of this server's history",
+    "not in this server's history",
+    "No space left on device",
+];
+
 /// The cause of a segment's failure to start or to stream, from its
 /// server log, with the advice when another mode would help.
 pub fn diagnose_server_log(log: &str, dbid: i16) -> Option<String> {
     let advice = copy_advice(dbid);
     for line in log.lines().rev() {
-        if let Some(rest) = line.split("requested WAL segment ").nth(1) {
-            let segment = rest.split_whitespace().next().unwrap_or("?");
+        if line.contains(HOPELESS_START[0]) {
+            let segment =
+                line.split("requested WAL segment ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("?");
             return Some(format!(
                 "the acting primary no longer has WAL segment {segment} that the recovered segment needs; {advice}"
             ));
@@ -630,6 +645,10 @@ mod tests {
             .unwrap()
             .contains("no valid checkpoint"));
         assert_eq!(diagnose_server_log("LOG:  database system is ready", 2), None);
+        // Every text the start step gives up on is explained.
+        for p in HOPELESS_START {
+            assert!(diagnose_server_log(&format!("FATAL:  x {p} y"), 2).is_some(), "{p}");
+        }
     }
 
     #[test]

@@ -397,12 +397,7 @@ impl TestCluster {
 
     /// The instance that is writable now of a content's two members.
     pub fn writable(&self, content: usize) -> Option<&Instance> {
-        [self.primary(content), self.mirror(content)].into_iter().find(|i| {
-            i.connect()
-                .ok()
-                .and_then(|mut c| c.query_one("SELECT NOT pg_is_in_recovery()", &[]).ok())
-                .is_some_and(|r| r.get::<_, bool>(0))
-        })
+        [self.primary(content), self.mirror(content)].into_iter().find(|i| i.writable())
     }
 }
 

@@ -64,28 +64,13 @@ fn run_bounded(instance: &Instance, sql: &str, limit: Duration) -> Option<Result
     rx.recv_timeout(limit).ok()
 }
 
-/// A process and all its descendants, parents first.
-fn process_tree(pid: i32) -> Vec<i32> {
-    let mut all = vec![pid];
-    let mut i = 0;
-    while i < all.len() {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", all[i])).into_iter().flatten().flatten();
-        for task in tasks {
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            all.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-        }
-        i += 1;
-    }
-    all
-}
-
 /// SIGSTOP of an instance's postmaster and every process under it, so no
 /// session on it can do anything; all resumed when dropped.
 fn stop_instance(instance: &Instance) -> Vec<Stopped> {
     let postmaster = instance.postmaster_pid().expect("instance runs");
     // The postmaster first, so it forks nothing new; then what it had forked.
     let mut stopped = vec![Stopped::new(postmaster)];
-    for pid in process_tree(postmaster).into_iter().skip(1) {
+    for pid in gpdemo::process_tree(postmaster).into_iter().skip(1) {
         stopped.push(Stopped::new(pid));
     }
     stopped
