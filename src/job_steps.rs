@@ -837,19 +837,6 @@ impl Job {
     /// The target becomes an up mirror, and the fault tolerance service
     /// watches the pair again; committed with the next phase.
     fn marking_up(&mut self) -> Step {
-        if self.kind == JobKind::Rebalance && self.sub == 0 {
-            // The demoted primary's slot served its old mirror; as a standby
-            // it would only keep WAL forever.
-            let t = Target::new(&self.target, call_timeout());
-            match self.call(|| Box::pin(async move { t.drop_slot().await.map(|()| Answer::Done) })) {
-                None => return Step::Stay,
-                Some(Err(e)) => {
-                    warning!("gp_recovery: job {}: could not drop the old slot on dbid {}: {e}", self.id(), self.dbid())
-                }
-                Some(Ok(_)) => {}
-            }
-            self.sub = 1;
-        }
         let (target, job_id) = (self.target.clone(), self.id());
         next_with(Box::new(move || {
             job_table::release_hold(job_id)?;

@@ -330,22 +330,6 @@ impl Target {
         Ok(lsn.as_deref().and_then(gp_recovery_core::fts::parse_lsn).unwrap_or(0))
     }
 
-    /// Drops the content's slot on a server that no longer serves a mirror
-    /// (a demoted primary), so it does not keep WAL forever.
-    pub async fn drop_slot(&self) -> Result<(), String> {
-        self.with_client(|client| async move {
-            client
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                     WHERE slot_name = $1 AND NOT active",
-                    &[&SLOT_NAME],
-                )
-                .await
-                .map(|_| ())
-        })
-        .await
-    }
-
     /// A CHECKPOINT, so the source's control file shows its current timeline
     /// (pg_rewind reads it).
     pub async fn checkpoint(&self) -> Result<(), String> {

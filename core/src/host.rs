@@ -394,16 +394,14 @@ impl Scripts {
     }
 
     /// After a differential copy: the backup label and tablespace map from
-    /// pg_backup_stop, no WAL of the old timeline left to replay, no stale
-    /// replication slot (the segment's own, from when it was a primary, would
-    /// keep WAL forever), and the incomplete mark removed: the copy is whole.
+    /// pg_backup_stop, no WAL of the old timeline left to replay, and the
+    /// incomplete mark removed: the copy is whole.
     pub fn install_backup_label(&self, datadir: &str, label: &str, map: &str) -> String {
         let mut s = self.preamble(datadir) + &format!("printf '%s' {} > \"$D/backup_label\" || exit 1\n", quote(label));
         if !map.is_empty() {
             s += &format!("printf '%s' {} > \"$D/tablespace_map\" || exit 1\n", quote(map));
         }
         s + "for f in \"$D\"/pg_wal/*; do if [ -f \"$f\" ]; then rm -f \"$f\" || exit 1; fi; done\n\
-             rm -rf \"$D\"/pg_replslot/* || exit 1\n\
              rm -f \"$I\""
     }
 
@@ -413,12 +411,15 @@ impl Scripts {
     }
 
     /// Writes postgresql.auto.conf (through a temporary file) and makes the
-    /// segment a standby.
+    /// segment a standby, without replication slots: one it kept from when
+    /// it was a primary (pg_rewind leaves pg_replslot alone, and a
+    /// backed-out rebalance leaves the demoted primary's) would hold WAL on
+    /// the mirror forever.
     pub fn configure_standby(&self, datadir: &str, auto_conf: &str) -> String {
         self.preamble(datadir)
             + &format!(
                 "printf '%s' {} > \"$D/postgresql.auto.conf.tmp\" && mv \"$D/postgresql.auto.conf.tmp\" \"$D/postgresql.auto.conf\" \
-                 && : > \"$D/standby.signal\" && rm -f \"$D/recovery.signal\"",
+                 && : > \"$D/standby.signal\" && rm -f \"$D/recovery.signal\" && rm -rf \"$D\"/pg_replslot/*",
                 quote(auto_conf)
             )
     }
@@ -687,11 +688,14 @@ mod tests {
         std::fs::create_dir_all(dir.join("pg_wal/archive_status")).unwrap();
         std::fs::write(dir.join("pg_wal/000000010000000000000001"), "wal").unwrap();
         std::fs::write(dir.join("recovery.signal"), "").unwrap();
+        std::fs::create_dir_all(dir.join("pg_replslot/internal_wal_replication_slot")).unwrap();
         let s = scripts();
         let conf = "port = '7001'\nprimary_conninfo = 'host=a user=''b'''\n";
         assert_eq!(run_local(&s.configure_standby(&ds, conf)).0, 0);
         assert_eq!(run_local(&s.read_auto_conf(&ds)), (0, conf.to_string()));
         assert!(dir.join("standby.signal").exists() && !dir.join("recovery.signal").exists());
+        assert!(dir.join("pg_replslot").is_dir(), "the directory stays");
+        assert!(!dir.join("pg_replslot/internal_wal_replication_slot").exists(), "a mirror keeps no slot");
         assert_eq!(run_local(&s.install_backup_label(&ds, "START WAL LOCATION: 0/2\n", "")).0, 0);
         assert_eq!(std::fs::read_to_string(dir.join("backup_label")).unwrap(), "START WAL LOCATION: 0/2\n");
         assert!(!dir.join("pg_wal/000000010000000000000001").exists() && dir.join("pg_wal/archive_status").exists());

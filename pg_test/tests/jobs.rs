@@ -277,6 +277,18 @@ fn crash_matrix_of_rebalance_and_relocation() {
             wait_for(60, "the pair to be synchronized", || {
                 tc.row_state(preferred_primary).ends_with("u s") && tc.row_state(mirror).ends_with("u s")
             });
+            // A demoted primary left down by the backout keeps its slot
+            // ("no rewind required" touches nothing); as a mirror it must not
+            // (found by the fault soak).
+            for member in [tc.primary(0), tc.mirror(0)].into_iter().filter(|i| i.in_recovery()) {
+                let slots: i64 = member
+                    .connect()
+                    .unwrap()
+                    .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+                    .unwrap()
+                    .get(0);
+                assert_eq!(slots, 0, "{point}: the mirror {} keeps a replication slot", member.name());
+            }
         }
         // A relocation interrupted after its copy: the row goes back, the
         // new directory is emptied but kept.

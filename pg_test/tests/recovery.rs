@@ -35,6 +35,11 @@ fn assert_recovered(tc: &TestCluster, recovered: &Instance, mirror_dbid: i16, pr
         .unwrap();
     assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, String>(1).as_str()), ("streaming", "sync"));
     assert_same_data(tc.mirror(0), recovered);
+    // The old primary's slot for its former mirror would keep WAL forever
+    // (pg_rewind leaves pg_replslot alone; found by the fault soak).
+    let slots: i64 =
+        recovered.connect().unwrap().query_one("SELECT count(*) FROM pg_replication_slots", &[]).unwrap().get(0);
+    assert_eq!(slots, 0, "the recovered mirror keeps no replication slot");
 }
 
 #[test]
@@ -98,10 +103,6 @@ fn differential_recovery_copies_what_differs() {
     assert_recovered(&tc, tc.primary(0), old, new);
     let backup_label = tc.primary(0).datadir.join("backup_label.old");
     assert!(backup_label.exists(), "recovery started from the backup label pg_backup_stop returned");
-    // The old primary's slot for its former mirror would keep WAL forever.
-    let slots: i64 =
-        tc.primary(0).connect().unwrap().query_one("SELECT count(*) FROM pg_replication_slots", &[]).unwrap().get(0);
-    assert_eq!(slots, 0, "the recovered mirror keeps no replication slot");
 }
 
 #[test]
