@@ -404,7 +404,7 @@ impl Job {
         });
         match answer {
             None => Step::Stay,
-            Some(Ok(Answer::Probe(p))) => match recovery::verify_source(&self.source, &p) {
+            Some(Ok(Answer::Probe(p))) => match recovery::verify_source(&self.source, &p, self.kind.mode()) {
                 Ok(()) => next(),
                 Err(e) => Step::Fail(e.to_string()),
             },

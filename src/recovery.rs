@@ -26,13 +26,13 @@ fn require_worker() {
 }
 
 /// Checks that every job's source answers as a primary now (a double fault
-/// otherwise), all sources at once.
+/// otherwise) and can serve the job's mode, all sources at once.
 fn verify_sources(specs: &[JobSpec]) -> Result<(), CoreError> {
     let sources: Vec<Segment> = specs.iter().map(|s| s.source.clone()).collect();
     let probes = segment_client::probe_all(&sources);
-    for s in &sources {
-        let probe = probes.get(&s.dbid).cloned().unwrap_or_else(|| Err("not probed".into()));
-        recovery::verify_source(s, &probe)?;
+    for spec in specs {
+        let probe = probes.get(&spec.source.dbid).cloned().unwrap_or_else(|| Err("not probed".into()));
+        recovery::verify_source(&spec.source, &probe, spec.mode)?;
     }
     Ok(())
 }

@@ -364,7 +364,9 @@ impl Target {
 
 const IDENTITY_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('data_directory'), \
      (SELECT system_identifier::text FROM pg_control_system()), \
-     current_setting('synchronous_standby_names')";
+     current_setting('synchronous_standby_names'), \
+     ARRAY(SELECT spcname || ' at ' || pg_tablespace_location(oid) FROM pg_tablespace \
+            WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY spcname)";
 const WAL_RECEIVER_SQL: &str = "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver";
 /// Each walsender with the physical slot it streams from, if any, so that
 /// only the mirror on the content's slot counts as the mirror.
@@ -422,6 +424,7 @@ async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe
         synchronous_standby_names: row.try_get(3)?,
         wal_receiver,
         replication,
+        outside_tablespaces: row.try_get(4)?,
     })
 }
 

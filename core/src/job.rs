@@ -88,6 +88,16 @@ impl JobKind {
             RecoveryMode::Rebalance => JobKind::Rebalance,
         }
     }
+
+    /// The recovery mode a job of this kind runs (a relocation is a full copy).
+    pub fn mode(self) -> RecoveryMode {
+        match self {
+            JobKind::Incremental => RecoveryMode::Incremental,
+            JobKind::Differential => RecoveryMode::Differential,
+            JobKind::Full | JobKind::Relocation => RecoveryMode::Full,
+            JobKind::Rebalance => RecoveryMode::Rebalance,
+        }
+    }
 }
 
 named_enum!(

@@ -74,6 +74,9 @@ pub struct InstanceProbe {
     pub wal_receiver: Option<WalReceiver>,
     /// Empty on a standby: only a primary has walsenders to report.
     pub replication: Vec<Replication>,
+    /// Tablespaces outside the data directory, as "name at /location".
+    #[serde(default)]
+    pub outside_tablespaces: Vec<String>,
 }
 
 impl InstanceProbe {

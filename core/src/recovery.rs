@@ -554,6 +554,21 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_needs_every_tablespace_inside_the_source() {
+        let source = seg(3, 0, Role::Primary, Status::Up, 7003);
+        let probe = Ok(crate::probe::InstanceProbe {
+            outside_tablespaces: vec!["far at /data/far".into()],
+            ..Default::default()
+        });
+        for mode in [RecoveryMode::Differential, RecoveryMode::Full] {
+            let e = verify_source(&source, &probe, mode).unwrap_err().to_string();
+            assert!(e.contains("far at /data/far") && e.contains("use incremental recovery"), "{e}");
+        }
+        assert!(verify_source(&source, &probe, RecoveryMode::Incremental).is_ok());
+        assert!(verify_source(&source, &Ok(Default::default()), RecoveryMode::Full).is_ok());
+    }
+
+    #[test]
     fn plans_in_place_and_relocation() {
         let j = plan(2, RecoveryMode::Incremental, NewLocation::default()).unwrap();
         assert_eq!((j.source.dbid, j.relocate, j.target.port), (3, false, 7001));
@@ -684,10 +699,25 @@ mod tests {
 }
 
 /// Checks what a live probe of the source found: it must answer and be a primary.
-pub fn verify_source(source: &Segment, probe: &crate::probe::ProbeResult) -> Result<(), CoreError> {
+///
+/// A differential or full copy (relocations included) of a source with
+/// tablespaces outside its data directory is refused: such a copy would
+/// need every tablespace directory copied and mapped on the target's host,
+/// which is not built yet (incremental recovery rewinds them in place).
+pub fn verify_source(source: &Segment, probe: &crate::probe::ProbeResult, mode: RecoveryMode) -> Result<(), CoreError> {
     match probe {
         Err(e) => Err(double_fault(source, &format!("does not answer ({e})"))),
         Ok(p) if p.in_recovery => Err(double_fault(source, "is in recovery, not a primary")),
+        Ok(p)
+            if matches!(mode, RecoveryMode::Differential | RecoveryMode::Full) && !p.outside_tablespaces.is_empty() =>
+        {
+            Err(CoreError::WrongState(format!(
+                "the acting primary dbid {} has tablespaces outside its data directory ({}): {mode} recovery does not \
+                 copy them yet; use incremental recovery, or in-place tablespaces",
+                source.dbid,
+                p.outside_tablespaces.join(", ")
+            )))
+        }
         Ok(_) => Ok(()),
     }
 }

@@ -101,7 +101,10 @@ fn a_tablespace_survives_every_recovery_mode() {
     recover(
         &tc,
         down,
-        &format!("SELECT gp_recover_segment({down}, 'full', new_port => {port}, new_datadir => '{}')", datadir.display()),
+        &format!(
+            "SELECT gp_recover_segment({down}, 'full', new_port => {port}, new_datadir => '{}')",
+            datadir.display()
+        ),
     );
     let moved = Instance {
         content: 0,
@@ -112,4 +115,32 @@ fn a_tablespace_survives_every_recovery_mode() {
         logfile: tc.dir().join("relocated.log"),
     };
     assert_tablespace_data(acting, &moved, "relocation");
+}
+
+#[test]
+fn a_copy_of_a_source_with_a_tablespace_outside_its_directory_is_refused() {
+    let tc = TestCluster::new(1);
+    tc.set_fts(1, 2, 2, 2);
+    // The mirror is down before the tablespace exists: on one host its
+    // replay would take over the primary's directory.
+    gp_recovery_pg_test::kill9(tc.mirror(0));
+    let down = tc.dbid_of(tc.mirror(0));
+    wait_for(60, "the mirror to be marked down", || tc.row_state(down) == "m d n");
+    let location = tc.dir().join("outside");
+    gpdemo::make_server_dir(&location).unwrap();
+    tc.primary(0)
+        .connect()
+        .unwrap()
+        .batch_execute(&format!("CREATE TABLESPACE far LOCATION '{}'", location.display()))
+        .unwrap();
+    let mut c = tc.coordinator();
+    let before = gp_recovery_pg_test::catalog_snapshot(&mut c);
+    for mode in ["differential", "full"] {
+        let (code, message) =
+            gp_recovery_pg_test::expect_error(&mut c, &format!("SELECT gp_recover_segment({down}, '{mode}')"));
+        assert_eq!(code, "55000", "{message}");
+        assert!(message.contains(&format!("far at {}", location.display())), "{message}");
+        assert!(message.contains("use incremental recovery"), "{message}");
+        assert_eq!(gp_recovery_pg_test::catalog_snapshot(&mut c), before, "{mode} changed the catalog");
+    }
 }
