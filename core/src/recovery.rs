@@ -434,8 +434,11 @@ pub fn rewrite_auto_conf(existing: &str, settings: &[(&str, String)]) -> String 
         .filter(|l| key_of(l).is_none_or(|k| !settings.iter().any(|(s, _)| s.eq_ignore_ascii_case(&k))))
         .map(|l| format!("{l}\n"))
         .collect();
+    // As ALTER SYSTEM writes them: the configuration file's parser turns
+    // '' into ' and \\ into \, so each is doubled once here, and what the
+    // server reads is the value itself (a conninfo keeps its own quoting).
     for (k, v) in settings {
-        out.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+        out.push_str(&format!("{k} = '{}'\n", v.replace('\\', "\\\\").replace('\'', "''")));
     }
     out
 }
@@ -695,6 +698,46 @@ mod tests {
     fn conninfo_quotes_what_needs_it() {
         assert_eq!(conninfo(&[("host", "127.0.0.1"), ("port", "7001")]), "host=127.0.0.1 port=7001");
         assert_eq!(conninfo_value("a b'c"), "'a b\\'c'");
+    }
+
+    /// A quoted value as PostgreSQL's configuration file parser reads it
+    /// (GUC_scanstr): '' is ', a backslash escapes the next character.
+    fn read_conf_value(line: &str) -> String {
+        let quoted = line.split_once(" = '").map(|(_, v)| v.trim_end().strip_suffix('\'').unwrap_or(v)).unwrap();
+        let (mut out, mut chars) = (String::new(), quoted.chars().peekable());
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.extend(chars.next()),
+                '\'' if chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    out.push('\'');
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// One conninfo value as libpq reads it: inside quotes a backslash
+    /// escapes the next character.
+    fn read_conninfo_value(v: &str) -> String {
+        let Some(inner) = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) else { return v.to_string() };
+        let (mut out, mut chars) = (String::new(), inner.chars());
+        while let Some(c) = chars.next() {
+            out.extend(if c == '\\' { chars.next() } else { Some(c) });
+        }
+        out
+    }
+
+    #[test]
+    fn a_conninfo_in_postgresql_auto_conf_is_read_back_as_written() {
+        for host in ["plain", "a b", "o'k", "back\\slash", "both\\'\\\\x"] {
+            let conninfo = conninfo(&[("host", host)]);
+            let file = rewrite_auto_conf("", &[("primary_conninfo", conninfo.clone())]);
+            let read = read_conf_value(file.trim_end());
+            assert_eq!(read, conninfo, "{file}");
+            assert_eq!(read_conninfo_value(read.strip_prefix("host=").unwrap()), host);
+        }
     }
 }
 

@@ -110,9 +110,9 @@ fn relocation_keeps_the_dbid_and_leaves_the_old_directory() {
     let (tc, old, new) = failed_over_cluster(3);
     let port = gpdemo::free_port_range(1).unwrap();
     // Outside the cluster's directory; a space, a quote and a semicolon:
-    // arguments, never shell text.
+    // arguments, never shell text; %f and %%: literal in restore_command.
     let elsewhere = gp_recovery_pg_test::scratch_dir("moved");
-    let datadir = elsewhere.join("moved dir 'x';touch pwned");
+    let datadir = elsewhere.join("moved %f%% dir 'x';touch pwned");
     let sql = format!(
         "SELECT gp_recover_segment({old}, 'full', new_port => {port}, new_datadir => $${}$$)",
         datadir.display()
@@ -137,6 +137,25 @@ fn relocation_keeps_the_dbid_and_leaves_the_old_directory() {
         logfile: tc.dir().join("moved.log"),
     };
     assert_recovered(&tc, &moved, old, new);
+    // The moved segment is rewound where it is (pg_rewind reads its WAL
+    // through a restore_command naming its directory): it becomes the
+    // primary, then fails over back and is recovered incrementally.
+    tc.fail_over_from(0, tc.mirror(0), &moved);
+    let job = tc.submit(&format!("SELECT gp_recover_segment({new})"));
+    assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
+    wait_for(60, "the pair to be synchronized", || tc.row_state(new) == "m u s");
+    tc.fail_over_from(0, &moved, tc.mirror(0));
+    tc.mirror(0)
+        .connect()
+        .unwrap()
+        .batch_execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid < 500")
+        .unwrap();
+    let job = tc.submit(&format!("SELECT gp_recover_segment({old})"));
+    let watcher = tc.watch_progress(job);
+    assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
+    assert!(watcher.join().unwrap().iter().any(|(phase, _)| phase == "rewinding"));
+    wait_for(60, "the pair to be synchronized", || tc.row_state(old) == "m u s");
+    assert_same_data(tc.mirror(0), &moved);
     // gpdemo destroy stops a segment the catalog names outside the cluster.
     let pid = moved.postmaster_pid().expect("the relocated segment runs");
     gpdemo::Cluster::destroy(tc.dir()).unwrap();
