@@ -49,6 +49,9 @@ enum Fault {
     /// Only with --hosts: every segment on one host killed and its sshd
     /// stopped, then the host back.
     HostDown,
+    /// Only as root (it mounts a file system): a mirror killed and moved
+    /// onto a 32 MB tmpfs, too small for its copy.
+    DiskFull,
 }
 
 const FAULTS: [Fault; 9] = [
@@ -76,6 +79,7 @@ impl Fault {
             Fault::RebalanceInterrupted => "rebalance-fault",
             Fault::RecycledWal => "recycled-wal",
             Fault::HostDown => "host-down",
+            Fault::DiskFull => "disk-full",
         }
     }
 }
@@ -256,6 +260,42 @@ impl Soak {
                 self.set("fault_point", "")?;
                 ended.map_err(err)?;
                 return Ok(format!("{} content {content} at {point}", fault.name()));
+            }
+            Fault::DiskFull => {
+                kill(&mirror)?;
+                self.wait_down(mdbid)?;
+                let disk = self.cluster.dir.join(format!("small-disk-{content}"));
+                gpdemo::make_server_dir(&disk).map_err(err)?;
+                gpdemo::run(
+                    std::process::Command::new("mount")
+                        .args(["-t", "tmpfs", "-o", "size=32m,mode=0777", "tmpfs"])
+                        .arg(&disk),
+                )
+                .map_err(err)?;
+                let port = gpdemo::free_port_range(1).map_err(err)?;
+                let error = self
+                    .coord()?
+                    .query_one(
+                        &format!(
+                            "SELECT gp_recover_segment({mdbid}, 'full', new_port => {port}, new_datadir => '{}/data')",
+                            disk.display()
+                        ),
+                        &[],
+                    )
+                    .map_err(|e| gpdemo::sql_message(&e))
+                    .and_then(|r| {
+                        self.coord()?
+                            .query_one("SELECT gp_recovery_wait($1, '300s')", &[&r.get::<_, i64>(0)])
+                            .map(|_| "the copy fit".to_string())
+                            .or_else(|e| Ok(gpdemo::sql_message(&e)))
+                    });
+                let _ = gpdemo::run(std::process::Command::new("umount").arg("-l").arg(&disk));
+                let _ = std::fs::remove_dir(&disk);
+                let error = error?;
+                if !error.contains("No space left on device") {
+                    return Err(format!("the copy onto a full disk did not fail for lack of space: {error}"));
+                }
+                return Ok(format!("{} content {content} (the copy failed: no space left)", fault.name()));
             }
             Fault::HostDown => {
                 let host = &self.cluster.hosts[variant % self.cluster.hosts.len()];
@@ -610,6 +650,9 @@ pub fn run(dir: &Path, o: &Options) -> Res<bool> {
     let mut all = FAULTS.to_vec();
     if !o.hosts.is_empty() {
         all.push(Fault::HostDown);
+    }
+    if gpdemo::running_as_root() {
+        all.push(Fault::DiskFull);
     }
     let names = all.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ");
     let faults: Vec<Fault> = match &o.fault {

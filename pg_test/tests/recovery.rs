@@ -140,7 +140,8 @@ fn relocation_keeps_the_dbid_and_leaves_the_old_directory() {
     // The moved segment is rewound where it is (pg_rewind reads its WAL
     // through a restore_command naming its directory): it becomes the
     // primary, then fails over back and is recovered incrementally.
-    tc.fail_over_from(0, tc.mirror(0), &moved);
+    kill9(tc.mirror(0));
+    wait_for(60, "the relocated segment to be promoted", || tc.row_state(old) == "p u n" && moved.writable());
     let job = tc.submit(&format!("SELECT gp_recover_segment({new})"));
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
     wait_for(60, "the pair to be synchronized", || tc.row_state(new) == "m u s");
