@@ -168,6 +168,9 @@ pub const REWIND_MARK: &str = "# gp_recovery: for pg_rewind only";
 /// the source does not have, and the segment would never stream; so a
 /// finished rewind is started as it is.
 pub const REWIND_LABEL_METHOD: &str = "BACKUP METHOD: pg_rewind";
+/// The target's in-place tablespaces, set aside while pg_rewind runs (see
+/// [`Scripts::rewind`]).
+pub const TABLESPACES_SUFFIX: &str = ".gp_recovery_tblspc";
 /// The target's own WAL, set aside while pg_rewind runs.
 pub const WAL_SUFFIX: &str = ".gp_recovery_wal";
 /// What [`Scripts::start`] prints when the segment runs already.
@@ -253,6 +256,11 @@ impl Scripts {
     /// postgresql.auto.conf for this run only: pg_rewind replaces the file
     /// with the source's, a failed run removes the line), and afterwards
     /// puts back what pg_wal lacks.
+    ///
+    /// An in-place tablespace (a directory in pg_tblspc) is listed by a
+    /// running source as a link, and pg_rewind stops on a directory in the
+    /// target: while it runs, each such directory moves beside the data
+    /// directory with a link in its place, and moves back after.
     pub fn rewind(&self, datadir: &str, source_conninfo: &str, skip_standby: bool) -> String {
         let skip = if skip_standby {
             "if [ -f \"$D/standby.signal\" ]; then echo \"skipping pg_rewind on mirror as standby.signal is present\"; exit 0; fi\n"
@@ -274,7 +282,7 @@ impl Scripts {
                 method = quote(REWIND_LABEL_METHOD)
             )
             + &format!(
-                "A=\"$D/postgresql.auto.conf\" M={mark} W={w}\n\
+                "A=\"$D/postgresql.auto.conf\" M={mark} W={w} T={t}\n\
                  R=$(\"$B/pg_controldata\" -D \"$D\" | sed -n \"s/^Latest checkpoint's REDO WAL file: *//p\")\n\
                  rm -rf \"$W\" && mkdir -p \"$W\" || exit 1\n\
                  for f in \"$D\"/pg_wal/*; do\n\
@@ -283,8 +291,15 @@ impl Scripts {
                  done\n\
                  printf '%s\\n' {line} >> \"$A\" || exit 1\n\
                  : > \"$I\" || exit 1\n\
+                 for t in \"$D\"/pg_tblspc/*; do\n\
+                 if [ -d \"$t\" ] && [ ! -L \"$t\" ]; then mkdir -p \"$T\" && mv \"$t\" \"$T/\" && ln -s \"$T/${{t##*/}}\" \"$t\" || exit 1; fi\n\
+                 done\n\
                  {{ \"$B/pg_rewind\" --target-pgdata=\"$D\" --source-server={conninfo} --restore-target-wal --progress 2>&1; echo $? > \"$W/rc\"; }} | tee \"$W/out\"\n\
                  rc=$(cat \"$W/rc\" 2>/dev/null || echo 1)\n\
+                 for t in \"$T\"/*; do\n\
+                 if [ -d \"$t\" ]; then l=\"$D/pg_tblspc/${{t##*/}}\"; rm -f \"$l\" && mv \"$t\" \"$l\" || exit 1; fi\n\
+                 done\n\
+                 rm -rf \"$T\"\n\
                  if [ \"$rc\" -ne 0 ] && ! grep -q \"need to copy\" \"$W/out\"; then rm -f \"$I\"; fi\n\
                  if [ -f \"$A\" ] && grep -q -F \"$M\" \"$A\"; then\n\
                  {{ grep -v -F \"$M\" \"$A\" || true; }} > \"$A.tmp\" && mv \"$A.tmp\" \"$A\"\n\
@@ -300,6 +315,7 @@ impl Scripts {
                  exit \"$rc\"",
                 mark = quote(REWIND_MARK),
                 w = quote(&saved),
+                t = quote(&sibling(datadir, TABLESPACES_SUFFIX)),
                 line = quote(&line),
                 conninfo = quote(source_conninfo),
             )
@@ -712,6 +728,39 @@ mod tests {
         assert_ne!(rc, 0);
         assert_eq!(std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap(), "port = '7001'\n");
         assert!(!PathBuf::from(sibling(&ds, WAL_SUFFIX)).exists(), "the WAL set aside is removed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn in_place_tablespaces_are_back_after_a_rewind() {
+        let dir = scratch("tblspc");
+        let ds = dir.to_string_lossy().into_owned();
+        std::fs::create_dir_all(dir.join("pg_tblspc/16406/PG_15_1")).unwrap();
+        std::fs::write(dir.join("pg_tblspc/16406/PG_15_1/x"), "data").unwrap();
+        std::os::unix::fs::symlink("/elsewhere", dir.join("pg_tblspc/16500")).unwrap();
+        // pg_rewind is a script that records what it saw, then fails.
+        let bin = scratch("tblspc-bin");
+        std::fs::write(
+            bin.join("pg_rewind"),
+            format!(
+                "#!/bin/sh\n[ -L {ds}/pg_tblspc/16406 ] && cat {ds}/pg_tblspc/16406/PG_15_1/x > {ds}/seen\nexit 1\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(bin.join("pg_controldata"), "#!/bin/sh\n").unwrap();
+        for f in ["pg_rewind", "pg_controldata"] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(bin.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let s = Scripts { bindir: bin.to_string_lossy().into_owned(), connect_timeout: 5 };
+        assert_eq!(run_local(&s.rewind(&ds, "host=x", false)).0, 1);
+        assert_eq!(std::fs::read_to_string(dir.join("seen")).unwrap(), "data", "pg_rewind saw a link with the files");
+        let t = dir.join("pg_tblspc/16406");
+        assert!(t.is_dir() && !t.is_symlink(), "the directory is back");
+        assert_eq!(std::fs::read_to_string(t.join("PG_15_1/x")).unwrap(), "data");
+        assert!(dir.join("pg_tblspc/16500").is_symlink(), "a real link is left alone");
+        assert!(!PathBuf::from(sibling(&ds, TABLESPACES_SUFFIX)).exists());
+        std::fs::remove_dir_all(&bin).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
