@@ -628,7 +628,15 @@ fn step_processes(dir: &Path) -> HashMap<String, usize> {
 }
 
 /// Runs the soak; Ok(true) when every check passed.
-pub fn run(dir: &Path, o: &Options) -> Res<bool> {
+/// What a soak run showed, for bench/results.md.
+pub struct Summary {
+    pub ok: bool,
+    pub line: String,
+    pub what: String,
+}
+
+/// Runs the soak; `ok` when every check passed.
+pub fn run(dir: &Path, o: &Options) -> Res<Summary> {
     let _ = Cluster::destroy(dir);
     let base = gpdemo::free_port_range(2 * o.pairs + 1).map_err(err)?;
     let cluster = Cluster::create_on(dir, o.pairs, base, &o.hosts).map_err(err)?;
@@ -662,13 +670,8 @@ pub fn run(dir: &Path, o: &Options) -> Res<bool> {
             .ok_or_else(|| format!("no fault named {name} here; one of {names}"))?],
         None => all,
     };
-    println!(
-        "soak: {} pairs, {} rounds, seed {}, faults {}",
-        o.pairs,
-        o.rounds,
-        o.seed,
-        faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(" ")
-    );
+    let used = faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(" ");
+    println!("soak: {} pairs, {} rounds, seed {}, faults {used}", o.pairs, o.rounds, o.seed);
     let writers = soak.start_writers();
     let mut rng = Rng(o.seed.max(1));
     let (mut healed, mut times) = (0, Vec::new());
@@ -707,19 +710,22 @@ pub fn run(dir: &Path, o: &Options) -> Res<bool> {
         println!("soak: {p}");
     }
     let max = times.iter().copied().fold(0.0, f64::max);
-    println!(
-        "soak: {} rounds, {healed} healed, seconds to heal median {:.1} max {max:.1}, {acked} acknowledged commits, \
+    let line = format!(
+        "{} rounds, {healed} healed, seconds to heal median {:.1} max {max:.1}, {acked} acknowledged commits, \
          {lost} lost, {mismatched} mismatched, {stuck} stuck",
         o.rounds,
         if times.is_empty() { 0.0 } else { median(times) },
     );
+    println!("soak: {line}");
     let ok = failure.is_none() && lost == 0 && mismatched == 0 && problems.is_empty();
     if ok {
         Cluster::destroy(dir).map_err(err)?;
     } else {
         println!("soak: the cluster is left in {} for a look", dir.display());
     }
-    Ok(ok)
+    let hosts = if o.hosts.is_empty() { String::new() } else { format!(", hosts {}", o.hosts.join(",")) };
+    let what = format!("{} pairs{hosts}, seed {}, faults {used}", o.pairs, o.seed);
+    Ok(Summary { ok, line, what })
 }
 
 #[cfg(test)]

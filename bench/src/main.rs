@@ -817,8 +817,26 @@ fn main() {
                 .unwrap_or_default(),
         };
         match chaos::run(&dir.with_file_name("gp-chaos"), &o) {
-            Ok(true) => return,
-            Ok(false) => std::process::exit(1),
+            Ok(s) => {
+                // --record: the run's summary replaces the soak's row in results.md.
+                if args.iter().any(|a| a == "--record") {
+                    let row = Row {
+                        what: format!("Fault soak: `./bench/run --chaos --record` ({})", s.what),
+                        ours: s.line.clone(),
+                        baseline: "—".into(),
+                        ratio: None,
+                        target: "every round healed; 0 lost, 0 mismatched, 0 stuck".into(),
+                        met: Some(s.ok),
+                    };
+                    if let Err(e) = merge_results(&out, &[row]) {
+                        eprintln!("gp_bench: could not record the soak in {}: {e}", out.display());
+                    }
+                }
+                if !s.ok {
+                    std::process::exit(1);
+                }
+                return;
+            }
             Err(e) => {
                 eprintln!("gp_bench: the soak could not run: {e}");
                 std::process::exit(1);
