@@ -486,6 +486,7 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
         ("parallel recovery of 8 segments", parallel as fn(&Path, u32, u16) -> Res<Vec<Row>>),
         ("probe cost", probe_cost),
         ("jobs latency", job_latency),
+        ("hung mirror", hung_mirror),
     ] {
         let section_dir = dir.with_file_name(format!("gp-bench-{}", name.split(' ').next().unwrap_or("x")));
         let _ = Cluster::destroy(&section_dir);
@@ -732,6 +733,60 @@ fn job_latency(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
     Ok(rows)
 }
 
+/// The commit stall on a primary whose mirror hangs: its postmaster and
+/// every child SIGSTOPped (a frozen VM, a disk that stopped answering).
+/// Issue 12's target: the grace period + 2 s at the fast settings.
+fn hung_mirror(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
+    const RUNS: usize = 5;
+    eprintln!("== hung mirror: commit stall on its primary");
+    let base = gpdemo::free_port_range(3).map_err(err)?;
+    let cluster = Cluster::create(dir, 1, base).map_err(err)?;
+    let b = Bench { cluster, runs: RUNS, scale };
+    b.fts(FAST)?;
+    let (p, m) = (b.cluster.primaries[0].clone(), b.cluster.mirrors[0].clone());
+    p.connect().map_err(err)?.batch_execute("CREATE TABLE stall (x int)").map_err(err)?;
+    let mdbid: i16 = b.value(&format!("SELECT dbid FROM gp_segment_configuration WHERE port = {}", m.port))?;
+    let mut stalls = Vec::new();
+    for _ in 0..RUNS {
+        gpdemo::wait_for_sync_mirror(&p, Duration::from_secs(60)).map_err(err)?;
+        let mut c = p.connect().map_err(err)?;
+        // A bound in case it never ends (a canceled wait would commit anyway).
+        c.batch_execute("SET statement_timeout = '60s'").map_err(err)?;
+        let tree = gpdemo::process_tree(m.postmaster_pid().ok_or("the mirror is not running")?);
+        for pid in &tree {
+            // SAFETY: processes of this benchmark's own mirror.
+            unsafe { libc::kill(*pid, libc::SIGSTOP) };
+        }
+        let started = Instant::now();
+        let committed = c.batch_execute("INSERT INTO stall VALUES (1)");
+        stalls.push(started.elapsed().as_secs_f64());
+        for pid in &tree {
+            // SAFETY: as above.
+            unsafe { libc::kill(*pid, libc::SIGCONT) };
+        }
+        committed.map_err(err)?;
+        b.wait_job(b.submit(&format!("SELECT gp_recover_segment({mdbid})"))?)?;
+        wait_until(Duration::from_secs(60), "the pair to be synchronized", || {
+            b.row_state(mdbid).is_ok_and(|s| s == "mus")
+        })
+        .map_err(err)?;
+    }
+    let worst = stalls.iter().copied().fold(0.0, f64::max);
+    let rows = vec![Row {
+        what: format!(
+            "Hung mirror: commit stall on its primary, the mirror's postmaster and every child SIGSTOPped (grace 2 s, \
+             probe 1 s; median of {RUNS})"
+        ),
+        ours: secs(median(stalls)),
+        baseline: format!("worst {}; before issue 12 about 64 s (wal_sender_timeout + grace)", secs(worst)),
+        ratio: None,
+        target: "≤ 4 s".into(),
+        met: Some(worst <= 4.0),
+    }];
+    Cluster::destroy(dir).map_err(err)?;
+    Ok(rows)
+}
+
 /// Replaces the rows of results.md that start like `rows` (one section run
 /// with --only), keeping every other row.
 fn merge_results(path: &Path, rows: &[Row]) -> Res<()> {
@@ -844,13 +899,22 @@ fn main() {
         }
     }
     // --only jobs: that section alone, its rows merged into results.md.
-    if args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).is_some_and(|s| s == "jobs") {
-        let section_dir = dir.with_file_name("gp-bench-jobs");
+    // --only jobs | hung-mirror: that section alone, its rows merged into results.md.
+    if let Some(name) = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)) {
+        let section: fn(&Path, u32, u16) -> Res<Vec<Row>> = match name.as_str() {
+            "jobs" => job_latency,
+            "hung-mirror" => hung_mirror,
+            other => {
+                eprintln!("gp_bench: --only takes jobs or hung-mirror, not {other}");
+                std::process::exit(2);
+            }
+        };
+        let section_dir = dir.with_file_name(format!("gp-bench-{name}"));
         let _ = Cluster::destroy(&section_dir);
-        match job_latency(&section_dir, scale.min(5), probe_pairs).and_then(|rows| merge_results(&out, &rows)) {
+        match section(&section_dir, scale.min(5), probe_pairs).and_then(|rows| merge_results(&out, &rows)) {
             Ok(()) => println!("{}", std::fs::read_to_string(&out).unwrap_or_default()),
             Err(e) => {
-                eprintln!("gp_bench: jobs latency failed: {e}; its cluster is left in {}", section_dir.display());
+                eprintln!("gp_bench: {name} failed: {e}; its cluster is left in {}", section_dir.display());
                 std::process::exit(1);
             }
         }
