@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use gpdemo::{wait_until, Cluster, Instance};
 
-use crate::{err, median, Res};
+use crate::{err, median, signal_all, Res};
 
 /// Probe interval, timeout, retries, grace (s): faults are seen quickly.
 const FTS: [(&str, u32); 4] =
@@ -117,22 +117,13 @@ fn sql(c: &mut postgres::Client, q: &str) -> Res<()> {
     c.batch_execute(q).map_err(|e| format!("{q}: {}", gpdemo::sql_message(&e)))
 }
 
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: a process of the soak's own cluster.
-    unsafe { libc::kill(pid, sig) };
-}
-
 /// SIGSTOP of a postmaster and everything under it; SIGCONT after `PAUSE`.
 fn pause(instance: &Instance) -> Res<()> {
     let pid = instance.postmaster_pid().ok_or_else(|| format!("{} is not running", instance.name()))?;
     let tree = gpdemo::process_tree(pid);
-    for p in &tree {
-        signal(*p, libc::SIGSTOP);
-    }
+    signal_all(&tree, libc::SIGSTOP);
     std::thread::sleep(PAUSE);
-    for p in &tree {
-        signal(*p, libc::SIGCONT);
-    }
+    signal_all(&tree, libc::SIGCONT);
     Ok(())
 }
 
@@ -214,7 +205,7 @@ impl Soak {
     fn inject(&self, fault: Fault, content: usize, variant: usize) -> Res<String> {
         let (primary, mirror, pdbid, mdbid) = self.roles(content)?;
         let kill = |i: &Instance| -> Res<()> {
-            signal(i.postmaster_pid().ok_or_else(|| format!("{} is not running", i.name()))?, libc::SIGKILL);
+            signal_all(&[i.postmaster_pid().ok_or_else(|| format!("{} is not running", i.name()))?], libc::SIGKILL);
             Ok(())
         };
         match fault {

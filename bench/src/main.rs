@@ -18,6 +18,14 @@ type Res<T> = Result<T, String>;
 /// The fast fault tolerance settings the failover target is stated for.
 const FAST: (u32, u32, u32, u32) = (1, 1, 2, 2);
 
+/// Sends `sig` to each of `pids`, processes of the benchmark's own clusters.
+fn signal_all(pids: &[i32], sig: i32) {
+    for pid in pids {
+        // SAFETY: kill has no memory effects; callers pass their clusters' processes.
+        unsafe { libc::kill(*pid, sig) };
+    }
+}
+
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -121,8 +129,7 @@ impl Bench {
     fn kill_and_time_failover(&self) -> Res<(f64, i16)> {
         let ((primary, pdbid), (mirror, _)) = self.members()?;
         let pid = primary.postmaster_pid().ok_or("the primary does not run")?;
-        // SAFETY: kills a postmaster of this benchmark's cluster.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        signal_all(&[pid], libc::SIGKILL);
         let killed = Instant::now();
         loop {
             if killed.elapsed() > Duration::from_secs(300) {
@@ -644,8 +651,7 @@ fn latency(started: Instant, what: &str, mut done: impl FnMut() -> bool) -> Res<
 /// Seconds until `pid` is gone after SIGTERM.
 fn sigterm_latency(pid: i32) -> Res<f64> {
     let started = Instant::now();
-    // SAFETY: the jobs worker of this benchmark's own cluster.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    signal_all(&[pid], libc::SIGTERM);
     latency(started, "the jobs worker's exit", || !gpdemo::process_alive(pid))
 }
 
@@ -753,17 +759,11 @@ fn hung_mirror(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
         // A bound in case it never ends (a canceled wait would commit anyway).
         c.batch_execute("SET statement_timeout = '60s'").map_err(err)?;
         let tree = gpdemo::process_tree(m.postmaster_pid().ok_or("the mirror is not running")?);
-        for pid in &tree {
-            // SAFETY: processes of this benchmark's own mirror.
-            unsafe { libc::kill(*pid, libc::SIGSTOP) };
-        }
+        signal_all(&tree, libc::SIGSTOP);
         let started = Instant::now();
         let committed = c.batch_execute("INSERT INTO stall VALUES (1)");
         stalls.push(started.elapsed().as_secs_f64());
-        for pid in &tree {
-            // SAFETY: as above.
-            unsafe { libc::kill(*pid, libc::SIGCONT) };
-        }
+        signal_all(&tree, libc::SIGCONT);
         committed.map_err(err)?;
         b.wait_job(b.submit(&format!("SELECT gp_recover_segment({mdbid})"))?)?;
         wait_until(Duration::from_secs(60), "the pair to be synchronized", || {

@@ -283,11 +283,11 @@ impl Scripts {
             )
             + &format!(
                 "A=\"$D/postgresql.auto.conf\" M={mark} W={w} T={t}\n\
-                 R=$(\"$B/pg_controldata\" -D \"$D\" | sed -n \"s/^Latest checkpoint's REDO WAL file: *//p\")\n\
+                 F=$(\"$B/pg_controldata\" -D \"$D\" | sed -n \"s/^Latest checkpoint's REDO WAL file: *//p\")\n\
                  rm -rf \"$W\" && mkdir -p \"$W\" || exit 1\n\
                  for f in \"$D\"/pg_wal/*; do\n\
                  n=${{f##*/}}\n\
-                 if [ -f \"$f\" ] && [ ${{#n}} -eq 24 ] && [ -n \"$R\" ] && [ ! \"$n\" \\< \"$R\" ]; then cp \"$f\" \"$W/\" || exit 1; fi\n\
+                 if [ -f \"$f\" ] && [ ${{#n}} -eq 24 ] && [ -n \"$F\" ] && [ ! \"$n\" \\< \"$F\" ]; then cp \"$f\" \"$W/\" || exit 1; fi\n\
                  done\n\
                  printf '%s\\n' {line} >> \"$A\" || exit 1\n\
                  : > \"$I\" || exit 1\n\
