@@ -111,6 +111,9 @@ pub struct Job {
     sub: u8,
     rewound: bool,
     checkpoint_lsn: Option<u64>,
+    /// The source's tablespace locations outside its data directory, as
+    /// checking the source found them: a full copy in place maps each.
+    tablespaces: Vec<String>,
     deadline: Option<Instant>,
     next_check: Instant,
     /// Catching up: the last WAL distance seen, and when it last shrank.
@@ -165,6 +168,7 @@ impl Job {
             sub: 0,
             rewound: false,
             checkpoint_lsn: None,
+            tablespaces: Vec::new(),
             deadline: None,
             next_check: Instant::now(),
             behind: None,
@@ -404,10 +408,17 @@ impl Job {
         });
         match answer {
             None => Step::Stay,
-            Some(Ok(Answer::Probe(p))) => match recovery::verify_source(&self.source, &p, self.kind.mode()) {
-                Ok(()) => next(),
-                Err(e) => Step::Fail(e.to_string()),
-            },
+            Some(Ok(Answer::Probe(p))) => {
+                let relocate = self.kind == JobKind::Relocation;
+                match recovery::verify_source(&self.source, &self.target, self.kind.mode(), relocate, &p) {
+                    Ok(()) => {
+                        let found = p.map(|p| p.outside_tablespaces).unwrap_or_default();
+                        self.tablespaces = found.into_iter().map(|t| t.location).collect();
+                        next()
+                    }
+                    Err(e) => Step::Fail(e.to_string()),
+                }
+            }
             Some(Ok(_)) => Step::Fail("unexpected answer".into()),
             Some(Err(e)) => Step::Fail(format!("the acting primary dbid {}: {e}", self.source.dbid)),
         }
@@ -523,8 +534,12 @@ impl Job {
             "--verbose".into(),
         ];
         let (dir, relocate) = (self.target.datadir.clone(), self.kind == JobKind::Relocation);
-        match self.target_tool("pg_basebackup", |s| s.basebackup(&dir, relocate, &with_rate(args, "--max-rate=")), None)
-        {
+        let tablespaces = self.tablespaces.clone();
+        match self.target_tool(
+            "pg_basebackup",
+            |s| s.basebackup(&dir, relocate, &with_rate(args, "--max-rate="), &tablespaces),
+            None,
+        ) {
             None => Step::Stay,
             Some(Ok(_)) => next(),
             Some(Err(e)) => Step::Fail(e.message),

@@ -32,7 +32,7 @@ fn verify_sources(specs: &[JobSpec]) -> Result<(), CoreError> {
     let probes = segment_client::probe_all(&sources);
     for spec in specs {
         let probe = probes.get(&spec.source.dbid).cloned().unwrap_or_else(|| Err("not probed".into()));
-        recovery::verify_source(&spec.source, &probe, spec.mode)?;
+        recovery::verify_source(&spec.source, &spec.target, spec.mode, spec.relocate, &probe)?;
     }
     Ok(())
 }

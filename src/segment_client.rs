@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use gp_recovery_core::fts::PrimaryHealth;
 use gp_recovery_core::probe::{
-    os_user_name, InstanceProbe, ProbeResult, Replication, WalReceiver, MIRROR_APPLICATION_NAME, SLOT_NAME,
+    os_user_name, InstanceProbe, ProbeResult, Replication, Tablespace, WalReceiver, MIRROR_APPLICATION_NAME, SLOT_NAME,
 };
 use gp_recovery_core::segment::Segment;
 use once_cell::sync::OnceCell;
@@ -365,8 +365,8 @@ impl Target {
 const IDENTITY_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('data_directory'), \
      (SELECT system_identifier::text FROM pg_control_system()), \
      current_setting('synchronous_standby_names'), \
-     ARRAY(SELECT spcname || ' at ' || pg_tablespace_location(oid) FROM pg_tablespace \
-            WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY spcname)";
+     ARRAY(SELECT spcname::text FROM pg_tablespace WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY oid), \
+     ARRAY(SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY oid)";
 const WAL_RECEIVER_SQL: &str = "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver";
 /// Each walsender with the physical slot it streams from, if any, so that
 /// only the mirror on the content's slot counts as the mirror.
@@ -424,7 +424,12 @@ async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe
         synchronous_standby_names: row.try_get(3)?,
         wal_receiver,
         replication,
-        outside_tablespaces: row.try_get(4)?,
+        outside_tablespaces: row
+            .try_get::<_, Vec<String>>(4)?
+            .into_iter()
+            .zip(row.try_get::<_, Vec<String>>(5)?)
+            .map(|(name, location)| Tablespace { name, location })
+            .collect(),
     })
 }
 

@@ -20,6 +20,7 @@ use thiserror::Error;
 
 pub use gp_recovery_core::probe::{MIRROR_APPLICATION_NAME, SLOT_NAME};
 
+pub mod hostns;
 pub mod sshd;
 
 /// Listen address of the coordinator, and of every segment of a one-host
@@ -223,6 +224,9 @@ pub struct Instance {
     pub port: u16,
     pub datadir: PathBuf,
     pub logfile: PathBuf,
+    /// The mount namespace of its host (see [`hostns`]), on a cluster with
+    /// segment hosts.
+    pub namespace: Option<PathBuf>,
 }
 
 impl Instance {
@@ -265,13 +269,12 @@ impl Instance {
     pub fn start(&self) -> Result<()> {
         // The log outlives restarts: only what this start writes explains it.
         let logged_before = fs::metadata(&self.logfile).map(|m| m.len()).unwrap_or(0);
-        run(pg_command("pg_ctl")
-            .args(["-w", "-t", "120", "-D"])
-            .arg(&self.datadir)
-            .arg("-l")
-            .arg(&self.logfile)
-            .arg("start"))
-        .map_err(|e| {
+        let mut start = pg_command("pg_ctl");
+        start.args(["-w", "-t", "120", "-D"]).arg(&self.datadir).arg("-l").arg(&self.logfile).arg("start");
+        if let Some(ns) = &self.namespace {
+            start = hostns::enter(&start, ns);
+        }
+        run(&mut start).map_err(|e| {
             // The port was free when chosen; another process may bind it first.
             let log = fs::read(&self.logfile).unwrap_or_default();
             let log = String::from_utf8_lossy(log.get(logged_before as usize..).unwrap_or_default());
@@ -358,7 +361,9 @@ impl Cluster {
                 (c, true) => dir.join(side).join(format!("gpseg{c}")),
                 (c, false) => dir.join(host).join(side).join(format!("gpseg{c}")),
             };
-            let mut i = Instance { content, role, host: host.to_string(), port, datadir, logfile: PathBuf::new() };
+            let namespace = (content != -1 && !hosts.is_empty()).then(|| hostns::ns_file(dir, host));
+            let mut i =
+                Instance { content, role, host: host.to_string(), port, datadir, logfile: PathBuf::new(), namespace };
             i.logfile = logs.join(format!("{}.log", i.name()));
             i
         };
@@ -434,6 +439,7 @@ impl Cluster {
         let ssh = if hosts.is_empty() {
             None
         } else {
+            hostns::create(dir, hosts)?;
             let ssh = sshd::SshHosts::new(dir, free_port_range(1)?);
             ssh.create(hosts)?;
             Some(ssh)
@@ -548,6 +554,7 @@ impl Cluster {
         for d in std::iter::once(dir).chain(elsewhere.iter().map(PathBuf::as_path)) {
             end_processes_under(d);
         }
+        hostns::remove(dir);
         fs::remove_dir_all(dir).map_err(io_err(format!("could not remove {}", dir.display())))
     }
 

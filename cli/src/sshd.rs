@@ -100,8 +100,15 @@ impl SshHosts {
             ),
         )
         .map_err(crate::io_err(format!("could not write {}", conf.display())))?;
-        // sshd insists on its absolute path; it daemonizes once listening.
-        run(Command::new("/usr/sbin/sshd").arg("-f").arg(&conf))?;
+        // sshd insists on its absolute path; it daemonizes once listening,
+        // in the host's own file system view when it has one.
+        let mut sshd = Command::new("/usr/sbin/sshd");
+        sshd.arg("-f").arg(&conf);
+        let ns = self.dir.parent().map(|cluster| crate::hostns::ns_file(cluster, host)).filter(|f| f.exists());
+        if let Some(ns) = ns {
+            sshd = crate::hostns::enter(&sshd, &ns);
+        }
+        run(&mut sshd)?;
         let addr = format!("{host}:{}", self.port);
         wait_until(Duration::from_secs(10), &format!("sshd on {addr}"), || TcpStream::connect(&addr).is_ok())
     }

@@ -159,6 +159,12 @@ pub fn sibling(datadir: &str, suffix: &str) -> String {
     format!("{}{suffix}", datadir.trim_end_matches('/'))
 }
 pub const NEW_SUFFIX: &str = ".gp_recovery_new";
+/// Where a full recovery in place keeps the copy (NEW_SUFFIX) and the old
+/// contents (OLD_SUFFIX) of a tablespace outside the data directory:
+/// inside its location, which the server user owns, on its file system.
+pub fn tablespace_sibling(location: &str, suffix: &str) -> String {
+    format!("{}/{suffix}", location.trim_end_matches('/'))
+}
 pub const OLD_SUFFIX: &str = ".gp_recovery_old";
 /// Marks the line the rewind step adds to a target's postgresql.auto.conf.
 pub const REWIND_MARK: &str = "# gp_recovery: for pg_rewind only";
@@ -326,7 +332,12 @@ impl Scripts {
     /// straight into its target, which must be missing or empty (an empty
     /// directory, perhaps a mount point, is used as it is), marked
     /// incomplete until the copy is whole.
-    pub fn basebackup(&self, datadir: &str, relocate: bool, args: &[String]) -> String {
+    ///
+    /// In place, each tablespace outside the data directory (`tablespaces`,
+    /// the source's locations, which are the target's too) is copied into
+    /// `LOCATION/.gp_recovery_new`, beside the directory the old segment
+    /// keeps using until the swap.
+    pub fn basebackup(&self, datadir: &str, relocate: bool, args: &[String], tablespaces: &[String]) -> String {
         let args = args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ");
         let mut s = self.preamble(datadir)
             + &format!("N={} O={}\n", quote(&sibling(datadir, NEW_SUFFIX)), quote(&sibling(datadir, OLD_SUFFIX)));
@@ -341,16 +352,44 @@ impl Scripts {
         // Anything beside the target from an earlier job is stale: that job
         // either succeeded or was backed out.
         s += "rm -rf \"$N\" \"$O\" || exit 1\n";
-        s + "mkdir -p \"$(dirname \"$N\")\" || exit 1\nexec \"$B/pg_basebackup\" -D \"$N\" " + &args
+        let mut mapping = String::new();
+        for location in tablespaces {
+            let (new, old) = (tablespace_sibling(location, NEW_SUFFIX), tablespace_sibling(location, OLD_SUFFIX));
+            s += &format!("rm -rf {} {} || exit 1\n", quote(&new), quote(&old));
+            // pg_basebackup reads '=' as the separator unless escaped.
+            let escape = |p: &str| p.replace('=', "\\=");
+            mapping += &format!(" -T {}", quote(&format!("{}={}", escape(location), escape(&new))));
+        }
+        s + "mkdir -p \"$(dirname \"$N\")\" || exit 1\nexec \"$B/pg_basebackup\" -D \"$N\" " + &args + &mapping
     }
 
     /// Puts a finished copy in place, the old directory moved aside until
-    /// the job succeeds. Safe to run again after a crash half-way: it goes
-    /// on from what it finds. The complete copy clears an incomplete mark.
+    /// the job succeeds; so are the copy's tablespaces outside the data
+    /// directory (its links into `LOCATION/.gp_recovery_new`), each old one
+    /// into `LOCATION/.gp_recovery_old`, with the link pointed back at
+    /// LOCATION. Safe to run again after a crash half-way: it goes on from
+    /// what it finds. The complete copy clears an incomplete mark.
     pub fn swap_in(&self, datadir: &str) -> String {
         self.preamble(datadir)
-            + &format!("N={} O={}\n", quote(&sibling(datadir, NEW_SUFFIX)), quote(&sibling(datadir, OLD_SUFFIX)))
+            + &format!(
+                "N={} O={} NEW={} OLD={}\n",
+                quote(&sibling(datadir, NEW_SUFFIX)),
+                quote(&sibling(datadir, OLD_SUFFIX)),
+                quote(NEW_SUFFIX),
+                quote(OLD_SUFFIX)
+            )
             + "if [ -d \"$N\" ]; then\n\
+               for l in \"$N\"/pg_tblspc/*; do\n\
+               [ -L \"$l\" ] || continue\n\
+               t=$(readlink \"$l\"); case \"$t\" in */\"$NEW\") ;; *) continue;; esac\n\
+               loc=${t%/*}\n\
+               for v in \"$t\"/*; do\n\
+               [ -e \"$v\" ] || continue\n\
+               if [ -e \"$loc/${v##*/}\" ]; then mkdir -p \"$loc/$OLD\" && mv \"$loc/${v##*/}\" \"$loc/$OLD/\" || exit 1; fi\n\
+               mv \"$v\" \"$loc/\" || exit 1\n\
+               done\n\
+               rm -rf \"$t\" && ln -sfn \"$loc\" \"$l\" || exit 1\n\
+               done\n\
                if [ -e \"$D\" ]; then mv \"$D\" \"$O\" || exit 1; fi\n\
                mv \"$N\" \"$D\" || exit 1\n\
                elif [ ! -d \"$O\" ] || [ ! -d \"$D\" ]; then echo \"the copy $N is gone\" >&2; exit 1; fi\n\
@@ -359,21 +398,48 @@ impl Scripts {
 
     /// Puts the directory back as it was before a failed full recovery,
     /// from what is there: the old directory if it was moved aside (in
-    /// place), a relocation's target emptied if a copy began in it (the
+    /// place) and the old tablespace directories with it, the copy's
+    /// removed; a relocation's target emptied if a copy began in it (the
     /// directory itself stays).
     pub fn back_out_copy(&self, datadir: &str, relocate: bool) -> String {
         let s = self.preamble(datadir)
-            + &format!("N={} O={}\n", quote(&sibling(datadir, NEW_SUFFIX)), quote(&sibling(datadir, OLD_SUFFIX)));
+            + &format!(
+                "N={} O={} NEW={} OLD={}\n",
+                quote(&sibling(datadir, NEW_SUFFIX)),
+                quote(&sibling(datadir, OLD_SUFFIX)),
+                quote(NEW_SUFFIX),
+                quote(OLD_SUFFIX)
+            );
         if relocate {
             return s + "if [ -e \"$I\" ] || [ -e \"$R\" ]; then find \"$D\" -mindepth 1 -delete && rm -f \"$I\" \"$R\" || exit 1; fi";
         }
-        s + "if [ -d \"$O\" ]; then rm -rf \"$D\" && mv \"$O\" \"$D\" || exit 1; fi\nrm -rf \"$N\""
+        s + "for l in \"$N\"/pg_tblspc/* \"$D\"/pg_tblspc/* \"$O\"/pg_tblspc/*; do\n\
+             [ -L \"$l\" ] || continue\n\
+             t=$(readlink \"$l\"); case \"$t\" in /*) ;; *) continue;; esac\n\
+             loc=${t%/\"$NEW\"}\n\
+             if [ -d \"$loc/$OLD\" ]; then\n\
+             for v in \"$loc/$OLD\"/*; do\n\
+             [ -e \"$v\" ] || continue\n\
+             rm -rf \"$loc/${v##*/}\" && mv \"$v\" \"$loc/\" || exit 1\n\
+             done\n\
+             rmdir \"$loc/$OLD\" || exit 1\n\
+             fi\n\
+             rm -rf \"$loc/$NEW\" || exit 1\n\
+             done\n\
+             if [ -d \"$O\" ]; then rm -rf \"$D\" && mv \"$O\" \"$D\" || exit 1; fi\nrm -rf \"$N\""
     }
 
     /// Once the recovered segment is synchronized: removes the old directory
-    /// (in place) or the relocating mark (the new directory is the segment's).
+    /// and old tablespace directories (in place), or the relocating mark
+    /// (the new directory is the segment's).
     pub fn remove_old(&self, datadir: &str) -> String {
-        self.preamble(datadir) + &format!("rm -rf {} && rm -f \"$R\"", quote(&sibling(datadir, OLD_SUFFIX)))
+        self.preamble(datadir)
+            + &format!("O={} OLD={}\n", quote(&sibling(datadir, OLD_SUFFIX)), quote(OLD_SUFFIX))
+            + "for l in \"$D\"/pg_tblspc/*; do\n\
+               [ -L \"$l\" ] || continue\n\
+               t=$(readlink \"$l\"); case \"$t\" in /*) rm -rf \"$t/$OLD\" || exit 1;; esac\n\
+               done\n\
+               rm -rf \"$O\" && rm -f \"$R\""
     }
 
     /// The end of the server log of a segment the recovery started.
@@ -387,7 +453,11 @@ impl Scripts {
 
     /// rsync of the source's data directory over the target's; `source_host`
     /// is None when both are on one host, else rsync reaches it through
-    /// `remote_shell`. `args` are rsync's options.
+    /// `remote_shell`. `args` are rsync's options. Then each tablespace
+    /// outside the data directory (a link in pg_tblspc to an absolute path
+    /// elsewhere, as the source has it) is copied the same way into the
+    /// same location on the target's host: a mirror's own tablespaces are
+    /// at its primary's locations (the caller makes sure the hosts differ).
     pub fn rsync(
         &self,
         datadir: &str,
@@ -398,15 +468,29 @@ impl Scripts {
     ) -> String {
         let source = format!("{}/", source_dir.trim_end_matches('/'));
         let mut words: Vec<String> = args.iter().map(|a| quote(a)).collect();
-        match source_host {
-            None => words.push(quote(&source)),
+        let prefix = match source_host {
+            None => String::new(),
             Some(host) => {
                 words.push(quote(&format!("--rsh={remote_shell}")));
-                words.push(quote(&format!("{host}:{source}")));
+                format!("{host}:")
             }
-        }
+        };
+        let rsync = words.join(" ");
         // Marked incomplete until the backup label is in place.
-        self.preamble(datadir) + &format!(": > \"$I\" || exit 1\nexec rsync {} \"$D/\"", words.join(" "))
+        self.preamble(datadir)
+            + &format!(
+                "P={prefix}\n: > \"$I\" || exit 1\n\
+                 rsync {rsync} {source} \"$D/\" || exit $?\n\
+                 for l in \"$D\"/pg_tblspc/*; do\n\
+                 [ -L \"$l\" ] || continue\n\
+                 t=$(readlink \"$l\"); case \"$t\" in /*) ;; *) continue;; esac\n\
+                 case \"$t/\" in \"$D\"/*) continue;; esac\n\
+                 mkdir -p \"$t\" || exit 1\n\
+                 rsync {rsync} \"$P$t/\" \"$t/\" || exit $?\n\
+                 done",
+                prefix = quote(&prefix),
+                source = quote(&format!("{prefix}{source}")),
+            )
     }
 
     /// After a differential copy: the backup label and tablespace map from
@@ -482,7 +566,7 @@ impl Scripts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::process::Command;
 
     fn run_local(script: &str) -> (i32, String) {
@@ -691,7 +775,7 @@ mod tests {
         let dir = scratch("reloc");
         std::fs::write(dir.join("file"), "").unwrap();
         let ds = dir.to_string_lossy().into_owned();
-        let (rc, out) = run_local(&scripts().basebackup(&ds, true, &[]));
+        let (rc, out) = run_local(&scripts().basebackup(&ds, true, &[], &[]));
         assert_eq!(rc, 1);
         assert!(out.contains("exists and is not empty"), "{out}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -768,11 +852,64 @@ mod tests {
     fn rsync_reaches_another_host_through_the_remote_shell() {
         let s = scripts();
         let local = s.rsync("/t", "/s d", None, default_shell(), &["-a".into()]);
-        assert!(local.ends_with("exec rsync -a '/s d/' \"$D/\""), "{local}");
+        assert!(local.contains("rsync -a '/s d/' \"$D/\""), "{local}");
         let remote = s.rsync("/t", "/s", Some("sdw1"), default_shell(), &["-a".into()]);
-        assert!(
-            remote.ends_with("exec rsync -a '--rsh=ssh -o BatchMode=yes -o ConnectTimeout=10' sdw1:/s/ \"$D/\""),
-            "{remote}"
-        );
+        let rsync = "rsync -a '--rsh=ssh -o BatchMode=yes -o ConnectTimeout=10'";
+        assert!(remote.contains(&format!("{rsync} sdw1:/s/ \"$D/\"")), "{remote}");
+        assert!(remote.contains(&format!("{rsync} \"$P$t/\" \"$t/\"")) && remote.contains("P=sdw1:\n"), "{remote}");
+    }
+
+    /// A tablespace outside the data directory: the copy's contents come
+    /// in and the old go aside at the swap (also when run again after a
+    /// crash), come back at a backout, and are removed once synchronized.
+    #[test]
+    fn a_full_copy_swaps_tablespaces_outside_the_directory() {
+        let dir = scratch("swap-tblspc");
+        let (d, loc) = (dir.join("seg"), dir.join("far 'x'"));
+        let ds = d.to_string_lossy().into_owned();
+        let new = PathBuf::from(sibling(&ds, NEW_SUFFIX));
+        let copy = PathBuf::from(tablespace_sibling(&loc.to_string_lossy(), NEW_SUFFIX));
+        let version = |base: &Path| base.join("PG_15_1").join("f");
+        for (base, text) in [(&loc, "old"), (&copy, "new")] {
+            std::fs::create_dir_all(version(base).parent().unwrap()).unwrap();
+            std::fs::write(version(base), text).unwrap();
+        }
+        for (data, target) in [(&d, &loc), (&new, &copy)] {
+            std::fs::create_dir_all(data.join("pg_tblspc")).unwrap();
+            std::os::unix::fs::symlink(target, data.join("pg_tblspc/16384")).unwrap();
+        }
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+        let s = scripts();
+        assert_eq!(run_local(&s.back_out_copy(&ds, false)).0, 0, "a failed copy");
+        assert_eq!(read(version(&loc)), "old");
+        assert!(!copy.exists() && !new.exists());
+        // Again, and the swap is interrupted after the tablespace moved.
+        std::fs::create_dir_all(version(&copy).parent().unwrap()).unwrap();
+        std::fs::write(version(&copy), "new").unwrap();
+        std::fs::create_dir_all(new.join("pg_tblspc")).unwrap();
+        std::os::unix::fs::symlink(&copy, new.join("pg_tblspc/16384")).unwrap();
+        let old = loc.join(OLD_SUFFIX);
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::rename(loc.join("PG_15_1"), old.join("PG_15_1")).unwrap();
+        std::fs::rename(copy.join("PG_15_1"), loc.join("PG_15_1")).unwrap();
+        assert_eq!(run_local(&s.swap_in(&ds)).0, 0);
+        assert_eq!(run_local(&s.swap_in(&ds)).0, 0, "a swap run again goes on");
+        assert_eq!(read(version(&loc)), "new");
+        assert_eq!(read(version(&old)), "old");
+        assert_eq!(std::fs::read_link(d.join("pg_tblspc/16384")).unwrap(), loc);
+        assert_eq!(run_local(&s.back_out_copy(&ds, false)).0, 0);
+        assert_eq!(read(version(&loc)), "old");
+        assert!(!old.exists() && !copy.exists() && !new.exists());
+        assert_eq!(std::fs::read_link(d.join("pg_tblspc/16384")).unwrap(), loc);
+        // Swapped and synchronized: the old contents go.
+        std::fs::create_dir_all(version(&copy).parent().unwrap()).unwrap();
+        std::fs::write(version(&copy), "new").unwrap();
+        std::fs::create_dir_all(new.join("pg_tblspc")).unwrap();
+        std::os::unix::fs::symlink(&copy, new.join("pg_tblspc/16384")).unwrap();
+        assert_eq!(run_local(&s.swap_in(&ds)).0, 0);
+        assert_eq!(run_local(&s.remove_old(&ds)).0, 0);
+        assert_eq!(read(version(&loc)), "new");
+        assert!(!old.exists() && !PathBuf::from(sibling(&ds, OLD_SUFFIX)).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -74,9 +74,22 @@ pub struct InstanceProbe {
     pub wal_receiver: Option<WalReceiver>,
     /// Empty on a standby: only a primary has walsenders to report.
     pub replication: Vec<Replication>,
-    /// Tablespaces outside the data directory, as "name at /location".
+    /// Tablespaces outside the data directory.
     #[serde(default)]
-    pub outside_tablespaces: Vec<String>,
+    pub outside_tablespaces: Vec<Tablespace>,
+}
+
+/// A tablespace with an absolute location (not in place).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tablespace {
+    pub name: String,
+    pub location: String,
+}
+
+impl std::fmt::Display for Tablespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {}", self.name, self.location)
+    }
 }
 
 impl InstanceProbe {

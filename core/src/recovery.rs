@@ -557,18 +557,21 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_needs_every_tablespace_inside_the_source() {
+    fn a_copy_of_tablespaces_outside_the_source_needs_another_host() {
         let source = seg(3, 0, Role::Primary, Status::Up, 7003);
-        let probe = Ok(crate::probe::InstanceProbe {
-            outside_tablespaces: vec!["far at /data/far".into()],
-            ..Default::default()
-        });
+        let same_host = seg(4, 0, Role::Mirror, Status::Down, 7004);
+        let other_host = Segment { hostname: "sdw2".into(), ..same_host.clone() };
+        let far = crate::probe::Tablespace { name: "far".into(), location: "/data/far".into() };
+        let probe = Ok(crate::probe::InstanceProbe { outside_tablespaces: vec![far], ..Default::default() });
         for mode in [RecoveryMode::Differential, RecoveryMode::Full] {
-            let e = verify_source(&source, &probe, mode).unwrap_err().to_string();
+            let e = verify_source(&source, &same_host, mode, false, &probe).unwrap_err().to_string();
             assert!(e.contains("far at /data/far") && e.contains("use incremental recovery"), "{e}");
+            assert!(verify_source(&source, &other_host, mode, false, &probe).is_ok(), "{mode} on another host");
         }
-        assert!(verify_source(&source, &probe, RecoveryMode::Incremental).is_ok());
-        assert!(verify_source(&source, &Ok(Default::default()), RecoveryMode::Full).is_ok());
+        let e = verify_source(&source, &other_host, RecoveryMode::Full, true, &probe).unwrap_err().to_string();
+        assert!(e.contains("far at /data/far") && e.contains("relocation does not map"), "{e}");
+        assert!(verify_source(&source, &same_host, RecoveryMode::Incremental, false, &probe).is_ok());
+        assert!(verify_source(&source, &same_host, RecoveryMode::Full, false, &Ok(Default::default())).is_ok());
     }
 
     #[test]
@@ -741,28 +744,48 @@ mod tests {
     }
 }
 
-/// Checks what a live probe of the source found: it must answer and be a primary.
+/// Checks what a live probe of the source found: it must answer and be a
+/// primary.
 ///
-/// A differential or full copy (relocations included) of a source with
-/// tablespaces outside its data directory is refused: such a copy would
-/// need every tablespace directory copied and mapped on the target's host,
-/// which is not built yet (incremental recovery rewinds them in place).
-pub fn verify_source(source: &Segment, probe: &crate::probe::ProbeResult, mode: RecoveryMode) -> Result<(), CoreError> {
-    match probe {
-        Err(e) => Err(double_fault(source, &format!("does not answer ({e})"))),
-        Ok(p) if p.in_recovery => Err(double_fault(source, "is in recovery, not a primary")),
-        Ok(p)
-            if matches!(mode, RecoveryMode::Differential | RecoveryMode::Full) && !p.outside_tablespaces.is_empty() =>
-        {
-            Err(CoreError::WrongState(format!(
-                "the acting primary dbid {} has tablespaces outside its data directory ({}): {mode} recovery does not \
-                 copy them yet; use incremental recovery, or in-place tablespaces",
-                source.dbid,
-                p.outside_tablespaces.join(", ")
-            )))
-        }
-        Ok(_) => Ok(()),
+/// A source's tablespaces outside its data directory live at the same
+/// locations on its mirror's host (a standby replays CREATE TABLESPACE with
+/// the primary's location). A differential or full copy copies them into
+/// the target's own directories at those locations, which works only on
+/// another host: on the source's host they are the source's own
+/// directories. A relocation would need the locations mapped onto the new
+/// host per segment, which is not built, so it is refused too. Incremental
+/// recovery rewinds them in place.
+pub fn verify_source(
+    source: &Segment,
+    target: &Segment,
+    mode: RecoveryMode,
+    relocate: bool,
+    probe: &crate::probe::ProbeResult,
+) -> Result<(), CoreError> {
+    let p = match probe {
+        Err(e) => return Err(double_fault(source, &format!("does not answer ({e})"))),
+        Ok(p) if p.in_recovery => return Err(double_fault(source, "is in recovery, not a primary")),
+        Ok(p) => p,
+    };
+    if !matches!(mode, RecoveryMode::Differential | RecoveryMode::Full) || p.outside_tablespaces.is_empty() {
+        return Ok(());
     }
+    let list = p.outside_tablespaces.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let why = if relocate {
+        "a relocation does not map tablespace locations onto a new data directory; recover it in place".to_string()
+    } else if source.hostname.eq_ignore_ascii_case(&target.hostname) {
+        format!(
+            "dbid {} is on the same host ({}), where a {mode} copy would share those directories with its source; \
+             use incremental recovery, or in-place tablespaces",
+            target.dbid, target.hostname
+        )
+    } else {
+        return Ok(());
+    };
+    Err(CoreError::WrongState(format!(
+        "the acting primary dbid {} has tablespaces outside its data directory ({list}): {why}",
+        source.dbid
+    )))
 }
 
 /// Checks a job row the worker claimed against the plan the SQL functions

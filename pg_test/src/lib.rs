@@ -99,6 +99,7 @@ impl SpareInstance {
             port,
             datadir: dir.join("data"),
             logfile: dir.join("postgres.log"),
+            namespace: None,
         };
         let spare = SpareInstance { instance, dir };
         let i = &spare.instance;

@@ -135,6 +135,7 @@ fn relocation_keeps_the_dbid_and_leaves_the_old_directory() {
         port,
         datadir: datadir.clone(),
         logfile: tc.dir().join("moved.log"),
+        namespace: None,
     };
     assert_recovered(&tc, &moved, old, new);
     // The moved segment is rewound where it is (pg_rewind reads its WAL

@@ -137,6 +137,7 @@ fn a_dead_host_fails_its_jobs_cleanly_while_a_relocation_away_from_it_succeeds()
         port,
         datadir: datadir.clone(),
         logfile: tc.dir().join("moved.log"),
+        namespace: Some(gpdemo::hostns::ns_file(tc.dir(), HOSTS[0])),
     };
     assert_synchronized(&tc, 0, tc.primary(0), &moved);
     assert!(!tc.dir().join("pwned").exists() && !std::path::Path::new("/pwned").exists(), "no shell ran the name");

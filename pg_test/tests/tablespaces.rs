@@ -1,16 +1,20 @@
-//! A user tablespace with data through every recovery mode. The demo's
-//! members share one file system, and a mirror replays CREATE TABLESPACE
-//! with its primary's location (on one host it would take that directory
-//! over), so the tablespace is in place (`allow_in_place_tablespaces`,
-//! LOCATION ''): it lives in pg_tblspc/<oid> inside each data directory,
-//! and every member needs the setting.
+//! A user tablespace with data through every recovery mode. A mirror
+//! replays CREATE TABLESPACE with its primary's location, so on one host it
+//! would take that directory over: there the tablespace is in place
+//! (`allow_in_place_tablespaces`, LOCATION ''), living in pg_tblspc/<oid>
+//! inside each data directory (every member needs the setting). On two
+//! demo hosts, each has its own view of DIR/tablespaces (gpdemo's hostns),
+//! so a tablespace there is outside the data directories, one per host, as
+//! on separate machines.
 
-use gp_recovery_pg_test::{assert_same_data, pgbench_init, table_checksum, wait_for, TestCluster};
-use gpdemo::Instance;
+use gp_recovery_pg_test::{assert_same_data, expect_error, pgbench_init, table_checksum, wait_for, TestCluster};
+use gpdemo::{hostns, Instance};
+use std::path::PathBuf;
 
 /// The tablespace's table holds the same rows on both members, and on the
-/// mirror it is stored in the tablespace.
-fn assert_tablespace_data(primary: &Instance, mirror: &Instance, after: &str) {
+/// mirror it is stored in the tablespace; returns where its file is (a
+/// path through the mirror's data directory).
+fn assert_tablespace_data(primary: &Instance, mirror: &Instance, after: &str) -> PathBuf {
     assert_same_data(primary, mirror);
     let sum = |i: &Instance| table_checksum(&mut i.connect().unwrap(), "ts_data");
     let (on_primary, on_mirror) = (sum(primary), sum(mirror));
@@ -19,7 +23,7 @@ fn assert_tablespace_data(primary: &Instance, mirror: &Instance, after: &str) {
     let path: String =
         mirror.connect().unwrap().query_one("SELECT pg_relation_filepath('ts_data')", &[]).unwrap().get(0);
     assert!(path.starts_with("pg_tblspc/"), "after {after}: {path}");
-    assert!(mirror.datadir.join(&path).is_file(), "after {after}: {path} missing in {}", mirror.datadir.display());
+    mirror.datadir.join(&path)
 }
 
 /// Fails the acting primary over and changes the tablespace's table on the
@@ -71,7 +75,8 @@ fn a_tablespace_survives_every_recovery_mode() {
         let (down, acting) = fail_over_and_write(&tc);
         recover(&tc, down, &format!("SELECT gp_recover_segment({down}, '{mode}')"));
         let recovered = if acting == tc.primary(0) { tc.mirror(0) } else { tc.primary(0) };
-        assert_tablespace_data(acting, recovered, mode);
+        let file = assert_tablespace_data(acting, recovered, mode);
+        assert!(file.is_file(), "after {mode}: {} is missing", file.display());
     }
     // Three failovers leave the roles switched: rebalance.
     let mut c = tc.coordinator();
@@ -80,7 +85,7 @@ fn a_tablespace_survives_every_recovery_mode() {
     assert_eq!(tc.wait_job(jobs[0]).unwrap(), "succeeded");
     let primary_dbid = tc.dbid_of(tc.primary(0));
     wait_for(60, "the rebalanced pair to be synchronized", || tc.row_state(primary_dbid) == "p u s");
-    assert_tablespace_data(tc.primary(0), tc.mirror(0), "rebalance");
+    assert!(assert_tablespace_data(tc.primary(0), tc.mirror(0), "rebalance").is_file());
     // A relocation: the tablespace travels inside the new data directory.
     let (down, acting) = fail_over_and_write(&tc);
     let port = gpdemo::free_port_range(1).unwrap();
@@ -100,8 +105,91 @@ fn a_tablespace_survives_every_recovery_mode() {
         port,
         datadir,
         logfile: tc.dir().join("relocated.log"),
+        namespace: None,
     };
-    assert_tablespace_data(acting, &moved, "relocation");
+    assert!(assert_tablespace_data(acting, &moved, "relocation").is_file());
+}
+
+/// Two hosts, a tablespace at the same location on each (each host's own
+/// directory): incremental, differential and full recovery in place and a
+/// rebalance leave its data valid, each member's in its own host's
+/// directory, nothing of a copy left beside it; a relocation is refused
+/// before anything changes.
+#[test]
+fn a_tablespace_outside_the_data_directory_survives_every_mode_across_hosts() {
+    const HOSTS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
+    let tc = TestCluster::on_hosts(1, &HOSTS);
+    tc.set_fts(1, 2, 2, 2);
+    pgbench_init(tc.primary(0), 1);
+    for host in HOSTS {
+        gpdemo::make_server_dir(&hostns::host_tablespaces_dir(tc.dir(), host).join("far")).unwrap();
+    }
+    let location = hostns::tablespaces_dir(tc.dir()).join("far");
+    let mut p = tc.primary(0).connect().unwrap();
+    for sql in [
+        format!("CREATE TABLESPACE far LOCATION '{}'", location.display()),
+        "CREATE TABLE ts_data (id int PRIMARY KEY USING INDEX TABLESPACE far, v text) TABLESPACE far".into(),
+        "INSERT INTO ts_data SELECT g, md5(g::text) FROM generate_series(1, 100000) g".into(),
+    ] {
+        p.batch_execute(&sql).unwrap();
+    }
+    // The file as `member`'s host sees it: the link in pg_tblspc names the
+    // common location, which is that host's own directory.
+    let on_own_host = |member: &Instance, file: PathBuf| -> PathBuf {
+        let rel = file.strip_prefix(member.datadir.join("pg_tblspc")).unwrap();
+        let mut parts = rel.components();
+        let oid = parts.next().unwrap();
+        let link = std::fs::read_link(member.datadir.join("pg_tblspc").join(oid)).unwrap();
+        assert_eq!(link, location, "{}'s tablespace link", member.name());
+        hostns::host_tablespaces_dir(tc.dir(), &member.host).join("far").join(parts.as_path())
+    };
+    let check = |acting: &Instance, other: &Instance, after: &str| {
+        let on_mirror = on_own_host(other, assert_tablespace_data(acting, other, after));
+        let path: String =
+            acting.connect().unwrap().query_one("SELECT pg_relation_filepath('ts_data')", &[]).unwrap().get(0);
+        let on_primary = on_own_host(acting, acting.datadir.join(path));
+        for file in [on_mirror, on_primary] {
+            assert!(file.is_file(), "after {after}: {} is missing", file.display());
+        }
+        for host in HOSTS {
+            let dir = hostns::host_tablespaces_dir(tc.dir(), host).join("far");
+            let names: Vec<String> =
+                std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+            assert!(names.len() == 1 && names[0].starts_with("PG_15_"), "after {after}: {host} holds {names:?}");
+        }
+    };
+    wait_for(60, "the mirror to replay the table", || {
+        tc.mirror(0)
+            .connect()
+            .ok()
+            .and_then(|mut c| c.query_one("SELECT count(*) FROM ts_data", &[]).ok())
+            .is_some_and(|r| r.get::<_, i64>(0) == 100_000)
+    });
+    check(tc.primary(0), tc.mirror(0), "creating it");
+    for mode in ["incremental", "differential", "full"] {
+        let (down, acting) = fail_over_and_write(&tc);
+        recover(&tc, down, &format!("SELECT gp_recover_segment({down}, '{mode}')"));
+        let recovered = if acting == tc.primary(0) { tc.mirror(0) } else { tc.primary(0) };
+        check(acting, recovered, mode);
+    }
+    let mut c = tc.coordinator();
+    let jobs: Vec<i64> = c.query("SELECT * FROM gp_rebalance()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(jobs.len(), 1, "the roles are switched");
+    assert_eq!(tc.wait_job(jobs[0]).unwrap(), "succeeded");
+    let primary_dbid = tc.dbid_of(tc.primary(0));
+    wait_for(60, "the rebalanced pair to be synchronized", || tc.row_state(primary_dbid) == "p u s");
+    check(tc.primary(0), tc.mirror(0), "rebalance");
+    // A relocation cannot map the location: refused, nothing changed.
+    let (down, _) = fail_over_and_write(&tc);
+    let before = gp_recovery_pg_test::catalog_snapshot(&mut c);
+    let (code, message) = expect_error(
+        &mut c,
+        &format!("SELECT gp_recover_segment({down}, 'full', new_datadir => '{}')", tc.dir().join("moved").display()),
+    );
+    assert_eq!(code, "55000", "{message}");
+    assert!(message.contains(&format!("far at {}", location.display())), "{message}");
+    assert!(message.contains("relocation does not map"), "{message}");
+    assert_eq!(gp_recovery_pg_test::catalog_snapshot(&mut c), before);
 }
 
 #[test]

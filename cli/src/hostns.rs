@@ -1,0 +1,84 @@
+//! A file system view of its own for each demo "host": a mount namespace in
+//! which `<cluster>/tablespaces` is that host's `<cluster>/<host>/tablespaces`.
+//! Everything that runs on the host (its sshd, so every step the
+//! coordinator runs there, and its postmasters) is in it. So a tablespace
+//! created at `<cluster>/tablespaces/...` has one directory per host, as on
+//! separate machines, while a standby replays CREATE TABLESPACE with its
+//! primary's location. Data directories stay visible to all.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{io_err, make_server_dir, run, Result};
+
+/// The path that differs per host.
+pub fn tablespaces_dir(cluster_dir: &Path) -> PathBuf {
+    cluster_dir.join("tablespaces")
+}
+
+/// The directory behind `tablespaces_dir` on `host`.
+pub fn host_tablespaces_dir(cluster_dir: &Path, host: &str) -> PathBuf {
+    cluster_dir.join(host).join("tablespaces")
+}
+
+fn ns_dir(cluster_dir: &Path) -> PathBuf {
+    cluster_dir.join("ns")
+}
+
+/// The file that keeps `host`'s namespace.
+pub fn ns_file(cluster_dir: &Path, host: &str) -> PathBuf {
+    ns_dir(cluster_dir).join(host)
+}
+
+/// Makes each host's namespace with its tablespaces directory mounted.
+/// A persistent namespace is bound to a file on a private mount, so the
+/// directory holding the files is first bind-mounted onto itself.
+pub fn create(cluster_dir: &Path, hosts: &[String]) -> Result<()> {
+    let dir = ns_dir(cluster_dir);
+    fs::create_dir_all(&dir).map_err(io_err(format!("could not create {}", dir.display())))?;
+    run(Command::new("mount").arg("--bind").arg(&dir).arg(&dir))?;
+    run(Command::new("mount").arg("--make-private").arg(&dir))?;
+    make_server_dir(&tablespaces_dir(cluster_dir))?;
+    for host in hosts {
+        let file = ns_file(cluster_dir, host);
+        fs::write(&file, "").map_err(io_err(format!("could not create {}", file.display())))?;
+        run(Command::new("unshare").arg(format!("--mount={}", file.display())).args([
+            "--propagation",
+            "private",
+            "true",
+        ]))?;
+        make_server_dir(&host_tablespaces_dir(cluster_dir, host))?;
+        let mut bind = Command::new("mount");
+        bind.arg("--bind").arg(host_tablespaces_dir(cluster_dir, host)).arg(tablespaces_dir(cluster_dir));
+        run(&mut enter(&bind, &file))?;
+    }
+    Ok(())
+}
+
+/// The same command, run inside the namespace kept by `ns`.
+pub fn enter(cmd: &Command, ns: &Path) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--mount={}", ns.display())).arg("--").arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        c.current_dir(d);
+    }
+    c
+}
+
+/// Releases the namespaces (each ends with its last process) and the
+/// mount that held them, so the cluster's directory can be removed.
+pub fn remove(cluster_dir: &Path) {
+    let dir = ns_dir(cluster_dir);
+    let Ok(entries) = fs::read_dir(&dir) else { return };
+    for e in entries.flatten() {
+        let _ = run(Command::new("umount").arg(e.path()));
+    }
+    let _ = run(Command::new("umount").arg(&dir));
+}
