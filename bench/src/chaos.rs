@@ -52,6 +52,10 @@ enum Fault {
     /// Only as root (it mounts a file system): a mirror killed and moved
     /// onto a 32 MB tmpfs, too small for its copy.
     DiskFull,
+    /// Only as root: a running mirror's pg_wal on a file system of its own
+    /// that fills up; it must be marked down while its primary's commits
+    /// go on.
+    MirrorDiskFull,
 }
 
 const FAULTS: [Fault; 9] = [
@@ -80,6 +84,7 @@ impl Fault {
             Fault::RecycledWal => "recycled-wal",
             Fault::HostDown => "host-down",
             Fault::DiskFull => "disk-full",
+            Fault::MirrorDiskFull => "mirror-disk-full",
         }
     }
 }
@@ -288,6 +293,7 @@ impl Soak {
                 }
                 return Ok(format!("{} content {content} (the copy failed: no space left)", fault.name()));
             }
+            Fault::MirrorDiskFull => return self.fill_mirror_disk(content, &primary, &mirror, mdbid),
             Fault::HostDown => {
                 let host = &self.cluster.hosts[variant % self.cluster.hosts.len()];
                 gpdemo::sshd::fail_host(&self.cluster.dir, host).map_err(err)?;
@@ -332,6 +338,78 @@ impl Soak {
             }
         }
         Ok(format!("{} content {content}", fault.name()))
+    }
+
+    /// The mirror's pg_wal moves onto a small tmpfs of its own, which then
+    /// fills up while WAL switches on the primary make the mirror need new
+    /// segment files. The fault tolerance service must mark the mirror down
+    /// and its primary's commits go on. Then the DBA's remedy: the mirror
+    /// stopped, its WAL moved back onto the data directory's disk, the small
+    /// disk released; healing recovers the mirror.
+    fn fill_mirror_disk(&self, content: usize, primary: &Instance, mirror: &Instance, mdbid: i16) -> Res<String> {
+        let wal = mirror.datadir.join("pg_wal");
+        let disk = self.cluster.dir.join(format!("wal-disk-{content}"));
+        let moved = disk.join("pg_wal");
+        let run = |cmd: &mut std::process::Command| gpdemo::run(cmd).map(|_| ()).map_err(err);
+        let used: u64 = std::fs::read_dir(&wal)
+            .map_err(err)?
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        mirror.stop("fast").map_err(err)?;
+        gpdemo::make_server_dir(&disk).map_err(err)?;
+        let size = format!("size={}m,mode=0777", used / (1 << 20) + 64);
+        run(std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &size, "tmpfs"]).arg(&disk))?;
+        run(std::process::Command::new("cp").arg("-a").arg(&wal).arg(&disk))?;
+        let away = mirror.datadir.join("pg_wal.soak-away");
+        std::fs::rename(&wal, &away).map_err(err)?;
+        std::os::unix::fs::symlink(&moved, &wal).map_err(err)?;
+        run(std::process::Command::new("chown").args(["-h", "postgres:postgres"]).arg(&wal))?;
+        mirror.start().map_err(err)?;
+        // The restart may have been seen as a fault: the pair must be whole
+        // again before the disk fills.
+        self.heal(false)?;
+        // Whatever space is left goes to a file of root's.
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(disk.join("filler")).map_err(err)?;
+            let block = vec![0u8; 1 << 20];
+            while f.write_all(&block).is_ok() {}
+        }
+        let filled = Instant::now();
+        let acked_before = self.acked[content].lock().map(|a| a.len()).unwrap_or(0);
+        let mut p = primary.connect().map_err(err)?;
+        let down = wait_until(Duration::from_secs(90), "the mirror with a full disk to be marked down", || {
+            let _ = p.batch_execute("CREATE TABLE IF NOT EXISTS churn (x int); INSERT INTO churn VALUES (1); SELECT pg_switch_wal()");
+            self.holds("SELECT status = 'd' FROM gp_segment_configuration WHERE dbid = $1", &mdbid)
+        });
+        let marked = filled.elapsed().as_secs_f64();
+        let went_on = down.is_ok()
+            && wait_until(Duration::from_secs(30), "the primary's commits to go on", || {
+                self.acked[content].lock().map(|a| a.len()).unwrap_or(0) > acked_before + 10
+            })
+            .is_ok();
+        // The remedy, whatever happened.
+        let log = std::fs::read_to_string(&mirror.logfile).unwrap_or_default();
+        let full = log.contains("No space left on device");
+        if mirror.postmaster_pid().is_some() {
+            mirror.stop("fast").map_err(err)?;
+        }
+        std::fs::remove_file(&wal).map_err(err)?;
+        std::fs::remove_dir_all(&away).map_err(err)?;
+        run(std::process::Command::new("cp").arg("-a").arg(&moved).arg(&mirror.datadir))?;
+        run(std::process::Command::new("umount").arg(&disk))?;
+        std::fs::remove_dir(&disk).map_err(err)?;
+        let _ = p.batch_execute("DROP TABLE IF EXISTS churn");
+        down.map_err(err)?;
+        if !went_on {
+            return Err("the primary's commits stopped while its mirror's disk was full".into());
+        }
+        if !full {
+            return Err(format!("{}'s log does not say its disk was full", mirror.name()));
+        }
+        Ok(format!("mirror-disk-full content {content} (mirror marked down {marked:.1} s after its disk filled; commits went on)"))
     }
 
     /// Every pair up, synchronized, in its preferred role, streaming as the
@@ -651,7 +729,7 @@ pub fn run(dir: &Path, o: &Options) -> Res<Summary> {
         all.push(Fault::HostDown);
     }
     if gpdemo::running_as_root() {
-        all.push(Fault::DiskFull);
+        all.extend([Fault::DiskFull, Fault::MirrorDiskFull]);
     }
     let names = all.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ");
     let faults: Vec<Fault> = match &o.fault {

@@ -72,13 +72,21 @@ pub fn enter(cmd: &Command, ns: &Path) -> Command {
     c
 }
 
-/// Releases the namespaces (each ends with its last process) and the
-/// mount that held them, so the cluster's directory can be removed.
-pub fn remove(cluster_dir: &Path) {
-    let dir = ns_dir(cluster_dir);
-    let Ok(entries) = fs::read_dir(&dir) else { return };
-    for e in entries.flatten() {
-        let _ = run(Command::new("umount").arg(e.path()));
+/// Unmounts everything mounted under `dir`, deepest first: the hosts'
+/// namespaces (each ends with its last process) and the mount that held
+/// them, and any file system a test or the soak mounted there and did not
+/// get to release, so that the directory can be removed.
+pub fn unmount_under(dir: &Path) {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut under: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        // The mount table writes a space in a path as \040.
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    under.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for p in under {
+        let _ = run(Command::new("umount").arg("-l").arg(&p));
     }
-    let _ = run(Command::new("umount").arg(&dir));
 }

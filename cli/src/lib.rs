@@ -554,7 +554,7 @@ impl Cluster {
         for d in std::iter::once(dir).chain(elsewhere.iter().map(PathBuf::as_path)) {
             end_processes_under(d);
         }
-        hostns::remove(dir);
+        hostns::unmount_under(dir);
         fs::remove_dir_all(dir).map_err(io_err(format!("could not remove {}", dir.display())))
     }
 
