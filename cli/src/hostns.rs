@@ -32,23 +32,32 @@ pub fn ns_file(cluster_dir: &Path, host: &str) -> PathBuf {
 }
 
 /// Makes each host's namespace with its tablespaces directory mounted.
-/// A persistent namespace is bound to a file on a private mount, so the
-/// directory holding the files is first bind-mounted onto itself.
+///
+/// The cluster's directory is first bind-mounted onto itself as a shared
+/// mount, and each namespace's copy of it made a slave: what is mounted
+/// under it later on the machine (a small disk of a test) is seen on every
+/// host, while a host's own mounts stay its own. A persistent namespace is
+/// bound to a file on a private mount, hence the private `ns` directory.
 pub fn create(cluster_dir: &Path, hosts: &[String]) -> Result<()> {
+    let mount = |args: &[&std::ffi::OsStr]| run(Command::new("mount").args(args)).map(|_| ());
+    let own = cluster_dir.as_os_str();
+    mount(&[("--bind").as_ref(), own, own])?;
+    mount(&[("--make-shared").as_ref(), own])?;
     let dir = ns_dir(cluster_dir);
     fs::create_dir_all(&dir).map_err(io_err(format!("could not create {}", dir.display())))?;
-    run(Command::new("mount").arg("--bind").arg(&dir).arg(&dir))?;
-    run(Command::new("mount").arg("--make-private").arg(&dir))?;
+    mount(&[("--bind").as_ref(), dir.as_os_str(), dir.as_os_str()])?;
+    mount(&[("--make-private").as_ref(), dir.as_os_str()])?;
     make_server_dir(&tablespaces_dir(cluster_dir))?;
     for host in hosts {
         let file = ns_file(cluster_dir, host);
         fs::write(&file, "").map_err(io_err(format!("could not create {}", file.display())))?;
-        run(Command::new("unshare").arg(format!("--mount={}", file.display())).args([
-            "--propagation",
-            "private",
-            "true",
-        ]))?;
+        run(Command::new("unshare")
+            .arg(format!("--mount={}", file.display()))
+            .args(["--propagation", "unchanged", "true"]))?;
         make_server_dir(&host_tablespaces_dir(cluster_dir, host))?;
+        let mut slave = Command::new("mount");
+        slave.arg("--make-slave").arg(cluster_dir);
+        run(&mut enter(&slave, &file))?;
         let mut bind = Command::new("mount");
         bind.arg("--bind").arg(host_tablespaces_dir(cluster_dir, host)).arg(tablespaces_dir(cluster_dir));
         run(&mut enter(&bind, &file))?;
@@ -72,10 +81,10 @@ pub fn enter(cmd: &Command, ns: &Path) -> Command {
     c
 }
 
-/// Unmounts everything mounted under `dir`, deepest first: the hosts'
-/// namespaces (each ends with its last process) and the mount that held
-/// them, and any file system a test or the soak mounted there and did not
-/// get to release, so that the directory can be removed.
+/// Unmounts everything mounted under `dir`, deepest first: any file system
+/// a test or the soak mounted there and did not get to release, the hosts'
+/// namespaces (each ends with its last process), the mount that held them
+/// and `dir`'s own, so that the directory can be removed.
 pub fn unmount_under(dir: &Path) {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let mut under: Vec<PathBuf> = mounts
