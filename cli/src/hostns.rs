@@ -51,9 +51,11 @@ pub fn create(cluster_dir: &Path, hosts: &[String]) -> Result<()> {
     for host in hosts {
         let file = ns_file(cluster_dir, host);
         fs::write(&file, "").map_err(io_err(format!("could not create {}", file.display())))?;
-        run(Command::new("unshare")
-            .arg(format!("--mount={}", file.display()))
-            .args(["--propagation", "unchanged", "true"]))?;
+        run(Command::new("unshare").arg(format!("--mount={}", file.display())).args([
+            "--propagation",
+            "unchanged",
+            "true",
+        ]))?;
         make_server_dir(&host_tablespaces_dir(cluster_dir, host))?;
         let mut slave = Command::new("mount");
         slave.arg("--make-slave").arg(cluster_dir);
