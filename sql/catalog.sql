@@ -63,7 +63,7 @@ $$;
 CREATE TABLE gp_recovery_job (
     job_id              bigserial PRIMARY KEY,
     recovery_type       text        NOT NULL
-                        CHECK (recovery_type IN ('incremental', 'differential', 'full', 'rebalance')),
+                        CHECK (recovery_type IN ('incremental', 'differential', 'full', 'auto', 'rebalance')),
     dbid                smallint    NOT NULL,
     content             smallint    NOT NULL,
     relocate            boolean     NOT NULL DEFAULT false,
@@ -93,6 +93,10 @@ CREATE TABLE gp_recovery_job (
     wal_remaining_bytes bigint,
     logfile             text,
     error               text,
+    -- An auto job's abandoned attempts, oldest first: mode, phase, reason,
+    -- bytes its copy had moved. The attempt running is the next in
+    -- incremental, differential, full.
+    attempts            jsonb       NOT NULL DEFAULT '[]',
     -- The role that called the submitting function (which runs as the
     -- extension's owner); written by the function.
     submitted_by        name        NOT NULL DEFAULT session_user,

@@ -45,7 +45,12 @@ SELECT job_id, dbid, content, target_hostname AS hostname, target_port AS port,
        started_at,
        now() - started_at AS elapsed,
        wal_remaining_bytes,
-       state, submitted_by, updated_at
+       state, submitted_by, updated_at,
+       -- What runs now: an auto job's current attempt.
+       CASE WHEN recovery_type = 'auto'
+            THEN (ARRAY['incremental', 'differential', 'full'])[least(pg_catalog.jsonb_array_length(attempts) + 1, 3)]
+            ELSE recovery_type END AS running_mode,
+       attempts
   FROM gp_recovery_job
  WHERE state IN ('queued', 'running')
  ORDER BY job_id;
@@ -61,11 +66,13 @@ REVOKE ALL ON FUNCTION gp_recover_all(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gp_recover_from_config(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gp_recovery_cancel(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gp_rebalance(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gp_recovery_plan(text, integer, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION gp_recover_segment(integer, text, text, integer, text),
                           gp_recover_all(text),
                           gp_recover_from_config(text),
                           gp_recovery_cancel(bigint),
-                          gp_rebalance(bigint) TO gp_recovery_admin;
+                          gp_rebalance(bigint),
+                          gp_recovery_plan(text, integer, text) TO gp_recovery_admin;
 
 -- The functions are the only way in: nobody but a superuser writes the job,
 -- catalog or history tables. The functions that write run as the

@@ -4,7 +4,8 @@
 
 use std::ffi::CString;
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use gp_recovery_core::selfheal::AutoRecover;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 
 /// How long a view or registration waits for one segment to answer.
 pub static SEGMENT_CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5);
@@ -22,8 +23,29 @@ pub static JOB_START_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
 pub static JOB_CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
 pub static JOB_CATCHUP_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static JOB_SYNC_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
+pub static MAX_PARALLEL_JOBS_PER_HOST: GucSetting<i32> = GucSetting::<i32>::new(64);
+pub static AUTO_RECOVER: GucSetting<AutoRecoverSetting> =
+    GucSetting::<AutoRecoverSetting>::new(AutoRecoverSetting::Off);
+pub static AUTO_RECOVER_DELAY: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static AUTO_REBALANCE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static FAULT_POINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// gp_recovery.auto_recover's values.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AutoRecoverSetting {
+    Off,
+    Incremental,
+    Auto,
+}
+
+pub fn auto_recover() -> AutoRecover {
+    match AUTO_RECOVER.get() {
+        AutoRecoverSetting::Off => AutoRecover::Off,
+        AutoRecoverSetting::Incremental => AutoRecover::Incremental,
+        AutoRecoverSetting::Auto => AutoRecover::Auto,
+    }
+}
 
 /// The database holding the catalog, where the worker connects.
 pub fn database() -> String {
@@ -112,6 +134,42 @@ pub fn define() {
         &MAX_PARALLEL_JOBS,
         1,
         64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"gp_recovery.max_parallel_jobs_per_host",
+        c"Recovery jobs run at the same time on one target host (gprecoverseg -b).",
+        c"Counted by the target's host name, next to gp_recovery.max_parallel_jobs; further jobs for that host wait in the queue.",
+        &MAX_PARALLEL_JOBS_PER_HOST,
+        1,
+        128,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"gp_recovery.auto_recover",
+        c"Self-healing: off, incremental or auto.",
+        c"A segment down for gp_recovery.auto_recover_delay (its content's primary up, some segment on its host up) gets a recovery job of this mode from the service itself, with a history row; after a failed one the wait doubles. off (the default) leaves recovery to the DBA, as Greenplum does.",
+        &AUTO_RECOVER,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"gp_recovery.auto_recover_delay",
+        c"Seconds a segment stays down (or a pair switched) before self-healing acts.",
+        c"Counted from when the jobs worker first saw it; after each failed job of the service's the wait doubles, up to 64 times this.",
+        &AUTO_RECOVER_DELAY,
+        1,
+        86400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"gp_recovery.auto_rebalance",
+        c"Self-healing: return switched pairs to their preferred roles once synchronized.",
+        c"A pair switched, up and synchronized for gp_recovery.auto_recover_delay gets a rebalance job (gprecoverseg -r) from the service itself.",
+        &AUTO_REBALANCE,
         GucContext::Sighup,
         GucFlags::default(),
     );

@@ -16,7 +16,7 @@ use gp_recovery_core::host::{self, Scripts};
 use gp_recovery_core::job::{self, Backout, JobKind, JobState, Phase};
 use gp_recovery_core::probe::{ProbeResult, MIRROR_APPLICATION_NAME, SLOT_NAME};
 use gp_recovery_core::rebalance;
-use gp_recovery_core::recovery::{self, JobRecord, Progress};
+use gp_recovery_core::recovery::{self, Attempt, JobRecord, Progress, RecoveryMode};
 use gp_recovery_core::segment::{update_history, Mode, Role, Segment, Status};
 use pgrx::prelude::*;
 use tokio::sync::oneshot;
@@ -64,6 +64,7 @@ fn next_with(change: CatalogChange) -> Step {
 enum Answer {
     Done,
     Probe(ProbeResult),
+    Bytes(i64),
     Lsn(u64),
     /// A differential copy's backup_label and tablespace_map.
     Label(String, String),
@@ -94,6 +95,16 @@ pub struct Ending {
     steps: VecDeque<Undo>,
     notes: Vec<String>,
     success_after_all: bool,
+    /// An auto job's attempt that failed: once backed out, the next starts.
+    retry: bool,
+}
+
+/// What an ending came to.
+pub enum Ended {
+    /// The job is over, in this state, with this error.
+    Over(JobState, Option<String>),
+    /// An auto job's attempt is abandoned (backed out); the next follows.
+    Retry(Attempt),
 }
 
 pub struct Job {
@@ -114,6 +125,8 @@ pub struct Job {
     /// The source's tablespace locations outside its data directory, as
     /// checking the source found them: a full copy in place maps each.
     tablespaces: Vec<String>,
+    /// What the source's databases hold, read while checking the host.
+    source_bytes: i64,
     deadline: Option<Instant>,
     next_check: Instant,
     /// Catching up: the last WAL distance seen, and when it last shrank.
@@ -152,10 +165,10 @@ fn lsn_text(l: u64) -> String {
 
 impl Job {
     pub fn new(rec: JobRecord) -> Result<Job, String> {
-        let mode = rec.mode().map_err(|e| e.to_string())?;
+        let kind = rec.kind().map_err(|e| e.to_string())?;
         let phase: Phase = rec.phase.parse().map_err(|e: gp_recovery_core::CoreError| e.to_string())?;
         Ok(Job {
-            kind: JobKind::of(mode, rec.relocate),
+            kind,
             phase,
             target: rec.target(),
             source: rec.source(),
@@ -169,6 +182,7 @@ impl Job {
             rewound: false,
             checkpoint_lsn: None,
             tablespaces: Vec::new(),
+            source_bytes: 0,
             deadline: None,
             next_check: Instant::now(),
             behind: None,
@@ -337,15 +351,47 @@ impl Job {
     /// is unreachable").
     fn checking_host(&mut self) -> Step {
         let dir = self.target.datadir.clone();
-        match self.target_tool("check", |s| s.check(&dir), Some(Duration::from_secs(60))) {
-            None => Step::Stay,
-            Some(Err(e)) => Step::Fail(e.message),
-            Some(Ok(_)) => {
-                let rec = self.rec.clone();
-                let kind = self.kind;
-                next_with(Box::new(move || start_in_catalog(&rec, kind)))
+        if self.sub == 0 {
+            match self.target_tool("check", |s| s.check(&dir), Some(Duration::from_secs(60))) {
+                None => return Step::Stay,
+                Some(Err(e)) => return Step::Fail(e.message),
+                Some(Ok(_)) => self.sub = 1,
             }
         }
+        // A copy must fit on the target's file system: checked here, before
+        // the catalog or any directory changes.
+        let copies = matches!(self.kind, JobKind::Differential | JobKind::Full | JobKind::Relocation);
+        if copies && self.sub == 1 {
+            let t = Target::new(&self.source, call_timeout());
+            match self.call(|| Box::pin(async move { t.database_bytes().await.map(Answer::Bytes) })) {
+                None => return Step::Stay,
+                Some(Ok(Answer::Bytes(b))) => {
+                    self.source_bytes = b;
+                    self.sub = 2;
+                }
+                Some(Ok(_)) => return Step::Fail("unexpected answer".into()),
+                Some(Err(e)) => return Step::Fail(format!("the acting primary dbid {}: {e}", self.source.dbid)),
+            }
+        }
+        if copies && self.sub == 2 {
+            let beside = self.kind != JobKind::Relocation;
+            let out = match self.target_tool("space", |s| s.space(&dir, beside), Some(Duration::from_secs(60))) {
+                None => return Step::Stay,
+                Some(Err(e)) => return Step::Fail(e.message),
+                Some(Ok(out)) => out,
+            };
+            let Some(space) = recovery::Space::parse(&out) else {
+                return Step::Fail(format!("could not read the free space on host {}: {out}", self.target.hostname));
+            };
+            if let Err(e) =
+                recovery::check_space(self.kind, self.dbid(), &self.target.hostname, self.source_bytes, &space)
+            {
+                return Step::Fail(e);
+            }
+        }
+        let rec = self.rec.clone();
+        let kind = self.kind;
+        next_with(Box::new(move || start_in_catalog(&rec, kind)))
     }
 
     /// Makes sure the failed segment is not running. Rebalance stops the
@@ -976,6 +1022,20 @@ fn start_in_catalog(rec: &JobRecord, kind: JobKind) -> Result<(), String> {
 }
 
 impl Job {
+    /// The kind an auto job tries next after failing with `error`, if any.
+    pub fn next_attempt(&self, error: &str) -> Option<JobKind> {
+        (self.rec.mode().ok()? == RecoveryMode::Auto).then(|| job::next_attempt(self.kind, self.phase, error))?
+    }
+
+    /// A failed auto attempt: backed out like a failure, then the next
+    /// attempt starts (`Ended::Retry`).
+    pub fn begin_retry(&mut self, message: String) {
+        self.begin_ending(JobState::Failed, message);
+        if let Some(e) = self.ending.as_mut() {
+            e.retry = true;
+        }
+    }
+
     /// Stops what runs and plans the backout of the current phase (from the
     /// table); `step_ending` carries it out.
     pub fn begin_ending(&mut self, state: JobState, message: String) {
@@ -1007,11 +1067,12 @@ impl Job {
             _ => {}
         }
         self.sub = 0;
-        self.ending = Some(Ending { state, message, steps, notes, success_after_all: backout == Backout::Finish });
+        self.ending =
+            Some(Ending { state, message, steps, notes, success_after_all: backout == Backout::Finish, retry: false });
     }
 
-    /// Carries the backout one step further; Some(state, error) once done.
-    pub fn step_ending(&mut self) -> Option<(JobState, Option<String>)> {
+    /// Carries the backout one step further; Some once done.
+    pub fn step_ending(&mut self) -> Option<Ended> {
         loop {
             let Some(step) = self.ending.as_ref()?.steps.front().copied() else { break };
             let result = match step {
@@ -1030,17 +1091,25 @@ impl Job {
         }
         let ending = self.ending.take()?;
         if ending.state == JobState::Succeeded {
-            return Some((JobState::Succeeded, None));
+            return Some(Ended::Over(JobState::Succeeded, None));
         }
         if ending.success_after_all {
             warning!("gp_recovery: job {}: {}", self.id(), ending.message);
-            return Some((JobState::Succeeded, None));
+            return Some(Ended::Over(JobState::Succeeded, None));
         }
         let mut error = ending.message;
         if !ending.notes.is_empty() {
             error = format!("{error}; {}", ending.notes.join("; "));
         }
-        Some((ending.state, Some(error)))
+        if ending.retry {
+            return Some(Ended::Retry(Attempt {
+                mode: self.kind.to_string(),
+                phase: self.phase.to_string(),
+                reason: error,
+                bytes: self.progress.map(|p| p.done_bytes),
+            }));
+        }
+        Some(Ended::Over(ending.state, Some(error)))
     }
 
     fn undo_stop(&mut self) -> Option<Result<(), String>> {

@@ -3,7 +3,7 @@
 //! committed before each side effect), progress and ends.
 
 use gp_recovery_core::job::{JobState, Phase};
-use gp_recovery_core::recovery::{ActiveJob, JobRecord, JobSpec};
+use gp_recovery_core::recovery::{ActiveJob, Attempt, JobRecord, JobSpec};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
@@ -47,19 +47,31 @@ fn parse_jobs(json: Option<pgrx::JsonB>) -> Result<Vec<JobRecord>, String> {
     serde_json::from_value(value).map_err(|e| format!("unexpected gp_recovery_job row: {e}"))
 }
 
-/// Claims up to `room` queued jobs, oldest first: they become running in
-/// their first phase (a rebalance also puts its content on hold for the
-/// fault tolerance service).
-pub fn claim(room: usize) -> Result<Vec<JobRecord>, String> {
+/// Claims up to `room` queued jobs, oldest first, at most `per_host`
+/// running on one target host (counted by lower-case host name): they
+/// become running in their first phase (a rebalance also puts its content
+/// on hold for the fault tolerance service).
+pub fn claim(room: usize, per_host: i32) -> Result<Vec<JobRecord>, String> {
     try_transaction(|| {
         let json = spi(Spi::get_one_with_args::<pgrx::JsonB>(
-            "WITH c AS (SELECT job_id FROM public.gp_recovery_job WHERE state = 'queued' ORDER BY job_id \
-                         LIMIT $1 FOR UPDATE SKIP LOCKED), \
+            "WITH r AS (SELECT pg_catalog.lower(target_hostname) AS h, count(*) AS n FROM public.gp_recovery_job \
+                         WHERE state = 'running' GROUP BY 1), \
+                  q AS (SELECT j.job_id, coalesce(r.n, 0) + pg_catalog.row_number() OVER \
+                               (PARTITION BY pg_catalog.lower(j.target_hostname) ORDER BY j.job_id) AS slot \
+                          FROM public.gp_recovery_job j LEFT JOIN r ON r.h = pg_catalog.lower(j.target_hostname) \
+                         WHERE j.state = 'queued'), \
+                  c AS (SELECT j.job_id FROM public.gp_recovery_job j JOIN q ON q.job_id = j.job_id \
+                         WHERE q.slot <= $4 ORDER BY j.job_id LIMIT $1 FOR UPDATE OF j SKIP LOCKED), \
                   u AS (UPDATE public.gp_recovery_job j SET state = 'running', phase = $2, intent = $3, \
                                fts_hold = (j.recovery_type = 'rebalance'), started_at = now(), updated_at = now() \
                           FROM c WHERE j.job_id = c.job_id RETURNING j.*) \
              SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(u) ORDER BY u.job_id), '[]'::jsonb) FROM u",
-            &[i64::try_from(room).unwrap_or(16).into(), Phase::CheckingHost.as_str().into(), "claimed".into()],
+            &[
+                i64::try_from(room).unwrap_or(16).into(),
+                Phase::CheckingHost.as_str().into(),
+                "claimed".into(),
+                i64::from(per_host).into(),
+            ],
         ))?;
         parse_jobs(json)
     })
@@ -83,6 +95,20 @@ pub fn set_phase(job_id: i64, phase: Phase, intent: &str) -> Result<(), String> 
         "UPDATE public.gp_recovery_job SET phase = $2, intent = $3, updated_at = now() WHERE job_id = $1",
         &[job_id.into(), phase.as_str().into(), intent.into()],
     ))
+}
+
+/// An auto job abandons its attempt: recorded, and the next attempt starts
+/// in `phase` (its intent committed with it).
+pub fn add_attempt(job_id: i64, attempt: &Attempt, phase: Phase, intent: &str) -> Result<(), String> {
+    let attempt = serde_json::to_value(attempt).map_err(|e| e.to_string())?;
+    try_transaction(|| {
+        spi(Spi::run_with_args(
+            "UPDATE public.gp_recovery_job SET attempts = attempts || pg_catalog.jsonb_build_array($2::jsonb), \
+                    phase = $3, intent = $4, bytes_done = NULL, bytes_total = NULL, updated_at = now() \
+              WHERE job_id = $1",
+            &[job_id.into(), pgrx::JsonB(attempt.clone()).into(), phase.as_str().into(), intent.into()],
+        ))
+    })
 }
 
 /// From here on the fault tolerance service watches the job's content again.
@@ -167,8 +193,9 @@ fn caller() -> String {
     }
 }
 
-/// Queues a validated job; returns its id.
-pub fn insert(spec: &JobSpec) -> i64 {
+/// Queues a validated job, submitted by the calling role or by `by` (the
+/// service's own jobs); returns its id.
+pub fn insert(spec: &JobSpec, by: Option<&str>) -> i64 {
     let original = serde_json::to_value(&spec.original).unwrap_or_else(|e| internal("job row", e));
     let (s, t) = (&spec.source, &spec.target);
     Spi::get_one_with_args::<i64>(
@@ -191,11 +218,19 @@ pub fn insert(spec: &JobSpec) -> i64 {
             t.port.into(),
             t.datadir.as_str().into(),
             pgrx::JsonB(original).into(),
-            caller().into(),
+            by.map_or_else(caller, str::to_string).into(),
         ],
     )
     .or_raise()
     .unwrap_or_else(|| internal("job row", "INSERT returned no job_id"))
+}
+
+const SUBMISSIONS_KEY: &str = "pg_catalog.hashtext('gp_recovery_job')";
+
+/// Takes the submitters' lock if it is free (see lock_submissions).
+pub fn try_lock_submissions() -> bool {
+    Spi::get_one::<bool>(&format!("SELECT pg_catalog.pg_try_advisory_xact_lock({SUBMISSIONS_KEY})")).or_raise()
+        == Some(true)
 }
 
 /// Serializes submitters, so two cannot both plan a job for one content
@@ -203,18 +238,16 @@ pub fn insert(spec: &JobSpec) -> i64 {
 /// waits for a submitter that keeps its transaction open, and another
 /// submitter waits at most 10 s for it, then gets an ERROR naming it.
 pub fn lock_submissions() {
-    const KEY: &str = "pg_catalog.hashtext('gp_recovery_job')";
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let got = Spi::get_one::<bool>(&format!("SELECT pg_catalog.pg_try_advisory_xact_lock({KEY})")).or_raise();
-        if got == Some(true) {
+        if try_lock_submissions() {
             return;
         }
         if std::time::Instant::now() > until {
             let holders = Spi::get_one::<String>(&format!(
                 "SELECT pg_catalog.string_agg(pid::text, ', ') FROM pg_catalog.pg_locks \
                   WHERE locktype = 'advisory' AND granted AND pid <> pg_catalog.pg_backend_pid() \
-                    AND objid = ({KEY}::bigint & 4294967295)::text::oid"
+                    AND objid = ({SUBMISSIONS_KEY}::bigint & 4294967295)::text::oid"
             ))
             .or_raise()
             .unwrap_or_else(|| "?".into());
@@ -226,6 +259,36 @@ pub fn lock_submissions() {
         }
         crate::latch::nap(100);
     }
+}
+
+/// The service's own jobs that failed or were canceled since the last
+/// success of a job for the same dbid: dbid → (how many, seconds since the
+/// last ended).
+pub fn failures_since_success(by: &str) -> std::collections::HashMap<i16, (u32, f64)> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT dbid, count(*)::int4, extract(epoch FROM now() - max(finished_at))::float8 \
+                   FROM public.gp_recovery_job j \
+                  WHERE submitted_by = $1 AND state IN ('failed', 'canceled') \
+                    AND job_id > coalesce((SELECT max(job_id) FROM public.gp_recovery_job s \
+                                            WHERE s.dbid = j.dbid AND s.state = 'succeeded'), 0) \
+                  GROUP BY dbid",
+                None,
+                &[by.into()],
+            )?
+            .map(|r| {
+                Ok((
+                    r.get::<i16>(1)?.unwrap_or_default(),
+                    (
+                        u32::try_from(r.get::<i32>(2)?.unwrap_or_default()).unwrap_or(0),
+                        r.get::<f64>(3)?.unwrap_or_default(),
+                    ),
+                ))
+            })
+            .collect::<Result<_, pgrx::spi::Error>>()
+    })
+    .or_raise()
 }
 
 /// A job's state, phase and error, read with a fresh snapshot (a read-only

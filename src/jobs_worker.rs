@@ -15,13 +15,14 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use gp_recovery_core::job::{self, FaultPoint, JobState, Phase};
-use gp_recovery_core::recovery;
+use gp_recovery_core::recovery::{self, Attempt};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic};
 
-use crate::job_steps::{Job, Step};
+use crate::job_steps::{Ended, Job, Step};
 use crate::job_table::{self, try_transaction, ProgressRow};
+use crate::selfheal::SelfHealing;
 use crate::{catalog, gucs, latch};
 
 static JOBS_WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"gp_recovery_jobs_worker_pid") };
@@ -47,6 +48,7 @@ pub fn wake() {
 
 struct Worker {
     jobs: Vec<Job>,
+    healing: SelfHealing,
     /// Ends whose write failed, retried every tick.
     unrecorded: Vec<(i64, JobState, Option<String>)>,
     last_flush: Instant,
@@ -116,7 +118,7 @@ impl Worker {
         if room == 0 {
             return;
         }
-        let claimed = match job_table::claim(room) {
+        let claimed = match job_table::claim(room, gucs::MAX_PARALLEL_JOBS_PER_HOST.get()) {
             Ok(c) => c,
             Err(e) => {
                 warning!("gp_recovery: could not claim queued jobs: {e}");
@@ -175,7 +177,11 @@ impl Worker {
     /// Runs one job as far as it goes now; true when it has ended.
     fn advance(&mut self, i: usize) -> bool {
         if self.jobs[i].ending.is_some() {
-            let Some((state, error)) = self.jobs[i].step_ending() else { return false };
+            let (state, error) = match self.jobs[i].step_ending() {
+                None => return false,
+                Some(Ended::Over(state, error)) => (state, error),
+                Some(Ended::Retry(attempt)) => return self.retry(i, attempt),
+            };
             let job = &self.jobs[i];
             match &error {
                 Some(e) => warning!("gp_recovery: job {} (dbid {}) {state}: {e}", job.id(), job.dbid()),
@@ -194,7 +200,10 @@ impl Worker {
                     self.fault(&self.jobs[i], true);
                     let job = &mut self.jobs[i];
                     let message = format!("{e} (in phase {})", job.phase);
-                    job.begin_ending(JobState::Failed, message);
+                    match job.next_attempt(&e) {
+                        Some(_) => job.begin_retry(message),
+                        None => job.begin_ending(JobState::Failed, message),
+                    }
                     return false;
                 }
                 Step::Next { alternative, change } => {
@@ -227,6 +236,46 @@ impl Worker {
                     job.enter(next);
                     self.fault(&self.jobs[i], false);
                 }
+            }
+        }
+    }
+
+    /// An auto job's attempt was backed out: the attempt is recorded and
+    /// the next mode starts from the first phase, in the same transaction;
+    /// true when the job ended instead.
+    fn retry(&mut self, i: usize, attempt: Attempt) -> bool {
+        let mut rec = self.jobs[i].rec.clone();
+        let id = rec.job_id;
+        rec.attempts.push(attempt.clone());
+        rec.phase = job::FIRST.as_str().into();
+        let next = match rec.kind() {
+            Ok(k) => k,
+            Err(e) => {
+                self.end(id, JobState::Failed, Some(format!("{}; {e}", attempt.reason)));
+                return true;
+            }
+        };
+        let intent = job::row(next, job::FIRST).map_or("", |r| r.effect);
+        if let Err(e) = job_table::add_attempt(id, &attempt, job::FIRST, intent) {
+            self.end(id, JobState::Failed, Some(format!("{}; could not record it to try {next}: {e}", attempt.reason)));
+            return true;
+        }
+        match Job::new(rec) {
+            Ok(job) => {
+                warning!(
+                    "gp_recovery: job {id} (dbid {}): {} recovery abandoned in phase {}: {}; trying {next} recovery",
+                    job.dbid(),
+                    attempt.mode,
+                    attempt.phase,
+                    attempt.reason
+                );
+                self.jobs[i] = job;
+                self.fault(&self.jobs[i], false);
+                false
+            }
+            Err(e) => {
+                self.end(id, JobState::Failed, Some(e));
+                true
             }
         }
     }
@@ -284,6 +333,7 @@ impl Worker {
                 unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
                 self.read_settings();
             }
+            self.healing.round();
             self.claim();
             self.tick();
             self.flush_progress();
@@ -308,8 +358,14 @@ pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
     // SAFETY: MyProcPid is set for every backend before this runs.
     JOBS_WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
-    let mut worker =
-        Worker { jobs: Vec::new(), unrecorded: Vec::new(), last_flush: Instant::now(), stopping: false, fault: None };
+    let mut worker = Worker {
+        jobs: Vec::new(),
+        healing: SelfHealing::new(),
+        unrecorded: Vec::new(),
+        last_flush: Instant::now(),
+        stopping: false,
+        fault: None,
+    };
     worker.read_settings();
     // No statement of the worker waits long for a lock: a submitter holding
     // its transaction open, or a DBA's lock, fails one write, not the loop.

@@ -20,9 +20,11 @@ mod job_steps;
 mod job_table;
 mod jobs_worker;
 mod latch;
+mod plan;
 mod recovery;
 mod segment_client;
 mod segment_host;
+mod selfheal;
 mod supervise;
 
 ::pgrx::pg_module_magic!();

@@ -52,7 +52,7 @@ fn planned(spec: &JobSpec) -> ActiveJob {
 /// none) in this transaction; the worker is woken at commit time or sooner.
 fn submit(specs: Vec<JobSpec>) -> Vec<i64> {
     verify_sources(&specs).or_raise();
-    let ids: Vec<i64> = specs.iter().map(job_table::insert).collect();
+    let ids: Vec<i64> = specs.iter().map(|s| job_table::insert(s, None)).collect();
     for (id, spec) in ids.iter().zip(&specs) {
         notice!(
             "recovery job {id}: {} recovery of dbid {} (content {}) at {}:{} from dbid {} at {}",
@@ -69,34 +69,16 @@ fn submit(specs: Vec<JobSpec>) -> Vec<i64> {
     ids
 }
 
-/// Recovers one down segment (gprecoverseg for one segment); returns the job id.
-#[pg_extern]
-fn gp_recover_segment(
-    dbid: i32,
-    mode: default!(&str, "'incremental'"),
-    new_hostname: default!(Option<&str>, "NULL"),
-    new_port: default!(Option<i32>, "NULL"),
-    new_datadir: default!(Option<&str>, "NULL"),
-) -> i64 {
-    require_worker();
+/// The job gp_recover_segment would queue.
+pub(crate) fn plan_one(dbid: i32, mode: &str, new: NewLocation) -> JobSpec {
     let mode = mode.parse::<RecoveryMode>().or_raise();
-    job_table::lock_submissions();
-    let new = NewLocation {
-        hostname: new_hostname.map(str::to_string),
-        address: None,
-        port: new_port,
-        datadir: new_datadir.map(str::to_string),
-    };
-    let spec = plan_recovery(&catalog::load(), &job_table::active(), dbid, mode, &new).or_raise();
-    submit(vec![spec])[0]
+    plan_recovery(&catalog::load(), &job_table::active(), dbid, mode, &new).or_raise()
 }
 
-/// Recovers every down segment in place (gprecoverseg with no arguments).
-#[pg_extern]
-fn gp_recover_all(mode: default!(&str, "'incremental'")) -> SetOfIterator<'static, i64> {
-    require_worker();
+/// The jobs gp_recover_all would queue: one per down segment that can be
+/// recovered in `mode`; each other one is skipped with a WARNING.
+pub(crate) fn plan_all(mode: &str) -> Vec<JobSpec> {
     let mode = mode.parse::<RecoveryMode>().or_raise();
-    job_table::lock_submissions();
     let catalog = catalog::load();
     let mut active = job_table::active();
     let mut specs = Vec::new();
@@ -109,19 +91,13 @@ fn gp_recover_all(mode: default!(&str, "'incremental'")) -> SetOfIterator<'stati
             Err(e) => warning!("skipping dbid {}: {e}", s.dbid),
         }
     }
-    if specs.is_empty() {
-        notice!("No segments to recover");
-        return SetOfIterator::new(Vec::new());
-    }
-    SetOfIterator::new(submit(specs))
+    specs
 }
 
-/// Recovers the segments a gprecoverseg -i configuration lists, all or none.
-#[pg_extern]
-fn gp_recover_from_config(config: &str) -> SetOfIterator<'static, i64> {
-    require_worker();
+/// The jobs gp_recover_from_config would queue, all or none: the first
+/// line that cannot be recovered raises its ERROR.
+pub(crate) fn plan_config(config: &str) -> Vec<JobSpec> {
     let lines = recovery::parse_config(config).or_raise();
-    job_table::lock_submissions();
     let catalog = catalog::load();
     let mut active = job_table::active();
     let mut specs = Vec::new();
@@ -148,11 +124,52 @@ fn gp_recover_from_config(config: &str) -> SetOfIterator<'static, i64> {
         active.push(planned(&spec));
         specs.push(spec);
     }
+    specs
+}
+
+/// Queues `specs`, or says there is nothing to recover.
+fn submit_all(specs: Vec<JobSpec>) -> SetOfIterator<'static, i64> {
     if specs.is_empty() {
         notice!("No segments to recover");
         return SetOfIterator::new(Vec::new());
     }
     SetOfIterator::new(submit(specs))
+}
+
+/// Recovers one down segment (gprecoverseg for one segment); returns the job id.
+#[pg_extern]
+fn gp_recover_segment(
+    dbid: i32,
+    mode: default!(&str, "'incremental'"),
+    new_hostname: default!(Option<&str>, "NULL"),
+    new_port: default!(Option<i32>, "NULL"),
+    new_datadir: default!(Option<&str>, "NULL"),
+) -> i64 {
+    require_worker();
+    job_table::lock_submissions();
+    let new = NewLocation {
+        hostname: new_hostname.map(str::to_string),
+        address: None,
+        port: new_port,
+        datadir: new_datadir.map(str::to_string),
+    };
+    submit(vec![plan_one(dbid, mode, new)])[0]
+}
+
+/// Recovers every down segment in place (gprecoverseg with no arguments).
+#[pg_extern]
+fn gp_recover_all(mode: default!(&str, "'incremental'")) -> SetOfIterator<'static, i64> {
+    require_worker();
+    job_table::lock_submissions();
+    submit_all(plan_all(mode))
+}
+
+/// Recovers the segments a gprecoverseg -i configuration lists, all or none.
+#[pg_extern]
+fn gp_recover_from_config(config: &str) -> SetOfIterator<'static, i64> {
+    require_worker();
+    job_table::lock_submissions();
+    submit_all(plan_config(config))
 }
 
 /// Returns every switched pair to its preferred roles (gprecoverseg -r):
@@ -191,14 +208,7 @@ fn gp_rebalance(replay_lag_limit: default!(Option<i64>, "10737418240")) -> SetOf
             warning!("{reason}");
             continue;
         }
-        let spec = JobSpec {
-            mode: RecoveryMode::Rebalance,
-            original: pair.primary.clone(),
-            target: pair.primary.clone(),
-            source: pair.mirror.clone(),
-            relocate: false,
-        };
-        let id = job_table::insert(&spec);
+        let id = job_table::insert(&rebalance::job(pair), None);
         notice!(
             "rebalance job {id}: content {content}: dbid {} returns to primary, dbid {} to mirror",
             pair.mirror.dbid,

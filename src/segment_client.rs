@@ -330,6 +330,20 @@ impl Target {
         Ok(lsn.as_deref().and_then(gp_recovery_core::fts::parse_lsn).unwrap_or(0))
     }
 
+    /// What the segment's databases hold, in bytes: what a copy of it moves.
+    pub async fn database_bytes(&self) -> Result<i64, String> {
+        self.with_client(|client| async move {
+            client
+                .query_one(
+                    "SELECT coalesce(sum(pg_catalog.pg_database_size(oid)), 0)::bigint FROM pg_catalog.pg_database",
+                    &[],
+                )
+                .await?
+                .try_get(0)
+        })
+        .await
+    }
+
     /// A CHECKPOINT, so the source's control file shows its current timeline
     /// (pg_rewind reads it).
     pub async fn checkpoint(&self) -> Result<(), String> {

@@ -257,42 +257,7 @@ impl Soak {
                 ended.map_err(err)?;
                 return Ok(format!("{} content {content} at {point}", fault.name()));
             }
-            Fault::DiskFull => {
-                kill(&mirror)?;
-                self.wait_down(mdbid)?;
-                let disk = self.cluster.dir.join(format!("small-disk-{content}"));
-                gpdemo::make_server_dir(&disk).map_err(err)?;
-                gpdemo::run(
-                    std::process::Command::new("mount")
-                        .args(["-t", "tmpfs", "-o", "size=32m,mode=0777", "tmpfs"])
-                        .arg(&disk),
-                )
-                .map_err(err)?;
-                let port = gpdemo::free_port_range(1).map_err(err)?;
-                let error = self
-                    .coord()?
-                    .query_one(
-                        &format!(
-                            "SELECT gp_recover_segment({mdbid}, 'full', new_port => {port}, new_datadir => '{}/data')",
-                            disk.display()
-                        ),
-                        &[],
-                    )
-                    .map_err(|e| gpdemo::sql_message(&e))
-                    .and_then(|r| {
-                        self.coord()?
-                            .query_one("SELECT gp_recovery_wait($1, '300s')", &[&r.get::<_, i64>(0)])
-                            .map(|_| "the copy fit".to_string())
-                            .or_else(|e| Ok(gpdemo::sql_message(&e)))
-                    });
-                let _ = gpdemo::run(std::process::Command::new("umount").arg("-l").arg(&disk));
-                let _ = std::fs::remove_dir(&disk);
-                let error = error?;
-                if !error.contains("No space left on device") {
-                    return Err(format!("the copy onto a full disk did not fail for lack of space: {error}"));
-                }
-                return Ok(format!("{} content {content} (the copy failed: no space left)", fault.name()));
-            }
+            Fault::DiskFull => return self.relocate_onto_small_disk(content, &mirror, mdbid, variant % 2 == 1),
             Fault::MirrorDiskFull => return self.fill_mirror_disk(content, &primary, &mirror, mdbid),
             Fault::HostDown => {
                 let host = &self.cluster.hosts[variant % self.cluster.hosts.len()];
@@ -340,6 +305,76 @@ impl Soak {
         Ok(format!("{} content {content}", fault.name()))
     }
 
+    /// A mirror killed, then relocated onto a tmpfs of its own that cannot
+    /// hold the copy: a small one (the free space check refuses the job
+    /// before anything changes), or, `during_copy`, a large one filled up
+    /// while a slowed copy runs (pg_basebackup fails with no space left and
+    /// the relocation is backed out). Either way healing recovers it in place.
+    fn relocate_onto_small_disk(
+        &self,
+        content: usize,
+        mirror: &Instance,
+        mdbid: i16,
+        during_copy: bool,
+    ) -> Res<String> {
+        signal_all(
+            &[mirror.postmaster_pid().ok_or_else(|| format!("{} is not running", mirror.name()))?],
+            libc::SIGKILL,
+        );
+        self.wait_down(mdbid)?;
+        let disk = self.cluster.dir.join(format!("small-disk-{content}"));
+        gpdemo::make_server_dir(&disk).map_err(err)?;
+        let size = if during_copy { "size=512m,mode=0777" } else { "size=32m,mode=0777" };
+        gpdemo::run(std::process::Command::new("mount").args(["-t", "tmpfs", "-o", size, "tmpfs"]).arg(&disk))
+            .map_err(err)?;
+        if during_copy {
+            self.set("max_rate", "512")?;
+        }
+        let port = gpdemo::free_port_range(1).map_err(err)?;
+        let error = (|| -> Res<String> {
+            let mut c = self.coord()?;
+            let job: i64 = c
+                .query_one(
+                    &format!(
+                        "SELECT gp_recover_segment({mdbid}, 'full', new_port => {port}, new_datadir => '{}/data')",
+                        disk.display()
+                    ),
+                    &[],
+                )
+                .map_err(|e| gpdemo::sql_message(&e))?
+                .get(0);
+            if during_copy {
+                wait_until(Duration::from_secs(60), "the copy to begin", || {
+                    self.holds(
+                        "SELECT phase = 'copying' AND coalesce(bytes_done, 0) > 0 FROM gp_recovery_job WHERE job_id = $1",
+                        &job,
+                    )
+                })
+                .map_err(err)?;
+                use std::io::Write;
+                let mut f = std::fs::File::create(disk.join("filler")).map_err(err)?;
+                let block = vec![0u8; 1 << 20];
+                while f.write_all(&block).is_ok() {}
+                self.set("max_rate", "0")?;
+            }
+            Ok(c.query_one("SELECT gp_recovery_wait($1, '300s')", &[&job])
+                .map(|_| "the copy fit".to_string())
+                .unwrap_or_else(|e| gpdemo::sql_message(&e)))
+        })();
+        let _ = self.set("max_rate", "0");
+        let _ = gpdemo::run(std::process::Command::new("umount").arg("-l").arg(&disk));
+        let _ = std::fs::remove_dir(&disk);
+        let error = error?;
+        let how = if error.contains("not enough free space") {
+            "refused: not enough free space"
+        } else if error.contains("No space left on device") {
+            "the copy failed: no space left"
+        } else {
+            return Err(format!("the copy onto a full disk did not fail for lack of space: {error}"));
+        };
+        Ok(format!("disk-full content {content} ({how})"))
+    }
+
     /// The mirror's pg_wal moves onto a small tmpfs of its own, which then
     /// fills up while WAL switches on the primary make the mirror need new
     /// segment files. The fault tolerance service must mark the mirror down
@@ -351,12 +386,8 @@ impl Soak {
         let disk = self.cluster.dir.join(format!("wal-disk-{content}"));
         let moved = disk.join("pg_wal");
         let run = |cmd: &mut std::process::Command| gpdemo::run(cmd).map(|_| ()).map_err(err);
-        let used: u64 = std::fs::read_dir(&wal)
-            .map_err(err)?
-            .flatten()
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .sum();
+        let used: u64 =
+            std::fs::read_dir(&wal).map_err(err)?.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum();
         mirror.stop("fast").map_err(err)?;
         gpdemo::make_server_dir(&disk).map_err(err)?;
         let size = format!("size={}m,mode=0777", used / (1 << 20) + 64);
@@ -381,7 +412,9 @@ impl Soak {
         let acked_before = self.acked[content].lock().map(|a| a.len()).unwrap_or(0);
         let mut p = primary.connect().map_err(err)?;
         let down = wait_until(Duration::from_secs(90), "the mirror with a full disk to be marked down", || {
-            let _ = p.batch_execute("CREATE TABLE IF NOT EXISTS churn (x int); INSERT INTO churn VALUES (1); SELECT pg_switch_wal()");
+            let _ = p.batch_execute(
+                "CREATE TABLE IF NOT EXISTS churn (x int); INSERT INTO churn VALUES (1); SELECT pg_switch_wal()",
+            );
             self.holds("SELECT status = 'd' FROM gp_segment_configuration WHERE dbid = $1", &mdbid)
         });
         let marked = filled.elapsed().as_secs_f64();

@@ -442,6 +442,25 @@ impl Scripts {
                rm -rf \"$O\" && rm -f \"$R\""
     }
 
+    /// The free space for a copy into the data directory, on the target's
+    /// host: `space AVAIL_KB USED_KB MARKED PATH` (see
+    /// [`crate::recovery::Space`]). PATH is the directory whose file system
+    /// the copy fills: the parent for a copy made beside the directory (in
+    /// place), else the directory or its nearest existing ancestor; USED_KB
+    /// is what the directory holds now (an in-place differential copy
+    /// rewrites that); MARKED is 1 when it holds an incomplete copy.
+    pub fn space(&self, datadir: &str, beside: bool) -> String {
+        let start = if beside { "P=$(dirname \"$D\")" } else { "P=\"$D\"" };
+        self.preamble(datadir)
+            + start
+            + "\nwhile [ ! -d \"$P\" ]; do P=$(dirname \"$P\"); done\n\
+               A=$(df -Pk \"$P\" | awk 'NR == 2 { print $4 }')\n\
+               U=0; if [ -d \"$D\" ]; then U=$(du -sk \"$D\" 2>/dev/null | cut -f1); fi\n\
+               [ -n \"$A\" ] || { echo \"could not read the free space of $P\" >&2; exit 1; }\n\
+               M=0; if [ -e \"$I\" ]; then M=1; fi\n\
+               echo \"space $A ${U:-0} $M $P\""
+    }
+
     /// The end of the server log of a segment the recovery started.
     pub fn server_log_tail(&self, datadir: &str) -> String {
         self.preamble(datadir)
@@ -857,6 +876,27 @@ mod tests {
         let rsync = "rsync -a '--rsh=ssh -o BatchMode=yes -o ConnectTimeout=10'";
         assert!(remote.contains(&format!("{rsync} sdw1:/s/ \"$D/\"")), "{remote}");
         assert!(remote.contains(&format!("{rsync} \"$P$t/\" \"$t/\"")) && remote.contains("P=sdw1:\n"), "{remote}");
+    }
+
+    #[test]
+    fn space_reports_the_file_system_the_copy_fills() {
+        let dir = scratch("space");
+        let d = dir.join("seg 'x'");
+        let ds = d.to_string_lossy().into_owned();
+        std::fs::create_dir_all(&d).unwrap();
+        let s = scripts();
+        // Relocating into a directory that does not exist yet: its nearest ancestor.
+        let (rc, out) = run_local(&s.space(&format!("{ds}/not/yet"), false));
+        assert_eq!(rc, 0, "{out}");
+        let space = crate::recovery::Space::parse(&out).unwrap();
+        assert_eq!((space.path.as_str(), space.used_bytes, space.marked), (ds.as_str(), 0, false), "{out}");
+        assert!(space.avail_bytes > 0);
+        std::fs::write(d.join("f"), vec![1u8; 64 << 10]).unwrap();
+        std::fs::write(sibling(&ds, INCOMPLETE_SUFFIX), "").unwrap();
+        let space = crate::recovery::Space::parse(&run_local(&s.space(&ds, true)).1).unwrap();
+        assert_eq!(space.path, dir.to_string_lossy(), "in place the copy is made beside it");
+        assert!(space.used_bytes >= 64 << 10 && space.marked, "{space:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A tablespace outside the data directory: the copy's contents come

@@ -78,9 +78,21 @@ named_enum!(
     }
 );
 
+/// The modes an auto job tries, in order.
+pub const AUTO_ORDER: [JobKind; 3] = [JobKind::Incremental, JobKind::Differential, JobKind::Full];
+
 impl JobKind {
+    /// The kind of a job of `mode`; an auto job starts incremental.
     pub fn of(mode: RecoveryMode, relocate: bool) -> JobKind {
+        Self::attempt(mode, relocate, 0)
+    }
+
+    /// The kind an auto job runs after `abandoned` attempts; other modes
+    /// have one kind.
+    pub fn attempt(mode: RecoveryMode, relocate: bool, abandoned: usize) -> JobKind {
         match mode {
+            RecoveryMode::Auto if relocate => JobKind::Relocation,
+            RecoveryMode::Auto => AUTO_ORDER[abandoned.min(AUTO_ORDER.len() - 1)],
             RecoveryMode::Incremental => JobKind::Incremental,
             RecoveryMode::Differential => JobKind::Differential,
             RecoveryMode::Full if relocate => JobKind::Relocation,
@@ -454,6 +466,37 @@ pub fn backout(kind: JobKind, phase: Phase) -> Backout {
     }
 }
 
+/// Failures no other recovery mode would fix: an auto job ends on them
+/// instead of trying the next mode. (A file the server user may not change
+/// in the target directory is not one: a full copy is made beside it.)
+pub const NO_MODE_HELPS: [&str; 6] = [
+    "unreachable",
+    "No space left on device",
+    "double fault",
+    "could not connect to",
+    "does not answer",
+    "are not installed",
+];
+
+/// An auto job that failed in `phase` of `kind` with `error`: the kind its
+/// next attempt runs, when one may work. Only the phases that work on the
+/// target's data (rewinding, copying, swapping, configuring, starting,
+/// connecting) count, and only before the point of no return: what fails
+/// there may be the directory's fault (WAL the rewind needs is gone, no
+/// common history, an interrupted copy's mark, a directory that cannot
+/// start), which a copy replaces; a dead host, a full disk or a source
+/// down are the same for every mode.
+pub fn next_attempt(kind: JobKind, phase: Phase, error: &str) -> Option<JobKind> {
+    let position = AUTO_ORDER.iter().position(|k| *k == kind)?;
+    let next = AUTO_ORDER.get(position + 1).copied()?;
+    let works_on_data = matches!(
+        phase,
+        Phase::Rewinding | Phase::Copying | Phase::Swapping | Phase::Configuring | Phase::Starting | Phase::Connecting
+    );
+    let reversible = row(kind, phase).is_some_and(|r| r.on_failure.reversible());
+    (works_on_data && reversible && !NO_MODE_HELPS.iter().any(|p| error.contains(p))).then_some(next)
+}
+
 /// The one advice for a segment whose directory cannot be rewound or
 /// started as it is.
 pub fn copy_advice(dbid: i16) -> String {
@@ -554,6 +597,39 @@ impl FaultPoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_tries_incremental_then_differential_then_full() {
+        use crate::recovery::RecoveryMode::Auto;
+        let kinds: Vec<JobKind> = (0..4).map(|n| JobKind::attempt(Auto, false, n)).collect();
+        assert_eq!(kinds, [JobKind::Incremental, JobKind::Differential, JobKind::Full, JobKind::Full]);
+        assert_eq!(JobKind::attempt(Auto, true, 0), JobKind::Relocation);
+        let wal_gone = "the segment cannot start as a standby: requested WAL segment 0000000100000000000000A3 has already been removed";
+        assert_eq!(next_attempt(JobKind::Incremental, Phase::Starting, wal_gone), Some(JobKind::Differential));
+        assert_eq!(
+            next_attempt(JobKind::Incremental, Phase::Rewinding, "pg_rewind: error: could not find common ancestor"),
+            Some(JobKind::Differential)
+        );
+        assert_eq!(
+            next_attempt(JobKind::Differential, Phase::Copying, "rsync error: some files could not be transferred"),
+            Some(JobKind::Full)
+        );
+        assert_eq!(next_attempt(JobKind::Full, Phase::Copying, "pg_basebackup: error"), None, "full is the last");
+        assert_eq!(next_attempt(JobKind::Relocation, Phase::Copying, "pg_basebackup: error"), None);
+        for stop in [
+            "host sdw3 is unreachable: ssh: connect",
+            "write error: No space left on device",
+            "double fault: content 0's acting primary",
+        ] {
+            assert_eq!(next_attempt(JobKind::Incremental, Phase::Rewinding, stop), None, "{stop}");
+        }
+        assert_eq!(next_attempt(JobKind::Incremental, Phase::CheckingSource, "anything"), None, "not the data's fault");
+        assert_eq!(
+            next_attempt(JobKind::Incremental, Phase::CatchingUp, "anything"),
+            None,
+            "past the point of no return"
+        );
+    }
 
     fn reachable(kind: JobKind) -> Vec<Phase> {
         let mut seen = vec![FIRST];

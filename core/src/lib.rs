@@ -11,10 +11,12 @@ pub mod fts;
 pub mod gpstate;
 pub mod host;
 pub mod job;
+pub mod plan;
 pub mod probe;
 pub mod rebalance;
 pub mod recovery;
 pub mod registration;
 pub mod segment;
+pub mod selfheal;
 
 pub use error::{CoreError, ErrorKind};

@@ -8,6 +8,18 @@ use crate::segment::{Mode, Pair, Status};
 /// Greenplum's default replay lag limit: 10 GB.
 pub const DEFAULT_REPLAY_LAG_LIMIT: i64 = 10 * 1024 * 1024 * 1024;
 
+/// The switchover job of a switched pair: the acting primary (the
+/// original) hands over to its mirror, the preferred primary.
+pub fn job(pair: &Pair) -> crate::recovery::JobSpec {
+    crate::recovery::JobSpec {
+        mode: crate::recovery::RecoveryMode::Rebalance,
+        original: pair.primary.clone(),
+        target: pair.primary.clone(),
+        source: pair.mirror.clone(),
+        relocate: false,
+    }
+}
+
 pub const NOTHING_TO_REBALANCE: &str = "No segments are running in their non-preferred role and need to be rebalanced.";
 
 /// Why a switched pair cannot be rebalanced now; None when it can.

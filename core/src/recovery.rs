@@ -19,12 +19,15 @@ pub enum RecoveryMode {
     Differential,
     /// pg_basebackup of the acting primary.
     Full,
+    /// Incremental first, then differential, then full, as long as the
+    /// failure is one the next mode can fix (`job::next_attempt`).
+    Auto,
     /// gprecoverseg -r: a switchover back to the preferred roles (a job
     /// type of its own, never a mode a DBA passes to gp_recover_segment).
     Rebalance,
 }
 
-pub const MODES: &str = "incremental, differential, full";
+pub const MODES: &str = "incremental, differential, full, auto";
 
 impl RecoveryMode {
     pub fn as_str(self) -> &'static str {
@@ -32,6 +35,7 @@ impl RecoveryMode {
             RecoveryMode::Incremental => "incremental",
             RecoveryMode::Differential => "differential",
             RecoveryMode::Full => "full",
+            RecoveryMode::Auto => "auto",
             RecoveryMode::Rebalance => "rebalance",
         }
     }
@@ -50,6 +54,7 @@ impl RecoveryMode {
             "I" | "i" => Some(RecoveryMode::Incremental),
             "D" | "d" => Some(RecoveryMode::Differential),
             "F" | "f" => Some(RecoveryMode::Full),
+            "A" | "a" => Some(RecoveryMode::Auto),
             _ => None,
         }
     }
@@ -69,10 +74,11 @@ impl FromStr for RecoveryMode {
             "incremental" => Ok(RecoveryMode::Incremental),
             "differential" => Ok(RecoveryMode::Differential),
             "full" => Ok(RecoveryMode::Full),
+            "auto" => Ok(RecoveryMode::Auto),
             _ => Err(CoreError::InvalidValue {
                 what: "recovery mode",
                 value: s.to_string(),
-                expected: "must be one of incremental, differential, full",
+                expected: "must be one of incremental, differential, full, auto",
             }),
         }
     }
@@ -141,6 +147,8 @@ pub fn plan_recovery(
         });
     }
     let relocate = !new.is_empty();
+    // A relocation is always a full copy: auto has nothing to try before it.
+    let mode = if relocate && mode == RecoveryMode::Auto { RecoveryMode::Full } else { mode };
     if relocate && mode != RecoveryMode::Full {
         return Err(CoreError::InvalidValue {
             what: "recovery mode",
@@ -330,7 +338,7 @@ pub fn parse_config(text: &str) -> Result<Vec<ConfigLine>, CoreError> {
         if new.is_some() && matches!(mode, Some(RecoveryMode::Incremental | RecoveryMode::Differential)) {
             return Err(line_error(
                 line,
-                "a segment moved to a new location is always copied in full: use type F or none",
+                "a segment moved to a new location is always copied in full: use type F, A or none",
             ));
         }
         lines.push(ConfigLine { line, mode, failed, new });
@@ -521,6 +529,7 @@ mod tests {
             original: j.original.clone(),
             state: "running".into(),
             phase: "checking host".into(),
+            attempts: Vec::new(),
         }
     }
 
@@ -607,8 +616,10 @@ mod tests {
         );
         assert_eq!(
             "x".parse::<RecoveryMode>().unwrap_err().to_string(),
-            "invalid recovery mode \"x\": must be one of incremental, differential, full"
+            "invalid recovery mode \"x\": must be one of incremental, differential, full, auto"
         );
+        let relocated = plan(2, RecoveryMode::Auto, port(7100)).unwrap();
+        assert_eq!((relocated.mode, relocated.relocate), (Full, true), "a relocation in auto mode is a full copy");
         let active =
             [ActiveJob { job_id: 12, dbid: 2, content: 0, state: "running".into(), target: catalog()[1].clone() }];
         let e = plan_recovery(&catalog(), &active, 2, Full, &NewLocation::default()).unwrap_err();
@@ -863,11 +874,29 @@ pub struct JobRecord {
     pub original: Segment,
     pub state: String,
     pub phase: String,
+    /// An auto job's abandoned attempts, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+}
+
+/// One abandoned attempt of an auto job (gp_recovery_job.attempts).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attempt {
+    pub mode: String,
+    pub phase: String,
+    pub reason: String,
+    /// What its copy tool had moved, when it reported it.
+    pub bytes: Option<i64>,
 }
 
 impl JobRecord {
     pub fn mode(&self) -> Result<RecoveryMode, CoreError> {
         RecoveryMode::from_job_type(&self.recovery_type)
+    }
+
+    /// The kind of job that runs now: an auto job's current attempt.
+    pub fn kind(&self) -> Result<crate::job::JobKind, CoreError> {
+        Ok(crate::job::JobKind::attempt(self.mode()?, self.relocate, self.attempts.len()))
     }
 
     /// The source as it was when the job was submitted (for a rebalance,
@@ -894,5 +923,110 @@ impl JobRecord {
             datadir: self.target_datadir.clone(),
             ..self.original.clone()
         }
+    }
+}
+
+/// The free space on the file system a copy fills, as `Scripts::space`
+/// reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Space {
+    pub avail_bytes: i64,
+    /// What the target directory holds now.
+    pub used_bytes: i64,
+    /// The directory holds an incomplete copy (an interrupted rewind or copy).
+    pub marked: bool,
+    pub path: String,
+}
+
+impl Space {
+    pub fn parse(output: &str) -> Option<Space> {
+        let line = output.lines().rev().find_map(|l| l.strip_prefix("space "))?;
+        let mut words = line.splitn(4, ' ');
+        let kb = |w: Option<&str>| w?.trim().parse::<i64>().ok().map(|k| k.saturating_mul(1024));
+        Some(Space {
+            avail_bytes: kb(words.next())?,
+            used_bytes: kb(words.next())?,
+            marked: words.next()? == "1",
+            path: words.next()?.to_string(),
+        })
+    }
+}
+
+/// Room kept free beyond a copy's estimate: a tenth of it, and at least
+/// 64 MB for the WAL written while it runs.
+pub fn space_margin(estimate: i64) -> i64 {
+    (estimate / 10).max(64 << 20)
+}
+
+/// The bytes a copy of `kind` adds to the target's file system when its
+/// source's databases hold `source_bytes`: all of them for a full copy (in
+/// place it is made beside the old directory, which stays until the end),
+/// what the directory lacks for a differential copy (rewritten in place).
+pub fn copy_estimate(kind: crate::job::JobKind, source_bytes: i64, target_used_bytes: i64) -> i64 {
+    use crate::job::JobKind;
+    match kind {
+        JobKind::Full | JobKind::Relocation => source_bytes,
+        JobKind::Differential => (source_bytes - target_used_bytes).max(0),
+        JobKind::Incremental | JobKind::Rebalance => 0,
+    }
+}
+
+fn megabytes(bytes: i64) -> String {
+    format!("{} MB", (bytes + (1 << 20) - 1) >> 20)
+}
+
+/// Refuses a copy the target's file system cannot hold, with the numbers.
+pub fn check_space(
+    kind: crate::job::JobKind,
+    dbid: i16,
+    host: &str,
+    source_bytes: i64,
+    space: &Space,
+) -> Result<(), String> {
+    let estimate = copy_estimate(kind, source_bytes, space.used_bytes);
+    let needed = estimate + space_margin(estimate);
+    if estimate == 0 || space.avail_bytes >= needed {
+        return Ok(());
+    }
+    Err(format!(
+        "not enough free space for the {kind} copy of dbid {dbid} on host {host}: the file system of {} has {} free; \
+         the copy needs about {} ({} of the source's databases{}, and a margin of {})",
+        space.path,
+        megabytes(space.avail_bytes),
+        megabytes(needed),
+        megabytes(estimate),
+        if kind == crate::job::JobKind::Differential {
+            format!(" beyond the {} the directory holds", megabytes(space.used_bytes))
+        } else {
+            String::new()
+        },
+        megabytes(space_margin(estimate)),
+    ))
+}
+
+#[cfg(test)]
+mod space_tests {
+    use super::*;
+    use crate::job::JobKind;
+
+    #[test]
+    fn a_copy_needs_its_estimate_and_a_margin() {
+        let space = Space::parse("noise\nspace 32768 1024 0 /data/small disk\n").unwrap();
+        assert_eq!(
+            space,
+            Space { avail_bytes: 32 << 20, used_bytes: 1 << 20, marked: false, path: "/data/small disk".into() }
+        );
+        let e = check_space(JobKind::Full, 3, "sdw1", 40 << 20, &space).unwrap_err();
+        assert!(e.contains("/data/small disk has 32 MB free") && e.contains("needs about 104 MB"), "{e}");
+        assert!(
+            check_space(JobKind::Full, 3, "sdw1", 40 << 20, &Space { avail_bytes: 200 << 20, ..space.clone() }).is_ok()
+        );
+        // A differential copy rewrites what is there: only the difference counts.
+        let full_dir = Space { avail_bytes: 70 << 20, used_bytes: 1 << 30, marked: true, path: "/d".into() };
+        assert!(check_space(JobKind::Differential, 3, "sdw1", (1 << 30) + (4 << 20), &full_dir).is_ok());
+        let e = check_space(JobKind::Differential, 3, "sdw1", 2 << 30, &full_dir).unwrap_err();
+        assert!(e.contains("beyond the 1024 MB the directory holds"), "{e}");
+        assert!(check_space(JobKind::Incremental, 3, "sdw1", 2 << 30, &full_dir).is_ok());
+        assert_eq!(Space::parse("df: nothing"), None);
     }
 }

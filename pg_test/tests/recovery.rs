@@ -296,7 +296,7 @@ fn bad_requests_are_refused_and_change_nothing() {
         (
             format!("SELECT gp_recover_segment({old}, 'quick')"),
             "22023",
-            "invalid recovery mode \"quick\": must be one of incremental, differential, full".into(),
+            "invalid recovery mode \"quick\": must be one of incremental, differential, full, auto".into(),
         ),
         (
             format!("SELECT gp_recover_segment({up})"),

@@ -101,14 +101,19 @@ fn a_dead_host_fails_its_jobs_cleanly_while_a_relocation_away_from_it_succeeds()
     });
     wait_for(60, "content 1's new primary to accept writes", || tc.writable(1) == Some(tc.mirror(1)));
 
-    // In place, both jobs need the dead host: both fail, nothing changes.
+    // In place, both jobs need the dead host: both fail, nothing changes;
+    // in auto mode, no other mode is tried (none would help).
     let mut c = tc.coordinator();
     let before = catalog_snapshot(&mut c);
-    let jobs: Vec<i64> = c.query("SELECT * FROM gp_recover_all()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let jobs: Vec<i64> =
+        c.query("SELECT * FROM gp_recover_all('auto')", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(jobs.len(), 2);
     for job in jobs {
         let error = job_error(&tc, job);
         assert!(error.starts_with("host 127.0.0.3 is unreachable: ssh: connect to host 127.0.0.3"), "{error}");
+        let attempts: String =
+            c.query_one("SELECT attempts::text FROM gp_recovery_job WHERE job_id = $1", &[&job]).unwrap().get(0);
+        assert_eq!(attempts, "[]", "job {job} tried another mode");
     }
     assert_eq!(catalog_snapshot(&mut c), before, "the catalog and its history are unchanged");
 

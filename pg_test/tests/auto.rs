@@ -1,0 +1,94 @@
+//! Automatic mode: one job tries incremental, then differential, then full,
+//! while the failure is the directory's (WAL the rewind needs is gone, an
+//! interrupted copy's mark, files that cannot be replaced in place), each
+//! abandoned attempt recorded in gp_recovery_job.attempts.
+
+use gp_recovery_pg_test::{assert_same_data, pgbench_init, wait_for, TestCluster};
+
+/// (mode, reason) of each abandoned attempt of a job.
+fn attempts(tc: &TestCluster, job: i64) -> Vec<(String, String)> {
+    tc.coordinator()
+        .query(
+            "SELECT a->>'mode', a->>'reason' FROM gp_recovery_job, jsonb_array_elements(attempts) a WHERE job_id = $1",
+            &[&job],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[test]
+fn auto_goes_on_to_differential_when_the_wal_a_rewind_needs_is_gone() {
+    let tc = TestCluster::new(1);
+    tc.set_fts(1, 2, 2, 2);
+    pgbench_init(tc.primary(0), 1);
+    let (down, _) = tc.fail_over(0);
+    let mut p = tc.mirror(0).connect().unwrap();
+    wait_for(30, "the new primary's slot", || {
+        p.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'internal_wal_replication_slot'", &[])
+            .is_ok_and(|r| r.get::<_, i64>(0) == 1)
+    });
+    p.batch_execute("SELECT pg_drop_replication_slot('internal_wal_replication_slot')").unwrap();
+    for _ in 0..6 {
+        p.batch_execute("UPDATE pgbench_accounts SET abalance = abalance + 1; SELECT pg_switch_wal(); CHECKPOINT")
+            .unwrap();
+    }
+    let job = tc.submit(&format!("SELECT gp_recover_segment({down}, 'auto')"));
+    assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
+    let tried = attempts(&tc, job);
+    assert_eq!(tried.len(), 1, "{tried:?}");
+    assert_eq!(tried[0].0, "incremental");
+    assert!(tried[0].1.contains("WAL segment") || tried[0].1.contains("checkpoint record"), "{tried:?}");
+    wait_for(60, "the pair to be synchronized", || tc.row_state(down) == "m u s");
+    assert_same_data(tc.mirror(0), tc.primary(0));
+}
+
+#[test]
+fn auto_goes_past_an_interrupted_differential_and_on_to_full() {
+    let tc = TestCluster::new(1);
+    tc.set_fts(1, 2, 2, 2);
+    pgbench_init(tc.primary(0), 10);
+    let (down, _) = tc.fail_over(0);
+    tc.mirror(0)
+        .connect()
+        .unwrap()
+        .batch_execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 3 = 0")
+        .unwrap();
+    // A differential copy, interrupted: the directory is marked incomplete.
+    tc.set_rate(1024);
+    let job = tc.submit(&format!("SELECT gp_recover_segment({down}, 'differential')"));
+    let mut c = tc.coordinator();
+    wait_for(60, "rsync to copy", || {
+        c.query_opt("SELECT 1 FROM gp_recovery_job WHERE job_id = $1 AND phase = 'copying' AND bytes_done > 0", &[&job])
+            .unwrap()
+            .is_some()
+    });
+    assert!(c.query_one("SELECT gp_recovery_cancel($1)", &[&job]).unwrap().get::<_, bool>(0));
+    assert_eq!(tc.wait_job(job).unwrap(), "canceled");
+    tc.set_rate(0);
+    // And a directory in it the server user cannot empty: only a copy made
+    // beside the old directory gets past it.
+    let datadir = tc.primary(0).datadir.clone();
+    let stuck = datadir.join("stray");
+    std::fs::create_dir(&stuck).unwrap();
+    std::fs::write(stuck.join("file"), "x").unwrap();
+    gpdemo::run(std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(&stuck)).unwrap();
+    gpdemo::run(std::process::Command::new("chmod").arg("0500").arg(&stuck)).unwrap();
+
+    let job = tc.submit(&format!("SELECT gp_recover_segment({down}, 'auto')"));
+    let outcome = tc.wait_job(job);
+    let old = std::path::PathBuf::from(format!("{}.gp_recovery_old", datadir.display()));
+    for dir in [stuck.clone(), old.join("stray")] {
+        let _ = gpdemo::run(std::process::Command::new("chmod").arg("0700").arg(&dir));
+    }
+    assert_eq!(outcome.unwrap(), "succeeded");
+    let tried = attempts(&tc, job);
+    let modes: Vec<&str> = tried.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(modes, ["incremental", "differential"], "{tried:?}");
+    assert!(tried[0].1.contains("holds an incomplete copy"), "{tried:?}");
+    assert!(tried[1].1.contains("Permission denied"), "{tried:?}");
+    assert!(!datadir.join("stray").exists(), "the full copy replaced the directory");
+    wait_for(60, "the pair to be synchronized", || tc.row_state(down) == "m u s");
+    assert_same_data(tc.mirror(0), tc.primary(0));
+}
