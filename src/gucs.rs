@@ -28,6 +28,7 @@ pub static AUTO_RECOVER: GucSetting<AutoRecoverSetting> =
     GucSetting::<AutoRecoverSetting>::new(AutoRecoverSetting::Off);
 pub static AUTO_RECOVER_DELAY: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static AUTO_REBALANCE: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static HBA_HOSTNAMES: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static FAULT_POINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
@@ -170,6 +171,14 @@ pub fn define() {
         c"Self-healing: return switched pairs to their preferred roles once synchronized.",
         c"A pair switched, up and synchronized for gp_recovery.auto_recover_delay gets a rebalance job (gprecoverseg -r) from the service itself.",
         &AUTO_REBALANCE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"gp_recovery.hba_hostnames",
+        c"A relocation lets its new host into the acting primary's pg_hba.conf by host name, not address.",
+        c"As gprecoverseg --hba-hostnames; the name must then resolve both ways on the primary's host.",
+        &HBA_HOSTNAMES,
         GucContext::Sighup,
         GucFlags::default(),
     );

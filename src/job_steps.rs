@@ -127,6 +127,8 @@ pub struct Job {
     tablespaces: Vec<String>,
     /// What the source's databases hold, read while checking the host.
     source_bytes: i64,
+    /// The source's pg_hba.conf, as checking the source found it.
+    hba_file: String,
     deadline: Option<Instant>,
     next_check: Instant,
     /// Catching up: the last WAL distance seen, and when it last shrank.
@@ -183,6 +185,7 @@ impl Job {
             checkpoint_lsn: None,
             tablespaces: Vec::new(),
             source_bytes: 0,
+            hba_file: String::new(),
             deadline: None,
             next_check: Instant::now(),
             behind: None,
@@ -417,6 +420,9 @@ impl Job {
     /// one; it gets the slot its mirror will stream from, and (before a
     /// rewind) a CHECKPOINT so its control file shows its current timeline.
     fn checking_source(&mut self) -> Step {
+        if self.sub == 2 {
+            return self.allowing_new_host();
+        }
         if self.sub == 0 {
             let catalog = match try_transaction(|| Ok(catalog::load())) {
                 Ok(c) => c,
@@ -458,8 +464,13 @@ impl Job {
                 let relocate = self.kind == JobKind::Relocation;
                 match recovery::verify_source(&self.source, &self.target, self.kind.mode(), relocate, &p) {
                     Ok(()) => {
-                        let found = p.map(|p| p.outside_tablespaces).unwrap_or_default();
-                        self.tablespaces = found.into_iter().map(|t| t.location).collect();
+                        let p = p.unwrap_or_default();
+                        self.tablespaces = p.outside_tablespaces.into_iter().map(|t| t.location).collect();
+                        self.hba_file = p.hba_file;
+                        if self.moves_host() {
+                            self.sub = 2;
+                            return Step::Stay;
+                        }
                         next()
                     }
                     Err(e) => Step::Fail(e.to_string()),
@@ -467,6 +478,42 @@ impl Job {
             }
             Some(Ok(_)) => Step::Fail("unexpected answer".into()),
             Some(Err(e)) => Step::Fail(format!("the acting primary dbid {}: {e}", self.source.dbid)),
+        }
+    }
+
+    /// A relocation onto another host than the segment's.
+    fn moves_host(&self) -> bool {
+        self.kind == JobKind::Relocation && !self.target.hostname.eq_ignore_ascii_case(&self.rec.original.hostname)
+    }
+
+    /// Before a relocation's copy: the acting primary's pg_hba.conf lets
+    /// the new host connect and replicate (gprecoverseg updates pg_hba.conf
+    /// the same way), recorded in the history when it changed.
+    fn allowing_new_host(&mut self) -> Step {
+        let (host, by_name) = (self.target.hostname.clone(), gucs::HBA_HOSTNAMES.get());
+        let entry = host::hba_entry(&self.target.address, &host, by_name);
+        let (dir, hba, user, s) = (self.source.datadir.clone(), self.hba_file.clone(), server_user(), scripts());
+        let source_host = SegmentHost::of(&self.source.hostname);
+        let script = || s.allow_host(&dir, &hba, &user, &entry, &host);
+        match self.tool(source_host, "allow_host", script, Some(SHORT_STEP)) {
+            None => Step::Stay,
+            Some(Err(e)) => Step::Fail(format!(
+                "could not let host {host} into the pg_hba.conf of the acting primary dbid {}: {}",
+                self.source.dbid, e.message
+            )),
+            Some(Ok(out)) if out.contains("added") => {
+                let text = format!(
+                    "gp_recovery: pg_hba.conf of dbid {} lets host {host} ({entry}) connect and replicate, for the relocation of dbid {}",
+                    self.source.dbid,
+                    self.dbid()
+                );
+                let dbid = self.source.dbid;
+                next_with(Box::new(move || {
+                    catalog::history(dbid, &text);
+                    Ok(())
+                }))
+            }
+            Some(Ok(_)) => next(),
         }
     }
 
@@ -979,10 +1026,46 @@ impl Job {
 
     fn removing_old(&mut self) -> Step {
         let dir = self.target.datadir.clone();
-        match self.target_tool("remove_old", |s| s.remove_old(&dir), Some(SHORT_STEP)) {
+        if self.sub == 0 {
+            match self.target_tool("remove_old", |s| s.remove_old(&dir), Some(SHORT_STEP)) {
+                None => return Step::Stay,
+                Some(Ok(_)) => self.sub = 1,
+                Some(Err(e)) => return Step::Fail(format!("could not remove the old data directory: {}", e.message)),
+            }
+        }
+        if !self.moves_host() || self.hba_file.is_empty() {
+            return next();
+        }
+        // The old host's lines in the acting primary's pg_hba.conf go once
+        // no segment is on it (only lines gp_recovery added).
+        let old_host = self.rec.original.hostname.clone();
+        if self.sub == 1 {
+            match try_transaction(|| Ok(catalog::load())) {
+                Ok(c) if c.iter().any(|s| s.hostname.eq_ignore_ascii_case(&old_host)) => return next(),
+                Ok(_) => self.sub = 2,
+                Err(e) => return Step::Fail(e),
+            }
+        }
+        let (dir, hba, s) = (self.source.datadir.clone(), self.hba_file.clone(), scripts());
+        let source_host = SegmentHost::of(&self.source.hostname);
+        match self.tool(source_host, "forget_host", || s.forget_host(&dir, &hba, &old_host), Some(SHORT_STEP)) {
             None => Step::Stay,
+            Some(Err(e)) => Step::Fail(format!(
+                "could not remove host {old_host} from the acting primary's pg_hba.conf: {}",
+                e.message
+            )),
+            Some(Ok(out)) if out.contains("removed") => {
+                let text = format!(
+                    "gp_recovery: pg_hba.conf of dbid {} no longer lets host {old_host} in: no segment is on it",
+                    self.source.dbid
+                );
+                let dbid = self.source.dbid;
+                next_with(Box::new(move || {
+                    catalog::history(dbid, &text);
+                    Ok(())
+                }))
+            }
             Some(Ok(_)) => next(),
-            Some(Err(e)) => Step::Fail(format!("could not remove the old data directory: {}", e.message)),
         }
     }
 }

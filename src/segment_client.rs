@@ -380,7 +380,8 @@ const IDENTITY_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('data_di
      (SELECT system_identifier::text FROM pg_control_system()), \
      current_setting('synchronous_standby_names'), \
      ARRAY(SELECT spcname::text FROM pg_tablespace WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY oid), \
-     ARRAY(SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY oid)";
+     ARRAY(SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY oid), \
+     current_setting('hba_file')";
 const WAL_RECEIVER_SQL: &str = "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver";
 /// Each walsender with the physical slot it streams from, if any, so that
 /// only the mirror on the content's slot counts as the mirror.
@@ -444,6 +445,7 @@ async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe
             .zip(row.try_get::<_, Vec<String>>(5)?)
             .map(|(name, location)| Tablespace { name, location })
             .collect(),
+        hba_file: row.try_get(6)?,
     })
 }
 

@@ -48,22 +48,26 @@ pub fn create(cluster_dir: &Path, hosts: &[String]) -> Result<()> {
     mount(&[("--bind").as_ref(), dir.as_os_str(), dir.as_os_str()])?;
     mount(&[("--make-private").as_ref(), dir.as_os_str()])?;
     make_server_dir(&tablespaces_dir(cluster_dir))?;
-    for host in hosts {
-        let file = ns_file(cluster_dir, host);
-        fs::write(&file, "").map_err(io_err(format!("could not create {}", file.display())))?;
-        run(Command::new("unshare").arg(format!("--mount={}", file.display())).args([
-            "--propagation",
-            "unchanged",
-            "true",
-        ]))?;
-        make_server_dir(&host_tablespaces_dir(cluster_dir, host))?;
-        let mut slave = Command::new("mount");
-        slave.arg("--make-slave").arg(cluster_dir);
-        run(&mut enter(&slave, &file))?;
-        let mut bind = Command::new("mount");
-        bind.arg("--bind").arg(host_tablespaces_dir(cluster_dir, host)).arg(tablespaces_dir(cluster_dir));
-        run(&mut enter(&bind, &file))?;
-    }
+    hosts.iter().try_for_each(|h| add(cluster_dir, h))
+}
+
+/// The namespace of one more host of a cluster made by `create`.
+pub fn add(cluster_dir: &Path, host: &str) -> Result<()> {
+    let file = ns_file(cluster_dir, host);
+    fs::write(&file, "").map_err(io_err(format!("could not create {}", file.display())))?;
+    run(Command::new("unshare").arg(format!("--mount={}", file.display())).args([
+        "--propagation",
+        "unchanged",
+        "true",
+    ]))?;
+    make_server_dir(&cluster_dir.join(host))?;
+    make_server_dir(&host_tablespaces_dir(cluster_dir, host))?;
+    let mut slave = Command::new("mount");
+    slave.arg("--make-slave").arg(cluster_dir);
+    run(&mut enter(&slave, &file))?;
+    let mut bind = Command::new("mount");
+    bind.arg("--bind").arg(host_tablespaces_dir(cluster_dir, host)).arg(tablespaces_dir(cluster_dir));
+    run(&mut enter(&bind, &file))?;
     Ok(())
 }
 

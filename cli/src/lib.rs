@@ -323,6 +323,9 @@ pub struct Cluster {
     pub mirrors: Vec<Instance>,
 }
 
+/// The pg_hba.conf lines of every demo instance.
+pub const DEMO_HBA: &str = "host all all 127.0.0.0/8 trust\nhost replication all 127.0.0.0/8 trust\n";
+
 /// The fault tolerance service's settings of a demo cluster: fast enough to
 /// watch a failover happen (Greenplum's defaults are 60 s, 20 s, 5, 30 s).
 pub const DEMO_FTS_SETTINGS: &str = "gp_recovery.fts_probe_interval = 2s\n\
@@ -332,11 +335,12 @@ pub const DEMO_FTS_SETTINGS: &str = "gp_recovery.fts_probe_interval = 2s\n\
 /// Settings every instance gets. No wal_keep_size: the incremental
 /// recovery keeps the WAL pg_rewind needs on the target by itself, and kept
 /// WAL on the source would be copied by every pg_rewind.
-/// Every instance listens on all the cluster's loopback "hosts": a copy of a
-/// data directory (recovery onto another host) must work there unchanged.
-fn common_conf(port: u16, listen: &str, socket_dir: &Path) -> String {
+/// Every instance listens on every address (each has a port of its own),
+/// so a copy of a data directory works unchanged on any loopback "host",
+/// one added later included; pg_hba.conf lets in loopback addresses only.
+fn common_conf(port: u16, socket_dir: &Path) -> String {
     format!(
-        "\n# gpdemo\nport = {port}\nlisten_addresses = '{listen}'\nunix_socket_directories = '{}'\n\
+        "\n# gpdemo\nport = {port}\nlisten_addresses = '*'\nunix_socket_directories = '{}'\n\
          wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
          wal_log_hints = on\nhot_standby = on\nshared_buffers = 32MB\nmax_connections = 50\n\
          log_line_prefix = '%m [%p] '\n",
@@ -384,11 +388,6 @@ impl Cluster {
                 .map(|c| instance(c.into(), 'm', base_port + 1 + pairs + c, &host_of(c, mirror_shift)))
                 .collect(),
         }
-    }
-
-    /// The coordinator's address and every segment host.
-    pub fn listen_addresses(&self) -> String {
-        std::iter::once(ADDRESS.to_string()).chain(self.hosts.iter().cloned()).collect::<Vec<_>>().join(",")
     }
 
     pub fn instances(&self) -> impl Iterator<Item = &Instance> {
@@ -457,7 +456,7 @@ impl Cluster {
                 .collect(),
         )?;
         for i in &writable {
-            let mut conf = common_conf(i.port, &cluster.listen_addresses(), dir);
+            let mut conf = common_conf(i.port, dir);
             if i.content == -1 {
                 conf.push_str("shared_preload_libraries = 'gp_recovery'\n");
                 conf.push_str(DEMO_FTS_SETTINGS);
@@ -466,11 +465,8 @@ impl Cluster {
                 }
             }
             append_server_file(&i.datadir.join("postgresql.conf"), &conf)?;
-            // Every loopback "host" of the cluster may connect and replicate.
-            append_server_file(
-                &i.datadir.join("pg_hba.conf"),
-                "host all all samenet trust\nhost replication all samenet trust\n",
-            )?;
+            // Every loopback "host" may connect and replicate; nothing else.
+            append_server_file(&i.datadir.join("pg_hba.conf"), DEMO_HBA)?;
             i.start()?;
         }
         run_all(cluster.primaries.iter().zip(&cluster.mirrors).map(|(p, m)| base_backup(p, m)).collect())?;

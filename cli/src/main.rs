@@ -13,6 +13,7 @@ usage: gpdemo create  [--dir DIR] [--pairs N] [--port BASE] [--hosts H1,H2,...]
        gpdemo destroy [--dir DIR]
        gpdemo fail-host HOST [--dir DIR]
        gpdemo restart-host HOST [--dir DIR]
+       gpdemo add-host HOST [--dir DIR]
        gpdemo env     [--dir DIR]
        gpdemo tour    [--dir DIR] [--port BASE]
 
@@ -23,6 +24,7 @@ create   a coordinator on BASE with gp_recovery, N primaries on BASE+1..BASE+N,
          sshd, and the coordinator reaches them only through ssh
 fail-host     kill every segment on HOST and stop its sshd (a dead host)
 restart-host  start HOST's sshd again; its segments wait for recovery
+add-host      a new empty host (a loopback address), with its sshd, to relocate segments onto
 destroy  stop every instance of the cluster and remove its directory
 env      print the settings that connect psql to the coordinator
 tour     create a demo cluster (own directory, port 7100) and walk through it";
@@ -38,7 +40,7 @@ struct Args {
     pairs: u16,
     port: Option<u16>,
     hosts: Vec<String>,
-    /// fail-host / restart-host: the host.
+    /// fail-host / restart-host / add-host: the host.
     target: Option<String>,
 }
 
@@ -350,7 +352,7 @@ fn main_result(argv: &[String]) -> Result<()> {
             print_connect(&cluster);
             Ok(())
         }
-        "fail-host" | "restart-host" => {
+        "fail-host" | "restart-host" | "add-host" => {
             let dir = args.dir.unwrap_or_else(|| default_dir(""));
             let host =
                 args.target.ok_or_else(|| DemoError::Usage(format!("{} needs a HOST\n{USAGE}", args.command)))?;
@@ -359,6 +361,12 @@ fn main_result(argv: &[String]) -> Result<()> {
                     println!("killed the segment in {}", d.display());
                 }
                 println!("stopped the sshd of {host}: the host is unreachable");
+            } else if args.command == "add-host" {
+                gpdemo::sshd::add_host(&dir, &host)?;
+                println!(
+                    "{host} is a new segment host; move a down segment onto it with \
+                     SELECT gp_recover_segment(DBID, 'full', new_hostname => '{host}', new_port => PORT, new_datadir => DIR);"
+                );
             } else {
                 gpdemo::sshd::restart_host(&dir, &host)?;
                 println!("{host} answers ssh again; recover its segments with SELECT * FROM gp_recover_all();");

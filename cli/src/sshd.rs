@@ -73,12 +73,17 @@ impl SshHosts {
         let read =
             |p: PathBuf| fs::read_to_string(&p).map_err(crate::io_err(format!("could not read {}", p.display())));
         append_server_file(&self.dir.join("authorized_keys"), &read(self.client_key().with_extension("pub"))?)?;
-        let host_pub = read(self.host_key().with_extension("pub"))?;
-        let known: String =
-            hosts.iter().map(|h| format!("[{h}]:{} {}", self.port, host_pub.trim())).collect::<Vec<_>>().join("\n");
-        append_server_file(&self.dir.join("known_hosts"), &(known + "\n"))?;
         fs::create_dir_all("/run/sshd").map_err(crate::io_err("could not create /run/sshd"))?;
-        hosts.iter().try_for_each(|h| self.start(h))
+        hosts.iter().try_for_each(|h| self.know_and_start(h))
+    }
+
+    /// Makes the host's key known to the remote shell, then starts its sshd.
+    fn know_and_start(&self, host: &str) -> Result<()> {
+        let path = self.host_key().with_extension("pub");
+        let host_pub =
+            fs::read_to_string(&path).map_err(crate::io_err(format!("could not read {}", path.display())))?;
+        append_server_file(&self.dir.join("known_hosts"), &format!("[{host}]:{} {}\n", self.port, host_pub.trim()))?;
+        self.start(host)
     }
 
     /// Starts the sshd of one host and waits until it accepts connections.
@@ -151,6 +156,24 @@ pub fn fail_host(cluster_dir: &Path, host: &str) -> Result<Vec<PathBuf>> {
     }
     hosts.stop(host);
     Ok(datadirs)
+}
+
+/// A new, empty segment host for the cluster in `cluster_dir` (a loopback
+/// address it does not use yet), with its own file system view and sshd:
+/// a place to relocate segments onto.
+pub fn add_host(cluster_dir: &Path, host: &str) -> Result<()> {
+    let hosts = SshHosts::open(cluster_dir)?;
+    if !host.starts_with("127.") || host == crate::ADDRESS {
+        return Err(DemoError::Usage(format!(
+            "a new host is a loopback address other than {}, not {host}",
+            crate::ADDRESS
+        )));
+    }
+    if crate::hostns::ns_file(cluster_dir, host).exists() {
+        return Err(DemoError::Usage(format!("{host} is already a host of {}", cluster_dir.display())));
+    }
+    crate::hostns::add(cluster_dir, host)?;
+    hosts.know_and_start(host)
 }
 
 /// The host is back (its sshd runs again); its segments stay down until

@@ -192,6 +192,22 @@ pub const INCOMPLETE_SUFFIX: &str = ".gp_recovery_incomplete";
 /// when this mark is there, even after the copy finished, and never
 /// touches a directory without it (it was not this job's copy).
 pub const RELOCATING_SUFFIX: &str = ".gp_recovery_relocating";
+/// Ends each pg_hba.conf line gp_recovery added for a host, followed by
+/// the host's name.
+pub const HBA_MARK: &str = "# gp_recovery: for host ";
+
+/// The pg_hba.conf address field for a host: its address as a one-host
+/// network, or its name (gp_recovery.hba_hostnames, as gprecoverseg
+/// --hba-hostnames).
+pub fn hba_entry(address: &str, hostname: &str, by_name: bool) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        _ if by_name => hostname.to_string(),
+        Ok(std::net::IpAddr::V4(a)) => format!("{a}/32"),
+        Ok(std::net::IpAddr::V6(a)) => format!("{a}/128"),
+        Err(_) => address.to_string(),
+    }
+}
+
 /// The exit code of a step refused because the directory is marked.
 pub const MARKED_INCOMPLETE: i32 = 4;
 
@@ -459,6 +475,37 @@ impl Scripts {
                [ -n \"$A\" ] || { echo \"could not read the free space of $P\" >&2; exit 1; }\n\
                M=0; if [ -e \"$I\" ]; then M=1; fi\n\
                echo \"space $A ${U:-0} $M $P\""
+    }
+
+    /// Lets a host connect and replicate as `user` (`entry`: its address
+    /// or name, see [`hba_entry`]): the two lines go at the end of the
+    /// segment's pg_hba.conf (`hba_file`) unless there, marked for the
+    /// host, and the segment reloads. Prints `added` or `present`.
+    pub fn allow_host(&self, datadir: &str, hba_file: &str, user: &str, entry: &str, host: &str) -> String {
+        let mark = format!("{HBA_MARK}{host}");
+        let line = |db: &str| quote(&format!("host {db} {user} {entry} trust {mark}"));
+        self.preamble(datadir)
+            + &format!("H={} L1={} L2={}\n", quote(hba_file), line("all"), line("replication"))
+            + "C=0\n\
+               for l in \"$L1\" \"$L2\"; do\n\
+               if ! grep -qxF -- \"$l\" \"$H\"; then printf '%s\\n' \"$l\" >> \"$H\" || exit 1; C=1; fi\n\
+               done\n\
+               if [ $C -eq 0 ]; then echo present; exit 0; fi\n\
+               \"$B/pg_ctl\" reload -D \"$D\" >/dev/null || exit 1\n\
+               echo added"
+    }
+
+    /// Removes the lines [`Scripts::allow_host`] added for `host` (and no
+    /// other line) and reloads. Prints `removed` or `absent`.
+    pub fn forget_host(&self, datadir: &str, hba_file: &str, host: &str) -> String {
+        self.preamble(datadir)
+            + &format!("H={} M={}\n", quote(hba_file), quote(&format!(" {HBA_MARK}{host}")))
+            + "mine() { awk -v m=\"$M\" -v keep=\"$1\" '{ n = length($0) - length(m); \
+               mine = n >= 0 && substr($0, n + 1) == m; if (mine == keep) print }' \"$H\"; }\n\
+               if [ -z \"$(mine 1)\" ]; then echo absent; exit 0; fi\n\
+               mine 0 > \"$H.gp_recovery\" && cat \"$H.gp_recovery\" > \"$H\" && rm -f \"$H.gp_recovery\" || exit 1\n\
+               \"$B/pg_ctl\" reload -D \"$D\" >/dev/null || exit 1\n\
+               echo removed"
     }
 
     /// The end of the server log of a segment the recovery started.
@@ -876,6 +923,44 @@ mod tests {
         let rsync = "rsync -a '--rsh=ssh -o BatchMode=yes -o ConnectTimeout=10'";
         assert!(remote.contains(&format!("{rsync} sdw1:/s/ \"$D/\"")), "{remote}");
         assert!(remote.contains(&format!("{rsync} \"$P$t/\" \"$t/\"")) && remote.contains("P=sdw1:\n"), "{remote}");
+    }
+
+    #[test]
+    fn a_host_s_hba_lines_are_added_once_and_removed_alone() {
+        assert_eq!(hba_entry("10.0.0.7", "sdw3", false), "10.0.0.7/32");
+        assert_eq!(hba_entry("::1", "sdw3", false), "::1/128");
+        assert_eq!(hba_entry("10.0.0.7", "sdw3", true), "sdw3");
+        let dir = scratch("hba");
+        let hba = dir.join("pg_hba.conf");
+        let mine_before = "host all gpadmin 10.0.0.77/32 trust # gp_recovery: for host 10.0.0.77\n";
+        std::fs::write(&hba, format!("local all all trust\n{mine_before}")).unwrap();
+        // A fake pg_ctl that only records the reload.
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("pg_ctl"), format!("#!/bin/sh\necho \"$1\" >> {}/reloads\n", dir.display())).unwrap();
+        std::process::Command::new("chmod").arg("+x").arg(bin.join("pg_ctl")).status().unwrap();
+        let s = Scripts { bindir: bin.to_string_lossy().into_owned(), connect_timeout: 5 };
+        let (d, h) = (dir.to_string_lossy().into_owned(), hba.to_string_lossy().into_owned());
+        let allow = s.allow_host(&d, &h, "gpadmin", "10.0.0.7/32", "10.0.0.7");
+        assert_eq!(run_local(&allow), (0, "added\n".into()));
+        assert_eq!(run_local(&allow), (0, "present\n".into()), "added once");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        assert!(
+            text.ends_with(
+                "host all gpadmin 10.0.0.7/32 trust # gp_recovery: for host 10.0.0.7\n\
+             host replication gpadmin 10.0.0.7/32 trust # gp_recovery: for host 10.0.0.7\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(run_local(&s.forget_host(&d, &h, "10.0.0.7")), (0, "removed\n".into()));
+        assert_eq!(
+            std::fs::read_to_string(&hba).unwrap(),
+            format!("local all all trust\n{mine_before}"),
+            "10.0.0.77 kept"
+        );
+        assert_eq!(run_local(&s.forget_host(&d, &h, "10.0.0.7")), (0, "absent\n".into()));
+        assert_eq!(std::fs::read_to_string(dir.join("reloads")).unwrap(), "reload\nreload\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -337,10 +337,12 @@ const RELOCATION: &[Transition] = &[
     ),
     t(
         Phase::CheckingSource,
-        "probe the acting primary and create its replication slot",
+        "probe the acting primary and create its replication slot; onto another host, add that host's lines to \
+         the primary's pg_hba.conf and reload",
         Phase::Copying,
         Backout::RestoreCopy,
-        "no acting primary answering: a double fault, nothing is copied",
+        "no acting primary answering: a double fault, nothing is copied; pg_hba.conf lines added stay (they only \
+         let the new host in)",
     ),
     t(
         Phase::Copying,
@@ -358,7 +360,8 @@ const RELOCATION: &[Transition] = &[
     t(Phase::Synchronizing, SYNC, Phase::RemovingOld, Backout::LeaveToFts, C_WAIT_FTS),
     t(
         Phase::RemovingOld,
-        "remove the relocating mark: the new directory is the segment's",
+        "remove the relocating mark: the new directory is the segment's; the old host's lines gp_recovery added to \
+         the primary's pg_hba.conf, once no segment is on it",
         Phase::Done,
         Backout::Finish,
         "the relocated segment is synchronized; a leftover mark is only warned about",

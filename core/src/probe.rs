@@ -77,6 +77,9 @@ pub struct InstanceProbe {
     /// Tablespaces outside the data directory.
     #[serde(default)]
     pub outside_tablespaces: Vec<Tablespace>,
+    /// Its pg_hba.conf.
+    #[serde(default)]
+    pub hba_file: String,
 }
 
 /// A tablespace with an absolute location (not in place).

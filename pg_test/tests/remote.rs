@@ -4,7 +4,7 @@
 //! through gp_recovery.remote_shell. Every recovery mode, rebalance, a
 //! relocation with an awkward directory name, and a whole host going dark.
 
-use gp_recovery_pg_test::{assert_same_data, catalog_snapshot, pgbench_init, wait_for, TestCluster};
+use gp_recovery_pg_test::{assert_same_data, catalog_snapshot, kill9, pgbench_init, wait_for, TestCluster};
 use gpdemo::Instance;
 
 const HOSTS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
@@ -185,4 +185,71 @@ fn cancel_ends_the_copy_on_the_remote_host_and_restores_everything() {
     tc.set_rate(0);
     assert_eq!(run_job(&tc, &format!("SELECT gp_recover_segment({dbid})")), Ok("succeeded".into()));
     assert_synchronized(&tc, 0, primary, down);
+}
+
+/// A relocation onto a host the acting primary's pg_hba.conf does not
+/// know: the job adds the new host's lines (a history row says so), and
+/// once a later relocation leaves that host empty, removes them.
+#[test]
+fn a_relocation_onto_a_new_host_lets_it_into_the_primary_s_pg_hba_conf() {
+    const NEW: &str = "127.0.0.4";
+    let tc = TestCluster::on_hosts(1, &HOSTS);
+    tc.set_fts(1, 2, 2, 2);
+    pgbench_init(tc.primary(0), 1);
+    // The primary lets in the cluster's own hosts, one by one, and no other.
+    let hba = tc.primary(0).datadir.join("pg_hba.conf");
+    let own: String = [gpdemo::ADDRESS, HOSTS[0], HOSTS[1]]
+        .iter()
+        .map(|h| format!("host all all {h}/32 trust\nhost replication all {h}/32 trust\n"))
+        .collect();
+    let text = std::fs::read_to_string(&hba).unwrap().replace(gpdemo::DEMO_HBA, &own);
+    std::fs::write(&hba, text).unwrap();
+    let mut p = tc.primary(0).connect().unwrap();
+    p.batch_execute("SELECT pg_reload_conf()").unwrap();
+    gpdemo::sshd::add_host(tc.dir(), NEW).unwrap();
+    let (p0, m0) = (tc.dbid_of(tc.primary(0)), tc.dbid_of(tc.mirror(0)));
+    let relocate = |to_host: &str, to: &Instance| {
+        kill9(to);
+        wait_for(60, "the mirror to be marked down", || tc.row_state(m0) == "m d n");
+        let port = gpdemo::free_port_range(1).unwrap();
+        let datadir = tc.dir().join(to_host).join("moved").join(format!("gpseg0-{port}"));
+        let job = tc.submit(&format!(
+            "SELECT gp_recover_segment({m0}, 'full', new_hostname => '{to_host}', new_port => {port}, new_datadir => '{}')",
+            datadir.display()
+        ));
+        assert_eq!(tc.wait_job(job), Ok("succeeded".into()), "relocation onto {to_host}");
+        let moved = Instance {
+            content: 0,
+            role: 'm',
+            host: to_host.into(),
+            port,
+            datadir,
+            logfile: tc.dir().join(format!("moved-{port}.log")),
+            namespace: Some(gpdemo::hostns::ns_file(tc.dir(), to_host)),
+        };
+        wait_for(60, "the relocated mirror to be synchronized", || tc.row_state(m0) == "m u s");
+        assert_same_data(tc.primary(0), &moved);
+        moved
+    };
+    let history = |like: &str| -> i64 {
+        tc.coordinator()
+            .query_one(
+                "SELECT count(*) FROM gp_configuration_history WHERE dbid = $1 AND \"desc\" LIKE $2",
+                &[&p0, &like],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let line = |host: &str| {
+        format!("host replication {} {host}/32 trust # gp_recovery: for host {host}", gpdemo::server_user())
+    };
+    let on_new = relocate(NEW, tc.mirror(0));
+    assert!(std::fs::read_to_string(&hba).unwrap().contains(&line(NEW)), "the new host's lines are in");
+    assert_eq!(history(&format!("%pg_hba.conf of dbid {p0} lets host {NEW} ({NEW}/32) connect and replicate%")), 1);
+    // Back to a host of the cluster: the new host has no segment left.
+    relocate(HOSTS[1], &on_new);
+    let text = std::fs::read_to_string(&hba).unwrap();
+    assert!(!text.contains(&format!("for host {NEW}")), "{text}");
+    assert!(text.contains(&line(HOSTS[1])), "{text}");
+    assert_eq!(history(&format!("%pg_hba.conf of dbid {p0} no longer lets host {NEW} in%")), 1);
 }
