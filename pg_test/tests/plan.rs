@@ -122,3 +122,39 @@ fn a_full_copy_into_a_file_system_too_small_fails_before_changing_anything() {
     assert_eq!(catalog_snapshot(&mut c), before, "the catalog and its history are unchanged");
     assert!(empty, "nothing was written to the small file system");
 }
+
+#[test]
+fn max_parallel_jobs_per_host_holds_jobs_for_a_busy_host() {
+    let tc = TestCluster::new(2);
+    tc.set_fts(1, 2, 2, 2);
+    let mirrors: Vec<i16> = (0..2).map(|c| tc.dbid_of(tc.mirror(c))).collect();
+    for c in 0..2 {
+        kill9(tc.mirror(c));
+    }
+    wait_for(60, "both mirrors to be marked down", || mirrors.iter().all(|d| tc.row_state(*d) == "m d n"));
+    let mut c = tc.coordinator();
+    gp_recovery_pg_test::set_setting_on(&mut c, "max_parallel_jobs_per_host", "1");
+    tc.set_rate(4096);
+    let jobs: Vec<i64> = c.query("SELECT * FROM gp_recover_all('full')", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(jobs.len(), 2);
+    let mut most = 0;
+    let mut queued_while_running = false;
+    wait_for(180, "both jobs to end", || {
+        let states: Vec<String> = c
+            .query("SELECT state FROM gp_recovery_job WHERE job_id = ANY($1)", &[&jobs])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let running = states.iter().filter(|s| *s == "running").count();
+        most = most.max(running);
+        queued_while_running |= running == 1 && states.iter().any(|s| s == "queued");
+        states.iter().all(|s| s == "succeeded" || s == "failed")
+    });
+    tc.set_rate(0);
+    assert_eq!(most, 1, "one job at a time on the one host");
+    assert!(queued_while_running, "the second job waited in the queue");
+    for job in jobs {
+        assert_eq!(tc.wait_job(job), Ok("succeeded".into()));
+    }
+}
