@@ -12,12 +12,13 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use gp_recovery_core::events::{History, SegmentEvent};
 use gp_recovery_core::host::{self, Scripts};
 use gp_recovery_core::job::{self, Backout, JobKind, JobState, Phase};
 use gp_recovery_core::probe::{ProbeResult, MIRROR_APPLICATION_NAME, SLOT_NAME};
 use gp_recovery_core::rebalance;
 use gp_recovery_core::recovery::{self, JobRecord, Progress};
-use gp_recovery_core::segment::{update_history, Mode, Role, Segment, Status};
+use gp_recovery_core::segment::{Mode, Role, Segment, Status};
 use pgrx::prelude::*;
 use tokio::sync::oneshot;
 
@@ -708,7 +709,8 @@ impl Job {
                     if !switched(rows[0].dbid, Role::Primary) || !switched(rows[1].dbid, Role::Mirror) {
                         return Err("the pair's roles changed in the catalog meanwhile".into());
                     }
-                    catalog::update_rows(&rows, |s| update_history(REBALANCE, s));
+                    let changes = rows.map(|r| History::update(REBALANCE, SegmentEvent::Rebalance, r));
+                    catalog::update_rows(&changes);
                     Ok(())
                 }))
             }
@@ -860,7 +862,7 @@ impl Job {
                 Some(now) if now.status == Status::Down => {
                     let up =
                         Segment { status: Status::Up, mode: Mode::NotInSync, role: Role::Mirror, ..target.clone() };
-                    catalog::update_rows(&[up], |s| update_history(RESYNC, s));
+                    catalog::update_rows(&[History::update(RESYNC, SegmentEvent::SegmentUp, up)]);
                     Ok(())
                 }
                 _ => Err(format!("dbid {} is no longer down in the catalog", target.dbid)),
@@ -968,9 +970,14 @@ fn start_in_catalog(rec: &JobRecord, kind: JobKind) -> Result<(), String> {
     }
     if matches!(kind, JobKind::Full | JobKind::Relocation) {
         let target = Segment { status: Status::Down, mode: Mode::NotInSync, ..rec.target() };
-        catalog::update_rows(&[target], |s| {
-            format!("{RESYNC}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
-        });
+        catalog::update_rows(&[History {
+            text: format!(
+                "{RESYNC}: inserted segment configuration for full recovery or original dbid {}",
+                target.dbid
+            ),
+            row: target,
+            event: SegmentEvent::FullRecovery,
+        }]);
     }
     Ok(())
 }
@@ -1074,13 +1081,18 @@ impl Job {
                 // As gprecoverseg: the original row goes back, with a backout
                 // row even when in place nothing moved.
                 let row = Segment { status: Status::Down, mode: Mode::NotInSync, ..original.clone() };
-                catalog::update_rows(&[row], |s| {
-                    format!("{BACKOUT}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
-                });
+                catalog::update_rows(&[History {
+                    text: format!(
+                        "{BACKOUT}: inserted segment configuration for full recovery or original dbid {}",
+                        row.dbid
+                    ),
+                    row,
+                    event: SegmentEvent::Backout,
+                }]);
             } else {
                 let down = Segment { status: Status::Down, mode: Mode::NotInSync, role: Role::Mirror, ..now.clone() };
                 if &down != now {
-                    catalog::update_rows(&[down], |s| update_history(BACKOUT, s));
+                    catalog::update_rows(&[History::update(BACKOUT, SegmentEvent::Backout, down)]);
                 }
             }
             if let Some(p) = catalog_now
@@ -1088,7 +1100,7 @@ impl Job {
                 .find(|s| s.content == original.content && s.dbid != original.dbid && s.mode == Mode::Synchronized)
             {
                 let p = Segment { mode: Mode::NotInSync, ..p.clone() };
-                catalog::update_rows(&[p], |s| update_history(BACKOUT, s));
+                catalog::update_rows(&[History::update(BACKOUT, SegmentEvent::Backout, p)]);
             }
             Ok(())
         })
@@ -1116,7 +1128,7 @@ impl Job {
             let row = Segment { role: Role::Mirror, status: Status::Down, mode: Mode::NotInSync, ..old.clone() };
             let now = catalog::lock_rows(&[row.dbid]);
             if !now.contains(&row) {
-                catalog::update_rows(&[row], |s| update_history(BACKOUT, s));
+                catalog::update_rows(&[History::update(BACKOUT, SegmentEvent::Backout, row)]);
             }
             Ok(())
         })

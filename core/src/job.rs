@@ -9,51 +9,8 @@
 //! crash the phase on record names every effect that may have happened, and
 //! the backout of that phase (which probes what is really there) applies.
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::error::CoreError;
 use crate::recovery::RecoveryMode;
-
-/// An enum whose values are stored and shown by name: its names, every
-/// value in order, Display, and FromStr with an error naming `what`.
-macro_rules! named_enum {
-    ($(#[$doc:meta])* $name:ident, $what:literal, $expected:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($variant),+
-        }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text),+
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = CoreError;
-
-            fn from_str(s: &str) -> Result<Self, CoreError> {
-                $name::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| CoreError::InvalidValue {
-                    what: $what,
-                    value: s.to_string(),
-                    expected: $expected,
-                })
-            }
-        }
-    };
-}
 
 named_enum!(
     /// A job's lifecycle state (gp_recovery_job.state).
