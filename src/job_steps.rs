@@ -17,7 +17,7 @@ use gp_recovery_core::host::{self, Scripts};
 use gp_recovery_core::job::{self, Backout, JobKind, JobState, Phase};
 use gp_recovery_core::probe::{ProbeResult, MIRROR_APPLICATION_NAME, SLOT_NAME};
 use gp_recovery_core::rebalance;
-use gp_recovery_core::recovery::{self, JobRecord, Progress};
+use gp_recovery_core::recovery::{self, JobRecord, Progress, ProgressReader};
 use gp_recovery_core::segment::{Mode, Role, Segment, Status};
 use pgrx::prelude::*;
 use tokio::sync::oneshot;
@@ -125,6 +125,8 @@ pub struct Job {
     pending_text: Option<(String, String)>,
     pub ending: Option<Ending>,
     pub progress: Option<Progress>,
+    /// Reads the running copy tool's output as it grows.
+    progress_reader: ProgressReader,
     pub wal_remaining: Option<i64>,
     pub logfile: Option<std::path::PathBuf>,
 }
@@ -177,6 +179,7 @@ impl Job {
             pending_text: None,
             ending: None,
             progress: None,
+            progress_reader: ProgressReader::default(),
             wal_remaining: None,
             logfile: None,
         })
@@ -226,6 +229,7 @@ impl Job {
                 Ok(t) => {
                     if COPY_TOOLS.contains(&name) {
                         self.logfile = Some(t.log.clone());
+                        self.progress_reader = ProgressReader::default();
                     }
                     self.tool = Some(t);
                     None
@@ -235,7 +239,7 @@ impl Job {
         }
         let tool = self.tool.as_mut()?;
         if COPY_TOOLS.contains(&tool.name) {
-            if let Some(p) = recovery::parse_progress(&tool.output()) {
+            if let Some(p) = self.progress_reader.feed(&tool.appended()) {
                 self.progress = Some(p);
             }
         }

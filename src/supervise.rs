@@ -4,6 +4,7 @@
 //! polls it, and ends it when its deadline passes or its job is canceled.
 
 use std::fs;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +28,8 @@ pub struct Tool {
     /// Held open while the script runs: closing it ends the script's session on its host.
     stdin: Option<ChildStdin>,
     pub log: PathBuf,
+    /// How much of the log `appended` has returned.
+    read_to: u64,
     /// When it must have ended, and its limit for the error text.
     deadline: Option<(Instant, Duration)>,
 }
@@ -65,12 +68,24 @@ impl Tool {
             .spawn()
             .map_err(|e| format!("could not run {name} for host {}: {e}", host.name))?;
         let stdin = child.stdin.take();
-        Ok(Tool { name, host, child, stdin, log, deadline: limit.map(|l| (Instant::now() + l, l)) })
+        Ok(Tool { name, host, child, stdin, log, read_to: 0, deadline: limit.map(|l| (Instant::now() + l, l)) })
     }
 
     /// What it printed so far.
     pub fn output(&self) -> String {
         read(&self.log)
+    }
+
+    /// What it printed since the last call (nothing if the log cannot be read).
+    pub fn appended(&mut self) -> Vec<u8> {
+        let mut new = Vec::new();
+        let read = fs::File::open(&self.log)
+            .and_then(|mut f| f.seek(SeekFrom::Start(self.read_to)).and_then(|_| f.read_to_end(&mut new)));
+        match read {
+            Ok(n) => self.read_to += n as u64,
+            Err(_) => new.clear(),
+        }
+        new
     }
 
     /// None while the step runs; how it ended once it has.
