@@ -59,7 +59,8 @@ END
 $$;
 
 -- Recovery jobs: written by the SQL functions, run by the "gp_recovery jobs"
--- background worker. Finished jobs stay here as the record of what was done.
+-- background worker. Ended jobs stay here as the record of what was done,
+-- for gp_recovery.job_retention.
 CREATE TABLE gp_recovery_job (
     job_id              bigserial PRIMARY KEY,
     recovery_type       text        NOT NULL

@@ -22,6 +22,8 @@ pub static JOB_START_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
 pub static JOB_CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
 pub static JOB_CATCHUP_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static JOB_SYNC_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
+/// 30 days, in seconds.
+pub static JOB_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 86400);
 pub static FAULT_POINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
@@ -181,6 +183,16 @@ pub fn define() {
     ] {
         GucRegistry::define_int_guc(name, short, long, setting, 1, max, GucContext::Sighup, GucFlags::UNIT_S);
     }
+    GucRegistry::define_int_guc(
+        c"gp_recovery.job_retention",
+        c"How long ended recovery jobs are kept in gp_recovery_job, with their log files; 0 keeps them forever.",
+        c"The jobs worker removes succeeded, failed and canceled jobs that finished longer ago than this, and their files in gp_recovery_log/, once a minute.",
+        &JOB_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_string_guc(
         c"gp_recovery.fault_point",
         c"For tests: the jobs worker exits at this point of a job (KIND:PHASE:before|after[:crash]).",

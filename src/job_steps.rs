@@ -211,7 +211,7 @@ impl Job {
         limit: Option<Duration>,
     ) -> Option<Result<String, HostError>> {
         if self.tool.is_none() {
-            let log_name = format!("{name}.job{}.dbid{}.out", self.id(), self.dbid());
+            let log_name = job::log_file_name(name, self.id(), self.dbid());
             let started = host.and_then(|h| {
                 let remote = h.is_remote();
                 let name_of_host = h.name.clone();

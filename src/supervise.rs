@@ -3,6 +3,7 @@
 //! file under the coordinator's gp_recovery_log/; the worker's loop only
 //! polls it, and ends it when its deadline passes or its job is canceled.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -18,6 +19,28 @@ pub fn log_dir() -> PathBuf {
     // SAFETY: DataDir is set before any worker starts.
     let data = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
     PathBuf::from(&*data.to_string_lossy()).join("gp_recovery_log")
+}
+
+/// Removes the output files of the given jobs from gp_recovery_log/ (only
+/// files there, named as gp_recovery_core::job::log_file_name names them);
+/// returns how many were removed.
+pub fn remove_job_logs(jobs: &HashSet<i64>) -> usize {
+    let dir = log_dir();
+    let Ok(entries) = fs::read_dir(&dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let of_job = name.to_str().and_then(gp_recovery_core::job::log_file_job).is_some_and(|j| jobs.contains(&j));
+        // A link or directory by that name is nothing a step wrote.
+        if !of_job || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        match fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => warning!("gp_recovery: could not remove {}: {e}", entry.path().display()),
+        }
+    }
+    removed
 }
 
 /// A step's script running on a host.
