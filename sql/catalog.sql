@@ -59,7 +59,8 @@ END
 $$;
 
 -- Recovery jobs: written by the SQL functions, run by the "gp_recovery jobs"
--- background worker. Finished jobs stay here as the record of what was done.
+-- background worker. Ended jobs stay here as the record of what was done,
+-- for gp_recovery.job_retention.
 CREATE TABLE gp_recovery_job (
     job_id              bigserial PRIMARY KEY,
     recovery_type       text        NOT NULL
@@ -115,3 +116,40 @@ COMMENT ON TABLE gp_recovery_job IS
 
 SELECT pg_catalog.pg_extension_config_dump('gp_recovery_job', '');
 SELECT pg_catalog.pg_extension_config_dump('gp_recovery_job_job_id_seq', '');
+
+-- Events for LISTEN gp_recovery (see README, Events): a job event for
+-- every new job and every change of its state, phase or cancel request (not
+-- its progress), sent in the transaction of the change. The history writer
+-- in src/catalog.rs sends the fault tolerance and catalog events the same
+-- way. A listener that stops reading fills the server's notification
+-- queue, and a full queue fails the commit of every NOTIFY: past 90% both
+-- drop their events instead, so no job or failover waits for a listener.
+CREATE FUNCTION gp_recovery_job_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_catalog.pg_notification_queue_usage() < 0.9 THEN
+        PERFORM pg_catalog.pg_notify('gp_recovery', pg_catalog.json_build_object(
+            'event', 'job',
+            'time', pg_catalog.now(),
+            'job_id', NEW.job_id,
+            'dbid', NEW.dbid,
+            'content', NEW.content,
+            'recovery_type', NEW.recovery_type,
+            'relocate', NEW.relocate,
+            'state', NEW.state,
+            'phase', NEW.phase,
+            'cancel_requested', NEW.cancel_requested,
+            -- A payload must stay under 8000 bytes: 1000 characters are at
+            -- most 6000 in JSON. The row keeps the whole error.
+            'error', pg_catalog."left"(NEW.error, 1000))::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER gp_recovery_job_queued AFTER INSERT ON gp_recovery_job
+    FOR EACH ROW EXECUTE FUNCTION gp_recovery_job_event();
+CREATE TRIGGER gp_recovery_job_changed AFTER UPDATE ON gp_recovery_job
+    FOR EACH ROW
+    WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.phase IS DISTINCT FROM NEW.phase
+          OR OLD.cancel_requested IS DISTINCT FROM NEW.cancel_requested)
+    EXECUTE FUNCTION gp_recovery_job_event();

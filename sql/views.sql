@@ -36,7 +36,8 @@ GRANT EXECUTE ON FUNCTION gp_segment_status_probe(), gp_mirror_status_probe(), g
 GRANT SELECT ON gp_segment_status, gp_mirror_status TO pg_monitor, gp_recovery_admin;
 
 -- Queued and running recovery jobs with their progress (updated by the
--- worker every second); finished jobs leave the view and stay in gp_recovery_job.
+-- worker every second); finished jobs leave the view and stay in gp_recovery_job
+-- for gp_recovery.job_retention.
 CREATE VIEW gp_recovery_progress AS
 SELECT job_id, dbid, content, target_hostname AS hostname, target_port AS port,
        recovery_type, phase, bytes_done, bytes_total,

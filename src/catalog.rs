@@ -1,7 +1,8 @@
 //! The segment catalog over SPI. Every write to gp_segment_configuration
-//! goes through this module and writes its gp_configuration_history row in
-//! the same transaction.
+//! goes through this module and writes its gp_configuration_history row,
+//! and that row's event for LISTEN gp_recovery, in the same transaction.
 
+use gp_recovery_core::events::{History, SegmentEvent};
 use gp_recovery_core::registration::{self, SegmentRequest};
 use gp_recovery_core::segment::{Mode, Segment};
 use pgrx::prelude::*;
@@ -26,17 +27,34 @@ pub fn letter(c: char) -> i8 {
     c as u8 as i8
 }
 
-/// Writes one gp_configuration_history row.
-pub fn history(dbid: i16, desc: &str) {
+/// Writes one gp_configuration_history row and sends its event, which is
+/// delivered when the transaction commits (and never if it rolls back).
+/// Like the job trigger in sql/catalog.sql, it drops the event when the
+/// notification queue is 90% full: a full queue would fail the commit.
+pub fn history(h: &History) {
     Spi::run_with_args(
-        "INSERT INTO public.gp_configuration_history (\"time\", dbid, \"desc\") VALUES (now(), $1, $2)",
-        &[dbid.into(), desc.into()],
+        "WITH h AS (INSERT INTO public.gp_configuration_history (\"time\", dbid, \"desc\") \
+                    VALUES (pg_catalog.now(), $1, $2) RETURNING \"time\", dbid, \"desc\") \
+         SELECT pg_catalog.pg_notify('gp_recovery', pg_catalog.json_build_object( \
+                  'event', $3, 'time', h.\"time\", 'dbid', h.dbid, 'content', $4, \
+                  'role', $5, 'status', $6, 'mode', $7, 'desc', h.\"desc\")::text) \
+           FROM h WHERE pg_catalog.pg_notification_queue_usage() < 0.9",
+        &[
+            h.row.dbid.into(),
+            h.text.as_str().into(),
+            h.event.as_str().into(),
+            h.row.content.into(),
+            h.row.role.letter().to_string().into(),
+            h.row.status.letter().to_string().into(),
+            h.row.mode.letter().to_string().into(),
+        ],
     )
     .or_raise();
 }
 
 /// Inserts a catalog row, with its history row.
-pub fn insert(row: &Segment, desc: &str) {
+pub fn insert(h: &History) {
+    let row = &h.row;
     Spi::run_with_args(
         "INSERT INTO public.gp_segment_configuration \
            (dbid, content, role, preferred_role, mode, status, port, hostname, address, datadir) \
@@ -55,7 +73,7 @@ pub fn insert(row: &Segment, desc: &str) {
         ],
     )
     .or_raise();
-    history(row.dbid, desc);
+    history(h);
 }
 
 /// Sets the mode of one row, with its history row.
@@ -65,18 +83,25 @@ pub fn set_mode(row: &Segment, mode: Mode, program: &str) {
         &[row.dbid.into(), letter(mode.letter()).into()],
     )
     .or_raise();
-    history(
-        row.dbid,
-        &format!("{program}: update mode for dbid {} with contentid {} to {}", row.dbid, row.content, mode.letter()),
-    );
+    history(&History {
+        text: format!(
+            "{program}: update mode for dbid {} with contentid {} to {}",
+            row.dbid,
+            row.content,
+            mode.letter()
+        ),
+        row: Segment { mode, ..row.clone() },
+        event: SegmentEvent::of_mode(mode),
+    });
 }
 
 /// Writes rows (role, status, mode and location; the dbid stays), each with
 /// its history row. Constraints are checked at commit, so a failover can
 /// swap two roles.
-pub fn update_rows(rows: &[Segment], history_text: impl Fn(&Segment) -> String) {
+pub fn update_rows(changes: &[History]) {
     Spi::run("SET CONSTRAINTS ALL DEFERRED").or_raise();
-    for row in rows {
+    for h in changes {
+        let row = &h.row;
         Spi::run_with_args(
             "UPDATE public.gp_segment_configuration SET role = $2, status = $3, mode = $4, \
                     hostname = $5, address = $6, port = $7, datadir = $8 WHERE dbid = $1",
@@ -92,7 +117,7 @@ pub fn update_rows(rows: &[Segment], history_text: impl Fn(&Segment) -> String) 
             ],
         )
         .or_raise();
-        history(row.dbid, &history_text(row));
+        history(h);
     }
 }
 
@@ -193,15 +218,16 @@ fn gp_add_segment(
     let mode = registration::verify_claim(&row, &probe, primary.as_ref().zip(primary_probe.as_ref())).or_raise();
 
     let row = Segment { mode, ..row };
-    insert(
-        &row,
-        &format!(
+    insert(&History {
+        text: format!(
             "gp_add_segment: inserted {} segment configuration for dbid {} with contentid {}",
             row.role.label().to_lowercase(),
             row.dbid,
             row.content
         ),
-    );
+        row: row.clone(),
+        event: SegmentEvent::SegmentAdded,
+    });
     if let Some(primary) = primary.filter(|p| p.mode != mode) {
         set_mode(&primary, mode, "gp_add_segment");
     }

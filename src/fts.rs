@@ -410,9 +410,9 @@ impl Fts {
         }
     }
 
-    /// Segment operations before the catalog, the catalog and history in one
-    /// transaction, then the operations after it. Returns false when a step
-    /// failed; the next probe of the content decides again.
+    /// Segment operations before the catalog, the catalog, history and
+    /// events in one transaction, then the operations after it. Returns
+    /// false when a step failed; the next probe of the content decides again.
     fn carry_out(&mut self, o: &Observation, plan: &Plan, timeout: Duration) -> bool {
         let content = o.primary.content;
         for op in &plan.before_catalog {
@@ -430,10 +430,8 @@ impl Fts {
                 if catalog::lock_rows(&dbids) != sorted {
                     return false;
                 }
-                catalog::update_rows(&plan.catalog, fts::update_history);
-                for (dbid, text) in &plan.history {
-                    catalog::history(*dbid, text);
-                }
+                catalog::update_rows(&plan.catalog);
+                plan.history.iter().for_each(catalog::history);
                 true
             });
             if !written {

@@ -29,6 +29,8 @@ pub static AUTO_RECOVER: GucSetting<AutoRecoverSetting> =
 pub static AUTO_RECOVER_DELAY: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static AUTO_REBALANCE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static HBA_HOSTNAMES: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// 30 days, in seconds.
+pub static JOB_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 86400);
 pub static FAULT_POINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
@@ -248,6 +250,16 @@ pub fn define() {
     ] {
         GucRegistry::define_int_guc(name, short, long, setting, 1, max, GucContext::Sighup, GucFlags::UNIT_S);
     }
+    GucRegistry::define_int_guc(
+        c"gp_recovery.job_retention",
+        c"How long ended recovery jobs are kept in gp_recovery_job, with their log files; 0 keeps them forever.",
+        c"The jobs worker removes succeeded, failed and canceled jobs that finished longer ago than this, and their files in gp_recovery_log/, once a minute.",
+        &JOB_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_string_guc(
         c"gp_recovery.fault_point",
         c"For tests: the jobs worker exits at this point of a job (KIND:PHASE:before|after[:crash]).",

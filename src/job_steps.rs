@@ -12,12 +12,13 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use gp_recovery_core::events::{History, SegmentEvent};
 use gp_recovery_core::host::{self, Scripts};
 use gp_recovery_core::job::{self, Backout, JobKind, JobState, Phase};
 use gp_recovery_core::probe::{ProbeResult, MIRROR_APPLICATION_NAME, SLOT_NAME};
 use gp_recovery_core::rebalance;
-use gp_recovery_core::recovery::{self, Attempt, JobRecord, Progress, RecoveryMode};
-use gp_recovery_core::segment::{update_history, Mode, Role, Segment, Status};
+use gp_recovery_core::recovery::{self, Attempt, JobRecord, Progress, ProgressReader, RecoveryMode};
+use gp_recovery_core::segment::{Mode, Role, Segment, Status};
 use pgrx::prelude::*;
 use tokio::sync::oneshot;
 
@@ -139,6 +140,8 @@ pub struct Job {
     pending_text: Option<(String, String)>,
     pub ending: Option<Ending>,
     pub progress: Option<Progress>,
+    /// Reads the running copy tool's output as it grows.
+    progress_reader: ProgressReader,
     pub wal_remaining: Option<i64>,
     pub logfile: Option<std::path::PathBuf>,
 }
@@ -193,6 +196,7 @@ impl Job {
             pending_text: None,
             ending: None,
             progress: None,
+            progress_reader: ProgressReader::default(),
             wal_remaining: None,
             logfile: None,
         })
@@ -224,7 +228,7 @@ impl Job {
         limit: Option<Duration>,
     ) -> Option<Result<String, HostError>> {
         if self.tool.is_none() {
-            let log_name = format!("{name}.job{}.dbid{}.out", self.id(), self.dbid());
+            let log_name = job::log_file_name(name, self.id(), self.dbid());
             let started = host.and_then(|h| {
                 let remote = h.is_remote();
                 let name_of_host = h.name.clone();
@@ -242,6 +246,7 @@ impl Job {
                 Ok(t) => {
                     if COPY_TOOLS.contains(&name) {
                         self.logfile = Some(t.log.clone());
+                        self.progress_reader = ProgressReader::default();
                     }
                     self.tool = Some(t);
                     None
@@ -251,7 +256,7 @@ impl Job {
         }
         let tool = self.tool.as_mut()?;
         if COPY_TOOLS.contains(&tool.name) {
-            if let Some(p) = recovery::parse_progress(&tool.output()) {
+            if let Some(p) = self.progress_reader.feed(&tool.appended()) {
                 self.progress = Some(p);
             }
         }
@@ -507,9 +512,9 @@ impl Job {
                     self.source.dbid,
                     self.dbid()
                 );
-                let dbid = self.source.dbid;
+                let row = self.source.clone();
                 next_with(Box::new(move || {
-                    catalog::history(dbid, &text);
+                    catalog::history(&History { row, event: SegmentEvent::HostAllowed, text });
                     Ok(())
                 }))
             }
@@ -801,7 +806,8 @@ impl Job {
                     if !switched(rows[0].dbid, Role::Primary) || !switched(rows[1].dbid, Role::Mirror) {
                         return Err("the pair's roles changed in the catalog meanwhile".into());
                     }
-                    catalog::update_rows(&rows, |s| update_history(REBALANCE, s));
+                    let changes = rows.map(|r| History::update(REBALANCE, SegmentEvent::Rebalance, r));
+                    catalog::update_rows(&changes);
                     Ok(())
                 }))
             }
@@ -953,7 +959,7 @@ impl Job {
                 Some(now) if now.status == Status::Down => {
                     let up =
                         Segment { status: Status::Up, mode: Mode::NotInSync, role: Role::Mirror, ..target.clone() };
-                    catalog::update_rows(&[up], |s| update_history(RESYNC, s));
+                    catalog::update_rows(&[History::update(RESYNC, SegmentEvent::SegmentUp, up)]);
                     Ok(())
                 }
                 _ => Err(format!("dbid {} is no longer down in the catalog", target.dbid)),
@@ -1059,9 +1065,9 @@ impl Job {
                     "gp_recovery: pg_hba.conf of dbid {} no longer lets host {old_host} in: no segment is on it",
                     self.source.dbid
                 );
-                let dbid = self.source.dbid;
+                let row = self.source.clone();
                 next_with(Box::new(move || {
-                    catalog::history(dbid, &text);
+                    catalog::history(&History { row, event: SegmentEvent::HostRemoved, text });
                     Ok(())
                 }))
             }
@@ -1097,9 +1103,14 @@ fn start_in_catalog(rec: &JobRecord, kind: JobKind) -> Result<(), String> {
     }
     if matches!(kind, JobKind::Full | JobKind::Relocation) {
         let target = Segment { status: Status::Down, mode: Mode::NotInSync, ..rec.target() };
-        catalog::update_rows(&[target], |s| {
-            format!("{RESYNC}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
-        });
+        catalog::update_rows(&[History {
+            text: format!(
+                "{RESYNC}: inserted segment configuration for full recovery or original dbid {}",
+                target.dbid
+            ),
+            row: target,
+            event: SegmentEvent::FullRecovery,
+        }]);
     }
     Ok(())
 }
@@ -1226,13 +1237,18 @@ impl Job {
                 // As gprecoverseg: the original row goes back, with a backout
                 // row even when in place nothing moved.
                 let row = Segment { status: Status::Down, mode: Mode::NotInSync, ..original.clone() };
-                catalog::update_rows(&[row], |s| {
-                    format!("{BACKOUT}: inserted segment configuration for full recovery or original dbid {}", s.dbid)
-                });
+                catalog::update_rows(&[History {
+                    text: format!(
+                        "{BACKOUT}: inserted segment configuration for full recovery or original dbid {}",
+                        row.dbid
+                    ),
+                    row,
+                    event: SegmentEvent::Backout,
+                }]);
             } else {
                 let down = Segment { status: Status::Down, mode: Mode::NotInSync, role: Role::Mirror, ..now.clone() };
                 if &down != now {
-                    catalog::update_rows(&[down], |s| update_history(BACKOUT, s));
+                    catalog::update_rows(&[History::update(BACKOUT, SegmentEvent::Backout, down)]);
                 }
             }
             if let Some(p) = catalog_now
@@ -1240,7 +1256,7 @@ impl Job {
                 .find(|s| s.content == original.content && s.dbid != original.dbid && s.mode == Mode::Synchronized)
             {
                 let p = Segment { mode: Mode::NotInSync, ..p.clone() };
-                catalog::update_rows(&[p], |s| update_history(BACKOUT, s));
+                catalog::update_rows(&[History::update(BACKOUT, SegmentEvent::Backout, p)]);
             }
             Ok(())
         })
@@ -1268,7 +1284,7 @@ impl Job {
             let row = Segment { role: Role::Mirror, status: Status::Down, mode: Mode::NotInSync, ..old.clone() };
             let now = catalog::lock_rows(&[row.dbid]);
             if !now.contains(&row) {
-                catalog::update_rows(&[row], |s| update_history(BACKOUT, s));
+                catalog::update_rows(&[History::update(BACKOUT, SegmentEvent::Backout, row)]);
             }
             Ok(())
         })

@@ -1,6 +1,7 @@
 //! Every statement on gp_recovery_job: the SQL functions' inserts, reads and
 //! cancels, and the jobs worker's claims, phase records (the intent,
-//! committed before each side effect), progress and ends.
+//! committed before each side effect), progress, ends and the removal of
+//! ended jobs past their retention.
 
 use gp_recovery_core::job::{JobState, Phase};
 use gp_recovery_core::recovery::{ActiveJob, Attempt, JobRecord, JobSpec};
@@ -148,6 +149,29 @@ pub fn record_end(job_id: i64, state: JobState, error: Option<&str>) -> Result<(
               WHERE job_id = $1",
             &[job_id.into(), state.as_str().into(), error.into()],
         ))
+    })
+}
+
+/// Removes ended jobs that finished longer than `age` ago, at most 1000 a
+/// call so the transaction stays short; returns their ids.
+pub fn remove_ended(age: std::time::Duration) -> Result<Vec<i64>, String> {
+    let ended: Vec<String> = JobState::ENDED.iter().map(|s| s.as_str().to_string()).collect();
+    try_transaction(|| {
+        spi(Spi::connect_mut(|client| {
+            client
+                .update(
+                    "DELETE FROM public.gp_recovery_job WHERE job_id IN ( \
+                       SELECT job_id FROM public.gp_recovery_job \
+                        WHERE state = ANY($1) \
+                          AND finished_at < pg_catalog.now() - pg_catalog.make_interval(secs => $2) \
+                        ORDER BY job_id LIMIT 1000 FOR UPDATE SKIP LOCKED) \
+                     RETURNING job_id",
+                    None,
+                    &[ended.into(), age.as_secs_f64().into()],
+                )?
+                .map(|r| r.get::<i64>(1).map(|v| v.unwrap_or_default()))
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        }))
     })
 }
 

@@ -23,7 +23,7 @@ use pgrx::{pg_shmem_init, PgAtomic};
 use crate::job_steps::{Ended, Job, Step};
 use crate::job_table::{self, try_transaction, ProgressRow};
 use crate::selfheal::SelfHealing;
-use crate::{catalog, gucs, latch};
+use crate::{catalog, gucs, latch, supervise};
 
 static JOBS_WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"gp_recovery_jobs_worker_pid") };
 
@@ -52,6 +52,8 @@ struct Worker {
     /// Ends whose write failed, retried every tick.
     unrecorded: Vec<(i64, JobState, Option<String>)>,
     last_flush: Instant,
+    /// When ended jobs past gp_recovery.job_retention were last looked for.
+    last_retention_sweep: Option<Instant>,
     stopping: bool,
     fault: Option<FaultPoint>,
 }
@@ -326,6 +328,29 @@ impl Worker {
         }
     }
 
+    /// Removes ended jobs older than gp_recovery.job_retention, and their
+    /// log files, at most once a minute.
+    fn remove_old_jobs(&mut self) {
+        let now = Instant::now();
+        if !job::retention_sweep_due(self.last_retention_sweep, now) {
+            return;
+        }
+        self.last_retention_sweep = Some(now);
+        let Some(age) = job::retention(gucs::JOB_RETENTION.get()) else { return };
+        match job_table::remove_ended(age) {
+            Ok(ids) if ids.is_empty() => {}
+            Ok(ids) => {
+                let files = supervise::remove_job_logs(&ids.iter().copied().collect());
+                log!(
+                    "gp_recovery: removed {} ended job(s) older than gp_recovery.job_retention ({} s) and {files} of their log files",
+                    ids.len(),
+                    age.as_secs()
+                );
+            }
+            Err(e) => warning!("gp_recovery: could not remove old jobs: {e}"),
+        }
+    }
+
     fn run(&mut self) {
         while !self.stopping {
             if BackgroundWorker::sighup_received() {
@@ -337,6 +362,7 @@ impl Worker {
             self.claim();
             self.tick();
             self.flush_progress();
+            self.remove_old_jobs();
             // Running jobs are polled 20 times a second, so a finished step
             // is followed at once; probes of sources keep their own pace.
             let nap = if self.jobs.is_empty() { 1000 } else { 50 };
@@ -363,6 +389,7 @@ pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
         healing: SelfHealing::new(),
         unrecorded: Vec::new(),
         last_flush: Instant::now(),
+        last_retention_sweep: None,
         stopping: false,
         fault: None,
     };

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use gp_recovery_core::events::{History, SegmentEvent};
 use gp_recovery_core::rebalance;
 use gp_recovery_core::recovery::{plan_recovery, JobSpec, NewLocation};
 use gp_recovery_core::segment::{Mode, Pair, Segment, Status};
@@ -68,7 +69,11 @@ impl SelfHealing {
                     "gp_recovery self-healing: queued {} job {id} for dbid {}: {why}",
                     spec.mode, spec.target.dbid
                 );
-                catalog::history(spec.target.dbid, &text);
+                catalog::history(&History {
+                    row: spec.original.clone(),
+                    event: SegmentEvent::SelfHealing,
+                    text: text.clone(),
+                });
                 queued.push(text);
             }
             Ok(queued)

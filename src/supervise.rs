@@ -3,7 +3,9 @@
 //! file under the coordinator's gp_recovery_log/; the worker's loop only
 //! polls it, and ends it when its deadline passes or its job is canceled.
 
+use std::collections::HashSet;
 use std::fs;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +21,28 @@ pub fn log_dir() -> PathBuf {
     PathBuf::from(&*data.to_string_lossy()).join("gp_recovery_log")
 }
 
+/// Removes the output files of the given jobs from gp_recovery_log/ (only
+/// files there, named as gp_recovery_core::job::log_file_name names them);
+/// returns how many were removed.
+pub fn remove_job_logs(jobs: &HashSet<i64>) -> usize {
+    let dir = log_dir();
+    let Ok(entries) = fs::read_dir(&dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let of_job = name.to_str().and_then(gp_recovery_core::job::log_file_job).is_some_and(|j| jobs.contains(&j));
+        // A link or directory by that name is nothing a step wrote.
+        if !of_job || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        match fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => warning!("gp_recovery: could not remove {}: {e}", entry.path().display()),
+        }
+    }
+    removed
+}
+
 /// A step's script running on a host.
 pub struct Tool {
     pub name: &'static str,
@@ -27,6 +51,8 @@ pub struct Tool {
     /// Held open while the script runs: closing it ends the script's session on its host.
     stdin: Option<ChildStdin>,
     pub log: PathBuf,
+    /// How much of the log `appended` has returned.
+    read_to: u64,
     /// When it must have ended, and its limit for the error text.
     deadline: Option<(Instant, Duration)>,
 }
@@ -65,12 +91,24 @@ impl Tool {
             .spawn()
             .map_err(|e| format!("could not run {name} for host {}: {e}", host.name))?;
         let stdin = child.stdin.take();
-        Ok(Tool { name, host, child, stdin, log, deadline: limit.map(|l| (Instant::now() + l, l)) })
+        Ok(Tool { name, host, child, stdin, log, read_to: 0, deadline: limit.map(|l| (Instant::now() + l, l)) })
     }
 
     /// What it printed so far.
     pub fn output(&self) -> String {
         read(&self.log)
+    }
+
+    /// What it printed since the last call (nothing if the log cannot be read).
+    pub fn appended(&mut self) -> Vec<u8> {
+        let mut new = Vec::new();
+        let read = fs::File::open(&self.log)
+            .and_then(|mut f| f.seek(SeekFrom::Start(self.read_to)).and_then(|_| f.read_to_end(&mut new)));
+        match read {
+            Ok(n) => self.read_to += n as u64,
+            Err(_) => new.clear(),
+        }
+        new
     }
 
     /// None while the step runs; how it ended once it has.

@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::events::{History, SegmentEvent};
 use crate::probe::{InstanceProbe, ProbeResult};
 use crate::segment::{Mode, Role, Segment, Status};
 
@@ -423,10 +424,10 @@ impl SegmentOp {
 pub struct Plan {
     pub rule: &'static Rule,
     pub before_catalog: Vec<SegmentOp>,
-    /// Rows whose role, status or mode change; each gets its history row.
-    pub catalog: Vec<Segment>,
-    /// Further history rows (dbid, text), e.g. double faults.
-    pub history: Vec<(i16, String)>,
+    /// Rows whose role, status or mode change, each with its history row and event.
+    pub catalog: Vec<History>,
+    /// Further history rows about rows that stay as they are, e.g. double faults.
+    pub history: Vec<History>,
     pub after_catalog: Vec<SegmentOp>,
     /// Log at WARNING rather than LOG.
     pub warning: bool,
@@ -438,7 +439,7 @@ impl Plan {
     pub fn rows_after(&self, o: &Observation) -> Vec<Segment> {
         let mut rows: Vec<Segment> = [&o.primary, &o.mirror]
             .into_iter()
-            .map(|row| self.catalog.iter().find(|c| c.dbid == row.dbid).unwrap_or(row).clone())
+            .map(|row| self.catalog.iter().map(|c| &c.row).find(|c| c.dbid == row.dbid).unwrap_or(row).clone())
             .collect();
         rows.sort_by_key(|s| s.dbid);
         rows
@@ -475,18 +476,16 @@ impl Plan {
     }
 }
 
-/// The history text Greenplum's FTS writes for a catalog row change.
-pub fn update_history(s: &Segment) -> String {
-    crate::segment::update_history("FTS", s)
-}
+/// Who the history texts name, as Greenplum's FTS writes them.
+const PROGRAM: &str = "FTS";
 
 fn with(s: &Segment, role: Role, status: Status, mode: Mode) -> Segment {
     Segment { role, status, mode, ..s.clone() }
 }
 
 /// Rows that differ from the catalog, so unchanged rows get no history.
-fn changed(rows: Vec<(Segment, &Segment)>) -> Vec<Segment> {
-    rows.into_iter().filter(|(new, old)| new != *old).map(|(new, _)| new).collect()
+fn changed(rows: Vec<(Segment, &Segment, SegmentEvent)>) -> Vec<History> {
+    rows.into_iter().filter(|(new, old, _)| new != *old).map(|(new, _, e)| History::update(PROGRAM, e, new)).collect()
 }
 
 /// Decides what to do for one content.
@@ -501,14 +500,15 @@ pub fn decide(o: &Observation, s: &Settings) -> Plan {
         Action::EnableSyncRep => plan.before_catalog.push(SegmentOp::EnableSyncRep(p.clone())),
         Action::MarkSynchronized => {
             plan.catalog = changed(vec![
-                (with(p, Role::Primary, Status::Up, Mode::Synchronized), p),
-                (with(m, Role::Mirror, Status::Up, Mode::Synchronized), m),
+                (with(p, Role::Primary, Status::Up, Mode::Synchronized), p, SegmentEvent::SyncOn),
+                (with(m, Role::Mirror, Status::Up, Mode::Synchronized), m, SegmentEvent::SyncOn),
             ])
         }
         Action::MarkMirrorDown => {
+            // The primary's row changes only when the pair was in sync.
             plan.catalog = changed(vec![
-                (with(p, Role::Primary, Status::Up, Mode::NotInSync), p),
-                (with(m, Role::Mirror, Status::Down, Mode::NotInSync), m),
+                (with(p, Role::Primary, Status::Up, Mode::NotInSync), p, SegmentEvent::SyncOff),
+                (with(m, Role::Mirror, Status::Down, Mode::NotInSync), m, SegmentEvent::MirrorDown),
             ]);
             plan.after_catalog.push(SegmentOp::DisableSyncRep(p.clone()));
         }
@@ -516,10 +516,13 @@ pub fn decide(o: &Observation, s: &Settings) -> Plan {
         Action::FailOver => {
             // The catalog first, as Greenplum does: if the promotion is lost,
             // the next round finds the new primary in recovery and promotes again.
-            plan.catalog = vec![
+            plan.catalog = [
                 with(p, Role::Mirror, Status::Down, Mode::NotInSync),
                 with(m, Role::Primary, Status::Up, Mode::NotInSync),
-            ];
+            ]
+            .into_iter()
+            .map(|row| History::update(PROGRAM, SegmentEvent::Failover, row))
+            .collect();
             plan.after_catalog = vec![
                 SegmentOp::Promote(m.clone()),
                 SegmentOp::DisableSyncRep(m.clone()),
@@ -534,22 +537,29 @@ pub fn decide(o: &Observation, s: &Settings) -> Plan {
             ];
         }
         Action::RecordDoubleFault => {
-            plan.history.push((p.dbid, format!("FTS: double fault detected for content id {}", p.content)));
+            plan.history.push(History {
+                row: p.clone(),
+                event: SegmentEvent::DoubleFault,
+                text: format!("{PROGRAM}: double fault detected for content id {}", p.content),
+            });
             plan.warning = true;
         }
-        Action::ClearDoubleFault => plan
-            .history
-            .push((p.dbid, format!("FTS: content id {} is out of double fault, dbid {} is up", p.content, p.dbid))),
+        Action::ClearDoubleFault => plan.history.push(History {
+            row: p.clone(),
+            event: SegmentEvent::DoubleFaultEnd,
+            text: format!("{PROGRAM}: content id {} is out of double fault, dbid {} is up", p.content, p.dbid),
+        }),
         Action::Fence => {
             // Once per episode in the history; the shutdown every round it answers.
             if !o.fence_recorded {
-                plan.history.push((
-                    m.dbid,
-                    format!(
-                        "FTS: dbid {} is down in the catalog but answers as a writable primary: stopping it (fencing)",
+                plan.history.push(History {
+                    row: m.clone(),
+                    event: SegmentEvent::Fenced,
+                    text: format!(
+                        "{PROGRAM}: dbid {} is down in the catalog but answers as a writable primary: stopping it (fencing)",
                         m.dbid
                     ),
-                ));
+                });
             }
             plan.after_catalog.push(SegmentOp::Fence(m.clone()));
             plan.warning = true;
@@ -633,6 +643,11 @@ mod tests {
         decide(o, &SETTINGS).rule.name
     }
 
+    /// A plan's history rows as (dbid, event, text).
+    fn notes(history: &[History]) -> Vec<(i16, &'static str, String)> {
+        history.iter().map(|h| (h.row.dbid, h.event.as_str(), h.text.clone())).collect()
+    }
+
     #[test]
     fn healthy_pair_changes_nothing() {
         let plan = decide(&healthy(), &SETTINGS);
@@ -650,17 +665,25 @@ mod tests {
         o.mirror_gone_for = Some(Duration::from_secs(30));
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.name, "mirror_gone");
-        let texts: Vec<String> = plan.catalog.iter().map(update_history).collect();
         assert_eq!(
-            texts,
+            notes(&plan.catalog),
             vec![
-                "FTS: update role, status, and mode for dbid 2 with contentid 0 to p, u, and n",
-                "FTS: update role, status, and mode for dbid 5 with contentid 0 to m, d, and n",
+                (2, "sync_off", "FTS: update role, status, and mode for dbid 2 with contentid 0 to p, u, and n".into()),
+                (
+                    5,
+                    "mirror_down",
+                    "FTS: update role, status, and mode for dbid 5 with contentid 0 to m, d, and n".into()
+                ),
             ]
         );
         // The catalog says 'n' before synchronous replication is turned off.
         assert!(plan.before_catalog.is_empty());
         assert_eq!(plan.after_catalog, vec![SegmentOp::DisableSyncRep(o.primary.clone())]);
+        // A pair that was not in sync: only the mirror's row changes.
+        o.primary.mode = Mode::NotInSync;
+        o.mirror.mode = Mode::NotInSync;
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(notes(&plan.catalog).iter().map(|n| (n.0, n.1)).collect::<Vec<_>>(), vec![(5, "mirror_down")]);
     }
 
     #[test]
@@ -707,12 +730,11 @@ mod tests {
         o.primary_health = PrimaryHealth::Unreachable("connection refused".into());
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.name, "primary_failed_mirror_in_sync");
-        let texts: Vec<String> = plan.catalog.iter().map(update_history).collect();
         assert_eq!(
-            texts,
+            notes(&plan.catalog),
             vec![
-                "FTS: update role, status, and mode for dbid 2 with contentid 0 to m, d, and n",
-                "FTS: update role, status, and mode for dbid 5 with contentid 0 to p, u, and n",
+                (2, "failover", "FTS: update role, status, and mode for dbid 2 with contentid 0 to m, d, and n".into()),
+                (5, "failover", "FTS: update role, status, and mode for dbid 5 with contentid 0 to p, u, and n".into()),
             ]
         );
         assert_eq!(
@@ -723,7 +745,7 @@ mod tests {
                 SegmentOp::CreateSlot(o.mirror.clone()),
             ]
         );
-        assert_eq!(plan.catalog[0].preferred_role, Role::Primary, "preferred roles never change");
+        assert_eq!(plan.catalog[0].row.preferred_role, Role::Primary, "preferred roles never change");
 
         // Not in sync, down, or unreachable: a double fault, recorded once.
         for spoil in [
@@ -737,14 +759,20 @@ mod tests {
             let plan = decide(&o, &SETTINGS);
             assert_eq!(plan.rule.name, "double_fault");
             assert!(plan.catalog.is_empty() && plan.after_catalog.is_empty());
-            assert_eq!(plan.history, vec![(2, "FTS: double fault detected for content id 0".to_string())]);
+            assert_eq!(
+                notes(&plan.history),
+                vec![(2, "double_fault", "FTS: double fault detected for content id 0".into())]
+            );
             assert!(plan.warning);
             o.in_double_fault = true;
             assert_eq!(rule(&o), "double_fault_persists");
             o.primary_health = PrimaryHealth::Alive(primary_probe(None, ""));
             let plan = decide(&o, &SETTINGS);
             assert_eq!(plan.rule.name, "double_fault_cleared");
-            assert_eq!(plan.history, vec![(2, "FTS: content id 0 is out of double fault, dbid 2 is up".to_string())]);
+            assert_eq!(
+                notes(&plan.history),
+                vec![(2, "double_fault_end", "FTS: content id 0 is out of double fault, dbid 2 is up".into())]
+            );
         }
     }
 
@@ -824,7 +852,7 @@ mod tests {
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.name, "mirror_synchronized");
         assert_eq!(plan.catalog.len(), 2);
-        assert!(plan.catalog.iter().all(|s| s.mode == Mode::Synchronized));
+        assert!(plan.catalog.iter().all(|c| c.row.mode == Mode::Synchronized && c.event == SegmentEvent::SyncOn));
     }
 
     #[test]
@@ -854,9 +882,10 @@ mod tests {
         assert!(plan.warning && plan.catalog.is_empty() && plan.before_catalog.is_empty());
         assert_eq!(plan.after_catalog, vec![SegmentOp::Fence(o.mirror.clone())]);
         assert_eq!(
-            plan.history,
+            notes(&plan.history),
             vec![(
                 2,
+                "fenced",
                 "FTS: dbid 2 is down in the catalog but answers as a writable primary: stopping it (fencing)".into()
             )]
         );
@@ -912,8 +941,8 @@ mod tests {
         o.mirror_flush_stalled_for = Some(Duration::from_secs(30));
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.name, "mirror_stalled");
-        assert_eq!(plan.catalog.iter().map(|s| s.status).collect::<Vec<_>>(), vec![Status::Up, Status::Down]);
-        assert!(plan.catalog.iter().all(|s| s.mode == Mode::NotInSync));
+        assert_eq!(plan.catalog.iter().map(|c| c.row.status).collect::<Vec<_>>(), vec![Status::Up, Status::Down]);
+        assert!(plan.catalog.iter().all(|c| c.row.mode == Mode::NotInSync));
         assert_eq!(plan.after_catalog, vec![SegmentOp::DisableSyncRep(o.primary.clone())]);
         // A mirror that still answers is slow, not hung.
         o.mirror_probe = mirror_probe();

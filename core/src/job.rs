@@ -9,51 +9,10 @@
 //! crash the phase on record names every effect that may have happened, and
 //! the backout of that phase (which probes what is really there) applies.
 
-use std::fmt;
-use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use crate::error::CoreError;
 use crate::recovery::RecoveryMode;
-
-/// An enum whose values are stored and shown by name: its names, every
-/// value in order, Display, and FromStr with an error naming `what`.
-macro_rules! named_enum {
-    ($(#[$doc:meta])* $name:ident, $what:literal, $expected:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($variant),+
-        }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text),+
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = CoreError;
-
-            fn from_str(s: &str) -> Result<Self, CoreError> {
-                $name::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| CoreError::InvalidValue {
-                    what: $what,
-                    value: s.to_string(),
-                    expected: $expected,
-                })
-            }
-        }
-    };
-}
 
 named_enum!(
     /// A job's lifecycle state (gp_recovery_job.state).
@@ -597,6 +556,45 @@ impl FaultPoint {
     }
 }
 
+impl JobState {
+    /// The states of a job that has ended: its row is a record, removed
+    /// once older than gp_recovery.job_retention.
+    pub const ENDED: [JobState; 3] = [JobState::Succeeded, JobState::Failed, JobState::Canceled];
+}
+
+/// gp_recovery.job_retention (seconds) as the age past which an ended job
+/// is removed; None (a setting of 0) keeps every job.
+pub fn retention(seconds: i32) -> Option<Duration> {
+    u64::try_from(seconds).ok().filter(|s| *s > 0).map(Duration::from_secs)
+}
+
+/// How often at most the jobs worker removes jobs past their retention.
+pub const RETENTION_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether the jobs worker removes old jobs now: at its start, then once a
+/// RETENTION_SWEEP_EVERY.
+pub fn retention_sweep_due(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|l| now.saturating_duration_since(l) >= RETENTION_SWEEP_EVERY)
+}
+
+/// The file under the coordinator's gp_recovery_log/ that holds the output
+/// of one step (`tool`) of a job.
+pub fn log_file_name(tool: &str, job_id: i64, dbid: i16) -> String {
+    format!("{tool}.job{job_id}.dbid{dbid}.out")
+}
+
+/// The job whose step wrote the file named `name` (see [`log_file_name`]);
+/// None for any other name.
+pub fn log_file_job(name: &str) -> Option<i64> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (rest, dbid) = name.strip_suffix(".out")?.rsplit_once(".dbid")?;
+    let (tool, job) = rest.rsplit_once(".job")?;
+    if tool.is_empty() || !digits(dbid) || !digits(job) {
+        return None;
+    }
+    job.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -737,6 +735,48 @@ mod tests {
         // Every text the start step gives up on is explained.
         for p in HOPELESS_START {
             assert!(diagnose_server_log(&format!("FATAL:  x {p} y"), 2).is_some(), "{p}");
+        }
+    }
+
+    #[test]
+    fn only_ended_jobs_past_a_nonzero_retention_are_removed() {
+        assert!(!JobState::ENDED.contains(&JobState::Queued) && !JobState::ENDED.contains(&JobState::Running));
+        assert_eq!(JobState::ENDED.len() + 2, JobState::ALL.len());
+        assert_eq!(retention(0), None, "0 keeps every job");
+        assert_eq!(retention(-1), None);
+        assert_eq!(retention(2), Some(Duration::from_secs(2)));
+        assert_eq!(retention(30 * 86400), Some(Duration::from_secs(2_592_000)));
+    }
+
+    #[test]
+    fn old_jobs_are_looked_for_at_start_then_once_a_minute() {
+        let t0 = Instant::now();
+        assert!(retention_sweep_due(None, t0));
+        assert!(!retention_sweep_due(Some(t0), t0 + Duration::from_secs(59)));
+        assert!(retention_sweep_due(Some(t0), t0 + Duration::from_secs(60)));
+        // A clock that seems to go back is no reason to sweep.
+        assert!(!retention_sweep_due(Some(t0 + Duration::from_secs(5)), t0));
+    }
+
+    #[test]
+    fn log_files_name_their_job() {
+        let name = log_file_name("pg_basebackup", 42, 3);
+        assert_eq!(name, "pg_basebackup.job42.dbid3.out");
+        assert_eq!(log_file_job(&name), Some(42));
+        assert_eq!(log_file_job(&log_file_name("server_log", 7, 12)), Some(7));
+        for other in [
+            "pg_basebackup.job42.dbid3.out.bak",
+            "pg_basebackup.job42.dbid3",
+            ".job42.dbid3.out",
+            "x.job.dbid3.out",
+            "x.job42.dbid.out",
+            "x.job4a.dbid3.out",
+            "x.job-4.dbid3.out",
+            "x.job42.dbid3x.out",
+            "notes.txt",
+            "..",
+        ] {
+            assert_eq!(log_file_job(other), None, "{other}");
         }
     }
 

@@ -392,8 +392,54 @@ pub struct Progress {
 /// The latest progress in the output of pg_basebackup --progress,
 /// pg_rewind --progress ("N/M kB (P%)") or rsync --info=progress2
 /// ("1,234,567  45%  ..."). Lines end in \n or \r.
-pub fn parse_progress(output: &str) -> Option<Progress> {
+fn parse_progress(output: &str) -> Option<Progress> {
     output.split(['\r', '\n']).rev().find_map(|line| parse_kb_line(line).or_else(|| parse_rsync_line(line)))
+}
+
+/// A copy tool's progress, read as its output grows: each call takes only
+/// what was appended since the last one.
+#[derive(Debug, Default)]
+pub struct ProgressReader {
+    /// The bytes after the last line end, an unfinished line (bytes, so a
+    /// character split between two reads is whole again).
+    unfinished: Vec<u8>,
+    /// The unfinished line grew past MAX_LINE: no progress line, ignored up to its end.
+    skipping: bool,
+    latest: Option<Progress>,
+}
+
+/// Longer lines than this are not progress lines (those are under 200 bytes).
+const MAX_LINE: usize = 64 * 1024;
+
+impl ProgressReader {
+    /// Reads the bytes appended since the last call; returns the latest progress so far.
+    pub fn feed(&mut self, appended: &[u8]) -> Option<Progress> {
+        self.unfinished.extend_from_slice(appended);
+        if let Some(end) = self.unfinished.iter().rposition(|b| *b == b'\n' || *b == b'\r') {
+            let rest = self.unfinished.split_off(end + 1);
+            let mut lines = std::mem::replace(&mut self.unfinished, rest);
+            if std::mem::take(&mut self.skipping) {
+                // The tail of the overlong line, up to its end, is no line of its own.
+                let first_end = lines.iter().position(|b| *b == b'\n' || *b == b'\r').unwrap_or(lines.len());
+                lines.drain(..first_end);
+            }
+            if let Some(p) = parse_progress(&String::from_utf8_lossy(&lines)) {
+                self.latest = Some(p);
+            }
+        }
+        if self.unfinished.len() > MAX_LINE {
+            self.unfinished.clear();
+            self.skipping = true;
+        }
+        // rsync starts each update with \r and ends it only with the next
+        // one, so its latest figure is on the unfinished line. A figure
+        // there is whole once its marker (" kB (", "%") follows it; the
+        // line is read again, complete, with the next call.
+        if self.skipping {
+            return self.latest;
+        }
+        parse_progress(&String::from_utf8_lossy(&self.unfinished)).or(self.latest)
+    }
 }
 
 fn parse_kb_line(line: &str) -> Option<Progress> {
@@ -693,6 +739,56 @@ mod tests {
         let rs = "      1,036,923,510  50%   39.90MB/s    0:00:24 (xfr#1, to-chk=0/1)\r";
         assert_eq!(parse_progress(rs), Some(Progress { done_bytes: 1_036_923_510, total_bytes: Some(2_073_847_020) }));
         assert_eq!(parse_progress("pg_basebackup: starting\n"), None);
+    }
+
+    #[test]
+    fn progress_is_read_from_appended_output_only() {
+        let kb = |done: i64, total: i64| Some(Progress { done_bytes: done * 1024, total_bytes: Some(total * 1024) });
+        let mut r = ProgressReader::default();
+        assert_eq!(r.feed(b"pg_basebackup: initiating base backup\n"), None);
+        assert_eq!(r.feed(b"100/4096 kB (2%), 0/1 tablespace\n"), kb(100, 4096));
+        // A line split between reads: its first half holds no figure yet.
+        assert_eq!(r.feed(b"2048/40"), kb(100, 4096));
+        assert_eq!(r.feed(b"96 kB (50%), 0/1 tablespace\n"), kb(2048, 4096));
+        // Nothing appended: the latest stays.
+        assert_eq!(r.feed(b""), kb(2048, 4096));
+        // Several lines in one read: the last with a figure wins.
+        assert_eq!(r.feed(b"3000/4096 kB (73%)\n4096/4096 kB (100%)\nwaiting for WAL\n"), kb(4096, 4096));
+
+        // rsync: each update starts with \r, so the newest is unfinished.
+        let mut r = ProgressReader::default();
+        assert_eq!(
+            r.feed(b"\r      1,000,000  10%   1.00MB/s    0:00:09"),
+            Some(Progress { done_bytes: 1_000_000, total_bytes: Some(10_000_000) })
+        );
+        assert_eq!(
+            r.feed(b"\r      5,000,000  5"),
+            Some(Progress { done_bytes: 1_000_000, total_bytes: Some(10_000_000) }),
+            "the figure is not whole before its %"
+        );
+        assert_eq!(
+            r.feed(b"0%   1.00MB/s    0:00:05"),
+            Some(Progress { done_bytes: 5_000_000, total_bytes: Some(10_000_000) })
+        );
+        // A character split between two reads is whole again.
+        let mut r = ProgressReader::default();
+        let line = "déjà 10/100 kB (10%)\n".as_bytes();
+        assert_eq!(r.feed(&line[..2]), None);
+        assert_eq!(r.feed(&line[2..]), kb(10, 100));
+    }
+
+    #[test]
+    fn an_overlong_line_is_skipped_to_its_end() {
+        let mut r = ProgressReader::default();
+        assert_eq!(r.feed(b"1/100 kB (1%)\n"), Some(Progress { done_bytes: 1024, total_bytes: Some(102_400) }));
+        r.feed(&vec![b'x'; MAX_LINE + 1]);
+        assert!(r.unfinished.is_empty(), "the buffer stays bounded");
+        // Its end is no line of its own, even when it looks like one.
+        assert_eq!(
+            r.feed(b" 9/100 kB (9%)\n5/100 kB (5%)"),
+            Some(Progress { done_bytes: 5120, total_bytes: Some(102_400) })
+        );
+        assert_eq!(r.feed(b"\n"), Some(Progress { done_bytes: 5120, total_bytes: Some(102_400) }));
     }
 
     #[test]

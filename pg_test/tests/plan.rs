@@ -135,7 +135,8 @@ fn max_parallel_jobs_per_host_holds_jobs_for_a_busy_host() {
     let mut c = tc.coordinator();
     gp_recovery_pg_test::set_setting_on(&mut c, "max_parallel_jobs_per_host", "1");
     tc.set_rate(4096);
-    let jobs: Vec<i64> = c.query("SELECT * FROM gp_recover_all('full')", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let jobs: Vec<i64> =
+        c.query("SELECT * FROM gp_recover_all('full')", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(jobs.len(), 2);
     let mut most = 0;
     let mut queued_while_running = false;
