@@ -217,6 +217,12 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     psql(&cluster, "SELECT * FROM gp_mirror_status;")?;
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
 
+    step("What a recovery would do, before doing it: gp_recovery_plan() (a dry run; nothing changes)");
+    psql(
+        &cluster,
+        "SELECT dbid, recovery_type, reason, target, pg_size_pretty(estimated_bytes) AS moves, \
+         pg_size_pretty(free_bytes) AS free, warnings FROM gp_recovery_plan('full');",
+    )?;
     step(
         "Recovering the failed segment: a full copy (pg_basebackup) from the new primary, run by a\n\
           background worker; the function returns the job id at once",
