@@ -121,19 +121,30 @@ pub fn mirror_list(statuses: &[SegmentStatus]) -> Vec<MirrorStatus> {
 /// Lays out a table as gpstate does: a header line and rows, columns padded
 /// to their widest cell, each line indented.
 fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    let mut all = vec![header.iter().map(|h| h.to_string()).collect::<Vec<String>>()];
+    all.extend(rows.iter().cloned());
+    columns(&all)
+}
+
+/// Lines of cells as Greenplum's TableLogger writes them: each column
+/// padded to its widest cell, columns three spaces apart, each line
+/// indented by three. A row may have fewer cells than others.
+pub fn columns(rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = Vec::new();
     for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
+        for (i, cell) in row.iter().enumerate() {
+            match widths.get_mut(i) {
+                Some(w) => *w = (*w).max(cell.len()),
+                None => widths.push(cell.len()),
+            }
         }
     }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        format!("   {}", padded.join("   ").trim_end())
-    };
-    let mut out = vec![line(header.to_vec())];
-    out.extend(rows.iter().map(|r| line(r.iter().map(String::as_str).collect())));
-    out
+    rows.iter()
+        .map(|cells| {
+            let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            format!("   {}", padded.join("   ").trim_end())
+        })
+        .collect()
 }
 
 /// The lines of `gpstate -e`: the sections that apply, or

@@ -22,6 +22,10 @@ pub fn job(pair: &Pair) -> crate::recovery::JobSpec {
 
 pub const NOTHING_TO_REBALANCE: &str = "No segments are running in their non-preferred role and need to be rebalanced.";
 
+/// The words of a refusal for replay lag, which gprecoverseg -r turns into
+/// Greenplum's exit code for it.
+pub const REPLAY_LAG_REFUSAL: &str = "bytes of WAL are still to be replayed";
+
 /// Why a switched pair cannot be rebalanced now; None when it can.
 /// `primary` and `mirror` are live probes of the pair's current members.
 pub fn refusal(
@@ -62,7 +66,7 @@ pub fn refusal(
     };
     (lag > limit).then(|| {
         format!(
-            "content {}: {lag} bytes of WAL are still to be replayed on mirror dbid {} (replay_lag_limit is {limit}); \
+            "content {}: {lag} {REPLAY_LAG_REFUSAL} on mirror dbid {} (replay_lag_limit is {limit}); \
              let the mirror catch up on replay, then rebalance again, or pass a larger replay_lag_limit (NULL disables the check)",
             p.content, m.dbid
         )
