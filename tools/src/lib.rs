@@ -1,0 +1,85 @@
+//! gprecoverseg and gpstate as a Greenplum DBA types them, over the
+//! extension's SQL API only: every decision and every effect on the cluster
+//! is the extension's; these commands parse flags, show what the functions
+//! and views return in Greenplum's layout, ask, submit and watch.
+//!
+//! Formatting and parsing are plain functions, unit tested here; the
+//! effects (SQL, terminal, signals) are kept thin around them.
+
+pub mod catalog;
+pub mod conn;
+pub mod gpstate;
+pub mod jobs;
+pub mod layout;
+pub mod log;
+pub mod prompt;
+pub mod recoverseg;
+pub mod relocate;
+pub mod watch;
+
+/// Exit codes, as Greenplum's management utilities use them.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// A recovery failed, or the user interrupted it.
+    pub const FAILED: u8 = 1;
+    /// Bad arguments, and every error before anything was submitted.
+    pub const ERROR: u8 = 2;
+    /// The user answered no at the prompt.
+    pub const ABORTED: u8 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// Flags that do not go together (Greenplum's ProgramArgumentValidationException).
+    #[error("{0}")]
+    Usage(String),
+    /// A refusal decided before anything was submitted (not enough -p hosts, ...).
+    #[error("{0}")]
+    Refused(String),
+    #[error("could not connect to the coordinator: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Sql(String),
+    #[error("{what} {path}: {source}")]
+    File { what: &'static str, path: String, source: std::io::Error },
+    #[error("terminal: {0}")]
+    Terminal(String),
+}
+
+impl ToolError {
+    /// The line Greenplum's simple_main logs for such an error.
+    pub fn report(&self, program: &str) -> String {
+        match self {
+            ToolError::Usage(m) => format!("{program}: error: {m}"),
+            ToolError::Refused(m) => format!("{program} error: {m}"),
+            other => format!("{program} failed. (Reason='{other}') exiting..."),
+        }
+    }
+}
+
+impl From<std::io::Error> for ToolError {
+    fn from(e: std::io::Error) -> Self {
+        ToolError::Terminal(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_reported_as_greenplum_does() {
+        assert_eq!(
+            ToolError::Usage("Only one of -F and --differential may be specified".into()).report("gprecoverseg"),
+            "gprecoverseg: error: Only one of -F and --differential may be specified"
+        );
+        assert_eq!(
+            ToolError::Refused("Not enough new recovery hosts given for recovery.".into()).report("gprecoverseg"),
+            "gprecoverseg error: Not enough new recovery hosts given for recovery."
+        );
+        assert_eq!(
+            ToolError::Sql("permission denied".into()).report("gpstate"),
+            "gpstate failed. (Reason='permission denied') exiting..."
+        );
+    }
+}
