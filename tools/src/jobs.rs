@@ -253,16 +253,19 @@ pub fn rebalance_summary(jobs: &[JobRow], interrupted: bool, notes: &RebalanceNo
             "Not able to terminate the recovery process since it has been completed successfully.".into(),
         ));
     }
-    lines.push((Level::Info, LONG_STARS.into()));
-    if notes.skipped.is_empty() {
-        lines.push((Level::Info, "The rebalance operation has completed successfully.".into()));
-    } else {
-        lines.push((
-            Level::Info,
-            "The rebalance operation has completed with WARNINGS. Please review the output above.".into(),
-        ));
+    // Refused for replay lag with nothing else to do, the run was Greenplum's abort, not a completion.
+    if !(jobs.is_empty() && notes.replay_lag) {
+        lines.push((Level::Info, LONG_STARS.into()));
+        if notes.skipped.is_empty() {
+            lines.push((Level::Info, "The rebalance operation has completed successfully.".into()));
+        } else {
+            lines.push((
+                Level::Info,
+                "The rebalance operation has completed with WARNINGS. Please review the output above.".into(),
+            ));
+        }
+        lines.push((Level::Info, LONG_STARS.into()));
     }
-    lines.push((Level::Info, LONG_STARS.into()));
     if notes.replay_lag {
         // Greenplum ends a rebalance refused for replay lag with exit code 2.
         lines.push((
@@ -403,7 +406,13 @@ mod tests {
         let lag = RebalanceNotes { skipped: vec!["content 0: 123 bytes of WAL ...".into()], replay_lag: true };
         let o = rebalance_summary(&[], false, &lag);
         assert_eq!(o.exit, exit::ERROR, "Greenplum's exit code for the replay lag guard");
-        assert!(o.lines.last().unwrap().1.contains("--disable-replay-lag"));
+        assert_eq!(o.lines.len(), 1, "no completion to speak of: {:?}", o.lines);
+        assert!(o.lines[0].1.contains("--disable-replay-lag"));
+        let o = rebalance_summary(&done, false, &lag);
+        assert_eq!(o.exit, exit::ERROR, "another pair rebalanced does not make the refusal a success");
+        assert!(texts(&o).contains(
+            &"INFO:The rebalance operation has completed with WARNINGS. Please review the output above.".into()
+        ));
 
         let mut failed = job(1, "rebalance", "failed", "promoting");
         failed.error = Some("promotion timed out".into());

@@ -171,6 +171,16 @@ const BYTES_TEMPLATE: &str =
 const SPINNER_TEMPLATE: &str = "{prefix:24} {spinner} {msg}";
 const ENDED_TEMPLATE: &str = "{prefix:24} {msg}";
 
+/// The bar styles, in Shape order: bytes, spinner, ended.
+fn styles() -> Result<[ProgressStyle; 3], ToolError> {
+    let style = |t: &str| {
+        ProgressStyle::with_template(t)
+            .map(|s| s.progress_chars("=> "))
+            .map_err(|e| ToolError::Terminal(format!("progress bar template: {e}")))
+    };
+    Ok([style(BYTES_TEMPLATE)?, style(SPINNER_TEMPLATE)?, style(ENDED_TEMPLATE)?])
+}
+
 struct Bars {
     multi: MultiProgress,
     bars: HashMap<i64, (ProgressBar, Shape)>,
@@ -190,18 +200,10 @@ impl Display {
             Progress::Off => Display::Off,
             Progress::Lines => Display::Lines(HashMap::new()),
             Progress::Bars => {
-                let style = |t: &str| {
-                    ProgressStyle::with_template(t)
-                        .map(|s| s.progress_chars("=> "))
-                        .map_err(|e| ToolError::Terminal(format!("progress bar template: {e}")))
-                };
+                let styles = styles()?;
                 let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
                 log.attach(multi.clone());
-                Display::Bars(Box::new(Bars {
-                    multi,
-                    bars: HashMap::new(),
-                    styles: [style(BYTES_TEMPLATE)?, style(SPINNER_TEMPLATE)?, style(ENDED_TEMPLATE)?],
-                }))
+                Display::Bars(Box::new(Bars { multi, bars: HashMap::new(), styles }))
             }
         })
     }
@@ -284,5 +286,27 @@ impl Bars {
                 bar.tick();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_templates_parse() {
+        assert!(styles().is_ok());
+    }
+
+    #[test]
+    fn signals_become_flags_read_once() {
+        let signals = Signals::install().unwrap();
+        assert_eq!(signals.take(), None);
+        signal_hook::low_level::raise(SIGTERM).unwrap();
+        assert!(signals.pending());
+        assert_eq!(signals.take(), Some(Signal::Terminate));
+        assert_eq!(signals.take(), None, "each signal is taken once");
+        signal_hook::low_level::raise(SIGHUP).unwrap();
+        assert_eq!(signals.take(), None, "SIGHUP is ignored");
     }
 }
