@@ -14,7 +14,7 @@ use crate::layout::{key_values, table, Entry, LONG_RULE, SHORT_RULE};
 use crate::log::{Level, Log};
 use crate::{catalog, exit, ToolError};
 
-#[derive(Parser, Debug, Default)]
+#[derive(Parser, Debug)]
 #[command(
     name = "gpstate",
     version,
@@ -36,6 +36,7 @@ pub struct Args {
     /// suppress status messages
     #[arg(short, long, help_heading = "Logging Options")]
     pub quiet: bool,
+    // Accepted as Greenplum's gpstate accepts it; gpstate never asks anything.
     /// quiet mode, do not require user input for confirmations
     #[arg(short = 'a', help_heading = "Logging Options")]
     pub no_prompt: bool,

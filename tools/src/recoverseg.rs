@@ -22,7 +22,7 @@ use crate::{catalog, exit, prompt, relocate, ToolError};
 /// Greenplum's default replay lag allowed during a rebalance (gp.ALLOWED_REPLAY_LAG), in GB.
 pub const ALLOWED_REPLAY_LAG_GB: f64 = 10.0;
 
-#[derive(Parser, Debug, Default)]
+#[derive(Parser, Debug)]
 #[command(
     name = "gprecoverseg",
     version,

@@ -120,6 +120,7 @@ fn watch_loop(
             return Ok(Watched { jobs: current, interrupted });
         }
         if let Some(signal) = signals.take() {
+            // Greenplum's words, its spelling included: scripts grep for them.
             log.warn(&format!("Recieved {} signal, terminating gprecoverseg", signal.name()));
             if interrupted {
                 // Greenplum's second Ctrl-C ends it; the jobs back out on the server anyway.
