@@ -138,11 +138,11 @@ pub struct Outcome {
     pub exit: u8,
 }
 
+/// The job's error ("canceled in phase copying" for a canceled one).
 fn error_of(job: &JobRow) -> String {
-    match job.state() {
-        Some(JobState::Canceled) => "canceled".into(),
-        _ => job.error.clone().unwrap_or_else(|| "no error recorded".into()),
-    }
+    job.error.clone().unwrap_or_else(|| {
+        if job.state() == Some(JobState::Canceled) { "canceled" } else { "no error recorded" }.into()
+    })
 }
 
 /// Greenplum's closing lines for a recovery, from how its jobs ended.
@@ -382,10 +382,13 @@ mod tests {
 
     #[test]
     fn an_interrupted_recovery_fails() {
-        let o = recovery_summary(&[job(1, "full", "canceled", "copying")], true);
+        let mut canceled = job(1, "full", "canceled", "copying");
+        canceled.error = Some("canceled in phase copying".into());
+        let o = recovery_summary(&[canceled, job(2, "full", "canceled", "queued")], true);
         assert_eq!(o.exit, exit::FAILED);
         let t = texts(&o);
-        assert!(t.contains(&"ERROR:   canceled".to_string()), "{t:?}");
+        assert!(t.contains(&"ERROR:   canceled in phase copying".to_string()), "{t:?}");
+        assert!(t.contains(&"ERROR: hostname: sdw1; port: 7002; error: canceled".to_string()), "{t:?}");
         assert!(t.contains(&"ERROR:gprecoverseg process was interrupted by the user.".to_string()), "{t:?}");
     }
 
