@@ -201,10 +201,9 @@ impl Display {
             Progress::Off => Display::Off,
             Progress::Lines => Display::Lines(HashMap::new()),
             Progress::Bars => {
-                let styles = styles()?;
-                let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
-                log.attach(multi.clone());
-                Display::Bars(Box::new(Bars { multi, bars: HashMap::new(), styles }))
+                let bars = Bars::new(ProgressDrawTarget::stdout())?;
+                log.attach(bars.multi.clone());
+                Display::Bars(Box::new(bars))
             }
         })
     }
@@ -250,6 +249,10 @@ impl Display {
 }
 
 impl Bars {
+    fn new(target: ProgressDrawTarget) -> Result<Bars, ToolError> {
+        Ok(Bars { multi: MultiProgress::with_draw_target(target), bars: HashMap::new(), styles: styles()? })
+    }
+
     fn show(&mut self, j: &JobRow) {
         let Bars { multi, bars, styles } = self;
         let (bar, shape) = bars.entry(j.job_id).or_insert_with(|| {
@@ -297,6 +300,44 @@ mod tests {
     #[test]
     fn the_bar_templates_parse() {
         assert!(styles().is_ok());
+    }
+
+    fn job(state: &str, phase: &str, done: Option<i64>, total: Option<i64>) -> JobRow {
+        JobRow {
+            job_id: 7,
+            dbid: 3,
+            hostname: "sdw1".into(),
+            port: 7002,
+            datadir: "/data/m0".into(),
+            recovery_type: "full".into(),
+            running_mode: None,
+            state: state.into(),
+            phase: phase.into(),
+            bytes_done: done,
+            bytes_total: total,
+            wal_remaining: None,
+            error: None,
+            logfile: None,
+        }
+    }
+
+    #[test]
+    fn a_bar_follows_its_job_from_queue_to_end() {
+        let mut bars = Bars::new(ProgressDrawTarget::hidden()).unwrap();
+        bars.show(&job("queued", "queued", None, None));
+        assert_eq!(bars.bars[&7].1, Shape::Spinner, "no total yet");
+        bars.show(&job("running", "copying", Some(1 << 20), Some(4 << 20)));
+        let (bar, shape) = &bars.bars[&7];
+        assert_eq!((*shape, bar.length(), bar.position()), (Shape::Bytes, Some(4 << 20), 1 << 20));
+        assert_eq!(bar.prefix(), "sdw1 (dbid 3)");
+        assert_eq!(bar.message(), "copying");
+        bars.show(&job("succeeded", "done", Some(4 << 20), Some(4 << 20)));
+        let (bar, shape) = &bars.bars[&7];
+        assert_eq!(*shape, Shape::Ended);
+        assert!(bar.is_finished());
+        assert_eq!(bar.message(), "succeeded");
+        bars.show(&job("running", "copying", Some(0), Some(1)));
+        assert!(bars.bars[&7].0.is_finished(), "an ended bar stays ended");
     }
 
     #[test]
