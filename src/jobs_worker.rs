@@ -218,6 +218,11 @@ impl Worker {
                     self.fault(&self.jobs[i], true);
                     let job = &mut self.jobs[i];
                     if next == Phase::Done {
+                        // The last phase's catalog change (a history row)
+                        // commits on its own; the job's end follows.
+                        if let Some(Err(e)) = change.map(try_transaction) {
+                            warning!("gp_recovery: job {}: could not record its last change: {e}", job.id());
+                        }
                         job.enter(Phase::Done);
                         job.begin_ending(JobState::Succeeded, String::new());
                         return false;

@@ -323,6 +323,23 @@ pub struct Cluster {
     pub mirrors: Vec<Instance>,
 }
 
+/// The coordinator's address and every segment host.
+fn listen_addresses(hosts: &[String]) -> String {
+    std::iter::once(ADDRESS.to_string()).chain(hosts.iter().cloned()).collect::<Vec<_>>().join(",")
+}
+
+/// After a host was added: every instance of the cluster in `dir` listens
+/// on all its hosts from its next start, and a copy made from now on at
+/// once (postgresql.conf travels with it).
+pub fn listen_on_hosts(dir: &Path, hosts: &[String]) -> Result<()> {
+    let line = format!("listen_addresses = '{}'\n", listen_addresses(hosts));
+    let elsewhere = Cluster::relocated_elsewhere(dir);
+    for datadir in find_datadirs(dir).iter().chain(&elsewhere) {
+        append_server_file(&datadir.join("postgresql.conf"), &line)?;
+    }
+    Ok(())
+}
+
 /// The pg_hba.conf lines of every demo instance.
 pub const DEMO_HBA: &str = "host all all 127.0.0.0/8 trust\nhost replication all 127.0.0.0/8 trust\n";
 
@@ -335,12 +352,13 @@ pub const DEMO_FTS_SETTINGS: &str = "gp_recovery.fts_probe_interval = 2s\n\
 /// Settings every instance gets. No wal_keep_size: the incremental
 /// recovery keeps the WAL pg_rewind needs on the target by itself, and kept
 /// WAL on the source would be copied by every pg_rewind.
-/// Every instance listens on every address (each has a port of its own),
-/// so a copy of a data directory works unchanged on any loopback "host",
-/// one added later included; pg_hba.conf lets in loopback addresses only.
-fn common_conf(port: u16, socket_dir: &Path) -> String {
+/// Every instance listens on all the cluster's loopback "hosts": a copy of a
+/// data directory (recovery onto another host) must work there unchanged.
+/// Not '*': a wildcard socket shares its port with another program's on
+/// 127.0.0.1, which would then get the demo's connections.
+fn common_conf(port: u16, listen: &str, socket_dir: &Path) -> String {
     format!(
-        "\n# gpdemo\nport = {port}\nlisten_addresses = '*'\nunix_socket_directories = '{}'\n\
+        "\n# gpdemo\nport = {port}\nlisten_addresses = '{listen}'\nunix_socket_directories = '{}'\n\
          wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
          wal_log_hints = on\nhot_standby = on\nshared_buffers = 32MB\nmax_connections = 50\n\
          log_line_prefix = '%m [%p] '\n",
@@ -456,7 +474,7 @@ impl Cluster {
                 .collect(),
         )?;
         for i in &writable {
-            let mut conf = common_conf(i.port, dir);
+            let mut conf = common_conf(i.port, &listen_addresses(&cluster.hosts), dir);
             if i.content == -1 {
                 conf.push_str("shared_preload_libraries = 'gp_recovery'\n");
                 conf.push_str(DEMO_FTS_SETTINGS);

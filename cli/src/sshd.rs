@@ -160,7 +160,8 @@ pub fn fail_host(cluster_dir: &Path, host: &str) -> Result<Vec<PathBuf>> {
 
 /// A new, empty segment host for the cluster in `cluster_dir` (a loopback
 /// address it does not use yet), with its own file system view and sshd:
-/// a place to relocate segments onto.
+/// a place to relocate segments onto. Every instance's postgresql.conf
+/// lists it in listen_addresses, so a copy made there listens on it.
 pub fn add_host(cluster_dir: &Path, host: &str) -> Result<()> {
     let hosts = SshHosts::open(cluster_dir)?;
     if !host.starts_with("127.") || host == crate::ADDRESS {
@@ -173,7 +174,13 @@ pub fn add_host(cluster_dir: &Path, host: &str) -> Result<()> {
         return Err(DemoError::Usage(format!("{host} is already a host of {}", cluster_dir.display())));
     }
     crate::hostns::add(cluster_dir, host)?;
-    hosts.know_and_start(host)
+    hosts.know_and_start(host)?;
+    let all: Vec<String> = fs::read_dir(cluster_dir.join("ns"))
+        .map_err(crate::io_err("could not list the hosts"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    crate::listen_on_hosts(cluster_dir, &all)
 }
 
 /// The host is back (its sshd runs again); its segments stay down until

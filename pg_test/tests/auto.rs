@@ -67,27 +67,21 @@ fn auto_goes_past_an_interrupted_differential_and_on_to_full() {
     assert!(c.query_one("SELECT gp_recovery_cancel($1)", &[&job]).unwrap().get::<_, bool>(0));
     assert_eq!(tc.wait_job(job).unwrap(), "canceled");
     tc.set_rate(0);
-    // And a directory in it the server user cannot empty: only a copy made
-    // beside the old directory gets past it.
+    // And a directory in it that root left behind, which the server user
+    // cannot empty (rsync would make a directory of its own writable): only
+    // a copy made beside the old directory gets past it.
     let datadir = tc.primary(0).datadir.clone();
     let stuck = datadir.join("stray");
     std::fs::create_dir(&stuck).unwrap();
     std::fs::write(stuck.join("file"), "x").unwrap();
-    gpdemo::run(std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(&stuck)).unwrap();
-    gpdemo::run(std::process::Command::new("chmod").arg("0500").arg(&stuck)).unwrap();
 
     let job = tc.submit(&format!("SELECT gp_recover_segment({down}, 'auto')"));
-    let outcome = tc.wait_job(job);
-    let old = std::path::PathBuf::from(format!("{}.gp_recovery_old", datadir.display()));
-    for dir in [stuck.clone(), old.join("stray")] {
-        let _ = gpdemo::run(std::process::Command::new("chmod").arg("0700").arg(&dir));
-    }
-    assert_eq!(outcome.unwrap(), "succeeded");
+    assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
     let tried = attempts(&tc, job);
     let modes: Vec<&str> = tried.iter().map(|(m, _)| m.as_str()).collect();
     assert_eq!(modes, ["incremental", "differential"], "{tried:?}");
     assert!(tried[0].1.contains("holds an incomplete copy"), "{tried:?}");
-    assert!(tried[1].1.contains("Permission denied"), "{tried:?}");
+    assert!(tried[1].1.contains("rsync failed") && tried[1].1.contains("(in phase copying)"), "{tried:?}");
     assert!(!datadir.join("stray").exists(), "the full copy replaced the directory");
     wait_for(60, "the pair to be synchronized", || tc.row_state(down) == "m u s");
     assert_same_data(tc.mirror(0), tc.primary(0));

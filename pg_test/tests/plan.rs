@@ -65,12 +65,14 @@ fn the_plan_matches_what_recover_all_then_does() {
     assert_eq!(jobs_after, jobs_before, "the plan queued a job");
 
     // What gp_recover_all then queues is what the plan said.
+    // Two statements: the function's rows are not in its own statement's snapshot.
+    let jobs: Vec<i64> =
+        c.query("SELECT * FROM gp_recover_all('incremental')", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     let queued: Vec<(i16, String, String)> = c
         .query(
-            "SELECT j.dbid, recovery_type, source_hostname || ':' || source_port || ' ' || source_datadir || \
-                    ' (dbid ' || source_dbid || ')' FROM gp_recover_all('incremental') g(job_id) \
-               JOIN gp_recovery_job j USING (job_id) ORDER BY j.dbid",
-            &[],
+            "SELECT dbid, recovery_type, source_hostname || ':' || source_port || ' ' || source_datadir || \
+                    ' (dbid ' || source_dbid || ')' FROM gp_recovery_job WHERE job_id = ANY($1) ORDER BY dbid",
+            &[&jobs],
         )
         .unwrap()
         .iter()
