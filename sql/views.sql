@@ -61,6 +61,53 @@ COMMENT ON VIEW gp_recovery_progress IS
 
 GRANT SELECT ON gp_recovery_job, gp_recovery_progress TO PUBLIC;
 
+-- Everything a monitoring system scrapes, one row per sample, for
+-- Prometheus through postgres_exporter (monitoring/queries.yaml). Labels
+-- not used by a metric are NULL. Only 'mirror_lag_bytes' probes the
+-- segments; a query that filters on metric skips the other branches.
+CREATE VIEW gp_recovery_metrics AS
+SELECT 'segments'::text AS metric, r.role::text AS role, st.status::text AS status,
+       NULL::text AS state, NULL::text AS recovery_type, NULL::smallint AS content, NULL::smallint AS dbid,
+       (SELECT count(*) FROM gp_segment_configuration c
+         WHERE c.content >= 0 AND c.role = r.role AND c.status = st.status)::float8 AS value
+  FROM (VALUES ('p'::"char"), ('m'::"char")) r(role), (VALUES ('u'::"char"), ('d'::"char")) st(status)
+UNION ALL
+SELECT 'pairs_not_synchronized', NULL, NULL, NULL, NULL, NULL, NULL,
+       count(*)::float8 FROM gp_segment_configuration WHERE content >= 0 AND role = 'p' AND mode <> 's'
+UNION ALL
+SELECT 'mirror_lag_bytes', NULL, NULL, NULL, NULL, content, dbid, bytes_behind::float8
+  FROM gp_segment_status WHERE role = 'm' AND bytes_behind IS NOT NULL
+UNION ALL
+SELECT 'jobs', NULL, NULL, s.state, t.recovery_type, NULL, NULL,
+       (SELECT count(*) FROM gp_recovery_job j WHERE j.state = s.state AND j.recovery_type = t.recovery_type)::float8
+  FROM (VALUES ('queued'), ('running'), ('succeeded'), ('failed'), ('canceled')) s(state),
+       (VALUES ('incremental'), ('differential'), ('full'), ('auto'), ('rebalance')) t(recovery_type)
+UNION ALL
+SELECT 'bytes_copied', NULL, NULL, NULL, NULL, NULL, NULL,
+       coalesce(sum(bytes_done), 0)::float8 FROM gp_recovery_job
+UNION ALL
+-- A failover writes its two rows in one transaction: the promoted mirror
+-- to p, u, n and the failed primary to m, d, n, at the same time.
+SELECT 'last_failover_time', NULL, NULL, NULL, NULL, NULL, NULL,
+       coalesce(extract(epoch FROM max(h."time")), 0)::float8
+  FROM gp_configuration_history h
+ WHERE h."desc" LIKE 'FTS: update role, status, and mode for dbid % to p, u, and n'
+   AND EXISTS (SELECT 1 FROM gp_configuration_history d
+                WHERE d."time" = h."time" AND d."desc" LIKE 'FTS: update role, status, and mode for dbid % to m, d, and n')
+UNION ALL
+SELECT 'fts_rounds', NULL, NULL, NULL, NULL, NULL, NULL, rounds_finished::float8 FROM gp_fts_stats()
+UNION ALL
+SELECT 'fts_last_round_seconds', NULL, NULL, NULL, NULL, NULL, NULL, last_round_seconds FROM gp_fts_stats()
+UNION ALL
+SELECT 'fts_probe_errors', NULL, NULL, NULL, NULL, NULL, NULL, probe_errors::float8 FROM gp_fts_stats();
+
+COMMENT ON VIEW gp_recovery_metrics IS
+    'gp_recovery for monitoring: segments per role and status, pairs not synchronized, mirror lag, jobs per state and type, bytes copied, last failover, fault tolerance rounds and probe errors';
+
+REVOKE ALL ON FUNCTION gp_fts_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION gp_fts_stats() TO pg_monitor, gp_recovery_admin;
+GRANT SELECT ON gp_recovery_metrics TO pg_monitor, gp_recovery_admin;
+
 -- Starting and canceling recoveries: superusers and gp_recovery_admin.
 REVOKE ALL ON FUNCTION gp_recover_segment(integer, text, text, integer, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gp_recover_all(text) FROM PUBLIC;

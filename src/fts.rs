@@ -29,6 +29,10 @@ static ROUNDS_STARTED: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"gp_recover
 static ROUNDS_FINISHED: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"gp_recovery_fts_rounds_finished") };
 static ROUND_REQUESTED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"gp_recovery_fts_round_requested") };
 static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"gp_recovery_fts_worker_pid") };
+/// For monitoring (gp_fts_stats): how long the last finished round took,
+/// and probes that found a member not answering, since the server started.
+static LAST_ROUND_MICROS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"gp_recovery_fts_last_round_micros") };
+static PROBE_ERRORS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"gp_recovery_fts_probe_errors") };
 
 /// Shared memory and the worker; only while loading via shared_preload_libraries.
 pub fn init() {
@@ -36,6 +40,8 @@ pub fn init() {
     pg_shmem_init!(ROUNDS_FINISHED);
     pg_shmem_init!(ROUND_REQUESTED);
     pg_shmem_init!(WORKER_PID);
+    pg_shmem_init!(LAST_ROUND_MICROS);
+    pg_shmem_init!(PROBE_ERRORS);
     BackgroundWorkerBuilder::new("gp_recovery fts")
         .set_type("gp_recovery fts")
         .set_library("gp_recovery")
@@ -50,6 +56,28 @@ pub fn init() {
 pub fn request_round() {
     ROUND_REQUESTED.get().store(true, Ordering::SeqCst);
     latch::wake(WORKER_PID.get().load(Ordering::SeqCst));
+}
+
+/// The fault tolerance service's counters since the server started: rounds
+/// started and finished, the last finished round's duration, and probes
+/// that found a member not answering.
+#[pg_extern]
+fn gp_fts_stats() -> TableIterator<
+    'static,
+    (
+        name!(rounds_started, i64),
+        name!(rounds_finished, i64),
+        name!(last_round_seconds, Option<f64>),
+        name!(probe_errors, i64),
+    ),
+> {
+    if !crate::preloaded() {
+        return TableIterator::new(Vec::new());
+    }
+    let count = |a: &PgAtomic<AtomicU64>| i64::try_from(a.get().load(Ordering::SeqCst)).unwrap_or(i64::MAX);
+    let micros = LAST_ROUND_MICROS.get().load(Ordering::SeqCst);
+    let last = (micros > 0).then(|| micros as f64 / 1e6);
+    TableIterator::new(vec![(count(&ROUNDS_STARTED), count(&ROUNDS_FINISHED), last, count(&PROBE_ERRORS))])
 }
 
 /// Starts a probe round now and returns when a round that began after the
@@ -169,6 +197,8 @@ struct Fts {
     outstanding: BTreeMap<u64, usize>,
     round: u64,
     round_to_spawn: bool,
+    /// round → when it started, for its duration
+    round_started: BTreeMap<u64, Instant>,
     next_round: Instant,
     /// content → when to probe it again outside the rounds
     follow_up: HashMap<i16, Instant>,
@@ -185,6 +215,7 @@ impl Fts {
             outstanding: BTreeMap::new(),
             round: 0,
             round_to_spawn: false,
+            round_started: BTreeMap::new(),
             next_round: Instant::now(),
             follow_up: HashMap::new(),
             memory: HashMap::new(),
@@ -214,6 +245,7 @@ impl Fts {
             let now = Instant::now();
             if ROUND_REQUESTED.get().swap(false, Ordering::SeqCst) || now >= self.next_round {
                 self.round = ROUNDS_STARTED.get().fetch_add(1, Ordering::SeqCst) + 1;
+                self.round_started.insert(self.round, now);
                 self.round_to_spawn = true;
                 self.next_round = now + settings().interval;
             }
@@ -272,7 +304,7 @@ impl Fts {
         }
         if self.round_to_spawn && !self.outstanding.contains_key(&self.round) {
             // Nothing to probe (no pairs, or all still busy): the round is done.
-            ROUNDS_FINISHED.get().fetch_max(self.round, Ordering::SeqCst);
+            self.round_done(self.round);
         }
         self.round_to_spawn = false;
         // Follow-ups of contents that no longer exist are dropped.
@@ -323,6 +355,17 @@ impl Fts {
         })
     }
 
+    /// A round whose probes all ended: waiters see it, monitoring its duration.
+    fn round_done(&mut self, round: u64) {
+        ROUNDS_FINISHED.get().fetch_max(round, Ordering::SeqCst);
+        if let Some(started) = self.round_started.remove(&round) {
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            LAST_ROUND_MICROS.get().store(micros.max(1), Ordering::SeqCst);
+        }
+        // Rounds that never finish (their probes superseded) are forgotten.
+        self.round_started.retain(|r, _| *r > round);
+    }
+
     /// Decides for one probed content and carries the plan out.
     fn finish(&mut self, p: Probed) {
         let content = p.primary.content;
@@ -331,8 +374,14 @@ impl Fts {
             *left -= 1;
             if *left == 0 {
                 self.outstanding.remove(&p.round);
-                ROUNDS_FINISHED.get().fetch_max(p.round, Ordering::SeqCst);
+                self.round_done(p.round);
             }
+        }
+        let mirror_failed = p.mirror_probe.is_err();
+        let primary_failed = !matches!(p.primary_health, fts::PrimaryHealth::Alive(_));
+        let failed = u64::from(mirror_failed) + u64::from(primary_failed);
+        if failed > 0 {
+            PROBE_ERRORS.get().fetch_add(failed, Ordering::SeqCst);
         }
         let s = settings();
         let now = Instant::now();
