@@ -21,6 +21,7 @@ use thiserror::Error;
 pub use gp_recovery_core::probe::{MIRROR_APPLICATION_NAME, SLOT_NAME};
 
 pub mod hostns;
+pub mod monitoring;
 pub mod sshd;
 
 /// Listen address of the coordinator, and of every segment of a one-host

@@ -276,6 +276,8 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     psql(&cluster, "SELECT * FROM gp_mirror_status;")?;
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
 
+    dba_tools_tour(&cluster)?;
+
     step("The fault tolerance service decides with one table of rules; each reason is also its log text");
     psql(&cluster, "SELECT * FROM gp_fts_rules();")?;
 
@@ -302,6 +304,63 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     }
     print_connect(&cluster);
     println!("\nRemove it with:\n  ./gpdemo destroy --dir {}", cluster.dir.display());
+    Ok(())
+}
+
+/// Runs one of the DBA commands (gprecoverseg, gpstate) against the
+/// cluster, showing what it prints; they only call the extension's SQL.
+/// gpstate exits 1 while something needs attention, as Greenplum's does:
+/// only `must_succeed` fails the tour.
+fn dba_command(cluster: &Cluster, program: &str, args: &[&str], must_succeed: bool) -> Result<()> {
+    println!("$ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .env("PGHOST", ADDRESS)
+        .env("PGPORT", cluster.coordinator.port.to_string())
+        .env("PGUSER", server_user())
+        .env("PGDATABASE", "postgres")
+        .status()
+        .map_err(|e| {
+            DemoError::Usage(format!("could not run {program} (scripts/install-extension.sh installs it): {e}"))
+        })?;
+    println!();
+    if status.success() || !must_succeed {
+        Ok(())
+    } else {
+        Err(DemoError::Usage(format!("{program} {} failed ({status})", args.join(" "))))
+    }
+}
+
+/// A Greenplum DBA's habits: gprecoverseg -a and gpstate -e on a killed
+/// mirror, then one scrape of the Prometheus exporter.
+fn dba_tools_tour(cluster: &Cluster) -> Result<()> {
+    step(
+        "The same from a Greenplum DBA's hands: the mirror of content 2 killed, then gprecoverseg -a\n\
+          (progress bars on a terminal, lines otherwise) and gpstate -e; both only call the SQL API",
+    );
+    let mirror = &cluster.mirrors[2];
+    let pid =
+        mirror.postmaster_pid().ok_or_else(|| DemoError::Usage("the mirror of content 2 is not running".into()))?;
+    // SAFETY: kills a postmaster this demo started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let down = "SELECT count(*) FROM gp_segment_configuration WHERE content = 2 AND status = 'd'";
+    gpdemo::wait_until(Duration::from_secs(60), "the mirror to be marked down", || {
+        first_value(cluster, down).is_ok_and(|v| v == "1")
+    })?;
+    dba_command(cluster, "gpstate", &["-e"], false)?;
+    dba_command(cluster, "gprecoverseg", &["-a"], true)?;
+    dba_command(cluster, "gpstate", &["-e"], true)?;
+    step("Metrics for Prometheus: prometheus-postgres-exporter with monitoring/queries.yaml, scraped once");
+    let exporter = gpdemo::monitoring::Exporter::start(cluster, gpdemo::free_port_range(1)?)?;
+    let mut lines = Vec::new();
+    gpdemo::wait_until(Duration::from_secs(30), "the exporter's first scrape", || {
+        lines = exporter.scrape().unwrap_or_default();
+        !lines.is_empty()
+    })?;
+    println!("$ curl -s http://127.0.0.1:{}/metrics | grep ^gp_recovery_", exporter.port);
+    for l in &lines {
+        println!("{l}");
+    }
     Ok(())
 }
 

@@ -3,118 +3,74 @@
 //! coordinator; a failover and a recovery change the series.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use gp_recovery_pg_test::{wait_for, TestCluster};
+use gpdemo::monitoring::Exporter;
 
-/// The exporter, stopped when dropped.
-struct Exporter {
-    child: Child,
-    port: u16,
+/// Every gp_recovery sample of a scrape: (name, labels) → value.
+fn samples(exporter: &Exporter) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
+    let mut out = BTreeMap::new();
+    for line in exporter.scrape().unwrap_or_default() {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let labels = labels
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect();
+        out.insert((name.to_string(), labels), value);
+    }
+    out
 }
 
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Exporter {
-    fn start(tc: &TestCluster) -> Exporter {
-        let port = gpdemo::free_port_range(1).unwrap();
-        let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring/queries.yaml");
-        let child = Command::new("/usr/bin/prometheus-postgres-exporter")
-            .env(
-                "DATA_SOURCE_NAME",
-                format!(
-                    "host={} port={} user={} dbname=postgres sslmode=disable",
-                    gpdemo::ADDRESS,
-                    tc.cluster.coordinator.port,
-                    gpdemo::server_user()
-                ),
-            )
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg(format!("--extend.query-path={}", queries.display()))
-            .args(["--disable-default-metrics", "--disable-settings-metrics"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus-postgres-exporter (scripts/setup.sh installs it)");
-        Exporter { child, port }
-    }
-
-    /// Every sample of /metrics: (name, labels) → value.
-    fn scrape(&self) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
-        let mut out = BTreeMap::new();
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return out };
-        let mut body = String::new();
-        if s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err()
-            || s.read_to_string(&mut body).is_err()
-        {
-            return out;
-        }
-        for line in body.lines().filter(|l| l.starts_with("gp_recovery_")) {
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
-            let Ok(value) = value.parse::<f64>() else { continue };
-            let (name, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split(',')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-                .collect();
-            out.insert((name.to_string(), labels), value);
-        }
-        out
-    }
-
-    /// The value of the first sample named `name` whose labels include `labels`.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.scrape().into_iter().find_map(|((n, l), v)| {
-            (n == name && labels.iter().all(|(k, want)| l.get(*k).map(String::as_str) == Some(want))).then_some(v)
-        })
-    }
+/// The value of the first sample named `name` whose labels include `labels`.
+fn value(exporter: &Exporter, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples(exporter).into_iter().find_map(|((n, l), v)| {
+        (n == name && labels.iter().all(|(k, want)| l.get(*k).map(String::as_str) == Some(want))).then_some(v)
+    })
 }
 
 #[test]
 fn the_exporter_sees_a_failover_and_a_recovery() {
     let tc = TestCluster::new(1);
     tc.set_fts(1, 2, 2, 2);
-    let exporter = Exporter::start(&tc);
+    let exporter = Exporter::start(&tc.cluster, gpdemo::free_port_range(1).unwrap()).unwrap();
     wait_for(60, "the exporter to serve gp_recovery's series", || {
-        exporter.value("gp_recovery_segments_count", &[("role", "p"), ("status", "u")]) == Some(1.0)
+        value(&exporter, "gp_recovery_segments_count", &[("role", "p"), ("status", "u")]) == Some(1.0)
     });
-    assert_eq!(exporter.value("gp_recovery_segments_count", &[("role", "m"), ("status", "d")]), Some(0.0));
-    assert_eq!(exporter.value("gp_recovery_last_failover_time_seconds", &[]), Some(0.0));
-    assert_eq!(exporter.value("gp_recovery_pairs_not_synchronized_count", &[]), Some(0.0));
-    assert!(exporter.value("gp_recovery_fts_rounds", &[]).is_some_and(|r| r > 0.0));
-    assert!(exporter.value("gp_recovery_fts_last_round_seconds", &[]).is_some_and(|s| s > 0.0 && s < 5.0));
-    assert!(exporter.value("gp_recovery_mirror_lag_bytes", &[("content", "0")]).is_some());
+    assert_eq!(value(&exporter, "gp_recovery_segments_count", &[("role", "m"), ("status", "d")]), Some(0.0));
+    assert_eq!(value(&exporter, "gp_recovery_last_failover_time_seconds", &[]), Some(0.0));
+    assert_eq!(value(&exporter, "gp_recovery_pairs_not_synchronized_count", &[]), Some(0.0));
+    assert!(value(&exporter, "gp_recovery_fts_rounds", &[]).is_some_and(|r| r > 0.0));
+    assert!(value(&exporter, "gp_recovery_fts_last_round_seconds", &[]).is_some_and(|s| s > 0.0 && s < 5.0));
+    assert!(value(&exporter, "gp_recovery_mirror_lag_bytes", &[("content", "0")]).is_some());
 
     let (down, _) = tc.fail_over(0);
     wait_for(60, "the failover in the series", || {
-        exporter.value("gp_recovery_segments_count", &[("role", "m"), ("status", "d")]) == Some(1.0)
-            && exporter.value("gp_recovery_last_failover_time_seconds", &[]).is_some_and(|t| t > 0.0)
-            && exporter.value("gp_recovery_pairs_not_synchronized_count", &[]) == Some(1.0)
+        value(&exporter, "gp_recovery_segments_count", &[("role", "m"), ("status", "d")]) == Some(1.0)
+            && value(&exporter, "gp_recovery_last_failover_time_seconds", &[]).is_some_and(|t| t > 0.0)
+            && value(&exporter, "gp_recovery_pairs_not_synchronized_count", &[]) == Some(1.0)
     });
-    assert!(exporter.value("gp_recovery_fts_probe_errors", &[]).is_some_and(|e| e >= 1.0), "the dead primary's probes");
+    assert!(
+        value(&exporter, "gp_recovery_fts_probe_errors", &[]).is_some_and(|e| e >= 1.0),
+        "the dead primary's probes"
+    );
 
     tc.set_rate(4096);
     let job = tc.submit(&format!("SELECT gp_recover_segment({down}, 'full')"));
     wait_for(60, "the copy's bytes in the series", || {
-        exporter.value("gp_recovery_copy_bytes", &[]).is_some_and(|b| b > 0.0)
-            && exporter.value("gp_recovery_jobs_count", &[("state", "running"), ("recovery_type", "full")]) == Some(1.0)
+        value(&exporter, "gp_recovery_copy_bytes", &[]).is_some_and(|b| b > 0.0)
+            && value(&exporter, "gp_recovery_jobs_count", &[("state", "running"), ("recovery_type", "full")])
+                == Some(1.0)
     });
     tc.set_rate(0);
     assert_eq!(tc.wait_job(job), Ok("succeeded".into()));
     wait_for(60, "the recovery in the series", || {
-        exporter.value("gp_recovery_jobs_count", &[("state", "succeeded"), ("recovery_type", "full")]) == Some(1.0)
-            && exporter.value("gp_recovery_segments_count", &[("role", "m"), ("status", "d")]) == Some(0.0)
+        value(&exporter, "gp_recovery_jobs_count", &[("state", "succeeded"), ("recovery_type", "full")]) == Some(1.0)
+            && value(&exporter, "gp_recovery_segments_count", &[("role", "m"), ("status", "d")]) == Some(0.0)
     });
 }
