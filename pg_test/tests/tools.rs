@@ -442,3 +442,40 @@ fn ctrl_c_cancels_a_slowed_copy_and_gpstate_shows_it_in_recovery() {
     assert_eq!(code, 0, "recovered after the cancel: {out}");
     assert_eq!(tc.row_state(m0), "m u s");
 }
+
+/// `-p HOST`: the failed segments move onto a new host, keeping their data
+/// directory path and port (Greenplum's rule). On the demo's one file
+/// system, the dead host's disk is gone first (its directory removed), so
+/// the path is free for the new host.
+#[test]
+fn a_dead_host_s_segment_moves_onto_a_new_host_with_p() {
+    const HOSTS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
+    const NEW: &str = "127.0.0.4";
+    let tc = TestCluster::on_hosts(1, &HOSTS);
+    tc.set_fts(1, 2, 2, 2);
+    gp_recovery_pg_test::pgbench_init(tc.primary(0), 1);
+    let m0 = tc.dbid_of(tc.mirror(0));
+    gpdemo::sshd::fail_host(tc.dir(), HOSTS[1]).unwrap();
+    wait_for(60, "the mirror on the dead host to be marked down", || tc.row_state(m0) == "m d n");
+    std::fs::remove_dir_all(&tc.mirror(0).datadir).unwrap();
+    gpdemo::sshd::add_host(tc.dir(), NEW).unwrap();
+    let (code, out) = run(Some(&tc), "gprecoverseg", &["-a", "-s", "-p", NEW], "");
+    assert_eq!(code, 0, "{out}");
+    let row: String = tc
+        .coordinator()
+        .query_one(
+            "SELECT hostname || ' ' || port || ' ' || datadir FROM gp_segment_configuration WHERE dbid = $1",
+            &[&m0],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(row, format!("{NEW} {} {}", tc.mirror(0).port, tc.mirror(0).datadir.display()), "{out}");
+    assert_eq!(last_job(&tc, m0), ("full".to_string(), "succeeded".to_string()));
+    wait_for(60, "the moved mirror to be synchronized", || tc.row_state(m0) == "m u s");
+    let moved = gpdemo::Instance {
+        host: NEW.into(),
+        namespace: Some(gpdemo::hostns::ns_file(tc.dir(), NEW)),
+        ..tc.mirror(0).clone()
+    };
+    gp_recovery_pg_test::assert_same_data(tc.primary(0), &moved);
+}
