@@ -96,6 +96,12 @@ pub struct Db {
 }
 
 impl Db {
+    /// The coordinator, as `-d CONNINFO` and the libpq environment say.
+    pub fn connect_as(conninfo: Option<&str>, program: &str) -> Result<Db, ToolError> {
+        let env = |k: &str| std::env::var(k).ok();
+        Db::connect(config(conninfo, &env, program)?)
+    }
+
     pub fn connect(mut config: Config) -> Result<Db, ToolError> {
         let (tx, rx) = channel();
         config.notice_callback(move |n| {

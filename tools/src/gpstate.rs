@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use gp_recovery_core::segment::{Mode, Role, Segment, Status};
 
-use crate::conn::{self, Db};
+use crate::conn::Db;
 use crate::layout::{key_values, table, Entry, LONG_RULE, SHORT_RULE};
 use crate::log::{Level, Log};
 use crate::{catalog, exit, ToolError};
@@ -480,21 +480,12 @@ pub fn statistics_lines(catalog: &[Segment], live: &HashMap<i16, Live>) -> Lines
 pub fn main() -> ExitCode {
     let args = Args::parse();
     let log = Log::new("gpstate", args.quiet, args.verbose);
-    let code = run(&args, &log).unwrap_or_else(|e| {
-        match e {
-            ToolError::Usage(_) | ToolError::Refused(_) => log.error(&e.report(log.program())),
-            _ => log.critical(&e.report(log.program())),
-        }
-        exit::ERROR
-    });
-    ExitCode::from(code)
+    crate::simple_main(&log, || run(&args, &log))
 }
 
 fn run(args: &Args, log: &Log) -> Result<u8, ToolError> {
-    log.info(&format!("Starting gpstate with args: {}", std::env::args().skip(1).collect::<Vec<_>>().join(" ")));
     let view = view(args)?;
-    let env = |k: &str| std::env::var(k).ok();
-    let mut db = Db::connect(conn::config(args.conninfo.as_deref(), &env, "gpstate")?)?;
+    let mut db = Db::connect_as(args.conninfo.as_deref(), "gpstate")?;
     let catalog = catalog::load(&mut db, log)?;
     let (lines, code) = match view {
         View::ClusterConfig => (cluster_config_lines(&catalog), exit::OK),

@@ -57,6 +57,22 @@ impl ToolError {
     }
 }
 
+/// A command's main, as Greenplum's simple_main runs one: the starting
+/// line, then `body`; an error is logged as those utilities log it and ends
+/// with exit::ERROR.
+pub fn simple_main(log: &log::Log, body: impl FnOnce() -> Result<u8, ToolError>) -> std::process::ExitCode {
+    let args = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    log.info(&format!("Starting {} with args: {args}", log.program()));
+    let code = body().unwrap_or_else(|e| {
+        match e {
+            ToolError::Usage(_) | ToolError::Refused(_) => log.error(&e.report(log.program())),
+            _ => log.critical(&e.report(log.program())),
+        }
+        exit::ERROR
+    });
+    std::process::ExitCode::from(code)
+}
+
 impl From<std::io::Error> for ToolError {
     fn from(e: std::io::Error) -> Self {
         ToolError::Terminal(e.to_string())

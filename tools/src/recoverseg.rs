@@ -12,7 +12,7 @@ use gp_recovery_core::rebalance::{NOTHING_TO_REBALANCE, REPLAY_LAG_REFUSAL};
 use gp_recovery_core::recovery::{config_line_segment, parse_config, RecoveryMode};
 use gp_recovery_core::segment::{Role, Segment};
 
-use crate::conn::{self, Db};
+use crate::conn::Db;
 use crate::jobs::{self, RebalanceNotes};
 use crate::layout::{key_values, Entry, RULE};
 use crate::log::{Level, Log};
@@ -467,21 +467,12 @@ pub fn rebalance_lines(catalog: &[Segment]) -> Vec<(Level, String)> {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     let log = Log::new("gprecoverseg", args.quiet, args.verbose);
-    let code = run(&args, &log).unwrap_or_else(|e| {
-        match e {
-            ToolError::Usage(_) | ToolError::Refused(_) => log.error(&e.report(log.program())),
-            _ => log.critical(&e.report(log.program())),
-        }
-        exit::ERROR
-    });
-    ExitCode::from(code)
+    crate::simple_main(&log, || run(&args, &log))
 }
 
 fn run(args: &Args, log: &Log) -> Result<u8, ToolError> {
-    log.info(&format!("Starting gprecoverseg with args: {}", std::env::args().skip(1).collect::<Vec<_>>().join(" ")));
     let request = validate(args, std::io::stdout().is_terminal())?;
-    let env = |k: &str| std::env::var(k).ok();
-    let mut db = Db::connect(conn::config(args.conninfo.as_deref(), &env, "gprecoverseg")?)?;
+    let mut db = Db::connect_as(args.conninfo.as_deref(), "gprecoverseg")?;
     let catalog = catalog::load(&mut db, log)?;
     if !catalog::has_mirrors(&catalog) {
         return Err(ToolError::Refused(
