@@ -61,6 +61,14 @@ fn next_with(change: CatalogChange) -> Step {
     Step::Next { alternative: false, change: Some(change) }
 }
 
+/// On to the next phase, with a history row about `row` committed with it.
+fn next_with_history(row: Segment, event: SegmentEvent, text: String) -> Step {
+    next_with(Box::new(move || {
+        catalog::history(&History { row, event, text });
+        Ok(())
+    }))
+}
+
 /// What a call to a segment returned.
 enum Answer {
     Done,
@@ -383,7 +391,9 @@ impl Job {
         }
         if copies && self.sub == 2 {
             let beside = self.kind != JobKind::Relocation;
-            let out = match self.target_tool("space", |s| s.space(&dir, beside), Some(Duration::from_secs(60))) {
+            let measure = self.kind == JobKind::Differential;
+            let out = match self.target_tool("space", |s| s.space(&dir, beside, measure), Some(Duration::from_secs(60)))
+            {
                 None => return Step::Stay,
                 Some(Err(e)) => return Step::Fail(e.message),
                 Some(Ok(out)) => out,
@@ -512,11 +522,7 @@ impl Job {
                     self.source.dbid,
                     self.dbid()
                 );
-                let row = self.source.clone();
-                next_with(Box::new(move || {
-                    catalog::history(&History { row, event: SegmentEvent::HostAllowed, text });
-                    Ok(())
-                }))
+                next_with_history(self.source.clone(), SegmentEvent::HostAllowed, text)
             }
             Some(Ok(_)) => next(),
         }
@@ -1065,11 +1071,7 @@ impl Job {
                     "gp_recovery: pg_hba.conf of dbid {} no longer lets host {old_host} in: no segment is on it",
                     self.source.dbid
                 );
-                let row = self.source.clone();
-                next_with(Box::new(move || {
-                    catalog::history(&History { row, event: SegmentEvent::HostRemoved, text });
-                    Ok(())
-                }))
+                next_with_history(self.source.clone(), SegmentEvent::HostRemoved, text)
             }
             Some(Ok(_)) => next(),
         }

@@ -4,20 +4,19 @@
 //! stands in its way (gp_recovery_core::plan decides), read live on the
 //! sources and on the targets' hosts. Nothing changes.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use gp_recovery_core::plan::{plan_row, Facts};
-use gp_recovery_core::recovery::{JobSpec, NewLocation, Space};
+use gp_recovery_core::recovery::{JobSpec, NewLocation, RecoveryMode, Space};
 use gp_recovery_core::segment::Segment;
 use gp_recovery_core::CoreError;
 use pgrx::prelude::*;
 
 use crate::error::raise;
 use crate::recovery::{plan_all, plan_config, plan_one};
-use crate::segment_client::{self, Target};
+use crate::segment_client;
 use crate::segment_host::{self, SegmentHost};
 
 /// How long the plan waits for a host's free space.
@@ -90,25 +89,6 @@ fn run_on_hosts(scripts: Vec<(Result<SegmentHost, String>, String)>) -> Vec<Resu
     results.into_iter().map(|r| r.unwrap_or_else(|| Err("not run".into()))).collect()
 }
 
-/// What each distinct source's databases hold, read at once.
-fn source_bytes(sources: &[Segment]) -> HashMap<i16, Result<i64, String>> {
-    let timeout = Duration::from_secs(10);
-    segment_client::block_on(async {
-        let handles: Vec<_> = sources
-            .iter()
-            .map(|s| {
-                let t = Target::new(s, timeout);
-                (s.dbid, tokio::spawn(async move { t.database_bytes().await }))
-            })
-            .collect();
-        let mut out = HashMap::new();
-        for (dbid, h) in handles {
-            out.insert(dbid, h.await.unwrap_or_else(|e| Err(e.to_string())));
-        }
-        out
-    })
-}
-
 fn describe(s: &Segment) -> String {
     format!("{} {} (dbid {})", s.location(), s.datadir, s.dbid)
 }
@@ -150,18 +130,22 @@ fn gp_recovery_plan(
         notice!("No segments to recover");
         return TableIterator::new(Vec::new());
     }
-    let mut sources: Vec<Segment> = specs.iter().map(|s| s.source.clone()).collect();
-    sources.dedup_by_key(|s| s.dbid);
+    // One job per content, so each source once.
+    let sources: Vec<Segment> = specs.iter().map(|s| s.source.clone()).collect();
     let probes = segment_client::probe_all(&sources);
-    let bytes = source_bytes(&sources);
+    let bytes = segment_client::call_all(&sources, Duration::from_secs(10), "reading the size", |t| async move {
+        t.database_bytes().await
+    });
     let scripts = segment_host::scripts(10);
     let spaces = run_on_hosts(
         specs
             .iter()
             .map(|s| {
                 // In place, a full copy (auto may come to one) is made
-                // beside the directory.
-                (SegmentHost::of(&s.target.hostname), scripts.space(&s.target.datadir, !s.relocate))
+                // beside the directory; a differential one (auto's second)
+                // counts what the directory holds.
+                let measure = matches!(s.mode, RecoveryMode::Differential | RecoveryMode::Auto);
+                (SegmentHost::of(&s.target.hostname), scripts.space(&s.target.datadir, !s.relocate, measure))
             })
             .collect(),
     );

@@ -455,22 +455,29 @@ fn status_timeout() -> Duration {
     Duration::from_secs(secs.max(1))
 }
 
-/// Probes every given segment at once; the map is keyed by dbid.
-pub fn probe_all(segments: &[Segment]) -> HashMap<i16, ProbeResult> {
-    let timeout = status_timeout();
+/// Makes the same call (`what`, for its error) to every given segment at
+/// once, each bounded by `timeout`; the map is keyed by dbid.
+pub fn call_all<T, Fut>(
+    segments: &[Segment],
+    timeout: Duration,
+    what: &str,
+    call: impl Fn(Target) -> Fut,
+) -> HashMap<i16, Result<T, String>>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+{
     block_on(async {
-        let handles: Vec<_> = segments
-            .iter()
-            .map(|s| {
-                let target = Target::new(s, timeout);
-                (s.dbid, tokio::spawn(async move { target.probe().await }))
-            })
-            .collect();
+        let handles: Vec<_> = segments.iter().map(|s| (s.dbid, tokio::spawn(call(Target::new(s, timeout))))).collect();
         let mut results = HashMap::new();
         for (dbid, handle) in handles {
-            let result = handle.await.unwrap_or_else(|e| Err(format!("probe failed: {e}")));
-            results.insert(dbid, result);
+            results.insert(dbid, handle.await.unwrap_or_else(|e| Err(format!("{what} failed: {e}"))));
         }
         results
     })
+}
+
+/// Probes every given segment at once; the map is keyed by dbid.
+pub fn probe_all(segments: &[Segment]) -> HashMap<i16, ProbeResult> {
+    call_all(segments, status_timeout(), "probe", |t| async move { t.probe().await })
 }

@@ -213,16 +213,23 @@ pub const MARKED_INCOMPLETE: i32 = 4;
 
 impl Scripts {
     /// Settings every step runs with, D = the data directory, I and R its
-    /// incomplete and relocating marks.
+    /// incomplete and relocating marks, N and O a full copy's new and old
+    /// directories beside it, NEW and OLD their names inside a tablespace
+    /// location.
     fn preamble(&self, datadir: &str) -> String {
         format!(
             "LC_ALL=C PGAPPNAME=gp_recovery PGCONNECT_TIMEOUT={} B={} D={} I={} R={}\n\
+             N={} O={} NEW={} OLD={}\n\
              export LC_ALL PGAPPNAME PGCONNECT_TIMEOUT\n",
             self.connect_timeout,
             quote(&self.bindir),
             quote(datadir.trim_end_matches('/')),
             quote(&sibling(datadir, INCOMPLETE_SUFFIX)),
-            quote(&sibling(datadir, RELOCATING_SUFFIX))
+            quote(&sibling(datadir, RELOCATING_SUFFIX)),
+            quote(&sibling(datadir, NEW_SUFFIX)),
+            quote(&sibling(datadir, OLD_SUFFIX)),
+            quote(NEW_SUFFIX),
+            quote(OLD_SUFFIX)
         )
     }
 
@@ -355,8 +362,7 @@ impl Scripts {
     /// keeps using until the swap.
     pub fn basebackup(&self, datadir: &str, relocate: bool, args: &[String], tablespaces: &[String]) -> String {
         let args = args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ");
-        let mut s = self.preamble(datadir)
-            + &format!("N={} O={}\n", quote(&sibling(datadir, NEW_SUFFIX)), quote(&sibling(datadir, OLD_SUFFIX)));
+        let mut s = self.preamble(datadir);
         if relocate {
             return s
                 + "if [ -d \"$D\" ] && [ -n \"$(ls -A \"$D\")\" ]; then echo \"the new data directory $D exists and is not empty\" >&2; exit 1; fi\n\
@@ -387,13 +393,6 @@ impl Scripts {
     /// what it finds. The complete copy clears an incomplete mark.
     pub fn swap_in(&self, datadir: &str) -> String {
         self.preamble(datadir)
-            + &format!(
-                "N={} O={} NEW={} OLD={}\n",
-                quote(&sibling(datadir, NEW_SUFFIX)),
-                quote(&sibling(datadir, OLD_SUFFIX)),
-                quote(NEW_SUFFIX),
-                quote(OLD_SUFFIX)
-            )
             + "if [ -d \"$N\" ]; then\n\
                for l in \"$N\"/pg_tblspc/*; do\n\
                [ -L \"$l\" ] || continue\n\
@@ -418,14 +417,7 @@ impl Scripts {
     /// removed; a relocation's target emptied if a copy began in it (the
     /// directory itself stays).
     pub fn back_out_copy(&self, datadir: &str, relocate: bool) -> String {
-        let s = self.preamble(datadir)
-            + &format!(
-                "N={} O={} NEW={} OLD={}\n",
-                quote(&sibling(datadir, NEW_SUFFIX)),
-                quote(&sibling(datadir, OLD_SUFFIX)),
-                quote(NEW_SUFFIX),
-                quote(OLD_SUFFIX)
-            );
+        let s = self.preamble(datadir);
         if relocate {
             return s + "if [ -e \"$I\" ] || [ -e \"$R\" ]; then find \"$D\" -mindepth 1 -delete && rm -f \"$I\" \"$R\" || exit 1; fi";
         }
@@ -450,7 +442,6 @@ impl Scripts {
     /// (the new directory is the segment's).
     pub fn remove_old(&self, datadir: &str) -> String {
         self.preamble(datadir)
-            + &format!("O={} OLD={}\n", quote(&sibling(datadir, OLD_SUFFIX)), quote(OLD_SUFFIX))
             + "for l in \"$D\"/pg_tblspc/*; do\n\
                [ -L \"$l\" ] || continue\n\
                t=$(readlink \"$l\"); case \"$t\" in /*) rm -rf \"$t/$OLD\" || exit 1;; esac\n\
@@ -463,16 +454,22 @@ impl Scripts {
     /// [`crate::recovery::Space`]). PATH is the directory whose file system
     /// the copy fills: the parent for a copy made beside the directory (in
     /// place), else the directory or its nearest existing ancestor; USED_KB
-    /// is what the directory holds now (an in-place differential copy
-    /// rewrites that); MARKED is 1 when it holds an incomplete copy.
-    pub fn space(&self, datadir: &str, beside: bool) -> String {
+    /// is what the directory holds now with `measure` (only a differential
+    /// copy, which rewrites it in place, needs it: du reads every file), else
+    /// 0; MARKED is 1 when it holds an incomplete copy.
+    pub fn space(&self, datadir: &str, beside: bool, measure: bool) -> String {
         let start = if beside { "P=$(dirname \"$D\")" } else { "P=\"$D\"" };
+        let used = if measure {
+            "U=0; if [ -d \"$D\" ]; then U=$(du -sk \"$D\" 2>/dev/null | cut -f1); fi\n"
+        } else {
+            "U=0\n"
+        };
         self.preamble(datadir)
             + start
             + "\nwhile [ ! -d \"$P\" ]; do P=$(dirname \"$P\"); done\n\
-               A=$(df -Pk \"$P\" | awk 'NR == 2 { print $4 }')\n\
-               U=0; if [ -d \"$D\" ]; then U=$(du -sk \"$D\" 2>/dev/null | cut -f1); fi\n\
-               [ -n \"$A\" ] || { echo \"could not read the free space of $P\" >&2; exit 1; }\n\
+               A=$(df -Pk \"$P\" | awk 'NR == 2 { print $4 }')\n"
+            + used
+            + "[ -n \"$A\" ] || { echo \"could not read the free space of $P\" >&2; exit 1; }\n\
                M=0; if [ -e \"$I\" ]; then M=1; fi\n\
                echo \"space $A ${U:-0} $M $P\""
     }
@@ -971,16 +968,18 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let s = scripts();
         // Relocating into a directory that does not exist yet: its nearest ancestor.
-        let (rc, out) = run_local(&s.space(&format!("{ds}/not/yet"), false));
+        let (rc, out) = run_local(&s.space(&format!("{ds}/not/yet"), false, true));
         assert_eq!(rc, 0, "{out}");
         let space = crate::recovery::Space::parse(&out).unwrap();
         assert_eq!((space.path.as_str(), space.used_bytes, space.marked), (ds.as_str(), 0, false), "{out}");
         assert!(space.avail_bytes > 0);
         std::fs::write(d.join("f"), vec![1u8; 64 << 10]).unwrap();
         std::fs::write(sibling(&ds, INCOMPLETE_SUFFIX), "").unwrap();
-        let space = crate::recovery::Space::parse(&run_local(&s.space(&ds, true)).1).unwrap();
+        let space = crate::recovery::Space::parse(&run_local(&s.space(&ds, true, true)).1).unwrap();
         assert_eq!(space.path, dir.to_string_lossy(), "in place the copy is made beside it");
         assert!(space.used_bytes >= 64 << 10 && space.marked, "{space:?}");
+        let unmeasured = crate::recovery::Space::parse(&run_local(&s.space(&ds, true, false)).1).unwrap();
+        assert_eq!((unmeasured.used_bytes, unmeasured.marked), (0, true), "no du unless asked");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -92,8 +92,8 @@ pub fn plan_row(spec: &JobSpec, facts: &Facts) -> PlanRow {
             warnings.push(if copy == kind { e } else { format!("should auto come to a full copy: {e}") });
         }
     }
-    let copy_mode = if spec.mode == RecoveryMode::Auto { RecoveryMode::Full } else { spec.mode };
-    if let Err(e) = recovery::verify_source(&spec.source, &spec.target, copy_mode, spec.relocate, &facts.source_probe) {
+    if let Err(e) = recovery::verify_source(&spec.source, &spec.target, copy.mode(), spec.relocate, &facts.source_probe)
+    {
         warnings.push(e.to_string());
     }
     PlanRow {
