@@ -122,6 +122,31 @@ fn sql(c: &mut postgres::Client, q: &str) -> Res<()> {
     c.batch_execute(q).map_err(|e| format!("{q}: {}", gpdemo::sql_message(&e)))
 }
 
+/// SIGKILL of a postmaster.
+fn kill(i: &Instance) -> Res<()> {
+    signal_all(&[i.postmaster_pid().ok_or_else(|| format!("{} is not running", i.name()))?], libc::SIGKILL);
+    Ok(())
+}
+
+/// A tmpfs of `megabytes` at `dir`, which any user may write: a small disk
+/// for a disk fault (unmounted by the fault, or by gpdemo destroy).
+fn mount_small_disk(dir: &Path, megabytes: u64) -> Res<()> {
+    gpdemo::make_server_dir(dir).map_err(err)?;
+    let options = format!("size={megabytes}m,mode=0777");
+    gpdemo::run(std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &options, "tmpfs"]).arg(dir))
+        .map(|_| ())
+        .map_err(err)
+}
+
+/// Whatever space is left on the file system of `dir` goes to a file of root's.
+fn fill_disk(dir: &Path) -> Res<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).map_err(err)?;
+    let block = vec![0u8; 1 << 20];
+    while f.write_all(&block).is_ok() {}
+    Ok(())
+}
+
 /// SIGSTOP of a postmaster and everything under it; SIGCONT after `PAUSE`.
 fn pause(instance: &Instance) -> Res<()> {
     let pid = instance.postmaster_pid().ok_or_else(|| format!("{} is not running", instance.name()))?;
@@ -209,10 +234,6 @@ impl Soak {
     /// returns what was done.
     fn inject(&self, fault: Fault, content: usize, variant: usize) -> Res<String> {
         let (primary, mirror, pdbid, mdbid) = self.roles(content)?;
-        let kill = |i: &Instance| -> Res<()> {
-            signal_all(&[i.postmaster_pid().ok_or_else(|| format!("{} is not running", i.name()))?], libc::SIGKILL);
-            Ok(())
-        };
         match fault {
             Fault::KillPrimary => kill(&primary)?,
             Fault::KillMirror => kill(&mirror)?,
@@ -317,16 +338,10 @@ impl Soak {
         mdbid: i16,
         during_copy: bool,
     ) -> Res<String> {
-        signal_all(
-            &[mirror.postmaster_pid().ok_or_else(|| format!("{} is not running", mirror.name()))?],
-            libc::SIGKILL,
-        );
+        kill(mirror)?;
         self.wait_down(mdbid)?;
         let disk = self.cluster.dir.join(format!("small-disk-{content}"));
-        gpdemo::make_server_dir(&disk).map_err(err)?;
-        let size = if during_copy { "size=512m,mode=0777" } else { "size=32m,mode=0777" };
-        gpdemo::run(std::process::Command::new("mount").args(["-t", "tmpfs", "-o", size, "tmpfs"]).arg(&disk))
-            .map_err(err)?;
+        mount_small_disk(&disk, if during_copy { 512 } else { 32 })?;
         if during_copy {
             self.set("max_rate", "512")?;
         }
@@ -351,10 +366,7 @@ impl Soak {
                     )
                 })
                 .map_err(err)?;
-                use std::io::Write;
-                let mut f = std::fs::File::create(disk.join("filler")).map_err(err)?;
-                let block = vec![0u8; 1 << 20];
-                while f.write_all(&block).is_ok() {}
+                fill_disk(&disk)?;
                 self.set("max_rate", "0")?;
             }
             Ok(c.query_one("SELECT gp_recovery_wait($1, '300s')", &[&job])
@@ -389,9 +401,7 @@ impl Soak {
         let used: u64 =
             std::fs::read_dir(&wal).map_err(err)?.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum();
         mirror.stop("fast").map_err(err)?;
-        gpdemo::make_server_dir(&disk).map_err(err)?;
-        let size = format!("size={}m,mode=0777", used / (1 << 20) + 64);
-        run(std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &size, "tmpfs"]).arg(&disk))?;
+        mount_small_disk(&disk, used / (1 << 20) + 64)?;
         run(std::process::Command::new("cp").arg("-a").arg(&wal).arg(&disk))?;
         let away = mirror.datadir.join("pg_wal.soak-away");
         std::fs::rename(&wal, &away).map_err(err)?;
@@ -401,13 +411,7 @@ impl Soak {
         // The restart may have been seen as a fault: the pair must be whole
         // again before the disk fills.
         self.heal(false)?;
-        // Whatever space is left goes to a file of root's.
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(disk.join("filler")).map_err(err)?;
-            let block = vec![0u8; 1 << 20];
-            while f.write_all(&block).is_ok() {}
-        }
+        fill_disk(&disk)?;
         let filled = Instant::now();
         let acked_before = self.acked[content].lock().map(|a| a.len()).unwrap_or(0);
         let mut p = primary.connect().map_err(err)?;
