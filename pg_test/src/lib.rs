@@ -421,6 +421,47 @@ impl TestCluster {
         set_rate_on(&mut self.coordinator(), kb_per_s);
     }
 
+    /// Fails content 0 over, changes rows on the new primary, and cancels a
+    /// slowed differential recovery of the old one once rsync copies: its
+    /// directory is left marked incomplete. Returns its dbid.
+    pub fn interrupted_differential(&self) -> i16 {
+        let (down, _) = self.fail_over(0);
+        self.mirror(0)
+            .connect()
+            .unwrap()
+            .batch_execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 3 = 0")
+            .unwrap();
+        self.set_rate(1024);
+        let job = self.submit(&format!("SELECT gp_recover_segment({down}, 'differential')"));
+        let mut c = self.coordinator();
+        wait_for(60, "rsync to copy", || {
+            c.query_opt(
+                "SELECT 1 FROM gp_recovery_job WHERE job_id = $1 AND phase = 'copying' AND bytes_done > 0",
+                &[&job],
+            )
+            .unwrap()
+            .is_some()
+        });
+        assert!(c.query_one("SELECT gp_recovery_cancel($1)", &[&job]).unwrap().get::<_, bool>(0));
+        assert_eq!(self.wait_job(job).unwrap(), "canceled");
+        self.set_rate(0);
+        down
+    }
+
+    /// With the roles of content 0 switched: the preferred primary (now the
+    /// mirror) stops replaying while WAL keeps arriving, so it lags. Returns
+    /// a connection to it, to resume replay with.
+    pub fn lag_the_switched_mirror(&self) -> Client {
+        let mut mirror = self.primary(0).connect().unwrap();
+        mirror.batch_execute("SELECT pg_wal_replay_pause()").unwrap();
+        self.mirror(0)
+            .connect()
+            .unwrap()
+            .batch_execute("CREATE TABLE lag AS SELECT g FROM generate_series(1, 10000) g")
+            .unwrap();
+        mirror
+    }
+
     /// Starts a full recovery limited to 2 MB/s and waits until it copies.
     pub fn start_slow_full_recovery(&self, dbid: i16) -> i64 {
         self.set_rate(2048);

@@ -395,23 +395,7 @@ fn an_interrupted_differential_copy_is_never_started() {
     let tc = TestCluster::new(1);
     tc.set_fts(1, 2, 2, 2);
     pgbench_init(tc.primary(0), 10);
-    let (down, _) = tc.fail_over(0);
-    tc.mirror(0)
-        .connect()
-        .unwrap()
-        .batch_execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 3 = 0")
-        .unwrap();
-    tc.set_rate(1024);
-    let job = tc.submit(&format!("SELECT gp_recover_segment({down}, 'differential')"));
-    let mut c = tc.coordinator();
-    wait_for(60, "rsync to copy", || {
-        c.query_opt("SELECT 1 FROM gp_recovery_job WHERE job_id = $1 AND phase = 'copying' AND bytes_done > 0", &[&job])
-            .unwrap()
-            .is_some()
-    });
-    assert!(c.query_one("SELECT gp_recovery_cancel($1)", &[&job]).unwrap().get::<_, bool>(0));
-    assert_eq!(tc.wait_job(job).unwrap(), "canceled");
-    tc.set_rate(0);
+    let down = tc.interrupted_differential();
     let datadir = tc.primary(0).datadir.to_string_lossy().into_owned();
     let copying = std::process::Command::new("pgrep").args(["-f", &format!("rsync .*{datadir}")]).output().unwrap();
     assert!(!copying.status.success(), "rsync still runs after the cancel");

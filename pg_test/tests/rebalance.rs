@@ -151,14 +151,7 @@ fn balanced_cluster_and_replay_lag_limit() {
     assert_eq!(code, "22023", "{message}");
 
     tc.switch_all_roles();
-    // The mirror stops replaying while WAL keeps arriving: replay lag.
-    let mut mirror = tc.primary(0).connect().unwrap();
-    mirror.batch_execute("SELECT pg_wal_replay_pause()").unwrap();
-    tc.mirror(0)
-        .connect()
-        .unwrap()
-        .batch_execute("CREATE TABLE lag AS SELECT g FROM generate_series(1, 10000) g")
-        .unwrap();
+    let mut mirror = tc.lag_the_switched_mirror();
     assert!(c.query("SELECT * FROM gp_rebalance(0)", &[]).unwrap().is_empty());
     let seen: Vec<String> = notices.try_iter().collect();
     let warning =

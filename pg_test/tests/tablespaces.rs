@@ -44,6 +44,25 @@ fn fail_over_and_write(tc: &TestCluster) -> (i16, &Instance) {
     (down, other)
 }
 
+/// Fails over and recovers content 0 in each mode in place, then
+/// rebalances (three failovers leave the roles switched); `check(acting
+/// primary, recovered member, after what)` after each.
+fn every_mode_then_rebalance(tc: &TestCluster, check: impl Fn(&Instance, &Instance, &str)) {
+    for mode in ["incremental", "differential", "full"] {
+        let (down, acting) = fail_over_and_write(tc);
+        recover(tc, down, &format!("SELECT gp_recover_segment({down}, '{mode}')"));
+        let recovered = if acting == tc.primary(0) { tc.mirror(0) } else { tc.primary(0) };
+        check(acting, recovered, mode);
+    }
+    let jobs: Vec<i64> =
+        tc.coordinator().query("SELECT * FROM gp_rebalance()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(jobs.len(), 1, "the roles are switched");
+    assert_eq!(tc.wait_job(jobs[0]).unwrap(), "succeeded");
+    let primary_dbid = tc.dbid_of(tc.primary(0));
+    wait_for(60, "the rebalanced pair to be synchronized", || tc.row_state(primary_dbid) == "p u s");
+    check(tc.primary(0), tc.mirror(0), "rebalance");
+}
+
 fn recover(tc: &TestCluster, dbid: i16, sql: &str) {
     let job = tc.submit(sql);
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded", "{sql}");
@@ -71,21 +90,10 @@ fn a_tablespace_survives_every_recovery_mode() {
         p.batch_execute(sql).unwrap();
     }
     assert_tablespace_data(tc.primary(0), tc.mirror(0), "creating it");
-    for mode in ["incremental", "differential", "full"] {
-        let (down, acting) = fail_over_and_write(&tc);
-        recover(&tc, down, &format!("SELECT gp_recover_segment({down}, '{mode}')"));
-        let recovered = if acting == tc.primary(0) { tc.mirror(0) } else { tc.primary(0) };
-        let file = assert_tablespace_data(acting, recovered, mode);
-        assert!(file.is_file(), "after {mode}: {} is missing", file.display());
-    }
-    // Three failovers leave the roles switched: rebalance.
-    let mut c = tc.coordinator();
-    let jobs: Vec<i64> = c.query("SELECT * FROM gp_rebalance()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
-    assert_eq!(jobs.len(), 1, "the roles are switched");
-    assert_eq!(tc.wait_job(jobs[0]).unwrap(), "succeeded");
-    let primary_dbid = tc.dbid_of(tc.primary(0));
-    wait_for(60, "the rebalanced pair to be synchronized", || tc.row_state(primary_dbid) == "p u s");
-    assert!(assert_tablespace_data(tc.primary(0), tc.mirror(0), "rebalance").is_file());
+    every_mode_then_rebalance(&tc, |acting, recovered, after| {
+        let file = assert_tablespace_data(acting, recovered, after);
+        assert!(file.is_file(), "after {after}: {} is missing", file.display());
+    });
     // A relocation: the tablespace travels inside the new data directory.
     let (down, acting) = fail_over_and_write(&tc);
     let port = gpdemo::free_port_range(1).unwrap();
@@ -166,19 +174,8 @@ fn a_tablespace_outside_the_data_directory_survives_every_mode_across_hosts() {
             .is_some_and(|r| r.get::<_, i64>(0) == 100_000)
     });
     check(tc.primary(0), tc.mirror(0), "creating it");
-    for mode in ["incremental", "differential", "full"] {
-        let (down, acting) = fail_over_and_write(&tc);
-        recover(&tc, down, &format!("SELECT gp_recover_segment({down}, '{mode}')"));
-        let recovered = if acting == tc.primary(0) { tc.mirror(0) } else { tc.primary(0) };
-        check(acting, recovered, mode);
-    }
+    every_mode_then_rebalance(&tc, check);
     let mut c = tc.coordinator();
-    let jobs: Vec<i64> = c.query("SELECT * FROM gp_rebalance()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
-    assert_eq!(jobs.len(), 1, "the roles are switched");
-    assert_eq!(tc.wait_job(jobs[0]).unwrap(), "succeeded");
-    let primary_dbid = tc.dbid_of(tc.primary(0));
-    wait_for(60, "the rebalanced pair to be synchronized", || tc.row_state(primary_dbid) == "p u s");
-    check(tc.primary(0), tc.mirror(0), "rebalance");
     // A relocation cannot map the location: refused, nothing changed.
     let (down, _) = fail_over_and_write(&tc);
     let before = gp_recovery_pg_test::catalog_snapshot(&mut c);

@@ -289,14 +289,7 @@ fn rebalance_with_and_without_the_replay_lag_guard() {
 
     tc.switch_all_roles();
     let (p0, m0) = (tc.dbid_of(tc.primary(0)), tc.dbid_of(tc.mirror(0)));
-    // The mirror (the configured primary) stops replaying while WAL keeps arriving.
-    let mut mirror = tc.primary(0).connect().unwrap();
-    mirror.batch_execute("SELECT pg_wal_replay_pause()").unwrap();
-    tc.mirror(0)
-        .connect()
-        .unwrap()
-        .batch_execute("CREATE TABLE lag AS SELECT g FROM generate_series(1, 10000) g")
-        .unwrap();
+    let mut mirror = tc.lag_the_switched_mirror();
 
     let (code, out) = run(Some(&tc), "gprecoverseg", &["-r", "-a", "--replay-lag", "0"], "");
     assert_eq!(code, 2, "Greenplum's exit code when the replay lag stops a rebalance: {out}");
