@@ -7,6 +7,13 @@
 //! `gp_recovery.fts_probe_interval` for every content not still busy with an
 //! earlier probe. Decisions are written on the worker's main thread in short
 //! transactions, never while a probe or a segment operation is waiting.
+//!
+//! Between rounds the worker holds one idle connection to every acting
+//! primary (a watch). A dead primary's backends end it at once, so its
+//! content is probed then, with attempts 100 ms apart, instead of at the
+//! next round: a killed primary fails over in well under a second. A
+//! primary that is slow, hung or cut off keeps its watch open and is failed
+//! over by the rounds' timeouts and retries as before.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -18,6 +25,7 @@ use gp_recovery_core::segment::{Pair, Segment};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic, PgSqlErrorCode};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
 
 use crate::segment_client::{block_on, runtime, Target};
@@ -146,6 +154,26 @@ struct Memory {
     fence_recorded: bool,
 }
 
+/// The pause between attempts of a probe started because a primary's watch
+/// connection was lost.
+const CONFIRM_PAUSE: Duration = Duration::from_millis(100);
+/// Attempts after the first of such a probe, at least: a primary restarted
+/// by hand is listening again ("starting up") within this window of 0.4 s
+/// and is not failed over.
+const CONFIRM_MIN_RETRIES: u32 = 4;
+
+/// The long-lived connection to a content's acting primary; ended when dropped.
+struct Watch {
+    dbid: i16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// What one content's probe task brings back.
 struct Probed {
     round: u64,
@@ -157,6 +185,8 @@ struct Probed {
 
 enum Event {
     Probed(Box<Probed>),
+    /// The watch on this content's primary (content, dbid) was lost.
+    PrimaryLost(i16, i16),
     Wake,
     Reload,
     Stop,
@@ -205,6 +235,10 @@ struct Fts {
     memory: HashMap<i16, Memory>,
     double_faults: HashSet<i16>,
     stopping: bool,
+    watches: HashMap<i16, Watch>,
+    lost: (UnboundedSender<(i16, i16)>, UnboundedReceiver<(i16, i16)>),
+    /// Contents whose next probe confirms a lost watch, with fast attempts.
+    confirm: HashSet<i16>,
 }
 
 impl Fts {
@@ -221,6 +255,9 @@ impl Fts {
             memory: HashMap::new(),
             double_faults: HashSet::new(),
             stopping: false,
+            watches: HashMap::new(),
+            lost: unbounded_channel(),
+            confirm: HashSet::new(),
         }
     }
 
@@ -252,6 +289,7 @@ impl Fts {
             self.spawn_due(now);
             match self.next_event() {
                 Event::Probed(p) => self.finish(*p),
+                Event::PrimaryLost(content, dbid) => self.primary_lost(content, dbid),
                 Event::Wake => {}
                 Event::Reload => self.reload_config(),
                 Event::Stop => self.stopping = true,
@@ -284,7 +322,12 @@ impl Fts {
             if held.contains(&content) {
                 // A rebalance is switching this pair over; it is not a failure.
                 self.follow_up.remove(&content);
+                self.confirm.remove(&content);
+                self.watches.remove(&content);
                 continue;
+            }
+            if self.round_to_spawn {
+                self.keep_watching(&pair.primary, s.timeout);
             }
             let wanted = self.round_to_spawn || self.follow_up.get(&content).is_some_and(|t| *t <= now);
             if !wanted || self.in_flight.contains_key(&content) {
@@ -293,7 +336,12 @@ impl Fts {
             self.follow_up.remove(&content);
             let (primary, mirror) = (pair.primary.clone(), pair.mirror.clone());
             let (pt, mt) = (Target::new(&primary, s.timeout), Target::new(&mirror, s.timeout));
-            let (round, retries, pause) = (self.round, s.retries, s.retry_pause);
+            let (retries, pause) = if self.confirm.remove(&content) {
+                (s.retries.max(CONFIRM_MIN_RETRIES), CONFIRM_PAUSE)
+            } else {
+                (s.retries, s.retry_pause)
+            };
+            let round = self.round;
             self.in_flight.insert(content, round);
             *self.outstanding.entry(round).or_default() += 1;
             let probe = async move {
@@ -307,9 +355,37 @@ impl Fts {
             self.round_done(self.round);
         }
         self.round_to_spawn = false;
-        // Follow-ups of contents that no longer exist are dropped.
+        // Follow-ups and watches of contents that no longer exist are dropped.
         let contents: HashSet<i16> = catalog.iter().map(|s| s.content).collect();
         self.follow_up.retain(|c, _| contents.contains(c));
+        self.watches.retain(|c, _| contents.contains(c));
+    }
+
+    /// Opens a watch on the content's acting primary unless one is open:
+    /// once a round, so a primary that is down costs one attempt a round.
+    fn keep_watching(&mut self, primary: &Segment, timeout: Duration) {
+        let content = primary.content;
+        if self.watches.get(&content).is_some_and(|w| w.dbid == primary.dbid && !w.task.is_finished()) {
+            return;
+        }
+        let (target, dbid, lost) = (Target::new(primary, timeout), primary.dbid, self.lost.0.clone());
+        let task = runtime().spawn(async move {
+            if target.watch().await {
+                let _ = lost.send((content, dbid));
+            }
+        });
+        self.watches.insert(content, Watch { dbid, task });
+    }
+
+    /// A watch was lost: its primary is probed now, with fast attempts,
+    /// if it is still the content's acting primary.
+    fn primary_lost(&mut self, content: i16, dbid: i16) {
+        if self.watches.get(&content).is_none_or(|w| w.dbid != dbid) {
+            return;
+        }
+        log!("FTS: content {content}: the connection to primary dbid {dbid} was lost; probing it now");
+        self.confirm.insert(content);
+        self.follow_up.insert(content, Instant::now());
     }
 
     /// Waits for a finished probe, the next round or follow-up, a round
@@ -317,6 +393,7 @@ impl Fts {
     fn next_event(&mut self) -> Event {
         let wake_at = self.follow_up.values().copied().chain([self.next_round]).min().unwrap_or(self.next_round);
         let tasks = &mut self.tasks;
+        let lost = &mut self.lost.1;
         block_on(async move {
             let deadline = tokio::time::Instant::from_std(wake_at);
             let probed = async {
@@ -349,6 +426,7 @@ impl Fts {
             };
             tokio::select! {
                 p = probed => Event::Probed(Box::new(p)),
+                Some((content, dbid)) = lost.recv() => Event::PrimaryLost(content, dbid),
                 e = flags => e,
                 _ = tokio::time::sleep_until(deadline) => Event::Wake,
             }

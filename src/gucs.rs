@@ -113,7 +113,7 @@ pub fn define() {
     GucRegistry::define_int_guc(
         c"gp_recovery.fts_probe_retries",
         c"Probe attempts, about a second apart, before a primary is declared failed.",
-        c"A primary is failed over after 1 + this many failed attempts in one round.",
+        c"A primary is failed over after 1 + this many failed attempts in one round. When the service's idle connection to a primary is lost, the primary is probed at once with at least 5 attempts 100 ms apart.",
         &FTS_PROBE_RETRIES,
         0,
         100,

@@ -135,6 +135,10 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// The application_name of the fault tolerance service's long-lived
+/// connection to each primary, as pg_stat_activity shows it.
+pub const WATCH_APPLICATION_NAME: &str = "gp_recovery fts watch";
+
 /// How to reach one segment, with the timeout that bounds every call to it.
 #[derive(Clone)]
 pub struct Target {
@@ -148,7 +152,7 @@ impl Target {
         Target { segment: segment.clone(), user: server_user(), timeout }
     }
 
-    async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    fn config(&self) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
             .host(&self.segment.address)
@@ -157,7 +161,11 @@ impl Target {
             .dbname("postgres")
             .application_name("gp_recovery")
             .connect_timeout(self.timeout);
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        config
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = self.config().connect(tokio_postgres::NoTls).await?;
         // The connection ends by itself when the client is dropped.
         tokio::spawn(connection);
         Ok(client)
@@ -211,14 +219,37 @@ impl Target {
         }
     }
 
+    /// Holds one idle connection to the segment until the server ends it.
+    /// True when a connection was made and then lost (the server died or
+    /// ended the session), false when none could be made. A killed
+    /// postmaster's backends exit at once, so the loss is seen within
+    /// milliseconds instead of at the next probe round.
+    pub async fn watch(&self) -> bool {
+        let mut config = self.config();
+        config.application_name(WATCH_APPLICATION_NAME);
+        let connected = tokio::time::timeout(self.timeout, config.connect(tokio_postgres::NoTls)).await;
+        let Ok(Ok((_client, connection))) = connected else {
+            return false;
+        };
+        // Ends with an error or end of file when the server goes away; the
+        // client stays alive meanwhile, so it never ends on our side.
+        let _ = connection.await;
+        true
+    }
+
     /// Promotes a standby and waits until it accepts writes. A server that is
     /// no longer in recovery is left alone, so repeating this is harmless.
     pub async fn promote(&self) -> Result<(), String> {
-        let wait = i32::try_from(self.timeout.as_secs()).unwrap_or(60).max(1);
         self.with_client(|client| async move {
             let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await?;
             if row.try_get::<_, bool>(0)? {
-                client.execute("SELECT pg_promote(true, $1)", &[&wait]).await?;
+                // pg_promote(wait => true) looks every 100 ms; polling here
+                // every 10 ms lets commits start sooner. with_client's
+                // timeout bounds the wait.
+                client.execute("SELECT pg_promote(false)", &[]).await?;
+                while client.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get::<_, bool>(0)? {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
             Ok(())
         })

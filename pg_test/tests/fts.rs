@@ -628,3 +628,80 @@ fn failover_steps_that_failed_are_retried_until_they_succeed() {
     let job = tc.submit(&format!("SELECT gp_recover_segment({old})"));
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
 }
+
+/// A process this test starts, killed when dropped.
+struct Load(Child);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn saturated_primary_is_not_failed_over_and_a_killed_one_is_noticed_at_once() {
+    let tc = TestCluster::new(1);
+    tc.set_fts(1, 1, 2, 2);
+    let (primary, mirror) = (tc.primary(0), tc.mirror(0));
+    let (pdbid, mdbid) = (tc.dbid_of(primary), tc.dbid_of(mirror));
+    gp_recovery_pg_test::pgbench_init(primary, 10);
+    // The service holds one idle connection to the primary.
+    wait_for(10, "the fault tolerance service's watch on the primary", || {
+        let n: i64 = primary
+            .connect()
+            .unwrap()
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'gp_recovery fts watch'", &[])
+            .unwrap()
+            .get(0);
+        n == 1
+    });
+    let stats = |tc: &TestCluster| -> (i64, i64) {
+        let row = tc.coordinator().query_one("SELECT rounds_finished, probe_errors FROM gp_fts_stats()", &[]).unwrap();
+        (row.get(0), row.get(1))
+    };
+    let (rounds_before, errors_before) = stats(&tc);
+
+    // 60 s of saturation on 2 cores: 16 pgbench clients writing through
+    // synchronous replication, a burner per core and a bit more, and a
+    // writer of fsynced 256 MB files.
+    let scratch = scratch_dir("saturation");
+    let mut load = vec![Load(
+        gpdemo::pg_command("pgbench")
+            .args(["-h", &primary.host, "-p", &primary.port.to_string(), "-U", &gpdemo::server_user()])
+            .args(["-c", "16", "-j", "2", "-T", "60", "-n", "postgres"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pgbench"),
+    )];
+    let io = format!(
+        "end=$((SECONDS+60)); while [ $SECONDS -lt $end ]; do dd if=/dev/zero of={}/io bs=1M count=256 conv=fsync 2>/dev/null; done",
+        scratch.display()
+    );
+    for script in ["while :; do :; done", "while :; do :; done", "while :; do :; done", io.as_str()] {
+        load.push(Load(std::process::Command::new("bash").args(["-c", script]).spawn().expect("bash")));
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        assert!(tc.row_state(pdbid).starts_with("p u"), "the saturated primary was failed over");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    drop(load);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (rounds_after, errors) = stats(&tc);
+    assert!(tc.row_state(pdbid).starts_with("p u") && tc.row_state(mdbid).starts_with("m "));
+    assert!(rounds_after - rounds_before >= 20, "the probe rounds stalled: {rounds_before} → {rounds_after}");
+    let history = tc.history();
+    assert!(!history.iter().any(|h| h.starts_with("FTS:") && h.contains("to p, u")), "no promotion: {history:#?}");
+    eprintln!("saturated 60 s: {} rounds, {} probe errors", rounds_after - rounds_before, errors - errors_before);
+
+    // Killed, it is noticed through the lost connection, not a round later.
+    kill9(primary);
+    wait_for(30, "the failover", || tc.row_state(mdbid) == "p u n");
+    let log = std::fs::read_to_string(&tc.cluster.coordinator.logfile).unwrap();
+    assert!(
+        log.contains(&format!("FTS: content 0: the connection to primary dbid {pdbid} was lost; probing it now")),
+        "the lost watch is not in the coordinator's log"
+    );
+}
