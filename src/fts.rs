@@ -533,7 +533,7 @@ impl Fts {
             let done = self.carry_out(&observation, &plan, s.timeout);
             // Look again soon: to confirm, or to retry what failed.
             self.follow_up
-                .insert(content, now + if done { Duration::from_millis(200) } else { Duration::from_secs(1) });
+                .insert(content, now + if done { Duration::from_millis(50) } else { Duration::from_secs(1) });
         }
     }
 

@@ -302,14 +302,14 @@ impl Job {
         }
     }
 
-    /// The acting primary's report, at most five times a second.
+    /// The acting primary's report, at most twenty times a second.
     fn probe_source(&mut self) -> Option<ProbeResult> {
         if self.task.is_none() && Instant::now() < self.next_check {
             return None;
         }
         let t = Target::new(&self.source, call_timeout());
         let answer = self.call(|| Box::pin(async move { Ok(Answer::Probe(t.probe().await)) }))?;
-        self.next_check = Instant::now() + Duration::from_millis(200);
+        self.next_check = Instant::now() + Duration::from_millis(50);
         Some(match answer {
             Ok(Answer::Probe(p)) => p,
             Ok(_) => Err("unexpected answer".into()),
@@ -793,7 +793,7 @@ impl Job {
         let Some(replayed) = self.call(|| Box::pin(async move { t.replay_lsn().await.map(Answer::Lsn) })) else {
             return Step::Stay;
         };
-        self.next_check = Instant::now() + Duration::from_millis(100);
+        self.next_check = Instant::now() + Duration::from_millis(25);
         match replayed {
             Ok(Answer::Lsn(r)) if r > checkpoint => {
                 let rows = [
@@ -1016,7 +1016,7 @@ impl Job {
         if Instant::now() < self.next_check {
             return Step::Stay;
         }
-        self.next_check = Instant::now() + Duration::from_millis(200);
+        self.next_check = Instant::now() + Duration::from_millis(50);
         let catalog = match try_transaction(|| Ok(catalog::load())) {
             Ok(c) => c,
             Err(e) => return Step::Fail(e),

@@ -368,8 +368,9 @@ impl Worker {
             self.tick();
             self.flush_progress();
             self.remove_old_jobs();
-            // Running jobs are polled 20 times a second, so a finished step
-            // is followed at once; probes of sources keep their own pace.
+            // A step that ends (SIGCHLD) or a call that returns sets the
+            // latch, so it is followed at once; else running jobs are
+            // polled 20 times a second. Probes of sources keep their own pace.
             let nap = if self.jobs.is_empty() { 1000 } else { 50 };
             if !BackgroundWorker::wait_latch(Some(Duration::from_millis(nap))) {
                 self.stopping = true;
@@ -387,6 +388,7 @@ impl Worker {
 pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
+    crate::latch::wake_on_child_exit();
     // SAFETY: MyProcPid is set for every backend before this runs.
     JOBS_WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
     let mut worker = Worker {

@@ -95,7 +95,12 @@ pub struct Task<T>(Option<tokio::task::JoinHandle<T>>);
 
 impl<T: Send + 'static> Task<T> {
     pub fn spawn(future: impl std::future::Future<Output = T> + Send + 'static) -> Task<T> {
-        Task(Some(tasks_runtime().spawn(future)))
+        Task(Some(tasks_runtime().spawn(async move {
+            let out = future.await;
+            // The loop polls it at once instead of at its next tick.
+            crate::latch::wake_self();
+            out
+        })))
     }
 
     /// Its result once it has finished; None while it runs.
@@ -287,7 +292,7 @@ impl Target {
                     let lsn: String = row.try_get(0)?;
                     return Ok(gp_recovery_core::fts::parse_lsn(&lsn).unwrap_or(u64::MAX));
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use gpdemo::{run, server_user, wait_until, Cluster, Instance};
 
 mod chaos;
+mod pgaf;
 
 type Res<T> = Result<T, String>;
 
@@ -141,7 +142,16 @@ impl Bench {
                 .and_then(|mut c| c.batch_execute("INSERT INTO bench_probe VALUES (1)").ok())
                 .is_some();
             if ok {
-                return Ok((killed.elapsed().as_secs_f64(), pdbid));
+                let took = killed.elapsed().as_secs_f64();
+                // This machine's PID 1 reaps orphans only every second or
+                // two, and pg_ctl takes a killed postmaster's zombie for a
+                // running server; a host's init (systemd) reaps at once, so
+                // the recoveries timed next start after the reaping.
+                wait_until(Duration::from_secs(30), "the killed postmaster to be reaped", || {
+                    !Path::new(&format!("/proc/{pid}")).exists()
+                })
+                .map_err(err)?;
+                return Ok((took, pdbid));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -214,7 +224,7 @@ impl Bench {
         for line in log.lines() {
             if line.contains(&claim) && last.is_none() {
                 last = stamp(line);
-            } else if let (true, Some(rest)) = (line.contains(&step), line.split(" done, now ").next()) {
+            } else if let (true, Some((rest, _))) = (line.contains(&step), line.split_once(" done, now ")) {
                 let phase = rest.rsplit("): ").next().unwrap_or_default().to_string();
                 if let (Some(t), Some(prev)) = (stamp(line), last) {
                     *out.entry(phase).or_insert(0.0) += (t - prev).rem_euclid(86400.0);
@@ -232,6 +242,9 @@ impl Bench {
         self.wait_job(job)?;
         let total = started.elapsed().as_secs_f64();
         let phases = self.phase_seconds(job);
+        let mut shown: Vec<_> = phases.iter().map(|(p, t)| format!("{p} {t:.2}")).collect();
+        shown.sort();
+        eprintln!("   {mode} recovery took {total:.2} s: {}", shown.join(", "));
         let copy = phases.get("copying").or_else(|| phases.get("rewinding")).copied().unwrap_or(0.0);
         let bytes: Option<i64> = self.value(&format!("SELECT bytes_done FROM gp_recovery_job WHERE job_id = {job}"))?;
         // rsync's own count of what it sent, where the job ran rsync.
@@ -324,153 +337,206 @@ fn ratio_row(what: &str, ours: f64, base: f64, target: f64, fmt: fn(f64) -> Stri
     }
 }
 
-fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<Row>> {
-    let mut rows = Vec::new();
-    let _ = Cluster::destroy(dir);
-    eprintln!("== creating a 1-pair cluster with pgbench scale {scale}");
-    let base = gpdemo::free_port_range(3).map_err(err)?;
-    let cluster = Cluster::create(dir, 1, base).map_err(err)?;
-    let b = Bench { cluster, runs, scale };
-    run(b
-        .pg("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &b.cluster.primaries[0].port.to_string(), "-U", &server_user()])
-        .args(["-i", "-q", "-s", &scale.to_string(), "postgres"]))
-    .map_err(err)?;
-    b.cluster.primaries[0].connect().map_err(err)?.batch_execute("CREATE TABLE bench_probe (x int)").map_err(err)?;
-    let size: i64 = {
+impl Bench {
+    /// A 1-pair cluster in `dir` with pgbench data of `scale` on its primary.
+    fn create(dir: &Path, scale: u32, runs: usize) -> Res<Bench> {
+        let _ = Cluster::destroy(dir);
+        eprintln!("== creating a 1-pair cluster with pgbench scale {scale}");
+        let base = gpdemo::free_port_range(3).map_err(err)?;
+        let cluster = Cluster::create(dir, 1, base).map_err(err)?;
+        let b = Bench { cluster, runs, scale };
+        run(b
+            .pg("pgbench")
+            .args(["-h", "127.0.0.1", "-p", &b.cluster.primaries[0].port.to_string(), "-U", &server_user()])
+            .args(["-i", "-q", "-s", &scale.to_string(), "postgres"]))
+        .map_err(err)?;
         let mut c = b.cluster.primaries[0].connect().map_err(err)?;
-        c.query_one("SELECT pg_database_size('postgres')", &[]).map_err(err)?.get(0)
-    };
-    eprintln!("   data: {}", mb(size as f64));
+        c.batch_execute("CREATE TABLE bench_probe (x int)").map_err(err)?;
+        let size: i64 = c.query_one("SELECT pg_database_size('postgres')", &[]).map_err(err)?.get(0);
+        eprintln!("   data: {}", mb(size as f64));
+        Ok(b)
+    }
 
+    /// Failover at fast settings and at Greenplum's defaults, each against
+    /// pg_auto_failover measured now on this machine; the rebalance after
+    /// each failover adds its longest commit gap to `gaps`.
+    fn failover_rows(&self, gaps: &mut Vec<f64>) -> Res<Vec<Row>> {
+        eprintln!("== pg_auto_failover baseline");
+        // A baseline that could not run is reported as such in its rows.
+        let pgaf = pgaf::failover_times(&self.cluster.dir.with_file_name("pgaf-bench"), self.runs).map(median);
+        if let Err(e) = &pgaf {
+            eprintln!("gp_bench: pg_auto_failover could not run: {e}");
+        }
+        let mut rows = Vec::new();
+        for (label, settings, target) in [
+            ("probe 1 s / timeout 1 s / 2 retries", FAST, Some(1.0)),
+            ("Greenplum defaults 60 s / 20 s / 5", (60, 20, 5, 30), None),
+        ] {
+            self.fts(settings)?;
+            let mut times = Vec::new();
+            for i in 0..self.runs {
+                eprintln!("== failover ({label}) run {}", i + 1);
+                let (t, _) = self.kill_and_time_failover()?;
+                times.push(t);
+                self.fts(FAST)?;
+                gaps.push(self.restore()?);
+                self.fts(settings)?;
+            }
+            let (m, worst) = (median(times.clone()), times.iter().copied().fold(0.0, f64::max));
+            rows.push(Row {
+                what: format!(
+                    "Failover: SIGKILL of a primary → first commit on the promoted mirror ({label}; worst {})",
+                    secs(worst)
+                ),
+                ours: secs(m),
+                baseline: match &pgaf {
+                    Ok(p) => format!("{} (pg_auto_failover 2.0, {})", secs(*p), pgaf::SETTINGS),
+                    Err(e) => format!("pg_auto_failover could not run: {}", e.replace('|', "/")),
+                },
+                ratio: pgaf.as_ref().ok().map(|p| m / p),
+                target: target.map_or("—".into(), |t| format!("≤ {t} s")),
+                met: target.map(|t| m <= t),
+            });
+        }
+        self.fts(FAST)?;
+        Ok(rows)
+    }
+}
+
+impl Bench {
+    /// Full, incremental and differential recovery, each against its
+    /// baseline; the rebalance after each adds its longest commit gap to `gaps`.
+    fn recovery_rows(&self, gaps: &mut Vec<f64>) -> Res<Vec<Row>> {
+        let mut rows = Vec::new();
+        // 2. Full recovery against a bare pg_basebackup of the same source.
+        let (mut full_total, mut full_copy, mut bare, mut full_bytes) = (Vec::new(), Vec::new(), Vec::new(), 0.0);
+        for i in 0..self.runs {
+            eprintln!("== full recovery run {}", i + 1);
+            let (_, down) = self.kill_and_time_failover()?;
+            let ((source, _), _) = self.members()?;
+            bare.push(self.bare_basebackup(&source)?);
+            let (total, copy, bytes) = self.timed_recovery(down, "full")?;
+            full_total.push(total);
+            full_copy.push(copy);
+            full_bytes = bytes;
+            gaps.push(self.restore()?);
+        }
+        let (ft, fc, bb) = (median(full_total.clone()), median(full_copy), median(bare));
+        rows.push(ratio_row(
+            "Full recovery: copy phase vs bare pg_basebackup -X stream -c fast",
+            fc,
+            bb,
+            1.10,
+            secs,
+            "pg_basebackup",
+        ));
+        rows.push(Row {
+            what: "Full recovery: everything but the copy (stop, configure, start, catch up, mark synchronized)".into(),
+            ours: secs(ft - fc),
+            baseline: format!("end to end {}", secs(ft)),
+            ratio: None,
+            target: "< 3 s".into(),
+            met: Some(ft - fc < 3.0),
+        });
+
+        // 3. Incremental after a contiguous 1% update, against full.
+        let (mut inc, mut inc_bytes) = (Vec::new(), Vec::new());
+        for i in 0..self.runs {
+            eprintln!("== incremental recovery run {}", i + 1);
+            let (_, down) = self.kill_and_time_failover()?;
+            let ((primary, _), _) = self.members()?;
+            self.update(&primary, 1, false)?;
+            let (total, _, bytes) = self.timed_recovery(down, "incremental")?;
+            inc.push(total);
+            inc_bytes.push(bytes);
+            gaps.push(self.restore()?);
+        }
+        let mut row = ratio_row(
+            "Incremental recovery after a contiguous 1% update vs full recovery",
+            median(inc),
+            ft,
+            0.2,
+            secs,
+            "full",
+        );
+        row.baseline = format!("{}; pg_rewind copied {} (full {})", row.baseline, mb(median(inc_bytes)), mb(full_bytes));
+        rows.push(row);
+
+        // 4. Differential after 5% (contiguous, then spread) against full and plain rsync.
+        for (label, spread) in [("contiguous", false), ("spread over every page", true)] {
+            let (mut dt, mut db, mut rt, mut rb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for i in 0..self.runs {
+                eprintln!("== differential recovery ({label}) run {}", i + 1);
+                let (_, down) = self.kill_and_time_failover()?;
+                let ((primary, _), (failed, _)) = self.members()?;
+                self.update(&primary, 5, spread)?;
+                let (t, bytes) = self.plain_rsync(&primary, &failed.datadir)?;
+                rt.push(t);
+                rb.push(bytes);
+                let (total, _, bytes) = self.timed_recovery(down, "differential")?;
+                dt.push(total);
+                db.push(bytes);
+                gaps.push(self.restore()?);
+            }
+            let (dt, db, rt, rb) = (median(dt), median(db), median(rt), median(rb));
+            let target_bytes = if spread { None } else { Some(0.1) };
+            rows.push(Row {
+                what: format!("Differential after a 5% update ({label}): bytes sent vs full"),
+                ours: mb(db),
+                baseline: format!("{} (full)", mb(full_bytes)),
+                ratio: Some(db / full_bytes),
+                target: target_bytes.map_or("— (every page changed)".into(), |t| format!("≤ {t}")),
+                met: target_bytes.map(|t| db / full_bytes <= t),
+            });
+            let target_time = if spread { None } else { Some(0.5) };
+            rows.push(Row {
+                what: format!("Differential after a 5% update ({label}): time vs full"),
+                ours: secs(dt),
+                baseline: format!("{} (full)", secs(ft)),
+                ratio: Some(dt / ft),
+                target: target_time.map_or("—".into(), |t| format!("≤ {t}")),
+                met: target_time.map(|t| dt / ft <= t),
+            });
+            rows.push(Row {
+                what: format!(
+                    "Differential after a 5% update ({label}): time vs plain rsync -a --checksum --no-whole-file"
+                ),
+                ours: secs(dt),
+                baseline: format!("{} / {} sent (rsync)", secs(rt), mb(rb)),
+                ratio: Some(dt / rt),
+                target: "—".into(),
+                met: None,
+            });
+        }
+        Ok(rows)
+    }
+}
+
+/// The failover rows alone, on a small cluster of their own.
+fn failover(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
+    let b = Bench::create(dir, scale, 3)?;
+    let rows = b.failover_rows(&mut Vec::new())?;
+    Cluster::destroy(dir).map_err(err)?;
+    Ok(rows)
+}
+
+/// The recovery rows alone (--only recovery), at the scale asked for.
+fn recovery(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
+    // One run each: a quick look at the phases; ./bench/run takes medians.
+    let b = Bench::create(dir, scale, 1)?;
+    b.fts(FAST)?;
+    let rows = b.recovery_rows(&mut Vec::new())?;
+    Cluster::destroy(dir).map_err(err)?;
+    Ok(rows)
+}
+
+fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<Row>> {
+    let b = Bench::create(dir, scale, runs)?;
     // 1. Failover, fast settings and defaults; 6. rebalance window after each.
     let mut gaps = Vec::new();
-    for (label, settings, target) in [
-        ("probe 1 s / timeout 1 s / 2 retries", FAST, Some(2.0)),
-        ("Greenplum defaults 60 s / 20 s / 5", (60, 20, 5, 30), None),
-    ] {
-        b.fts(settings)?;
-        let mut times = Vec::new();
-        for i in 0..b.runs {
-            eprintln!("== failover ({label}) run {}", i + 1);
-            let (t, _) = b.kill_and_time_failover()?;
-            times.push(t);
-            b.fts(FAST)?;
-            gaps.push(b.restore()?);
-            b.fts(settings)?;
-        }
-        let m = median(times);
-        rows.push(Row {
-            what: format!("Failover: SIGKILL of a primary → first commit on the promoted mirror ({label})"),
-            ours: secs(m),
-            baseline: "pg_auto_failover 2.0: ~3.8 s fastest settings, ~50 s defaults (reference, not run here)".into(),
-            ratio: None,
-            target: target.map_or("—".into(), |t| format!("< {t} s")),
-            met: target.map(|t| m < t),
-        });
-    }
-    b.fts(FAST)?;
+    let mut rows = b.failover_rows(&mut gaps)?;
 
-    // 2. Full recovery against a bare pg_basebackup of the same source.
-    let (mut full_total, mut full_copy, mut bare, mut full_bytes) = (Vec::new(), Vec::new(), Vec::new(), 0.0);
-    for i in 0..b.runs {
-        eprintln!("== full recovery run {}", i + 1);
-        let (_, down) = b.kill_and_time_failover()?;
-        let ((source, _), _) = b.members()?;
-        bare.push(b.bare_basebackup(&source)?);
-        let (total, copy, bytes) = b.timed_recovery(down, "full")?;
-        full_total.push(total);
-        full_copy.push(copy);
-        full_bytes = bytes;
-        gaps.push(b.restore()?);
-    }
-    let (ft, fc, bb) = (median(full_total.clone()), median(full_copy), median(bare));
-    rows.push(ratio_row(
-        "Full recovery: copy phase vs bare pg_basebackup -X stream -c fast",
-        fc,
-        bb,
-        1.10,
-        secs,
-        "pg_basebackup",
-    ));
-    rows.push(Row {
-        what: "Full recovery: everything but the copy (stop, configure, start, catch up, mark synchronized)".into(),
-        ours: secs(ft - fc),
-        baseline: format!("end to end {}", secs(ft)),
-        ratio: None,
-        target: "< 3 s".into(),
-        met: Some(ft - fc < 3.0),
-    });
-
-    // 3. Incremental after a contiguous 1% update, against full.
-    let (mut inc, mut inc_bytes) = (Vec::new(), Vec::new());
-    for i in 0..b.runs {
-        eprintln!("== incremental recovery run {}", i + 1);
-        let (_, down) = b.kill_and_time_failover()?;
-        let ((primary, _), _) = b.members()?;
-        b.update(&primary, 1, false)?;
-        let (total, _, bytes) = b.timed_recovery(down, "incremental")?;
-        inc.push(total);
-        inc_bytes.push(bytes);
-        gaps.push(b.restore()?);
-    }
-    let mut row = ratio_row(
-        "Incremental recovery after a contiguous 1% update vs full recovery",
-        median(inc),
-        ft,
-        0.2,
-        secs,
-        "full",
-    );
-    row.baseline = format!("{}; pg_rewind copied {} (full {})", row.baseline, mb(median(inc_bytes)), mb(full_bytes));
-    rows.push(row);
-
-    // 4. Differential after 5% (contiguous, then spread) against full and plain rsync.
-    for (label, spread) in [("contiguous", false), ("spread over every page", true)] {
-        let (mut dt, mut db, mut rt, mut rb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for i in 0..b.runs {
-            eprintln!("== differential recovery ({label}) run {}", i + 1);
-            let (_, down) = b.kill_and_time_failover()?;
-            let ((primary, _), (failed, _)) = b.members()?;
-            b.update(&primary, 5, spread)?;
-            let (t, bytes) = b.plain_rsync(&primary, &failed.datadir)?;
-            rt.push(t);
-            rb.push(bytes);
-            let (total, _, bytes) = b.timed_recovery(down, "differential")?;
-            dt.push(total);
-            db.push(bytes);
-            gaps.push(b.restore()?);
-        }
-        let (dt, db, rt, rb) = (median(dt), median(db), median(rt), median(rb));
-        let target_bytes = if spread { None } else { Some(0.1) };
-        rows.push(Row {
-            what: format!("Differential after a 5% update ({label}): bytes sent vs full"),
-            ours: mb(db),
-            baseline: format!("{} (full)", mb(full_bytes)),
-            ratio: Some(db / full_bytes),
-            target: target_bytes.map_or("— (every page changed)".into(), |t| format!("≤ {t}")),
-            met: target_bytes.map(|t| db / full_bytes <= t),
-        });
-        let target_time = if spread { None } else { Some(0.5) };
-        rows.push(Row {
-            what: format!("Differential after a 5% update ({label}): time vs full"),
-            ours: secs(dt),
-            baseline: format!("{} (full)", secs(ft)),
-            ratio: Some(dt / ft),
-            target: target_time.map_or("—".into(), |t| format!("≤ {t}")),
-            met: target_time.map(|t| dt / ft <= t),
-        });
-        rows.push(Row {
-            what: format!(
-                "Differential after a 5% update ({label}): time vs plain rsync -a --checksum --no-whole-file"
-            ),
-            ours: secs(dt),
-            baseline: format!("{} / {} sent (rsync)", secs(rt), mb(rb)),
-            ratio: Some(dt / rt),
-            target: "—".into(),
-            met: None,
-        });
-    }
+    rows.extend(b.recovery_rows(&mut gaps)?);
 
     // 6. Rebalance window, over every rebalance above.
     let worst = gaps.iter().copied().fold(0.0, f64::max);
@@ -898,20 +964,23 @@ fn main() {
             }
         }
     }
-    // --only jobs: that section alone, its rows merged into results.md.
-    // --only jobs | hung-mirror: that section alone, its rows merged into results.md.
+    // --only jobs | hung-mirror | failover | recovery: that section alone, its
+    // rows merged into results.md; only recovery runs at --scale, the others at 5 at most.
     if let Some(name) = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)) {
         let section: fn(&Path, u32, u16) -> Res<Vec<Row>> = match name.as_str() {
             "jobs" => job_latency,
             "hung-mirror" => hung_mirror,
+            "failover" => failover,
+            "recovery" => recovery,
             other => {
-                eprintln!("gp_bench: --only takes jobs or hung-mirror, not {other}");
+                eprintln!("gp_bench: --only takes jobs, hung-mirror, failover or recovery, not {other}");
                 std::process::exit(2);
             }
         };
         let section_dir = dir.with_file_name(format!("gp-bench-{name}"));
         let _ = Cluster::destroy(&section_dir);
-        match section(&section_dir, scale.min(5), probe_pairs).and_then(|rows| merge_results(&out, &rows)) {
+        let scale = if name == "recovery" { scale } else { scale.min(5) };
+        match section(&section_dir, scale, probe_pairs).and_then(|rows| merge_results(&out, &rows)) {
             Ok(()) => println!("{}", std::fs::read_to_string(&out).unwrap_or_default()),
             Err(e) => {
                 eprintln!("gp_bench: {name} failed: {e}; its cluster is left in {}", section_dir.display());

@@ -617,11 +617,11 @@ impl Scripts {
              case \"$(sed -n 8p \"$D/postmaster.pid\" 2>/dev/null)\" in ready*|standby*) echo \"server started\"; exit 0;; esac\n\
              H=$(tail -c +$((S + 1)) \"$L\" 2>/dev/null | grep -F{patterns} | tail -n 1)\n\
              if [ -n \"$H\" ]; then echo \"the segment cannot start as a standby: $H\" >&2; exit 5; fi\n\
-             if [ $n -ge 10 ] && ! \"$B/pg_ctl\" status -D \"$D\" >/dev/null 2>&1; then echo \"the server exited while starting\" >&2; exit 1; fi\n\
-             sleep 0.2; n=$((n + 1))\n\
+             if [ $n -ge 40 ] && ! \"$B/pg_ctl\" status -D \"$D\" >/dev/null 2>&1; then echo \"the server exited while starting\" >&2; exit 1; fi\n\
+             sleep 0.05; n=$((n + 1))\n\
              done\n\
              echo \"the server did not start within {wait_secs} s\" >&2; exit 1",
-            ticks = wait_secs * 5
+            ticks = wait_secs * 20
         )
     }
 }
