@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use gpdemo::{run, server_user, wait_until, Cluster, Instance};
 
 mod chaos;
+mod pgaf;
 
 type Res<T> = Result<T, String>;
 
@@ -787,6 +788,30 @@ fn hung_mirror(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
     Ok(rows)
 }
 
+/// The failover row's baseline: a real pg_auto_failover 2.0 formation at
+/// its fastest settings, its primary SIGKILLed as ours is, pg_autoctl with
+/// it (see pgaf.rs: else it restarts Postgres in place). The formation
+/// holds only the probe table, so `scale` does not apply.
+fn pgaf_failover(dir: &Path, _scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
+    const RUNS: usize = 3;
+    eprintln!("== pg_auto_failover: SIGKILL of the primary → first commit on the promoted secondary");
+    pgaf::remove_leftovers(dir)?;
+    let times = pgaf::failover_times(dir, RUNS, pgaf::free_base_port()?)?;
+    let worst = times.iter().copied().fold(0.0, f64::max);
+    Ok(vec![Row {
+        what: format!(
+            "Failover baseline: pg_auto_failover 2.0 (fastest settings: {}) SIGKILL of the primary (Postgres and its \
+             pg_autoctl) → first commit on the promoted secondary (median of {RUNS})",
+            pgaf::settings_text()
+        ),
+        ours: "—".into(),
+        baseline: format!("{} (pg_auto_failover), worst {}", secs(median(times)), secs(worst)),
+        ratio: None,
+        target: "—".into(),
+        met: None,
+    }])
+}
+
 /// Replaces the rows of results.md that start like `rows` (one section run
 /// with --only), keeping every other row.
 fn merge_results(path: &Path, rows: &[Row]) -> Res<()> {
@@ -898,21 +923,30 @@ fn main() {
             }
         }
     }
-    // --only jobs: that section alone, its rows merged into results.md.
-    // --only jobs | hung-mirror: that section alone, its rows merged into results.md.
+    // --only jobs | hung-mirror | pgaf: that section alone, its rows merged into results.md.
     if let Some(name) = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)) {
         let section: fn(&Path, u32, u16) -> Res<Vec<Row>> = match name.as_str() {
             "jobs" => job_latency,
             "hung-mirror" => hung_mirror,
+            "pgaf" => pgaf_failover,
             other => {
-                eprintln!("gp_bench: --only takes jobs or hung-mirror, not {other}");
+                eprintln!("gp_bench: --only takes jobs, hung-mirror or pgaf, not {other}");
                 std::process::exit(2);
             }
         };
-        let section_dir = dir.with_file_name(format!("gp-bench-{name}"));
-        let _ = Cluster::destroy(&section_dir);
+        // pg_auto_failover's formation cleans up after itself (its services
+        // would restart what Cluster::destroy stops).
+        let pgaf = name == "pgaf";
+        let section_dir = dir.with_file_name(if pgaf { "pgaf-bench".into() } else { format!("gp-bench-{name}") });
+        if !pgaf {
+            let _ = Cluster::destroy(&section_dir);
+        }
         match section(&section_dir, scale.min(5), probe_pairs).and_then(|rows| merge_results(&out, &rows)) {
             Ok(()) => println!("{}", std::fs::read_to_string(&out).unwrap_or_default()),
+            Err(e) if pgaf => {
+                eprintln!("gp_bench: {name} failed: {e}");
+                std::process::exit(1);
+            }
             Err(e) => {
                 eprintln!("gp_bench: {name} failed: {e}; its cluster is left in {}", section_dir.display());
                 std::process::exit(1);
