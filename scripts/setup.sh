@@ -5,7 +5,8 @@
 set -euo pipefail
 
 PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config
-          rsync sudo postgresql-15-cron openssh-server prometheus-postgres-exporter)
+          rsync sudo postgresql-15-cron openssh-server prometheus-postgres-exporter
+          postgresql-15-auto-failover)
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PGRX_VERSION=0.18.1
 

@@ -363,7 +363,10 @@ impl Bench {
     fn failover_rows(&self, gaps: &mut Vec<f64>) -> Res<Vec<Row>> {
         eprintln!("== pg_auto_failover baseline");
         // A baseline that could not run is reported as such in its rows.
-        let pgaf = pgaf::failover_times(&self.cluster.dir.with_file_name("pgaf-bench"), self.runs).map(median);
+        let pgaf_dir = self.cluster.dir.with_file_name("pgaf-bench");
+        let pgaf = pgaf::remove_leftovers(&pgaf_dir)
+            .and_then(|()| pgaf::failover_times(&pgaf_dir, self.runs, pgaf::free_base_port()?))
+            .map(median);
         if let Err(e) = &pgaf {
             eprintln!("gp_bench: pg_auto_failover could not run: {e}");
         }
@@ -390,7 +393,12 @@ impl Bench {
                 ),
                 ours: secs(m),
                 baseline: match &pgaf {
-                    Ok(p) => format!("{} (pg_auto_failover 2.0, {})", secs(*p), pgaf::SETTINGS),
+                    Ok(p) => format!(
+                        "{} (pg_auto_failover 2.0, same machine, its fastest settings: {}; SIGKILL of the \
+                         primary's Postgres and pg_autoctl, since a lone postmaster kill is restarted in place)",
+                        secs(*p),
+                        pgaf::settings_text()
+                    ),
                     Err(e) => format!("pg_auto_failover could not run: {}", e.replace('|', "/")),
                 },
                 ratio: pgaf.as_ref().ok().map(|p| m / p),
