@@ -162,6 +162,14 @@ const CONFIRM_PAUSE: Duration = Duration::from_millis(100);
 /// and is not failed over.
 const CONFIRM_MIN_RETRIES: u32 = 4;
 
+/// How much longer than its answering primary a mirror may take to answer
+/// a probe before it counts as not answering this round.
+const MIRROR_AFTER_PRIMARY: Duration = Duration::from_millis(100);
+
+/// How soon a content is probed again when its mirror did not answer while
+/// its stream had WAL to flush.
+const STALL_LOOK: Duration = Duration::from_millis(250);
+
 /// The long-lived connection to a content's acting primary; ended when dropped.
 struct Watch {
     dbid: i16,
@@ -181,6 +189,8 @@ struct Probed {
     mirror: Segment,
     primary_health: PrimaryHealth,
     mirror_probe: ProbeResult,
+    /// When the primary's answer came: the stream it reports is as of then.
+    answered: Instant,
 }
 
 enum Event {
@@ -341,12 +351,30 @@ impl Fts {
             } else {
                 (s.retries, s.retry_pause)
             };
-            let round = self.round;
+            let (round, s_timeout) = (self.round, s.timeout);
             self.in_flight.insert(content, round);
             *self.outstanding.entry(round).or_default() += 1;
             let probe = async move {
-                let (primary_health, mirror_probe) = tokio::join!(pt.probe_primary(retries, pause), mt.probe());
-                Probed { round, primary, mirror, primary_health, mirror_probe }
+                let mut mirror_task = tokio::spawn(async move { mt.probe().await });
+                let primary_health = pt.probe_primary(retries, pause).await;
+                let answered = Instant::now();
+                // A primary that answers tells about its mirror's stream;
+                // a hung mirror must not hold that back for its whole
+                // timeout. A failed primary's mirror gets all of it: it
+                // may be promoted.
+                let wait = match primary_health {
+                    PrimaryHealth::Alive(_) => MIRROR_AFTER_PRIMARY,
+                    _ => s_timeout,
+                };
+                let mirror_probe = match tokio::time::timeout(wait, &mut mirror_task).await {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(e)) => Err(format!("the probe ended abnormally: {e}")),
+                    Err(_) => {
+                        mirror_task.abort();
+                        Err(format!("no answer within {} ms of its primary's", wait.as_millis()))
+                    }
+                };
+                Probed { round, primary, mirror, primary_health, mirror_probe, answered }
             };
             self.tasks.spawn_on(probe, runtime().handle());
         }
@@ -474,9 +502,10 @@ impl Fts {
         memory.unfinished = unfinished;
         let stream = fts::mirror_stream(&p.primary_health);
         let stream_seen = stream.is_some();
+        let stream_behind = stream.is_some_and(|r| r.unflushed_bytes.is_some_and(|b| b > 0));
         // Only a primary that answered says anything about the stream.
         let flush_stalled_since = match &p.primary_health {
-            PrimaryHealth::Alive(_) => memory.flush_watch.observe(stream, now),
+            PrimaryHealth::Alive(_) => memory.flush_watch.observe(stream, p.answered),
             _ => None,
         };
         match &p.primary_health {
@@ -523,17 +552,18 @@ impl Fts {
                 self.follow_up.insert(content, since + s.rules.mirror_down_grace_period);
             }
         }
-        // A mirror that hangs is looked at again when its grace period ends.
-        if let (Some(since), Err(_)) = (flush_stalled_since, &observation.mirror_probe) {
-            if !plan.changes_anything() {
-                self.follow_up.insert(content, since + s.rules.mirror_down_grace_period);
-            }
+        // A mirror that does not answer while its stream has WAL to flush
+        // may hang: looked at again soon, to see since when its flush
+        // position stands still, and when its grace period ends.
+        let behind = stream_behind && observation.mirror_probe.is_err();
+        if behind && !plan.changes_anything() {
+            let at = flush_stalled_since.map_or(now + STALL_LOOK, |since| since + s.rules.mirror_down_grace_period);
+            self.follow_up.insert(content, at);
         }
         if plan.changes_anything() {
             let done = self.carry_out(&observation, &plan, s.timeout);
             // Look again soon: to confirm, or to retry what failed.
-            self.follow_up
-                .insert(content, now + if done { Duration::from_millis(50) } else { Duration::from_secs(1) });
+            self.follow_up.insert(content, now + if done { Duration::from_millis(50) } else { Duration::from_secs(1) });
         }
     }
 

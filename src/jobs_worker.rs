@@ -46,6 +46,13 @@ pub fn wake() {
     }
 }
 
+/// Wakes the worker when this transaction commits, when the rows it wrote
+/// become visible to the worker: a wake before that finds nothing to claim
+/// and leaves the job queued until the idle worker's next look.
+pub fn wake_at_commit() {
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, wake);
+}
+
 struct Worker {
     jobs: Vec<Job>,
     healing: SelfHealing,

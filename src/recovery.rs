@@ -65,7 +65,7 @@ fn submit(specs: Vec<JobSpec>) -> Vec<i64> {
             spec.source.location()
         );
     }
-    jobs_worker::wake();
+    jobs_worker::wake_at_commit();
     ids
 }
 
@@ -219,7 +219,7 @@ fn gp_rebalance(replay_lag_limit: default!(Option<i64>, "10737418240")) -> SetOf
     if ids.is_empty() {
         notice!("No segments to rebalance");
     } else {
-        jobs_worker::wake();
+        jobs_worker::wake_at_commit();
     }
     SetOfIterator::new(ids)
 }
@@ -280,7 +280,7 @@ fn gp_recovery_wait(job_id: i64, timeout: default!(Option<pgrx::datum::Interval>
                 format!("recovery job {job_id} did not end within the timeout: it is {state} (phase {phase})")
             );
         }
-        latch::nap(200);
+        latch::nap(50);
     }
 }
 
@@ -293,7 +293,7 @@ fn gp_recovery_cancel(job_id: i64) -> bool {
         return true;
     }
     if job_table::request_cancel(job_id) {
-        jobs_worker::wake();
+        jobs_worker::wake_at_commit();
         return true;
     }
     match job_state(job_id) {

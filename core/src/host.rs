@@ -166,6 +166,8 @@ pub fn tablespace_sibling(location: &str, suffix: &str) -> String {
     format!("{}/{suffix}", location.trim_end_matches('/'))
 }
 pub const OLD_SUFFIX: &str = ".gp_recovery_old";
+/// An old directory being deleted in the background: `OLD.removing.PID`.
+pub const REMOVING_SUFFIX: &str = ".removing";
 /// Marks the line the rewind step adds to a target's postgresql.auto.conf.
 pub const REWIND_MARK: &str = "# gp_recovery: for pg_rewind only";
 /// The line pg_rewind writes into the backup_label of a directory it
@@ -439,14 +441,25 @@ impl Scripts {
 
     /// Once the recovered segment is synchronized: removes the old directory
     /// and old tablespace directories (in place), or the relocating mark
-    /// (the new directory is the segment's).
+    /// (the new directory is the segment's). Each old directory is renamed
+    /// at once and deleted in the background, in a session of its own: the
+    /// segment is recovered, and freeing a large directory's space takes
+    /// seconds on a slow disk. Leftovers of a deletion cut short (a crash)
+    /// go the same way.
     pub fn remove_old(&self, datadir: &str) -> String {
         self.preamble(datadir)
-            + "for l in \"$D\"/pg_tblspc/*; do\n\
-               [ -L \"$l\" ] || continue\n\
-               t=$(readlink \"$l\"); case \"$t\" in /*) rm -rf \"$t/$OLD\" || exit 1;; esac\n\
-               done\n\
-               rm -rf \"$O\" && rm -f \"$R\""
+            + &format!(
+                "X={removing}\n\
+                 gone() {{ if [ -e \"$1\" ]; then mv \"$1\" \"$1$X.$$\" || exit 1; fi\n\
+                 for g in \"$1$X\".*; do if [ -e \"$g\" ]; then setsid rm -rf -- \"$g\" </dev/null >/dev/null 2>&1 & fi; done; }}\n\
+                 for l in \"$D\"/pg_tblspc/*; do\n\
+                 [ -L \"$l\" ] || continue\n\
+                 t=$(readlink \"$l\"); case \"$t\" in /*) gone \"$t/$OLD\";; esac\n\
+                 done\n\
+                 gone \"$O\"\n\
+                 rm -f \"$R\"",
+                removing = quote(REMOVING_SUFFIX)
+            )
     }
 
     /// The free space for a copy into the data directory, on the target's
@@ -1031,9 +1044,21 @@ mod tests {
         std::fs::create_dir_all(new.join("pg_tblspc")).unwrap();
         std::os::unix::fs::symlink(&copy, new.join("pg_tblspc/16384")).unwrap();
         assert_eq!(run_local(&s.swap_in(&ds)).0, 0);
+        // A deletion a crash cut short is finished too.
+        let stray = PathBuf::from(format!("{}{REMOVING_SUFFIX}.1", sibling(&ds, OLD_SUFFIX)));
+        std::fs::create_dir_all(stray.join("base")).unwrap();
         assert_eq!(run_local(&s.remove_old(&ds)).0, 0);
         assert_eq!(read(version(&loc)), "new");
         assert!(!old.exists() && !PathBuf::from(sibling(&ds, OLD_SUFFIX)).exists());
+        // The renamed old directories are deleted in the background.
+        let removing = |d: &Path| {
+            std::fs::read_dir(d).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(REMOVING_SUFFIX))
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while (removing(&loc) || removing(&dir)) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!removing(&loc) && !removing(&dir), "old directories left behind");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
