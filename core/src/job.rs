@@ -337,7 +337,8 @@ const REBALANCE: &[Transition] = &[
     ),
     t(
         Phase::CheckingPair,
-        "probe both members: still switched, up, synchronized, the preferred primary in recovery",
+        "probe both members: still switched, up, synchronized, the preferred primary in recovery; \
+         CHECKPOINT on the acting primary, so its shutdown checkpoint has little left to write",
         Phase::Stopping,
         Backout::Nothing,
         "a pair that changed since it was queued is left alone",
