@@ -170,6 +170,9 @@ const MIRROR_AFTER_PRIMARY: Duration = Duration::from_millis(100);
 /// its stream had WAL to flush.
 const STALL_LOOK: Duration = Duration::from_millis(250);
 
+/// A lost watch: (content, dbid).
+type Lost = (i16, i16);
+
 /// The long-lived connection to a content's acting primary; ended when dropped.
 struct Watch {
     dbid: i16,
@@ -246,7 +249,8 @@ struct Fts {
     double_faults: HashSet<i16>,
     stopping: bool,
     watches: HashMap<i16, Watch>,
-    lost: (UnboundedSender<(i16, i16)>, UnboundedReceiver<(i16, i16)>),
+    /// (content, dbid) of each watch that was lost.
+    lost: (UnboundedSender<Lost>, UnboundedReceiver<Lost>),
     /// Contents whose next probe confirms a lost watch, with fast attempts.
     confirm: HashSet<i16>,
 }
@@ -337,7 +341,7 @@ impl Fts {
                 continue;
             }
             if self.round_to_spawn {
-                self.keep_watching(&pair.primary, s.timeout);
+                self.keep_watching(pair.primary, s.timeout);
             }
             let wanted = self.round_to_spawn || self.follow_up.get(&content).is_some_and(|t| *t <= now);
             if !wanted || self.in_flight.contains_key(&content) {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use gpdemo::{run, server_user, wait_until, Cluster, Instance, ADDRESS};
 
-use crate::{err, signal_all, Res};
+use crate::{commits_on, err, signal_all, Res};
 
 /// Debian's pg-auto-failover-cli installs it here, not in the server's
 /// bindir; gpdemo::pg_command keeps an absolute path as it is.
@@ -271,12 +271,7 @@ impl Formation {
                     self.describe()
                 ));
             }
-            let ok = other
-                .connect()
-                .ok()
-                .and_then(|mut c| c.batch_execute("INSERT INTO bench_probe VALUES (1)").ok())
-                .is_some();
-            if ok {
+            if commits_on(&other) {
                 break killed.elapsed().as_secs_f64();
             }
             std::thread::sleep(Duration::from_millis(10));
