@@ -152,6 +152,8 @@ struct Memory {
     /// The down member's fencing is in the history since it last stopped
     /// answering as a writable primary.
     fence_recorded: bool,
+    /// The mirror's last probe failed (it timed out, or was refused).
+    mirror_silent: bool,
 }
 
 /// The pause between attempts of a probe started because a primary's watch
@@ -162,8 +164,8 @@ const CONFIRM_PAUSE: Duration = Duration::from_millis(100);
 /// and is not failed over.
 const CONFIRM_MIN_RETRIES: u32 = 4;
 
-/// How much longer than its answering primary a mirror may take to answer
-/// a probe before it counts as not answering this round.
+/// How much longer than its answering primary a mirror whose last probe
+/// failed may take to answer before it counts as not answering this round.
 const MIRROR_AFTER_PRIMARY: Duration = Duration::from_millis(100);
 
 /// How soon a content is probed again when its mirror did not answer while
@@ -350,6 +352,9 @@ impl Fts {
             self.follow_up.remove(&content);
             let (primary, mirror) = (pair.primary.clone(), pair.mirror.clone());
             let (pt, mt) = (Target::new(&primary, s.timeout), Target::new(&mirror, s.timeout));
+            // Only a mirror whose last probe failed is given less than its
+            // timeout; a busy mirror answering within it never counts as silent.
+            let mirror_silent = self.memory.get(&content).is_some_and(|m| m.mirror_silent);
             let (retries, pause) = if self.confirm.remove(&content) {
                 (s.retries.max(CONFIRM_MIN_RETRIES), CONFIRM_PAUSE)
             } else {
@@ -363,11 +368,11 @@ impl Fts {
                 let primary_health = pt.probe_primary(retries, pause).await;
                 let answered = Instant::now();
                 // A primary that answers tells about its mirror's stream;
-                // a hung mirror must not hold that back for its whole
-                // timeout. A failed primary's mirror gets all of it: it
-                // may be promoted.
+                // a mirror that did not answer last time must not hold that
+                // back for its whole timeout again. A failed primary's
+                // mirror gets all of it: it may be promoted.
                 let wait = match primary_health {
-                    PrimaryHealth::Alive(_) => MIRROR_AFTER_PRIMARY,
+                    PrimaryHealth::Alive(_) if mirror_silent => MIRROR_AFTER_PRIMARY,
                     _ => s_timeout,
                 };
                 let mirror_probe = match tokio::time::timeout(wait, &mut mirror_task).await {
@@ -488,6 +493,7 @@ impl Fts {
             }
         }
         let mirror_failed = p.mirror_probe.is_err();
+        self.memory.entry(content).or_default().mirror_silent = mirror_failed;
         let primary_failed = !matches!(p.primary_health, fts::PrimaryHealth::Alive(_));
         let failed = u64::from(mirror_failed) + u64::from(primary_failed);
         if failed > 0 {

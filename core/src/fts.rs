@@ -231,12 +231,15 @@ fn mirror_flushed_sync_point(o: &Observation) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct FlushWatch {
     flushed: Option<u64>,
-    stalled_since: Option<Instant>,
+    /// When the current flush position was first seen with WAL to flush.
+    seen_behind: Option<Instant>,
 }
 
 impl FlushWatch {
-    /// Takes one round's stream (None: no stream) and returns since when
-    /// the stream has had WAL to flush with no flush progress.
+    /// Takes one round's stream (None: no stream) as the primary reported
+    /// it at `now`, and returns since when the stream has had WAL to flush
+    /// with no flush progress: from the first report of the position it
+    /// still stands at, so the stall is never counted longer than seen.
     pub fn observe(&mut self, stream: Option<&crate::probe::Replication>, now: Instant) -> Option<Instant> {
         let Some(r) = stream else {
             *self = FlushWatch::default();
@@ -245,15 +248,18 @@ impl FlushWatch {
         let flushed = r.flush_lsn.as_deref().and_then(parse_lsn);
         let advanced = flushed.is_some() && flushed > self.flushed;
         let behind = r.unflushed_bytes.is_some_and(|b| b > 0);
-        if advanced || !behind {
-            self.stalled_since = None;
-        } else {
-            self.stalled_since.get_or_insert(now);
-        }
         if flushed.is_some() {
             self.flushed = flushed;
         }
-        self.stalled_since
+        if !behind {
+            self.seen_behind = None;
+            return None;
+        }
+        if advanced {
+            self.seen_behind = Some(now);
+            return None;
+        }
+        Some(*self.seen_behind.get_or_insert(now))
     }
 }
 
@@ -964,13 +970,13 @@ mod tests {
         assert_eq!(w.observe(Some(&stream("0/100", 8)), at(2)), Some(at(2)), "behind, no progress");
         assert_eq!(w.observe(Some(&stream("0/100", 16)), at(3)), Some(at(2)), "still stuck since then");
         assert_eq!(w.observe(Some(&stream("0/108", 8)), at(4)), None, "it flushed: slow, not stuck");
-        assert_eq!(w.observe(Some(&stream("0/108", 8)), at(5)), Some(at(5)));
+        assert_eq!(w.observe(Some(&stream("0/108", 8)), at(5)), Some(at(4)), "standing at 0/108 since it was seen");
         assert_eq!(w.observe(Some(&stream("0/110", 0)), at(6)), None, "caught up");
         assert_eq!(w.observe(Some(&stream("0/110", 8)), at(7)), Some(at(7)));
         assert_eq!(w.observe(None, at(8)), None, "no stream: the grace period of mirror_gone applies");
         // A new stream starts fresh, whatever the old one had flushed.
         assert_eq!(w.observe(Some(&stream("0/50", 8)), at(9)), None, "first sight of a stream counts as progress");
-        assert_eq!(w.observe(Some(&stream("0/50", 8)), at(10)), Some(at(10)));
+        assert_eq!(w.observe(Some(&stream("0/50", 8)), at(10)), Some(at(9)));
     }
 
     #[test]
