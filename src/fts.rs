@@ -327,7 +327,7 @@ impl Fts {
 
     /// Starts probes for the contents a new round or a follow-up wants.
     fn spawn_due(&mut self, now: Instant) {
-        let due_follow_ups = self.follow_up.values().any(|t| *t <= now);
+        let due_follow_ups = self.waiting_follow_ups().any(|t| t <= now);
         if !self.round_to_spawn && !due_follow_ups {
             return;
         }
@@ -425,13 +425,23 @@ impl Fts {
         self.follow_up.insert(content, Instant::now());
     }
 
+    /// When the follow-ups of contents not being probed now are due; one of
+    /// a content in flight waits until its probe ends.
+    fn waiting_follow_ups(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.follow_up.iter().filter(|(c, _)| !self.in_flight.contains_key(c)).map(|(_, t)| *t)
+    }
+
     /// Waits for a finished probe, the next round or follow-up, a round
     /// request, SIGTERM or postmaster death.
     fn next_event(&mut self) -> Event {
-        let wake_at = self.follow_up.values().copied().chain([self.next_round]).min().unwrap_or(self.next_round);
+        let wake_at = self.waiting_follow_ups().chain([self.next_round]).min().unwrap_or(self.next_round);
         let tasks = &mut self.tasks;
         let lost = &mut self.lost.1;
         block_on(async move {
+            // The runtime runs its tasks (the probes) only while this
+            // future waits: it yields once, so that something already due
+            // can never starve the probes in flight.
+            tokio::task::yield_now().await;
             let deadline = tokio::time::Instant::from_std(wake_at);
             let probed = async {
                 loop {
