@@ -503,7 +503,6 @@ impl Fts {
             }
         }
         let mirror_failed = p.mirror_probe.is_err();
-        self.memory.entry(content).or_default().mirror_silent = mirror_failed;
         let primary_failed = !matches!(p.primary_health, fts::PrimaryHealth::Alive(_));
         let failed = u64::from(mirror_failed) + u64::from(primary_failed);
         if failed > 0 {
@@ -520,9 +519,10 @@ impl Fts {
             *memory = Memory { primary_dbid: p.primary.dbid, ..Memory::default() };
         }
         memory.unfinished = unfinished;
+        memory.mirror_silent = mirror_failed;
         let stream = fts::mirror_stream(&p.primary_health);
         let stream_seen = stream.is_some();
-        let stream_behind = stream.is_some_and(|r| r.unflushed_bytes.is_some_and(|b| b > 0));
+        let stream_behind = stream.is_some_and(|r| r.has_wal_to_flush());
         // Only a primary that answered says anything about the stream.
         let flush_stalled_since = match &p.primary_health {
             PrimaryHealth::Alive(_) => memory.flush_watch.observe(stream, p.answered),

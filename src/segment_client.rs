@@ -246,15 +246,16 @@ impl Target {
     /// no longer in recovery is left alone, so repeating this is harmless.
     pub async fn promote(&self) -> Result<(), String> {
         self.with_client(|client| async move {
-            let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await?;
-            if row.try_get::<_, bool>(0)? {
-                // pg_promote(wait => true) looks every 100 ms; polling here
-                // every 10 ms lets commits start sooner. with_client's
-                // timeout bounds the wait.
-                client.execute("SELECT pg_promote(false)", &[]).await?;
-                while client.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get::<_, bool>(0)? {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+            // pg_promote(wait => true) looks every 100 ms; polling here
+            // every 10 ms lets commits start sooner. with_client's timeout
+            // bounds the wait.
+            let mut requested = false;
+            while client.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get::<_, bool>(0)? {
+                if !requested {
+                    client.execute("SELECT pg_promote(false)", &[]).await?;
+                    requested = true;
                 }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Ok(())
         })

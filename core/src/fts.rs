@@ -247,7 +247,7 @@ impl FlushWatch {
         };
         let flushed = r.flush_lsn.as_deref().and_then(parse_lsn);
         let advanced = flushed.is_some() && flushed > self.flushed;
-        let behind = r.unflushed_bytes.is_some_and(|b| b > 0);
+        let behind = r.has_wal_to_flush();
         if flushed.is_some() {
             self.flushed = flushed;
         }

@@ -53,6 +53,11 @@ impl Replication {
     pub fn is_synchronous_stream(&self) -> bool {
         self.state == "streaming" && self.sync_state == "sync"
     }
+
+    /// The standby has WAL yet to flush.
+    pub fn has_wal_to_flush(&self) -> bool {
+        self.unflushed_bytes.is_some_and(|b| b > 0)
+    }
 }
 
 /// `pg_stat_wal_receiver` of a standby.
