@@ -90,8 +90,12 @@ pub struct SpareInstance {
 
 impl SpareInstance {
     pub fn new(standby_of: Option<&Instance>) -> SpareInstance {
+        Self::on_port(standby_of, gpdemo::free_port_range(1).expect("free port"))
+    }
+
+    /// As new, listening on `port` of 127.0.0.1.
+    pub fn on_port(standby_of: Option<&Instance>, port: u16) -> SpareInstance {
         let dir = scratch_dir("spare");
-        let port = gpdemo::free_port_range(1).expect("free port");
         let instance = Instance {
             content: 99,
             role: 'p',
@@ -184,6 +188,29 @@ pub fn table_checksum(client: &mut Client, table: &str) -> (i64, String) {
 }
 
 impl TestCluster {
+    /// A connection to the coordinator as `dba`, a LOGIN member of
+    /// gp_recovery_admin (not a superuser), created on first use.
+    pub fn admin(&self) -> Client {
+        self.coordinator()
+            .batch_execute(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'dba') THEN \
+                 CREATE ROLE dba LOGIN IN ROLE gp_recovery_admin; END IF; END $$",
+            )
+            .expect("role dba");
+        let c = &self.cluster.coordinator;
+        let conninfo = format!("host={} port={} user=dba dbname=postgres connect_timeout=10", c.host, c.port);
+        Client::connect(&conninfo, postgres::NoTls).expect("connection as dba")
+    }
+
+    /// Stops a content's mirror (immediate) and waits until the fault
+    /// tolerance service marks it down; returns its dbid.
+    pub fn mirror_down(&self, content: usize) -> i16 {
+        let dbid = self.dbid_of(self.mirror(content));
+        self.mirror(content).stop("immediate").expect("stop the mirror");
+        wait_for(60, "the mirror to be marked down", || self.row_state(dbid) == "m d n");
+        dbid
+    }
+
     /// Sets the fault tolerance service's settings (seconds) and reloads.
     pub fn set_fts(&self, interval: u32, timeout: u32, retries: u32, grace: u32) {
         let mut c = self.coordinator();
