@@ -480,7 +480,7 @@ pub fn statistics_lines(catalog: &[Segment], live: &HashMap<i16, Live>) -> Lines
 pub fn main() -> ExitCode {
     let args = Args::parse();
     let log = Log::new("gpstate", args.quiet, args.verbose);
-    crate::simple_main(&log, || run(&args, &log))
+    crate::simple_main(&log, args.conninfo.as_deref(), || run(&args, &log))
 }
 
 fn run(args: &Args, log: &Log) -> Result<u8, ToolError> {
