@@ -12,6 +12,7 @@ use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row};
 
 use crate::log::Log;
+use crate::redact::{redact_conninfo, redact_host, redact_reason};
 use crate::ToolError;
 
 /// Where libpq looks when no host is given, on Debian.
@@ -26,7 +27,7 @@ pub fn config(
     program: &str,
 ) -> Result<Config, ToolError> {
     let mut c: Config = match conninfo {
-        Some(s) => s.parse().map_err(|e| ToolError::Usage(format!("invalid connection string -d '{s}': {e}")))?,
+        Some(s) => s.parse().map_err(|e| invalid_conninfo(s, &e))?,
         None => Config::new(),
     };
     if c.get_hosts().is_empty() {
@@ -69,13 +70,22 @@ pub fn config(
     Ok(c)
 }
 
+/// -d refused: the string with its passwords masked, and the library's
+/// reason (its cause: the error itself only says "invalid connection
+/// string") with the pieces of input it quotes masked too.
+fn invalid_conninfo(conninfo: &str, e: &postgres::Error) -> ToolError {
+    let shown = redact_conninfo(conninfo);
+    let reason = std::error::Error::source(e).map_or_else(|| e.to_string(), |c| c.to_string());
+    ToolError::Usage(format!("invalid connection string -d '{shown}': {}", redact_reason(&reason, &shown)))
+}
+
 /// "host=... port=..." for messages.
 pub fn describe(c: &Config) -> String {
     let hosts: Vec<String> = c
         .get_hosts()
         .iter()
         .map(|h| match h {
-            Host::Tcp(name) => name.clone(),
+            Host::Tcp(name) => redact_host(name),
             Host::Unix(path) => path.display().to_string(),
         })
         .collect();
@@ -217,5 +227,67 @@ mod tests {
         assert!(matches!(config(None, &env, "gpstate"), Err(ToolError::Usage(m)) if m.contains("PGPORT")));
         let env = env_of(&[]);
         assert!(matches!(config(Some("host=a nonsense"), &env, "gpstate"), Err(ToolError::Usage(_))));
+    }
+
+    /// The message a bad -d string gets, as gpstate prints it.
+    fn refusal(conninfo: &str) -> String {
+        match config(Some(conninfo), &env_of(&[]), "gpstate") {
+            Err(e) => e.report("gpstate"),
+            Ok(_) => panic!("{conninfo} was accepted"),
+        }
+    }
+
+    #[test]
+    fn a_bad_conninfo_s_message_shows_no_password() {
+        for (conninfo, message) in [
+            (
+                "hots=cdw port=5432 password=S3cr3t user=u",
+                "gpstate: error: invalid connection string -d 'hots=cdw port=5432 password=******** user=u': unknown \
+                 option `hots`",
+            ),
+            (
+                "host=cdw port=x password=S3cr3t",
+                "gpstate: error: invalid connection string -d 'host=cdw port=x password=********': invalid value for \
+                 option `port`",
+            ),
+            (
+                "password='S3cr3t",
+                "gpstate: error: invalid connection string -d 'password=********': unterminated quoted connection \
+                 parameter value",
+            ),
+            (
+                "password S3cr3t",
+                "gpstate: error: invalid connection string -d 'password ********': unexpected character at byte 9: \
+                 expected `=` but got `********`",
+            ),
+            (
+                "postgresql://u:S3cr3t@cdw:5432/db?password=S3cr3t&sslmode=bogus",
+                "gpstate: error: invalid connection string -d \
+                 'postgresql://u:********@cdw:5432/db?password=********&sslmode=bogus': invalid value for option \
+                 `sslmode`",
+            ),
+        ] {
+            assert_eq!(refusal(conninfo), message);
+        }
+        // What the library quotes of its input, a misquoted password's pieces included.
+        for conninfo in [
+            "postgresql://cdw/db?password=S3&cr3t&sslmode=require",
+            " postgresql://u:S3cr3t@cdw/db?password=x",
+            "postgresql://u:S3cr3t@cdw:port/db",
+            "postgresql://u:S3cr3t@[::1/db",
+            "postgresql://u:S3cr3t@cdw/db?password=S3cr3t&nonsense",
+            "postgresql://u:S3cr3t@cdw/%ff",
+        ] {
+            let m = refusal(conninfo);
+            assert!(!m.contains("S3") && !m.contains("cr3t"), "{conninfo}: {m}");
+        }
+    }
+
+    #[test]
+    fn a_host_holding_a_password_s_piece_is_masked() {
+        // tokio-postgres ends the userinfo at the first `@`: "ss@cdw" is its host.
+        let c = config(Some("postgresql://u:p@ss@cdw:7000/db"), &env_of(&[]), "gpstate").unwrap();
+        assert_eq!(c.get_hosts(), &[Host::Tcp("ss@cdw".into())]);
+        assert_eq!(describe(&c), "host=********@cdw port=7000");
     }
 }

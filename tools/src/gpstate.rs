@@ -222,12 +222,38 @@ pub struct MirrorRow {
     pub data_status: Option<String>,
 }
 
-/// gpstate -m; exit code 1 when a mirror has failed.
+const ACTING_AS_PRIMARY: &str = "Acting as Primary";
+const FAILED: &str = "Failed";
+
+/// Greenplum's warnings under the mirror list: mirrors acting as primaries
+/// (switched pairs), failed, and acting as primaries unsynchronized.
+pub fn mirror_warnings(mirrors: &[MirrorRow]) -> Vec<String> {
+    let acting = || mirrors.iter().filter(|m| m.status == ACTING_AS_PRIMARY);
+    let unsynchronized = acting().filter(|m| m.data_status.as_deref() != Some(Mode::Synchronized.label())).count();
+    [
+        (acting().count(), "segment(s) configured as mirror(s) are acting as primaries"),
+        (mirrors.iter().filter(|m| m.status == FAILED).count(), "segment(s) configured as mirror(s) have failed"),
+        (unsynchronized, "mirror segment(s) acting as primaries are not synchronized"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect()
+}
+
+/// Whether gpstate -m exits 1: exactly when it warns about a pair (a
+/// mirror failed, acting as primary, or acting unsynchronized). A cluster
+/// without mirrors is not one: "Mirror not used" is a fact, not a fault.
+pub fn mirrors_need_attention(mirrors: &[MirrorRow]) -> bool {
+    !mirror_warnings(mirrors).is_empty()
+}
+
+/// gpstate -m; exit code 1 when it warns (see [`mirrors_need_attention`]).
 pub fn mirror_list_lines(catalog: &[Segment], mirrors: &[MirrorRow]) -> (Lines, u8) {
     if mirrors.is_empty() {
         return (vec![warn(LONG_RULE), warn("Mirror not used"), warn(LONG_RULE)], exit::OK);
     }
-    let failed: Vec<bool> = mirrors.iter().map(|m| m.status == "Failed").collect();
+    let failed: Vec<bool> = mirrors.iter().map(|m| m.status == FAILED).collect();
     let rows: Vec<Vec<String>> = mirrors
         .iter()
         .map(|m| {
@@ -243,19 +269,8 @@ pub fn mirror_list_lines(catalog: &[Segment], mirrors: &[MirrorRow]) -> (Lines, 
     let mut lines = mirror_list_heading(catalog);
     lines.extend(infos(table(&["Mirror", "Datadir", "Port", "Status", "Data Status"], &rows, &failed)));
     lines.push(info(LONG_RULE));
-    let acting: Vec<&MirrorRow> = mirrors.iter().filter(|m| m.status == "Acting as Primary").collect();
-    let n_failed = failed.iter().filter(|f| **f).count();
-    let unsynchronized = acting.iter().filter(|m| m.data_status.as_deref() != Some(Mode::Synchronized.label())).count();
-    if !acting.is_empty() {
-        lines.push(warn(format!("{} segment(s) configured as mirror(s) are acting as primaries", acting.len())));
-    }
-    if n_failed > 0 {
-        lines.push(warn(format!("{n_failed} segment(s) configured as mirror(s) have failed")));
-    }
-    if unsynchronized > 0 {
-        lines.push(warn(format!("{unsynchronized} mirror segment(s) acting as primaries are not synchronized")));
-    }
-    (lines, if n_failed > 0 { exit::FAILED } else { exit::OK })
+    lines.extend(mirror_warnings(mirrors).into_iter().map(warn));
+    (lines, if mirrors_need_attention(mirrors) { exit::FAILED } else { exit::OK })
 }
 
 fn place(s: &Segment) -> [String; 3] {
@@ -480,7 +495,7 @@ pub fn statistics_lines(catalog: &[Segment], live: &HashMap<i16, Live>) -> Lines
 pub fn main() -> ExitCode {
     let args = Args::parse();
     let log = Log::new("gpstate", args.quiet, args.verbose);
-    crate::simple_main(&log, || run(&args, &log))
+    crate::simple_main(&log, args.conninfo.as_deref(), || run(&args, &log))
 }
 
 fn run(args: &Args, log: &Log) -> Result<u8, ToolError> {
@@ -754,6 +769,60 @@ mod tests {
         assert_eq!((texts(&lines)[1].as_str(), code), ("WARNING:Mirror not used", exit::OK));
     }
 
+    fn mirror(port: i32, status: &str, data_status: Option<&str>) -> MirrorRow {
+        MirrorRow {
+            mirror: "sdw2".into(),
+            datadir: format!("/d/{port}"),
+            port,
+            status: status.into(),
+            data_status: data_status.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_mirror_list_exits_1_exactly_when_it_warns() {
+        let passive = mirror(7003, "Passive", Some("Synchronized"));
+        let catching_up = mirror(7004, "Passive", Some("Not In Sync"));
+        let acting = mirror(7003, "Acting as Primary", Some("Synchronized"));
+        let acting_alone = mirror(7004, "Acting as Primary", Some("Not In Sync"));
+        let failed = mirror(7004, "Failed", None);
+        let cases: Vec<(Vec<MirrorRow>, Vec<&str>)> = vec![
+            (vec![passive.clone()], vec![]),
+            // Greenplum warns about a passive mirror's sync only through -e's Unsynchronized Segment Pairs.
+            (vec![passive.clone(), catching_up], vec![]),
+            (
+                vec![acting.clone(), passive.clone()],
+                vec!["1 segment(s) configured as mirror(s) are acting as primaries"],
+            ),
+            (
+                vec![acting, acting_alone.clone()],
+                vec![
+                    "2 segment(s) configured as mirror(s) are acting as primaries",
+                    "1 mirror segment(s) acting as primaries are not synchronized",
+                ],
+            ),
+            (vec![passive, failed.clone()], vec!["1 segment(s) configured as mirror(s) have failed"]),
+            (
+                vec![acting_alone, failed],
+                vec![
+                    "1 segment(s) configured as mirror(s) are acting as primaries",
+                    "1 segment(s) configured as mirror(s) have failed",
+                    "1 mirror segment(s) acting as primaries are not synchronized",
+                ],
+            ),
+        ];
+        for (mirrors, warnings) in cases {
+            assert_eq!(mirror_warnings(&mirrors), warnings, "{mirrors:?}");
+            assert_eq!(mirrors_need_attention(&mirrors), !warnings.is_empty(), "{mirrors:?}");
+            let (lines, code) = mirror_list_lines(&cluster(), &mirrors);
+            let warned: Vec<&str> =
+                lines.iter().filter(|(l, _)| *l == Level::Warning).map(|(_, s)| s.as_str()).collect();
+            assert_eq!(warned, warnings, "{mirrors:?}");
+            assert_eq!(code, if warnings.is_empty() { exit::OK } else { exit::FAILED }, "{mirrors:?}");
+        }
+        assert!(!mirrors_need_attention(&[]), "no mirrors: Mirror not used, exit 0");
+    }
+
     #[test]
     fn the_cluster_configuration() {
         let mut c = cluster();
@@ -810,6 +879,7 @@ mod tests {
         let (lines, code) = status_lines(&coordinator(), &cluster(), &live_all());
         assert_eq!(code, exit::OK);
         let t = squashed(&lines);
+        assert!(!t.iter().any(|l| l.starts_with("WARNING:") || l.contains("<<<<<<<<")), "exit 0, no warning: {t:#?}");
         for expected in [
             "INFO:-Coordinator Configuration & Status",
             "INFO:Segment Instance Status Report",

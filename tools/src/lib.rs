@@ -14,6 +14,7 @@ pub mod layout;
 pub mod log;
 pub mod prompt;
 pub mod recoverseg;
+pub mod redact;
 pub mod relocate;
 pub mod watch;
 
@@ -58,11 +59,17 @@ impl ToolError {
 }
 
 /// A command's main, as Greenplum's simple_main runs one: the starting
-/// line, then `body`; an error is logged as those utilities log it and ends
-/// with exit::ERROR.
-pub fn simple_main(log: &log::Log, body: impl FnOnce() -> Result<u8, ToolError>) -> std::process::ExitCode {
-    let args = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-    log.info(&format!("Starting {} with args: {args}", log.program()));
+/// line (its passwords masked; `conninfo` is the `-d` value clap read),
+/// then `body`; an error is logged as those utilities log it and ends with
+/// exit::ERROR.
+pub fn simple_main(
+    log: &log::Log,
+    conninfo: Option<&str>,
+    body: impl FnOnce() -> Result<u8, ToolError>,
+) -> std::process::ExitCode {
+    // args_os: a path given to -i or -o need not be UTF-8.
+    let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    log.info(&format!("Starting {} with args: {}", log.program(), redact::redact_args(&args, conninfo)));
     let code = body().unwrap_or_else(|e| {
         match e {
             ToolError::Usage(_) | ToolError::Refused(_) => log.error(&e.report(log.program())),

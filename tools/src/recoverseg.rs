@@ -467,7 +467,7 @@ pub fn rebalance_lines(catalog: &[Segment]) -> Vec<(Level, String)> {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     let log = Log::new("gprecoverseg", args.quiet, args.verbose);
-    crate::simple_main(&log, || run(&args, &log))
+    crate::simple_main(&log, args.conninfo.as_deref(), || run(&args, &log))
 }
 
 fn run(args: &Args, log: &Log) -> Result<u8, ToolError> {
