@@ -12,7 +12,11 @@ CREATE TABLE gp_segment_configuration (
     port           integer  NOT NULL CHECK (port BETWEEN 1 AND 65535),
     hostname       text     NOT NULL CHECK (hostname <> ''),
     address        text     NOT NULL CHECK (address <> ''),
-    datadir        text     NOT NULL CHECK (datadir LIKE '/_%'),
+    -- Absolute and canonical: one spelling for one directory (no . or ..
+    -- component, no doubled or trailing slash), no name of gp_recovery's
+    -- own siblings.
+    datadir        text     NOT NULL CHECK (datadir LIKE '/_%' AND datadir !~ '(//|/\.\.?(/|$)|/$)'
+                                            AND strpos(datadir, '.gp_recovery') = 0),
     -- The coordinator is dbid 1, content -1, and always the primary.
     CONSTRAINT gp_segment_configuration_coordinator_check
         CHECK ((content = -1) = (dbid = 1) AND (content <> -1 OR role = 'p')),
@@ -33,6 +37,20 @@ CREATE TABLE gp_segment_configuration (
 COMMENT ON TABLE gp_segment_configuration IS
     'Segments of the cluster: role/preferred_role p|m, mode s (synchronized) | n (not in sync), status u|d';
 
+-- What each segment is, beyond its name: the database system identifier
+-- of its pair (every stop and fence proves a server has it first), and
+-- the machine its host was last found to be (machine-id and boot id, read
+-- on the host), for the location checks of relocations.
+CREATE TABLE gp_segment_identity (
+    dbid              smallint    PRIMARY KEY REFERENCES gp_segment_configuration (dbid) ON DELETE CASCADE,
+    system_identifier text        NOT NULL CHECK (system_identifier ~ '^[0-9]+$'),
+    host_id           text,
+    host_checked_at   timestamptz
+);
+
+COMMENT ON TABLE gp_segment_identity IS
+    'Each segment''s pair (database system identifier) and host (machine), as gp_recovery last proved them';
+
 CREATE TABLE gp_configuration_history (
     "time" timestamptz NOT NULL DEFAULT now(),
     dbid   smallint    NOT NULL,
@@ -47,6 +65,7 @@ COMMENT ON TABLE gp_configuration_history IS
 -- pg_dump keeps the rows of extension tables only when they are marked.
 SELECT pg_catalog.pg_extension_config_dump('gp_segment_configuration', '');
 SELECT pg_catalog.pg_extension_config_dump('gp_configuration_history', '');
+SELECT pg_catalog.pg_extension_config_dump('gp_segment_identity', '');
 
 -- Members of gp_recovery_admin (and superusers) may start and cancel
 -- recoveries. Roles belong to the cluster, so it may exist already.
@@ -79,6 +98,9 @@ CREATE TABLE gp_recovery_job (
     target_datadir      text        NOT NULL,
     -- The catalog row before the job, to put back if a full recovery fails.
     original            jsonb       NOT NULL,
+    -- The pair's database system identifier when the job was queued: no
+    -- step stops or fences a server without it.
+    system_identifier   text,
     state               text        NOT NULL DEFAULT 'queued'
                         CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'canceled')),
     phase               text        NOT NULL DEFAULT 'queued',

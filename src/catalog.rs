@@ -7,8 +7,8 @@ use gp_recovery_core::registration::{self, SegmentRequest};
 use gp_recovery_core::segment::{Mode, Segment};
 use pgrx::prelude::*;
 
-use crate::error::{internal, OrRaise};
-use crate::segment_client;
+use crate::error::{internal, required, OrRaise};
+use crate::{segment_client, segment_host};
 
 /// The whole catalog, ordered by dbid.
 pub fn load() -> Vec<Segment> {
@@ -135,6 +135,50 @@ pub fn lock_rows(dbids: &[i16]) -> Vec<Segment> {
     serde_json::from_value(json).unwrap_or_else(|e| internal("unexpected gp_segment_configuration row", e))
 }
 
+/// A text column of gp_segment_identity by dbid, where it is set.
+fn identity_column(sql: &str) -> std::collections::HashMap<i16, String> {
+    Spi::connect(|client| {
+        client
+            .select(sql, None, &[])?
+            .map(|row| Ok((row.get::<i16>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())))
+            .collect::<Result<_, pgrx::spi::Error>>()
+    })
+    .or_raise()
+}
+
+/// The database system identifier recorded for each dbid (its pair's).
+pub fn system_identifiers() -> std::collections::HashMap<i16, String> {
+    identity_column("SELECT dbid, system_identifier FROM public.gp_segment_identity")
+}
+
+/// Records what a registered segment is: its pair's system identifier.
+pub fn record_system_identifier(dbid: i16, system_identifier: &str) {
+    Spi::run_with_args(
+        "INSERT INTO public.gp_segment_identity (dbid, system_identifier) VALUES ($1, $2) \
+         ON CONFLICT (dbid) DO UPDATE SET system_identifier = EXCLUDED.system_identifier",
+        &[dbid.into(), system_identifier.into()],
+    )
+    .or_raise();
+}
+
+/// Records the machine each host (by name, in any case) was found to be.
+pub fn record_host_ids(found: &[(String, String)]) {
+    for (hostname, machine) in found {
+        Spi::run_with_args(
+            "UPDATE public.gp_segment_identity i SET host_id = $2, host_checked_at = pg_catalog.now() \
+               FROM public.gp_segment_configuration c \
+              WHERE c.dbid = i.dbid AND pg_catalog.lower(c.hostname) = pg_catalog.lower($1)",
+            &[hostname.as_str().into(), machine.as_str().into()],
+        )
+        .or_raise();
+    }
+}
+
+/// The machine last recorded for each dbid's host, where one was.
+pub fn host_ids() -> std::collections::HashMap<i16, String> {
+    identity_column("SELECT dbid, host_id FROM public.gp_segment_identity WHERE host_id IS NOT NULL")
+}
+
 /// Contents whose latest double-fault history row says the fault is still on.
 pub fn contents_in_double_fault() -> Vec<i16> {
     Spi::connect(|client| {
@@ -185,25 +229,27 @@ pub fn contents_on_fts_hold() -> Vec<i16> {
 /// Registers a running instance after checking it is what the caller says.
 #[pg_extern]
 fn gp_add_segment(
-    content: i32,
-    role: i8,
-    hostname: &str,
-    port: i32,
-    datadir: &str,
+    content: Option<i32>,
+    role: Option<i8>,
+    hostname: Option<&str>,
+    port: Option<i32>,
+    datadir: Option<&str>,
     address: default!(Option<&str>, "NULL"),
 ) -> i16 {
+    let f = "gp_add_segment";
     let request = SegmentRequest {
-        content,
-        role: role as u8 as char,
-        hostname: hostname.to_string(),
-        port,
-        datadir: datadir.to_string(),
+        content: required(f, "content", content),
+        role: required(f, "role", role) as u8 as char,
+        hostname: required(f, "hostname", hostname).to_string(),
+        port: required(f, "port", port),
+        datadir: required(f, "datadir", datadir).to_string(),
         address: address.map(str::to_string),
     };
     // Registrations are serialized; readers of the catalog are not blocked.
     Spi::run("LOCK TABLE public.gp_segment_configuration IN SHARE ROW EXCLUSIVE MODE").or_raise();
     let catalog = load();
-    let row = registration::plan(&catalog, &request).or_raise();
+    let row = registration::plan(&catalog, &request, &segment_client::resolving_hosts(&catalog, &[&request.hostname]))
+        .or_raise();
     let primary = if row.content >= 0 && row.role == gp_recovery_core::segment::Role::Mirror {
         registration::primary_of(&catalog, row.content).cloned()
     } else {
@@ -216,6 +262,9 @@ fn gp_add_segment(
     let probe = probes.get(&row.dbid).cloned().unwrap_or_else(missing);
     let primary_probe = primary.as_ref().map(|p| probes.get(&p.dbid).cloned().unwrap_or_else(missing));
     let mode = registration::verify_claim(&row, &probe, primary.as_ref().zip(primary_probe.as_ref())).or_raise();
+    let system_identifier = probe.map(|p| p.system_identifier).unwrap_or_default();
+    let own = segment_host::coordinator().system_identifier.clone();
+    registration::verify_system_identifier(&row, &system_identifier, &own).or_raise();
 
     let row = Segment { mode, ..row };
     insert(&History {
@@ -228,6 +277,7 @@ fn gp_add_segment(
         row: row.clone(),
         event: SegmentEvent::SegmentAdded,
     });
+    record_system_identifier(row.dbid, &system_identifier);
     if let Some(primary) = primary.filter(|p| p.mode != mode) {
         set_mode(&primary, mode, "gp_add_segment");
     }

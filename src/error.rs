@@ -24,6 +24,23 @@ pub fn internal(context: &str, e: impl std::fmt::Display) -> ! {
     pgrx::ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{context}: {e}"));
 }
 
+/// The value of a function's argument that must not be NULL, or an ERROR
+/// naming it (null_value_not_allowed): pgrx itself would panic.
+pub fn required<T>(function: &str, argument: &str, value: Option<T>) -> T {
+    match value {
+        Some(v) => v,
+        None => null_argument(function, argument),
+    }
+}
+
+fn null_argument(function: &str, argument: &str) -> ! {
+    pgrx::ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+        format!("{function}: argument {argument} must not be NULL")
+    );
+}
+
 pub trait OrRaise<T> {
     /// The value, or the ERROR that the failure maps to.
     fn or_raise(self) -> T;

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gp_recovery_core::fts::{self, Observation, Plan, PrimaryHealth, SegmentOp, Settings};
+use gp_recovery_core::identity::Member;
 use gp_recovery_core::probe::ProbeResult;
 use gp_recovery_core::segment::{Pair, Segment};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
@@ -196,6 +197,8 @@ struct Probed {
     mirror_probe: ProbeResult,
     /// When the primary's answer came: the stream it reports is as of then.
     answered: Instant,
+    /// The pair's database system identifier, as the catalog records it.
+    system_identifier: Option<String>,
 }
 
 enum Event {
@@ -331,7 +334,9 @@ impl Fts {
         if !self.round_to_spawn && !due_follow_ups {
             return;
         }
-        let (catalog, held) = BackgroundWorker::transaction(|| (catalog::load(), catalog::contents_on_fts_hold()));
+        let (catalog, held, identities) = BackgroundWorker::transaction(|| {
+            (catalog::load(), catalog::contents_on_fts_hold(), catalog::system_identifiers())
+        });
         let s = settings();
         for pair in Pair::all(&catalog) {
             let content = pair.primary.content;
@@ -351,6 +356,7 @@ impl Fts {
             }
             self.follow_up.remove(&content);
             let (primary, mirror) = (pair.primary.clone(), pair.mirror.clone());
+            let system_identifier = identities.get(&mirror.dbid).or_else(|| identities.get(&primary.dbid)).cloned();
             let (pt, mt) = (Target::new(&primary, s.timeout), Target::new(&mirror, s.timeout));
             // Only a mirror whose last probe failed is given less than its
             // timeout; a busy mirror answering within it never counts as silent.
@@ -383,7 +389,7 @@ impl Fts {
                         Err(format!("no answer within {} ms of its primary's", wait.as_millis()))
                     }
                 };
-                Probed { round, primary, mirror, primary_health, mirror_probe, answered }
+                Probed { round, primary, mirror, primary_health, mirror_probe, answered, system_identifier }
             };
             self.tasks.spawn_on(probe, runtime().handle());
         }
@@ -558,6 +564,7 @@ impl Fts {
             mirror_flush_stalled_for: flush_stalled_since.map(|t| now - t),
             unfinished: memory.unfinished.as_ref().map(|(_, ops)| ops.clone()).unwrap_or_default(),
             fence_recorded: memory.fence_recorded,
+            system_identifier: p.system_identifier,
         };
         let plan = fts::decide(&observation, &s.rules);
         if plan.warning {
@@ -592,8 +599,9 @@ impl Fts {
     /// false when a step failed; the next probe of the content decides again.
     fn carry_out(&mut self, o: &Observation, plan: &Plan, timeout: Duration) -> bool {
         let content = o.primary.content;
+        let sysid = o.system_identifier.as_deref();
         for op in &plan.before_catalog {
-            if !self.segment_op(content, op, timeout) {
+            if !self.segment_op(content, op, timeout, sysid) {
                 return false;
             }
         }
@@ -640,7 +648,7 @@ impl Fts {
             .unwrap_or_default();
         let mut done = true;
         for (i, op) in plan.after_catalog.iter().enumerate() {
-            if self.segment_op(content, op, timeout) {
+            if self.segment_op(content, op, timeout, sysid) {
                 left.retain(|l| !l.same_step(op));
                 continue;
             }
@@ -668,7 +676,9 @@ impl Fts {
         done
     }
 
-    fn segment_op(&mut self, content: i16, op: &SegmentOp, timeout: Duration) -> bool {
+    /// One segment operation; a promotion or a fence only of the pair's own
+    /// server (`system_identifier`, and for a fence the row's directory).
+    fn segment_op(&mut self, content: i16, op: &SegmentOp, timeout: Duration, system_identifier: Option<&str>) -> bool {
         let (what, result) = match op {
             SegmentOp::EnableSyncRep(s) => {
                 let result = block_on(Target::new(s, timeout).enable_sync_rep());
@@ -683,17 +693,21 @@ impl Fts {
                 format!("turn synchronous replication off at dbid {}", s.dbid),
                 block_on(Target::new(s, timeout).disable_sync_rep()),
             ),
-            SegmentOp::Promote(s) => {
-                (format!("promote dbid {} at {}", s.dbid, s.location()), block_on(Target::new(s, timeout).promote()))
-            }
+            SegmentOp::Promote(s) => (
+                format!("promote dbid {} at {}", s.dbid, s.location()),
+                block_on(Target::new(s, timeout).promote(system_identifier)),
+            ),
             SegmentOp::CreateSlot(s) => (
                 format!("create the replication slot on dbid {}", s.dbid),
                 block_on(Target::new(s, timeout).create_slot()),
             ),
-            SegmentOp::Fence(s) => (
-                format!("stop dbid {} at {} (immediate shutdown, fencing)", s.dbid, s.location()),
-                block_on(Target::new(s, timeout).fence()),
-            ),
+            SegmentOp::Fence(s) => {
+                let member = Member { system_identifier: system_identifier.unwrap_or_default(), datadir: &s.datadir };
+                (
+                    format!("stop dbid {} at {} (immediate shutdown, fencing)", s.dbid, s.location()),
+                    block_on(Target::new(s, timeout).fence(&member)),
+                )
+            }
         };
         match result {
             Ok(()) => {

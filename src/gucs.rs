@@ -23,6 +23,7 @@ pub static JOB_START_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
 pub static JOB_CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
 pub static JOB_CATCHUP_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static JOB_SYNC_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
+pub static COPY_STALL_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(300);
 pub static MAX_PARALLEL_JOBS_PER_HOST: GucSetting<i32> = GucSetting::<i32>::new(64);
 pub static AUTO_RECOVER: GucSetting<AutoRecoverSetting> =
     GucSetting::<AutoRecoverSetting>::new(AutoRecoverSetting::Off);
@@ -245,6 +246,13 @@ pub fn define() {
             c"Seconds the fault tolerance service may take to mark a caught-up pair synchronized (phase synchronizing).",
             c"Past it the job fails; the segment stays up and the fault tolerance service goes on watching it.",
             &JOB_SYNC_TIMEOUT,
+            86400,
+        ),
+        (
+            c"gp_recovery.copy_stall_timeout",
+            c"Seconds pg_rewind, pg_basebackup or rsync may go without printing progress before its job fails.",
+            c"A source that hangs mid-copy would hold its content forever; past this bound the copy is stopped, the job fails naming the stall, and the segment stays down and recoverable.",
+            &COPY_STALL_TIMEOUT,
             86400,
         ),
     ] {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use gp_recovery_core::events::{History, SegmentEvent};
 use gp_recovery_core::host::{self, Scripts};
+use gp_recovery_core::identity::{self, HostNames, HostReport};
 use gp_recovery_core::job::{self, Backout, JobKind, JobState, Phase};
 use gp_recovery_core::probe::{ProbeResult, MIRROR_APPLICATION_NAME, SLOT_NAME};
 use gp_recovery_core::rebalance;
@@ -72,6 +73,8 @@ fn next_with_history(row: Segment, event: SegmentEvent, text: String) -> Step {
 /// What a call to a segment returned.
 enum Answer {
     Done,
+    /// Something accepts connections at the address and port.
+    Listening(bool),
     Probe(ProbeResult),
     Bytes(i64),
     Lsn(u64),
@@ -86,6 +89,19 @@ enum Answer {
 struct Backup {
     started: oneshot::Receiver<Result<(), String>>,
     stop: Option<oneshot::Sender<()>>,
+}
+
+/// One host's part of a relocation's identity check: the directories it
+/// reports (on the target's host, the target first) and what each is.
+struct HostCheck {
+    hostname: String,
+    paths: Vec<String>,
+    names: Vec<String>,
+    /// The catalog rows among them, with the machine last recorded for
+    /// their host: compared by path when the host does not answer.
+    recorded: Vec<(String, Option<String>)>,
+    tool: Option<Tool>,
+    result: Option<Result<String, String>>,
 }
 
 /// Undoing a failed, canceled or interrupted job, one step at a time.
@@ -144,6 +160,12 @@ pub struct Job {
     behind: Option<(i64, Instant)>,
     /// A failure waiting for the cause from the segment's log.
     diagnosing: Option<String>,
+    /// A relocation's identity check, host by host, and the machine each
+    /// host that answered turned out to be (recorded in the catalog).
+    identity: Vec<HostCheck>,
+    machines: Vec<(String, String)>,
+    /// When the running copy tool last printed progress.
+    last_output: Instant,
     /// Text a later step of the phase writes (backup label and map, postgresql.auto.conf).
     pending_text: Option<(String, String)>,
     pub ending: Option<Ending>,
@@ -156,10 +178,6 @@ pub struct Job {
 
 fn call_timeout() -> Duration {
     gucs::seconds(&gucs::JOB_CALL_TIMEOUT)
-}
-
-fn scripts() -> Scripts {
-    segment_host::scripts(call_timeout().as_secs().min(60))
 }
 
 /// Adds gp_recovery.max_rate (kB/s) to a copy tool's arguments.
@@ -201,6 +219,9 @@ impl Job {
             next_check: Instant::now(),
             behind: None,
             diagnosing: None,
+            identity: Vec::new(),
+            machines: Vec::new(),
+            last_output: Instant::now(),
             pending_text: None,
             ending: None,
             progress: None,
@@ -216,6 +237,17 @@ impl Job {
 
     pub fn dbid(&self) -> i16 {
         self.rec.dbid
+    }
+
+    /// The step scripts, acting for this job: what it claims carries its
+    /// id, and a server is stopped only when it is the pair's.
+    fn scripts(&self) -> Scripts {
+        let owner = host::Owner {
+            job: self.rec.job_id,
+            dbid: self.rec.dbid,
+            system_identifier: self.rec.system_identifier.clone().unwrap_or_default(),
+        };
+        segment_host::scripts(call_timeout().as_secs().min(60), Some(owner))
     }
 
     /// Called by the loop when the job enters a phase.
@@ -255,17 +287,39 @@ impl Job {
                     if COPY_TOOLS.contains(&name) {
                         self.logfile = Some(t.log.clone());
                         self.progress_reader = ProgressReader::default();
+                        self.last_output = Instant::now();
                     }
                     self.tool = Some(t);
                     None
                 }
-                Err(e) => Some(Err(HostError { message: e, unreachable: false })),
+                Err(e) => Some(Err(HostError { message: e, unreachable: false, refused: false })),
             };
         }
         let tool = self.tool.as_mut()?;
         if COPY_TOOLS.contains(&tool.name) {
-            if let Some(p) = self.progress_reader.feed(&tool.appended()) {
+            let appended = tool.appended();
+            if !appended.is_empty() {
+                self.last_output = Instant::now();
+            }
+            if let Some(p) = self.progress_reader.feed(&appended) {
                 self.progress = Some(p);
+            }
+            // A source that hangs mid-copy would hold the content forever.
+            let stall = gucs::seconds(&gucs::COPY_STALL_TIMEOUT);
+            if self.last_output.elapsed() > stall && tool.running() {
+                let name = tool.name;
+                if let Some(mut t) = self.tool.take() {
+                    t.kill();
+                }
+                return Some(Err(HostError {
+                    message: format!(
+                        "{name} made no progress for {} s (gp_recovery.copy_stall_timeout): its source or the \
+                         network between them may hang; the copy was stopped",
+                        stall.as_secs()
+                    ),
+                    unreachable: false,
+                    refused: false,
+                }));
             }
         }
         let finished = tool.poll()?;
@@ -280,7 +334,7 @@ impl Job {
         script: impl FnOnce(&Scripts) -> String,
         limit: Option<Duration>,
     ) -> Option<Result<String, HostError>> {
-        let s = scripts();
+        let s = self.scripts();
         self.tool(self.target_host.clone(), name, || script(&s), limit)
     }
 
@@ -406,10 +460,194 @@ impl Job {
             {
                 return Step::Fail(e);
             }
+            self.sub = 3;
         }
-        let rec = self.rec.clone();
-        let kind = self.kind;
-        next_with(Box::new(move || start_in_catalog(&rec, kind)))
+        let relocation = self.kind == JobKind::Relocation;
+        if relocation && self.sub == 3 {
+            match self.checking_identity() {
+                None => return Step::Stay,
+                Some(Err(e)) => return Step::Fail(e),
+                Some(Ok(())) => self.sub = 4,
+            }
+        }
+        if relocation && self.sub == 4 {
+            match self.checking_port() {
+                None => return Step::Stay,
+                Some(Err(e)) => return Step::Fail(e),
+                Some(Ok(())) => self.sub = 5,
+            }
+        }
+        let (rec, kind, machines) = (self.rec.clone(), self.kind, std::mem::take(&mut self.machines));
+        next_with(Box::new(move || {
+            catalog::record_host_ids(&machines);
+            start_in_catalog(&rec, kind)
+        }))
+    }
+
+    /// A relocation's new directory, resolved on its host and compared, on
+    /// every host of the cluster, with what must not be touched: every
+    /// segment's data directory (the coordinator's included), their
+    /// tablespace locations, and other jobs' targets. On one machine
+    /// (machine-id and boot) it must not be, lie inside or hold any of
+    /// them, by device and inode after following every link; and it must
+    /// fit the new host's PATH_MAX and NAME_MAX. A host that does not
+    /// answer is compared by path, if it was last found to be the target's
+    /// machine. Nothing is created before this.
+    fn checking_identity(&mut self) -> Option<Result<(), String>> {
+        if self.identity.is_empty() {
+            let loaded = try_transaction(|| Ok((catalog::load(), job_table::active(), catalog::host_ids())));
+            let (catalog, active, recorded) = match loaded {
+                Ok(l) => l,
+                Err(e) => return Some(Err(e)),
+            };
+            let mut checks = vec![HostCheck {
+                hostname: self.target.hostname.clone(),
+                paths: vec![self.target.datadir.clone()],
+                names: vec![String::new()],
+                recorded: Vec::new(),
+                tool: None,
+                result: None,
+            }];
+            let mut add = |hostname: &str, path: &str, name: String, machine: Option<Option<String>>| {
+                let i = match checks.iter().position(|c| c.hostname.eq_ignore_ascii_case(hostname)) {
+                    Some(i) => i,
+                    None => {
+                        checks.push(HostCheck {
+                            hostname: hostname.to_string(),
+                            paths: Vec::new(),
+                            names: Vec::new(),
+                            recorded: Vec::new(),
+                            tool: None,
+                            result: None,
+                        });
+                        checks.len() - 1
+                    }
+                };
+                checks[i].paths.push(path.to_string());
+                if let Some(m) = machine {
+                    checks[i].recorded.push((path.to_string(), m));
+                }
+                checks[i].names.push(name);
+            };
+            for seg in &catalog {
+                let what = if seg.is_coordinator() { ", the coordinator" } else { "" };
+                let name = format!("dbid {} (content {}{what}) at {}", seg.dbid, seg.content, seg.location());
+                add(&seg.hostname, &seg.datadir, name, Some(recorded.get(&seg.dbid).cloned()));
+            }
+            for j in active.iter().filter(|j| j.job_id != self.id()) {
+                let name = format!("the target of recovery job {} for dbid {}", j.job_id, j.dbid);
+                add(&j.target.hostname, &j.target.datadir, name, None);
+            }
+            let s = self.scripts();
+            let (id, dbid) = (self.id(), self.dbid());
+            for (i, check) in checks.iter_mut().enumerate() {
+                let log_name = job::log_file_name(&format!("identify_{i}"), id, dbid);
+                let script = s.identify(&check.paths, i == 0);
+                let spawned = SegmentHost::of(&check.hostname)
+                    .and_then(|h| Tool::spawn(h, "identify", &log_name, &script, Some(Duration::from_secs(60))));
+                match spawned {
+                    Ok(t) => check.tool = Some(t),
+                    Err(e) => check.result = Some(Err(e)),
+                }
+            }
+            self.identity = checks;
+        }
+        for check in self.identity.iter_mut().filter(|c| c.result.is_none()) {
+            let finished = check.tool.as_mut().and_then(Tool::poll);
+            if let Some(f) = finished {
+                check.result = Some(f.result.map(|()| f.output).map_err(String::from));
+                check.tool = None;
+            }
+        }
+        if self.identity.iter().any(|c| c.result.is_none()) {
+            return None;
+        }
+        let checks = std::mem::take(&mut self.identity);
+        Some(self.judge_identity(&checks))
+    }
+
+    /// Decides on the reports of a relocation's identity check.
+    fn judge_identity(&mut self, checks: &[HostCheck]) -> Result<(), String> {
+        let target = &self.target.datadir;
+        let Some((first, others)) = checks.split_first() else { return Err("no identity check ran".into()) };
+        let report = match &first.result {
+            Some(Ok(out)) => HostReport::parse(out, first.paths.len()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("not run".into()),
+        }
+        .map_err(|e| format!("could not resolve the new data directory on host {}: {e}", first.hostname))?;
+        if let Some((path_max, name_max)) = report.limits {
+            identity::check_host_limits(target, path_max, name_max)?;
+        }
+        let machine = report.machine.clone();
+        let target_path = report.dirs[0].path.clone();
+        let beside = HostReport { dirs: report.dirs[1..].to_vec(), ..report.clone() };
+        let mut protected = identity::protected_from(&beside, &first.names[1..]);
+        self.machines = vec![(first.hostname.clone(), machine.clone())];
+        for check in others {
+            let parsed = match &check.result {
+                Some(Ok(out)) => HostReport::parse(out, check.paths.len()),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err("not run".into()),
+            };
+            match parsed {
+                Ok(r) => {
+                    self.machines.push((check.hostname.clone(), r.machine.clone()));
+                    protected.extend(identity::protected_from(&r, &check.names));
+                }
+                Err(e) => {
+                    for ((path, m), name) in check.recorded.iter().zip(&check.names) {
+                        if m.as_deref() == Some(machine.as_str()) {
+                            if let Some(o) = identity::path_overlap(target, path) {
+                                return Err(format!(
+                                    "the new data directory {target} {} the data directory of {name} (host {} does \
+                                     not answer, and was last found to be the new host's machine); nothing was changed",
+                                    o.verb(),
+                                    check.hostname
+                                ));
+                            }
+                        }
+                    }
+                    log!(
+                        "gp_recovery: job {}: host {} did not report its directories ({e}); they were compared by name only",
+                        self.id(),
+                        check.hostname
+                    );
+                }
+            }
+        }
+        identity::check_target(target, &machine, &target_path, &protected)
+    }
+
+    /// A relocation to another host or port: nothing may accept
+    /// connections there yet (a server not in the catalog would take the
+    /// new segment's port, and a fence aimed at it would reach that server).
+    fn checking_port(&mut self) -> Option<Result<(), String>> {
+        let local_hosts = gucs::local_hosts();
+        let hosts = segment_host::hosts_by_name(&local_hosts);
+        let original = &self.rec.original;
+        if original.port == self.target.port && hosts.same_host(&original.hostname, &self.target.hostname) {
+            return Some(Ok(()));
+        }
+        let (address, port) = (self.target.address.clone(), self.target.port);
+        let answer = self.call(|| {
+            Box::pin(async move {
+                let port = u16::try_from(port).unwrap_or(0);
+                let connect = tokio::net::TcpStream::connect((address.as_str(), port));
+                let listening = tokio::time::timeout(Duration::from_secs(2), connect).await.is_ok_and(|r| r.is_ok());
+                Ok(Answer::Listening(listening))
+            })
+        })?;
+        Some(match answer {
+            Ok(Answer::Listening(false)) => Ok(()),
+            Ok(Answer::Listening(true)) => Err(format!(
+                "port {} on host {} already accepts connections, yet no segment of the catalog is there: another \
+                 server uses it; choose another port",
+                self.target.port, self.target.hostname
+            )),
+            Ok(_) => Err("unexpected answer".into()),
+            Err(e) => Err(e),
+        })
     }
 
     /// Makes sure the failed segment is not running. Rebalance stops the
@@ -417,7 +655,7 @@ impl Job {
     fn stopping(&mut self) -> Step {
         let rebalance = self.kind == JobKind::Rebalance;
         let dir = self.rec.original.datadir.clone();
-        let s = scripts();
+        let s = self.scripts();
         let host = self.original_host.clone();
         match self.tool(host, "stop", || s.stop(&dir, rebalance), Some(Duration::from_secs(120))) {
             None => Step::Stay,
@@ -507,7 +745,7 @@ impl Job {
     fn allowing_new_host(&mut self) -> Step {
         let (host, by_name) = (self.target.hostname.clone(), gucs::HBA_HOSTNAMES.get());
         let entry = host::hba_entry(&self.target.address, &host, by_name);
-        let (dir, hba, user, s) = (self.source.datadir.clone(), self.hba_file.clone(), server_user(), scripts());
+        let (dir, hba, user, s) = (self.source.datadir.clone(), self.hba_file.clone(), server_user(), self.scripts());
         let source_host = SegmentHost::of(&self.source.hostname);
         let script = || s.allow_host(&dir, &hba, &user, &entry, &host);
         match self.tool(source_host, "allow_host", script, Some(SHORT_STEP)) {
@@ -552,11 +790,22 @@ impl Job {
             self.sub = 1;
         }
         if self.sub == 1 {
+            let (sysid, datadir) =
+                (self.rec.system_identifier.clone().unwrap_or_default(), self.source.datadir.clone());
+            let (dbid, location) = (self.source.dbid, self.source.location());
             match self.probe_mirror() {
                 None => return Step::Stay,
-                Some(Ok(p)) if p.in_recovery => self.sub = 2,
-                Some(Ok(_)) => return Step::Fail(format!("dbid {} is not in recovery", self.source.dbid)),
-                Some(Err(e)) => return Step::Fail(format!("dbid {} does not answer: {e}", self.source.dbid)),
+                Some(Ok(p)) => {
+                    let member = identity::Member { system_identifier: &sysid, datadir: &datadir };
+                    if let Some(why) = member.refusal(&p.system_identifier, &p.data_directory) {
+                        return Step::Fail(format!("the server at {location} is not dbid {dbid}: {why}"));
+                    }
+                    if !p.in_recovery {
+                        return Step::Fail(format!("dbid {dbid} is not in recovery"));
+                    }
+                    self.sub = 2;
+                }
+                Some(Err(e)) => return Step::Fail(format!("dbid {dbid} does not answer: {e}")),
             }
         }
         // A checkpoint while the primary still serves commits leaves its
@@ -860,9 +1109,10 @@ impl Job {
     /// promotion (the acting primary in recovery with its peer down).
     fn promoting(&mut self) -> Step {
         let t = Target::new(&self.source, call_timeout());
+        let sysid = self.rec.system_identifier.clone();
         let answer = self.call(|| {
             Box::pin(async move {
-                t.promote().await?;
+                t.promote(sysid.as_deref()).await?;
                 let mut warnings = Vec::new();
                 for (what, result) in [
                     ("turn synchronous replication off", t.disable_sync_rep().await),
@@ -1077,7 +1327,7 @@ impl Job {
                 Err(e) => return Step::Fail(e),
             }
         }
-        let (dir, hba, s) = (self.source.datadir.clone(), self.hba_file.clone(), scripts());
+        let (dir, hba, s) = (self.source.datadir.clone(), self.hba_file.clone(), self.scripts());
         let source_host = SegmentHost::of(&self.source.hostname);
         match self.tool(source_host, "forget_host", || s.forget_host(&dir, &hba, &old_host), Some(SHORT_STEP)) {
             None => Step::Stay,
@@ -1231,6 +1481,7 @@ impl Job {
         let dir = self.target.datadir.clone();
         match self.target_tool("stop", |s| s.stop(&dir, false), Some(Duration::from_secs(120)))? {
             Ok(_) => Some(Ok(())),
+            Err(e) if e.refused => Some(Err(format!("the target was left running: {}", e.message))),
             Err(e) => Some(Err(format!("could not stop the target: {}", e.message))),
         }
     }
@@ -1239,6 +1490,7 @@ impl Job {
         let (dir, relocate) = (self.target.datadir.clone(), self.kind == JobKind::Relocation);
         match self.target_tool("restore", |s| s.back_out_copy(&dir, relocate), Some(SHORT_STEP))? {
             Ok(_) => Some(Ok(())),
+            Err(e) if e.refused => Some(Err(format!("the data directory was left as it is: {}", e.message))),
             Err(e) => Some(Err(format!("could not restore the data directory: {}", e.message))),
         }
     }

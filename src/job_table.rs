@@ -225,8 +225,9 @@ pub fn insert(spec: &JobSpec, by: Option<&str>) -> i64 {
     Spi::get_one_with_args::<i64>(
         "INSERT INTO public.gp_recovery_job (recovery_type, dbid, content, relocate, \
            source_dbid, source_hostname, source_address, source_port, source_datadir, \
-           target_hostname, target_address, target_port, target_datadir, original, submitted_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING job_id",
+           target_hostname, target_address, target_port, target_datadir, original, submitted_by, system_identifier) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                 (SELECT i.system_identifier FROM public.gp_segment_identity i WHERE i.dbid = $2)) RETURNING job_id",
         &[
             spec.mode.as_str().into(),
             t.dbid.into(),

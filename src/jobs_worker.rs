@@ -23,7 +23,7 @@ use pgrx::{pg_shmem_init, PgAtomic};
 use crate::job_steps::{Ended, Job, Step};
 use crate::job_table::{self, try_transaction, ProgressRow};
 use crate::selfheal::SelfHealing;
-use crate::{catalog, gucs, latch, supervise};
+use crate::{catalog, gucs, latch, segment_host, supervise};
 
 static JOBS_WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"gp_recovery_jobs_worker_pid") };
 
@@ -136,7 +136,7 @@ impl Worker {
         };
         // Every claimed row is planned again from the catalog with the SQL
         // functions' checks: a row they did not write never runs.
-        let now = match try_transaction(|| Ok((catalog::load(), job_table::active()))) {
+        let now = match try_transaction(|| Ok((catalog::load(), job_table::active(), catalog::system_identifiers()))) {
             Ok(n) => n,
             Err(e) => {
                 for rec in claimed {
@@ -149,8 +149,11 @@ impl Worker {
                 return;
             }
         };
+        let local_hosts = gucs::local_hosts();
         for rec in claimed {
-            if let Err(e) = recovery::verify_claimed(&now.0, &now.1, &rec) {
+            let hosts = segment_host::hosts_by_name(&local_hosts);
+            let system_identifier = now.2.get(&rec.dbid).map(String::as_str);
+            if let Err(e) = recovery::verify_claimed(&now.0, &now.1, &rec, &hosts, system_identifier) {
                 warning!("gp_recovery: job {} refused: {e}", rec.job_id);
                 self.end(rec.job_id, JobState::Failed, Some(format!("refused: {e}")));
                 continue;
@@ -373,12 +376,13 @@ impl Worker {
             self.healing.round();
             self.claim();
             self.tick();
+            supervise::reap();
             self.flush_progress();
             self.remove_old_jobs();
             // A step that ends (SIGCHLD) or a call that returns sets the
             // latch, so it is followed at once; else running jobs are
             // polled 20 times a second. Probes of sources keep their own pace.
-            let nap = if self.jobs.is_empty() { 1000 } else { 50 };
+            let nap = if self.jobs.is_empty() && !supervise::reaping() { 1000 } else { 50 };
             if !BackgroundWorker::wait_latch(Some(Duration::from_millis(nap))) {
                 self.stopping = true;
             }

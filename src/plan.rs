@@ -99,7 +99,7 @@ fn describe(s: &Segment) -> String {
 #[pg_extern]
 #[allow(clippy::type_complexity)]
 fn gp_recovery_plan(
-    mode: default!(&str, "'auto'"),
+    mode: default!(Option<&str>, "'auto'"),
     dbid: default!(Option<i32>, "NULL"),
     config: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
@@ -116,6 +116,7 @@ fn gp_recovery_plan(
         name!(warnings, Vec<String>),
     ),
 > {
+    let mode = crate::error::required("gp_recovery_plan", "mode", mode);
     let specs: Vec<JobSpec> = match (dbid, config) {
         (Some(_), Some(_)) => raise(CoreError::InvalidValue {
             what: "arguments",
@@ -136,7 +137,7 @@ fn gp_recovery_plan(
     let bytes = segment_client::call_all(&sources, Duration::from_secs(10), "reading the size", |t| async move {
         t.database_bytes().await
     });
-    let scripts = segment_host::scripts(10);
+    let scripts = segment_host::scripts(10, None);
     let spaces = run_on_hosts(
         specs
             .iter()

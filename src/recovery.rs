@@ -12,7 +12,7 @@ use gp_recovery_core::CoreError;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use crate::error::{raise, OrRaise};
+use crate::error::{raise, required, OrRaise};
 use crate::{catalog, job_table, jobs_worker, latch, segment_client};
 
 fn require_worker() {
@@ -72,7 +72,10 @@ fn submit(specs: Vec<JobSpec>) -> Vec<i64> {
 /// The job gp_recover_segment would queue.
 pub(crate) fn plan_one(dbid: i32, mode: &str, new: NewLocation) -> JobSpec {
     let mode = mode.parse::<RecoveryMode>().or_raise();
-    plan_recovery(&catalog::load(), &job_table::active(), dbid, mode, &new).or_raise()
+    let catalog = catalog::load();
+    let more: Vec<&str> = new.hostname.iter().chain(&new.address).map(String::as_str).collect();
+    let hosts = segment_client::resolving_hosts(&catalog, &more);
+    plan_recovery(&catalog, &job_table::active(), dbid, mode, &new, &hosts).or_raise()
 }
 
 /// The jobs gp_recover_all would queue: one per down segment that can be
@@ -80,10 +83,11 @@ pub(crate) fn plan_one(dbid: i32, mode: &str, new: NewLocation) -> JobSpec {
 pub(crate) fn plan_all(mode: &str) -> Vec<JobSpec> {
     let mode = mode.parse::<RecoveryMode>().or_raise();
     let catalog = catalog::load();
+    let hosts = segment_client::resolving_hosts(&catalog, &[]);
     let mut active = job_table::active();
     let mut specs = Vec::new();
     for s in catalog.iter().filter(|s| !s.is_coordinator() && s.status == Status::Down) {
-        match plan_recovery(&catalog, &active, s.dbid.into(), mode, &NewLocation::default()) {
+        match plan_recovery(&catalog, &active, s.dbid.into(), mode, &NewLocation::default(), &hosts) {
             Ok(spec) => {
                 active.push(planned(&spec));
                 specs.push(spec);
@@ -99,6 +103,12 @@ pub(crate) fn plan_all(mode: &str) -> Vec<JobSpec> {
 pub(crate) fn plan_config(config: &str) -> Vec<JobSpec> {
     let lines = recovery::parse_config(config).or_raise();
     let catalog = catalog::load();
+    let more: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.new.as_ref())
+        .flat_map(|n| n.hostname.iter().map(String::as_str).chain([n.address.as_str()]))
+        .collect();
+    let hosts = segment_client::resolving_hosts(&catalog, &more);
     let mut active = job_table::active();
     let mut specs = Vec::new();
     let mut seen: Vec<(i16, usize)> = Vec::new();
@@ -118,7 +128,7 @@ pub(crate) fn plan_config(config: &str) -> Vec<JobSpec> {
             datadir: Some(n.datadir.clone()),
         });
         let mode = line.mode.unwrap_or(if line.new.is_some() { RecoveryMode::Full } else { RecoveryMode::Incremental });
-        let spec = plan_recovery(&catalog, &active, segment.dbid.into(), mode, &new)
+        let spec = plan_recovery(&catalog, &active, segment.dbid.into(), mode, &new, &hosts)
             .map_err(|e| at_line(line.line, e))
             .or_raise();
         active.push(planned(&spec));
@@ -139,12 +149,14 @@ fn submit_all(specs: Vec<JobSpec>) -> SetOfIterator<'static, i64> {
 /// Recovers one down segment (gprecoverseg for one segment); returns the job id.
 #[pg_extern]
 fn gp_recover_segment(
-    dbid: i32,
-    mode: default!(&str, "'incremental'"),
+    dbid: Option<i32>,
+    mode: default!(Option<&str>, "'incremental'"),
     new_hostname: default!(Option<&str>, "NULL"),
     new_port: default!(Option<i32>, "NULL"),
     new_datadir: default!(Option<&str>, "NULL"),
 ) -> i64 {
+    let f = "gp_recover_segment";
+    let (dbid, mode) = (required(f, "dbid", dbid), required(f, "mode", mode));
     require_worker();
     job_table::lock_submissions();
     let new = NewLocation {
@@ -158,7 +170,8 @@ fn gp_recover_segment(
 
 /// Recovers every down segment in place (gprecoverseg with no arguments).
 #[pg_extern]
-fn gp_recover_all(mode: default!(&str, "'incremental'")) -> SetOfIterator<'static, i64> {
+fn gp_recover_all(mode: default!(Option<&str>, "'incremental'")) -> SetOfIterator<'static, i64> {
+    let mode = required("gp_recover_all", "mode", mode);
     require_worker();
     job_table::lock_submissions();
     submit_all(plan_all(mode))
@@ -166,7 +179,8 @@ fn gp_recover_all(mode: default!(&str, "'incremental'")) -> SetOfIterator<'stati
 
 /// Recovers the segments a gprecoverseg -i configuration lists, all or none.
 #[pg_extern]
-fn gp_recover_from_config(config: &str) -> SetOfIterator<'static, i64> {
+fn gp_recover_from_config(config: Option<&str>) -> SetOfIterator<'static, i64> {
+    let config = required("gp_recover_from_config", "config", config);
     require_worker();
     job_table::lock_submissions();
     submit_all(plan_config(config))
@@ -252,7 +266,8 @@ fn no_such_job(job_id: i64) -> ! {
 /// Waits until a job ends and returns its final state; a failed job is an
 /// ERROR carrying its error, so scripts and pg_cron see the failure.
 #[pg_extern]
-fn gp_recovery_wait(job_id: i64, timeout: default!(Option<pgrx::datum::Interval>, "NULL")) -> String {
+fn gp_recovery_wait(job_id: Option<i64>, timeout: default!(Option<pgrx::datum::Interval>, "NULL")) -> String {
+    let job_id = required("gp_recovery_wait", "job_id", job_id);
     let limit = timeout.map(|t| {
         let secs = Spi::get_one_with_args::<f64>("SELECT extract(epoch FROM $1)::float8", &[t.into()])
             .or_raise()
@@ -288,7 +303,8 @@ fn gp_recovery_wait(job_id: i64, timeout: default!(Option<pgrx::datum::Interval>
 /// processes stopped, the segment left down and the catalog put back.
 /// Returns false when the job had already ended.
 #[pg_extern]
-fn gp_recovery_cancel(job_id: i64) -> bool {
+fn gp_recovery_cancel(job_id: Option<i64>) -> bool {
+    let job_id = required("gp_recovery_cancel", "job_id", job_id);
     if job_table::cancel_queued(job_id) {
         return true;
     }

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use gp_recovery_core::fts::PrimaryHealth;
+use gp_recovery_core::identity::{ByName, HostNames, Member};
 use gp_recovery_core::probe::{
     os_user_name, InstanceProbe, ProbeResult, Replication, Tablespace, WalReceiver, MIRROR_APPLICATION_NAME, SLOT_NAME,
 };
@@ -242,9 +243,28 @@ impl Target {
         true
     }
 
-    /// Promotes a standby and waits until it accepts writes. A server that is
-    /// no longer in recovery is left alone, so repeating this is harmless.
-    pub async fn promote(&self) -> Result<(), String> {
+    /// Promotes a standby of the pair (`system_identifier`; another
+    /// database system's standby at this host and port is refused) and
+    /// waits until it accepts writes. A server that is no longer in recovery
+    /// is left alone, so repeating this is harmless.
+    pub async fn promote(&self, system_identifier: Option<&str>) -> Result<(), String> {
+        let expected = system_identifier.unwrap_or_default().to_string();
+        let location = self.segment.location();
+        let refused = self
+            .with_client(|client| async move {
+                let found: String =
+                    client.query_one("SELECT system_identifier::text FROM pg_catalog.pg_control_system()", &[]).await?.try_get(0)?;
+                Ok((found != expected || expected.is_empty()).then(|| {
+                    format!(
+                        "the server at {location} has database system identifier {found}, not the pair's {}: not promoting it",
+                        if expected.is_empty() { "(none recorded)" } else { expected.as_str() }
+                    )
+                }))
+            })
+            .await?;
+        if let Some(refusal) = refused {
+            return Err(refusal);
+        }
         self.with_client(|client| async move {
             // pg_promote(wait => true) looks every 100 ms; polling here
             // every 10 ms lets commits start sooner. with_client's timeout
@@ -327,17 +347,28 @@ impl Target {
 
     /// Immediate shutdown of a writable server through its own connection
     /// (it may be on any host): SIGQUIT to the postmaster named in its
-    /// postmaster.pid. A server in recovery is left alone. The connection
-    /// dies with the server, so losing it counts as done; the next probe
-    /// round checks.
-    pub async fn fence(&self) -> Result<(), String> {
+    /// postmaster.pid, but only when it is `member` (the pair's database
+    /// system identifier, the row's data directory), asked in the same
+    /// session. A server in recovery is left alone. The connection dies with
+    /// the server, so losing it counts as done; the next probe round checks.
+    pub async fn fence(&self, member: &Member<'_>) -> Result<(), String> {
+        let (sysid, datadir) = (member.system_identifier.to_string(), member.datadir.to_string());
         let refused = self
             .with_client(|client| async move {
                 let row = client
-                    .query_one("SELECT pg_is_in_recovery(), split_part(pg_read_file('postmaster.pid'), E'\\n', 1)", &[])
+                    .query_one(
+                        "SELECT pg_is_in_recovery(), split_part(pg_read_file('postmaster.pid'), E'\\n', 1), \
+                                (SELECT system_identifier::text FROM pg_catalog.pg_control_system()), \
+                                current_setting('data_directory')",
+                        &[],
+                    )
                     .await?;
                 if row.try_get::<_, bool>(0)? {
                     return Ok(None);
+                }
+                let expected = Member { system_identifier: &sysid, datadir: &datadir };
+                if let Some(why) = expected.refusal(&row.try_get::<_, String>(2)?, &row.try_get::<_, String>(3)?) {
+                    return Ok(Some(format!("not fencing it: {why}")));
                 }
                 let pid: String = row.try_get(1)?;
                 let Ok(pid) = pid.trim().parse::<u32>() else {
@@ -512,6 +543,64 @@ where
         }
         results
     })
+}
+
+/// Host names compared by what they reach, for the SQL functions: by name
+/// ([`ByName`]: any case, the coordinator's own names) or by a common
+/// address. Every name is resolved at once, all within 2 s; one that does
+/// not resolve in time is compared by name only.
+pub struct Resolved {
+    own_name: String,
+    local_hosts: String,
+    addresses: HashMap<String, Vec<std::net::IpAddr>>,
+}
+
+impl HostNames for Resolved {
+    fn same_host(&self, a: &str, b: &str) -> bool {
+        let by_name = ByName { own_name: &self.own_name, local_hosts: &self.local_hosts };
+        let of = |h: &str| self.addresses.get(&h.trim().to_ascii_lowercase());
+        by_name.same_host(a, b) || of(a).zip(of(b)).is_some_and(|(x, y)| x.iter().any(|ip| y.contains(ip)))
+    }
+}
+
+/// [`Resolved`] for every host name and address of the catalog and `more`.
+pub fn resolving_hosts(catalog: &[Segment], more: &[&str]) -> Resolved {
+    let mut names: Vec<String> = catalog
+        .iter()
+        .flat_map(|s| [s.hostname.as_str(), s.address.as_str()])
+        .chain(more.iter().copied())
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    names.sort();
+    names.dedup();
+    let addresses = block_on(async move {
+        let lookups: Vec<_> = names
+            .into_iter()
+            .map(|name| {
+                tokio::spawn(async move {
+                    let found =
+                        tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((name.as_str(), 0)))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<_>>());
+                    (name, found)
+                })
+            })
+            .collect();
+        let mut addresses = HashMap::new();
+        for lookup in lookups {
+            if let Ok((name, Some(found))) = lookup.await {
+                addresses.insert(name, found);
+            }
+        }
+        addresses
+    });
+    Resolved {
+        own_name: gp_recovery_core::identity::own_host_name(),
+        local_hosts: crate::gucs::local_hosts(),
+        addresses,
+    }
 }
 
 /// Probes every given segment at once; the map is keyed by dbid.

@@ -7,16 +7,21 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
 
-use gp_recovery_core::host::{self, Scripts};
+use gp_recovery_core::host::{self, Coordinator, Owner, Scripts};
+use gp_recovery_core::identity::{local_machine, local_path_id, own_host_name, ByName};
+use once_cell::sync::OnceCell;
 use pgrx::pg_sys;
 
 use crate::gucs;
 
-/// A step's failure; `unreachable` when the remote shell could not log in.
+/// A step's failure; `unreachable` when the remote shell could not log in,
+/// `refused` when the step would not act on what it could not prove to be
+/// the job's own (host::REFUSED).
 #[derive(Debug)]
 pub struct HostError {
     pub message: String,
     pub unreachable: bool,
+    pub refused: bool,
 }
 
 impl From<HostError> for String {
@@ -33,17 +38,6 @@ pub struct SegmentHost {
     remote: Option<Vec<String>>,
 }
 
-/// This machine's host name.
-fn own_host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
-        return String::new();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
 /// The directory of the server's own programs (pg_ctl, pg_rewind, ...),
 /// taken to be the same on every host.
 fn bindir() -> String {
@@ -52,9 +46,40 @@ fn bindir() -> String {
     Path::new(&*exec.to_string_lossy()).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// The step scripts for this server's programs and settings.
-pub fn scripts(connect_timeout: u64) -> Scripts {
-    Scripts { bindir: bindir(), connect_timeout }
+/// The coordinator as every step's script recognises it (read once: its
+/// machine, data directory and system identifier do not change while it
+/// runs). Its directory is read from DataDir, resolved by the kernel.
+pub fn coordinator() -> &'static Coordinator {
+    static COORDINATOR: OnceCell<Coordinator> = OnceCell::new();
+    COORDINATOR.get_or_init(|| {
+        // SAFETY: DataDir is set before any backend or worker runs.
+        let data = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) }.to_string_lossy().into_owned();
+        Coordinator {
+            machine: local_machine(),
+            // Without it the guard cannot compare directories; the system
+            // identifier check still applies.
+            datadir: local_path_id(Path::new(&data)).unwrap_or_default(),
+            // SAFETY: reads the control file's copy in shared memory, set
+            // up before any backend or worker starts.
+            system_identifier: unsafe { pg_sys::GetSystemIdentifier() }.to_string(),
+        }
+    })
+}
+
+/// The step scripts for this server's programs and settings; `owner` is
+/// the job they act for, if any.
+pub fn scripts(connect_timeout: u64, owner: Option<Owner>) -> Scripts {
+    Scripts { bindir: bindir(), connect_timeout, coordinator: coordinator().clone(), owner: owner.unwrap_or_default() }
+}
+
+/// How the jobs worker compares host names: without waiting on a resolver.
+pub fn hosts_by_name(local_hosts: &str) -> ByName<'_> {
+    ByName { own_name: own_host_name_static(), local_hosts }
+}
+
+fn own_host_name_static() -> &'static str {
+    static NAME: OnceCell<String> = OnceCell::new();
+    NAME.get_or_init(own_host_name)
 }
 
 impl SegmentHost {
@@ -93,9 +118,20 @@ impl SegmentHost {
     /// The error of a step that exited with `status` after printing `output`.
     pub fn failure(&self, what: &str, status: ExitStatus, output: &str) -> HostError {
         if self.is_remote() && status.code() == Some(host::SSH_FAILED) {
-            return HostError { message: host::unreachable(&self.name, output), unreachable: true };
+            return HostError { message: host::unreachable(&self.name, output), unreachable: true, refused: false };
         }
         let tail = host::last_lines(output, 3);
-        HostError { message: format!("{what} failed on host {} ({status}): {tail}", self.name), unreachable: false }
+        if status.code() == Some(host::REFUSED) {
+            return HostError {
+                message: format!("{what} on host {}: {tail}", self.name),
+                unreachable: false,
+                refused: true,
+            };
+        }
+        HostError {
+            message: format!("{what} failed on host {} ({status}): {tail}", self.name),
+            unreachable: false,
+            refused: false,
+        }
     }
 }

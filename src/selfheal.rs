@@ -135,7 +135,11 @@ impl SelfHealing {
             };
             let Verdict::Submit(mode, why) = verdict else { continue };
             let spec = match w {
-                Watched::Down(dbid) => plan_recovery(catalog, active, dbid.into(), mode, &NewLocation::default()),
+                Watched::Down(dbid) => {
+                    let local_hosts = crate::gucs::local_hosts();
+                    let hosts = crate::segment_host::hosts_by_name(&local_hosts);
+                    plan_recovery(catalog, active, dbid.into(), mode, &NewLocation::default(), &hosts)
+                }
                 Watched::Switched(dbid) => Pair::all(catalog)
                     .into_iter()
                     .find(|p| p.primary.dbid == dbid)

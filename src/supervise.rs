@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 
+use gp_recovery_core::reaper::Reaper;
+
 use crate::segment_host::{HostError, SegmentHost};
 
 /// gp_recovery_log/ under the coordinator's data directory.
@@ -47,7 +49,8 @@ pub fn remove_job_logs(jobs: &HashSet<i64>) -> usize {
 pub struct Tool {
     pub name: &'static str,
     host: SegmentHost,
-    child: Child,
+    /// None once killed: it is then the reaper's (see [`reap`]).
+    child: Option<Child>,
     /// Held open while the script runs: closing it ends the script's session on its host.
     stdin: Option<ChildStdin>,
     pub log: PathBuf,
@@ -91,7 +94,15 @@ impl Tool {
             .spawn()
             .map_err(|e| format!("could not run {name} for host {}: {e}", host.name))?;
         let stdin = child.stdin.take();
-        Ok(Tool { name, host, child, stdin, log, read_to: 0, deadline: limit.map(|l| (Instant::now() + l, l)) })
+        Ok(Tool {
+            name,
+            host,
+            child: Some(child),
+            stdin,
+            log,
+            read_to: 0,
+            deadline: limit.map(|l| (Instant::now() + l, l)),
+        })
     }
 
     /// What it printed so far.
@@ -111,9 +122,15 @@ impl Tool {
         new
     }
 
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// None while the step runs; how it ended once it has.
     pub fn poll(&mut self) -> Option<Finished> {
-        let status = match self.child.try_wait() {
+        let child = self.child.as_mut()?;
+        let status = match child.try_wait() {
             Ok(None) => {
                 if let Some((_, limit)) = self.deadline.filter(|(d, _)| Instant::now() > *d) {
                     self.kill();
@@ -126,7 +143,10 @@ impl Tool {
                         gp_recovery_core::host::last_lines(&output, 3),
                         self.log.display()
                     );
-                    return Some(Finished { result: Err(HostError { message, unreachable: false }), output });
+                    return Some(Finished {
+                        result: Err(HostError { message, unreachable: false, refused: false }),
+                        output,
+                    });
                 }
                 return None;
             }
@@ -134,7 +154,7 @@ impl Tool {
             Err(e) => {
                 let message = format!("could not wait for {}: {e}", self.name);
                 return Some(Finished {
-                    result: Err(HostError { message, unreachable: false }),
+                    result: Err(HostError { message, unreachable: false, refused: false }),
                     output: String::new(),
                 });
             }
@@ -152,35 +172,39 @@ impl Tool {
         Some(Finished { result, output })
     }
 
-    /// Ends the step and everything it started, on its host: closing its
-    /// standard input makes the script's watcher end the script's session
-    /// (which runs apart from the local process group, under setsid), so
-    /// that comes first and gets time; only a step that still has not
-    /// exited has its local process group signaled.
+    /// Ends the step and everything it started, on its host, without
+    /// waiting: closing its standard input makes the script's watcher end
+    /// the script's session (which runs apart from the local process group,
+    /// under setsid), and the reaper gives that time before it signals the
+    /// local process group (see [`reap`]).
     pub fn kill(&mut self) {
         drop(self.stdin.take());
-        let group = -(self.child.id() as i32);
-        for (signal, wait_ms) in [(None, 1500), (Some(libc::SIGTERM), 500), (Some(libc::SIGKILL), 300)] {
-            if let Some(signal) = signal {
-                // SAFETY: signals the process group this step created.
-                unsafe { libc::kill(group, signal) };
-            }
-            let until = Instant::now() + Duration::from_millis(wait_ms);
-            while Instant::now() < until {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        if let Some(child) = self.child.take() {
+            let what = format!("{} on host {}", self.name, self.host.name);
+            REAPER.with(|r| r.borrow_mut().push(child, what, Instant::now()));
         }
-        log!("gp_recovery: {} on host {} did not end when its input closed; it was killed", self.name, self.host.name);
     }
 }
 
 impl Drop for Tool {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.kill();
-        }
+        self.kill();
     }
+}
+
+thread_local! {
+    static REAPER: std::cell::RefCell<Reaper> = std::cell::RefCell::new(Reaper::default());
+}
+
+/// Ends killed steps without ever waiting; called on every pass of the
+/// jobs worker's loop.
+pub fn reap() {
+    for what in REAPER.with(|r| r.borrow_mut().reap(Instant::now())) {
+        log!("gp_recovery: {what} did not end when its input closed; it was killed");
+    }
+}
+
+/// Whether killed steps are still ending (the loop then keeps polling).
+pub fn reaping() -> bool {
+    REAPER.with(|r| !r.borrow().is_empty())
 }

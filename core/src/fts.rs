@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use crate::events::{History, SegmentEvent};
+use crate::identity::Member;
 use crate::probe::{InstanceProbe, ProbeResult};
 use crate::segment::{Mode, Role, Segment, Status};
 
@@ -116,6 +117,10 @@ pub struct Observation {
     /// The down member was already fenced (and its history row written)
     /// since it last stopped answering as a writable primary.
     pub fence_recorded: bool,
+    /// The pair's database system identifier, as the catalog records it:
+    /// only a server that has it is promoted, and only one that also runs
+    /// in its row's data directory is fenced.
+    pub system_identifier: Option<String>,
 }
 
 /// Settings the rules read.
@@ -182,17 +187,40 @@ fn primary_failed(o: &Observation, s: &Settings) -> bool {
     }
 }
 
+/// The server that answered is one of this pair's members: it has the
+/// pair's database system identifier.
+fn of_the_pair(o: &Observation, p: &InstanceProbe) -> bool {
+    o.system_identifier.as_deref().is_some_and(|s| !s.is_empty() && s == p.system_identifier)
+}
+
+/// The server that answered at a row's host and port is that row's member:
+/// of the pair, and running in the row's data directory.
+pub fn is_member(o: &Observation, p: &InstanceProbe, row: &Segment) -> bool {
+    let member =
+        Member { system_identifier: o.system_identifier.as_deref().unwrap_or_default(), datadir: &row.datadir };
+    member.refusal(&p.system_identifier, &p.data_directory).is_none()
+}
+
 /// The catalog's down member (a failed-over primary, a mirror marked down)
 /// answers as a writable primary: a second primary sessions could commit on.
+/// Only the member itself counts; another server at its host and port (a
+/// rebuilt host, a reused port) is not the pair's to stop.
 fn down_member_writable(o: &Observation) -> bool {
-    o.mirror.status == Status::Down && o.mirror_probe.as_ref().is_ok_and(|m| !m.in_recovery)
+    o.mirror.status == Status::Down
+        && o.mirror_probe.as_ref().is_ok_and(|m| !m.in_recovery && is_member(o, m, &o.mirror))
+}
+
+/// Something answers at the down member's host and port that is not proven
+/// to be it.
+fn down_member_is_another_server(o: &Observation) -> bool {
+    o.mirror.status == Status::Down && o.mirror_probe.as_ref().is_ok_and(|m| !is_member(o, m, &o.mirror))
 }
 
 fn mirror_can_take_over(o: &Observation) -> bool {
     o.primary.mode == Mode::Synchronized
         && o.mirror.mode == Mode::Synchronized
         && o.mirror.status == Status::Up
-        && o.mirror_probe.as_ref().is_ok_and(|m| m.in_recovery)
+        && o.mirror_probe.as_ref().is_ok_and(|m| m.in_recovery && of_the_pair(o, m))
 }
 
 /// The stream to the mirror as a writable primary reports it.
@@ -280,7 +308,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         name: "promotion_unfinished",
         reason: "the acting primary is still in recovery while its peer is down: its promotion did not finish, promoting it again",
-        when: |o, _| primary_alive(o).is_some_and(|p| p.in_recovery) && o.mirror.status == Status::Down,
+        when: |o, _| primary_alive(o).is_some_and(|p| p.in_recovery && of_the_pair(o, p)) && o.mirror.status == Status::Down,
         action: Action::RepeatPromotion,
     },
     Rule {
@@ -330,6 +358,12 @@ pub const RULES: &[Rule] = &[
         reason: "the mirror is down in the catalog but its primary still waits for a synchronous standby: turning synchronous replication off",
         when: |o, _| o.mirror.status == Status::Down && sync_rep_on(o),
         action: Action::DisableSyncRep,
+    },
+    Rule {
+        name: "down_member_is_another_server",
+        reason: "a server that is not proven to be the down member (another database system identifier, or another data directory) answers at its host and port: it is left alone, never fenced; the member's recovery in place needs that port",
+        when: |o, _| down_member_is_another_server(o),
+        action: Action::Warn,
     },
     Rule {
         name: "mirror_down",
@@ -603,6 +637,8 @@ mod tests {
 
     fn primary_probe(stream: Option<(&str, &str, &str)>, sync_names: &str) -> InstanceProbe {
         InstanceProbe {
+            system_identifier: "42".into(),
+            data_directory: "/d/2".into(),
             synchronous_standby_names: sync_names.into(),
             replication: stream
                 .map(|(state, sync, flush)| Replication {
@@ -619,8 +655,23 @@ mod tests {
         }
     }
 
+    /// A server of the pair (system identifier 42) running in `datadir`.
+    fn member(in_recovery: bool, datadir: &str) -> InstanceProbe {
+        InstanceProbe {
+            in_recovery,
+            system_identifier: "42".into(),
+            data_directory: datadir.into(),
+            ..Default::default()
+        }
+    }
+
     fn mirror_probe() -> ProbeResult {
-        Ok(InstanceProbe { in_recovery: true, ..Default::default() })
+        Ok(InstanceProbe {
+            in_recovery: true,
+            system_identifier: "42".into(),
+            data_directory: "/d/5".into(),
+            ..Default::default()
+        })
     }
 
     /// A synchronized, healthy pair.
@@ -640,6 +691,7 @@ mod tests {
             mirror_flush_stalled_for: None,
             unfinished: vec![],
             fence_recorded: false,
+            system_identifier: Some("42".into()),
         }
     }
 
@@ -865,10 +917,15 @@ mod tests {
     fn unfinished_promotion_is_repeated() {
         let mut o = healthy();
         o.mirror.status = Status::Down;
-        o.primary_health = PrimaryHealth::Alive(InstanceProbe { in_recovery: true, ..Default::default() });
+        o.primary_health = PrimaryHealth::Alive(member(true, "/d/2"));
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.name, "promotion_unfinished");
         assert_eq!(plan.after_catalog[0], SegmentOp::Promote(o.primary.clone()));
+        // A standby of another database system at its host and port is never promoted.
+        o.primary_health =
+            PrimaryHealth::Alive(InstanceProbe { system_identifier: "99".into(), ..member(true, "/d/2") });
+        assert_eq!(rule(&o), "acting_primary_in_recovery");
+        o.primary_health = PrimaryHealth::Alive(member(true, "/d/2"));
         o.mirror.status = Status::Up;
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.name, "acting_primary_in_recovery");
@@ -882,7 +939,7 @@ mod tests {
         o.primary = seg(5, Role::Primary, Mode::NotInSync, Status::Up);
         o.mirror = seg(2, Role::Mirror, Mode::NotInSync, Status::Down);
         o.primary_health = PrimaryHealth::Alive(primary_probe(None, "gp_walreceiver"));
-        o.mirror_probe = Ok(InstanceProbe { in_recovery: false, ..Default::default() });
+        o.mirror_probe = Ok(member(false, "/d/2"));
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.name, "down_member_writable");
         assert!(plan.warning && plan.catalog.is_empty() && plan.before_catalog.is_empty());
@@ -908,14 +965,52 @@ mod tests {
 
         // In recovery (a standby being recovered) or unreachable: no fence.
         o.primary_health = PrimaryHealth::Alive(primary_probe(None, ""));
-        o.mirror_probe = mirror_probe();
+        o.mirror_probe = Ok(member(true, "/d/2"));
         assert_eq!(rule(&o), "mirror_down");
         o.mirror_probe = Err("no answer within 1 s".into());
         assert_eq!(rule(&o), "mirror_down");
         // An up mirror that is writable is the DBA's to look at, not fenced.
         o.mirror.status = Status::Up;
-        o.mirror_probe = Ok(InstanceProbe::default());
+        o.mirror_probe = Ok(member(false, "/d/2"));
         assert_ne!(rule(&o), "down_member_writable");
+    }
+
+    #[test]
+    fn a_server_that_is_not_the_down_member_is_never_fenced() {
+        let mut o = healthy();
+        o.primary = seg(5, Role::Primary, Mode::NotInSync, Status::Up);
+        o.mirror = seg(2, Role::Mirror, Mode::NotInSync, Status::Down);
+        o.primary_health = PrimaryHealth::Alive(primary_probe(None, ""));
+        let strangers = [
+            // A rebuilt host's own PostgreSQL on the old port.
+            InstanceProbe { system_identifier: "99".into(), ..member(false, "/var/lib/postgresql/15/main") },
+            // The coordinator, named with another spelling of its host.
+            InstanceProbe { system_identifier: "1".into(), ..member(false, "/d/1") },
+            // A copy of the pair, but in another directory (a restored backup).
+            member(false, "/backup/restored"),
+        ];
+        for stranger in strangers {
+            o.mirror_probe = Ok(stranger.clone());
+            let plan = decide(&o, &SETTINGS);
+            assert_eq!(plan.rule.name, "down_member_is_another_server", "{stranger:?}");
+            assert!(plan.warning && !plan.changes_anything(), "{stranger:?}");
+        }
+        // Without a recorded system identifier nothing can be proven: no fence.
+        o.system_identifier = None;
+        o.mirror_probe = Ok(member(false, "/d/2"));
+        assert_eq!(rule(&o), "down_member_is_another_server");
+    }
+
+    #[test]
+    fn only_a_standby_of_the_pair_takes_over() {
+        let mut o = healthy();
+        o.primary_health = PrimaryHealth::Unreachable("connection refused".into());
+        assert_eq!(rule(&o), "primary_failed_mirror_in_sync");
+        o.mirror_probe = Ok(InstanceProbe { system_identifier: "99".into(), ..member(true, "/d/5") });
+        assert_eq!(rule(&o), "double_fault", "another database system's standby is not promoted");
+        o.mirror_probe = mirror_probe();
+        o.system_identifier = None;
+        assert_eq!(rule(&o), "double_fault");
     }
 
     /// No rule but the fence ever acts on the down member: synchronous
@@ -1013,13 +1108,13 @@ mod tests {
         assert_eq!(plan.after_catalog, next.unfinished);
         assert!(plan.catalog.is_empty() && plan.history.is_empty());
         // Not while the new primary is unreachable or still in recovery.
-        next.primary_health = PrimaryHealth::Alive(InstanceProbe { in_recovery: true, ..Default::default() });
+        next.primary_health = PrimaryHealth::Alive(member(true, "/d/5"));
         assert_eq!(rule(&next), "promotion_unfinished");
         next.primary_health = PrimaryHealth::Unreachable("connection refused".into());
         assert_ne!(rule(&next), "steps_unfinished");
         // A writable down member is fenced first, and a fence is never kept for a retry.
         next.primary_health = PrimaryHealth::Alive(primary_probe(None, ""));
-        next.mirror_probe = Ok(InstanceProbe::default());
+        next.mirror_probe = Ok(member(false, "/d/2"));
         let fence = decide(&next, &SETTINGS);
         assert_eq!(fence.rule.name, "down_member_writable");
         assert!(!fence.after_catalog.iter().any(SegmentOp::retried));

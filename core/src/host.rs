@@ -147,12 +147,63 @@ pub fn unreachable(host: &str, output: &str) -> String {
     }
 }
 
+/// Who a job's steps act for: the job, its segment and the pair's database
+/// system identifier. A directory the job makes carries its claim, and a
+/// server is stopped only when it is the pair's.
+#[derive(Debug, Clone, Default)]
+pub struct Owner {
+    pub job: i64,
+    pub dbid: i16,
+    pub system_identifier: String,
+}
+
+/// The coordinator as the scripts recognise it: on its own machine
+/// (`machine`, as [`crate::identity::HostReport`] names machines), its
+/// data directory by device and inode, anywhere its database system
+/// identifier. No step ever acts on it.
+#[derive(Debug, Clone, Default)]
+pub struct Coordinator {
+    pub machine: String,
+    pub datadir: crate::identity::PathId,
+    pub system_identifier: String,
+}
+
 /// The scripts of the recovery steps, for servers whose programs are in
 /// `bindir` on every host (as Greenplum's GPHOME is).
+#[derive(Debug, Clone, Default)]
 pub struct Scripts {
     pub bindir: String,
     pub connect_timeout: u64,
+    pub coordinator: Coordinator,
+    pub owner: Owner,
 }
+
+/// Shell functions every script may use: `refuse` (exit [`REFUSED`] with
+/// the reason), `machine` (this machine's machine-id and boot id: device
+/// and inode numbers mean something only within one boot of one machine)
+/// and `chain PATH` ("E DEV:INO..." of the path after every link is
+/// followed, E 1 when it exists, then each existing directory above it up
+/// to /).
+const SHELL_LIB: &str = "refuse() { echo \"refused: $*\" >&2; exit 6; }\n\
+     machine() { m=; if [ -r /etc/machine-id ]; then read -r m < /etc/machine-id; fi; [ -n \"$m\" ] || m=$(hostname)\n\
+     b=; if [ -r /proc/sys/kernel/random/boot_id ]; then read -r b < /proc/sys/kernel/random/boot_id; fi; echo \"$m/$b\"; }\n\
+     chain() { r=$(realpath -m -- \"$1\" 2>/dev/null) || r=$1; case \"$r\" in /*) ;; *) r=/$r;; esac\n\
+     e=0; if [ -e \"$r\" ]; then e=1; fi; set --; l=$r\n\
+     while :; do if [ -e \"$l\" ]; then set -- \"$@\" \"$l\"; fi; [ \"$l\" = / ] && break; l=${l%/*}; [ -n \"$l\" ] || l=/; done\n\
+     echo $e $(stat -L -c %d:%i -- \"$@\"); }\n";
+
+/// The exit code of a step that refused to act: what it would have
+/// touched is not proven to be the job's own.
+pub const REFUSED: i32 = 6;
+
+/// Beside a data directory while a job's copy lives there: `job J dbid N
+/// dir DEV:INO`. Only the job it names empties, moves or deletes what is
+/// beside or in that directory; a later job of the same segment may remove
+/// what an ended one left.
+pub const CLAIM_SUFFIX: &str = ".gp_recovery_job";
+/// Put into an old directory before it is renamed for deletion: only a
+/// directory holding it is ever deleted in the background.
+pub const DISCARD_MARK: &str = ".gp_recovery_discard";
 
 /// The sibling paths a full recovery uses next to a data directory.
 pub fn sibling(datadir: &str, suffix: &str) -> String {
@@ -189,11 +240,6 @@ pub const SERVER_LOG_SUFFIX: &str = ".gp_recovery.log";
 /// written before the first change, removed only when the copy is whole.
 /// A marked directory is never started, and never rewound.
 pub const INCOMPLETE_SUFFIX: &str = ".gp_recovery_incomplete";
-/// Beside a relocation's new directory from the start of its copy until
-/// the relocated segment is synchronized: a backout empties the directory
-/// when this mark is there, even after the copy finished, and never
-/// touches a directory without it (it was not this job's copy).
-pub const RELOCATING_SUFFIX: &str = ".gp_recovery_relocating";
 /// Ends each pg_hba.conf line gp_recovery added for a host, followed by
 /// the host's name.
 pub const HBA_MARK: &str = "# gp_recovery: for host ";
@@ -214,25 +260,89 @@ pub fn hba_entry(address: &str, hostname: &str, by_name: bool) -> String {
 pub const MARKED_INCOMPLETE: i32 = 4;
 
 impl Scripts {
-    /// Settings every step runs with, D = the data directory, I and R its
-    /// incomplete and relocating marks, N and O a full copy's new and old
+    /// Settings every step runs with, D = the data directory, I its
+    /// incomplete mark, C its claim, N and O a full copy's new and old
     /// directories beside it, NEW and OLD their names inside a tablespace
-    /// location.
+    /// location; the job, segment and pair (JOB, DBID, SYS); the
+    /// coordinator (CM, CC, CS); and the functions of [`SHELL_LIB`].
     fn preamble(&self, datadir: &str) -> String {
+        let c = &self.coordinator;
+        let chain: Vec<String> = c.datadir.chain.iter().map(ToString::to_string).collect();
         format!(
-            "LC_ALL=C PGAPPNAME=gp_recovery PGCONNECT_TIMEOUT={} B={} D={} I={} R={}\n\
-             N={} O={} NEW={} OLD={}\n\
-             export LC_ALL PGAPPNAME PGCONNECT_TIMEOUT\n",
+            "LC_ALL=C PGAPPNAME=gp_recovery PGCONNECT_TIMEOUT={} B={} D={} I={} C={}\n\
+             N={} O={} NEW={} OLD={} K={}\n\
+             JOB={} DBID={} SYS={} CM={} CC={} CS={}\n\
+             export LC_ALL PGAPPNAME PGCONNECT_TIMEOUT\n{SHELL_LIB}",
             self.connect_timeout,
             quote(&self.bindir),
             quote(datadir.trim_end_matches('/')),
             quote(&sibling(datadir, INCOMPLETE_SUFFIX)),
-            quote(&sibling(datadir, RELOCATING_SUFFIX)),
+            quote(&sibling(datadir, CLAIM_SUFFIX)),
             quote(&sibling(datadir, NEW_SUFFIX)),
             quote(&sibling(datadir, OLD_SUFFIX)),
             quote(NEW_SUFFIX),
-            quote(OLD_SUFFIX)
+            quote(OLD_SUFFIX),
+            quote(DISCARD_MARK),
+            self.owner.job,
+            self.owner.dbid,
+            quote(&self.owner.system_identifier),
+            quote(&c.machine),
+            quote(&chain.join(" ")),
+            quote(&c.system_identifier),
         )
+    }
+
+    /// The preamble of a step that changes files or processes: it refuses
+    /// at once when D, N or O is the coordinator's data directory, lies
+    /// inside it or holds it (on the coordinator's machine, by device and
+    /// inode), or when D holds the coordinator's database system; and it
+    /// defines `member` (refuses unless the server running in D is the
+    /// pair's, started as D) and the claim functions: `claimed` (the
+    /// claim's line), `owned` (this job's), `reclaimable` (this segment's,
+    /// by this or an ended job) and `claim DEV:INO`.
+    fn acting(&self, datadir: &str) -> String {
+        self.preamble(datadir)
+            + "sysid() { \"$B/pg_controldata\" -D \"$1\" 2>/dev/null | sed -n 's/^Database system identifier: *//p'; }\n\
+               on_coordinator() { k=$(chain \"$1\"); ids=\" ${k#* } \"; c0=${CC%% *}\n\
+               case \"$ids\" in *\" $c0 \"*) return 0;; esac\n\
+               if [ \"${k%% *}\" = 1 ]; then self=${k#* }; self=${self%% *}; case \" $CC \" in *\" $self \"*) return 0;; esac; fi\n\
+               return 1; }\n\
+               if [ -n \"$CC\" ] && [ \"$(machine)\" = \"$CM\" ]; then for p in \"$D\" \"$N\" \"$O\"; do\n\
+               if on_coordinator \"$p\"; then refuse \"$p is, lies inside or holds the coordinator's data directory: no step touches it\"; fi\n\
+               done; fi\n\
+               if [ -n \"$CS\" ] && [ -f \"$D/global/pg_control\" ] && [ \"$(sysid \"$D\")\" = \"$CS\" ]; then\n\
+               refuse \"$D holds the coordinator's database system (identifier $CS): no step touches it\"; fi\n\
+               member() { [ -n \"$SYS\" ] || refuse \"no database system identifier is recorded for this pair: not stopping the server in $D\"\n\
+               s=$(sysid \"$D\"); [ \"$s\" = \"$SYS\" ] || refuse \"the server running in $D has database system identifier ${s:-unknown}, not the pair's $SYS: not stopping it\"\n\
+               p=; if [ -f \"$D/postmaster.pid\" ]; then p=$(sed -n 2p \"$D/postmaster.pid\"); fi\n\
+               [ \"$p\" = \"$D\" ] || refuse \"the server running in $D was started in ${p:-an unknown directory}, not in $D: not stopping it\"; }\n\
+               claimed() { l=; if [ -f \"$C\" ]; then read -r l < \"$C\"; fi; echo \"$l\"; }\n\
+               owned() { case \"$(claimed)\" in \"job $JOB dbid $DBID \"*) return 0;; esac; return 1; }\n\
+               reclaimable() { case \"$(claimed)\" in \"job \"*\" dbid $DBID \"*) return 0;; esac; return 1; }\n\
+               claim() { printf 'job %s dbid %s dir %s\\n' \"$JOB\" \"$DBID\" \"$1\" > \"$C.tmp\" && mv -f \"$C.tmp\" \"$C\"; }\n"
+    }
+
+    /// Prints this host's machine line and, for each path, `dir I E
+    /// DEV:INO...` and a `tblspc I E DEV:INO...` line for each link in its
+    /// pg_tblspc (see [`crate::identity::HostReport`]); with `limits`, also
+    /// PATH_MAX and NAME_MAX where the first path would be.
+    pub fn identify(&self, paths: &[String], limits: bool) -> String {
+        let mut s = format!("LC_ALL=C\nexport LC_ALL\n{SHELL_LIB}echo \"machine $(machine)\"\n");
+        for (i, p) in paths.iter().enumerate() {
+            s += &format!(
+                "p={}\necho \"dir {i} $(chain \"$p\")\"\n\
+                 for l in \"$p\"/pg_tblspc/*; do if [ -L \"$l\" ]; then echo \"tblspc {i} $(chain \"$l\")\"; fi; done\n",
+                quote(p)
+            );
+        }
+        if let (true, Some(first)) = (limits, paths.first()) {
+            s += &format!(
+                "P=$(realpath -m -- {}); while [ ! -d \"$P\" ]; do P=${{P%/*}}; [ -n \"$P\" ] || P=/; done\n\
+                 echo \"limits $(getconf PATH_MAX \"$P\") $(getconf NAME_MAX \"$P\")\"\n",
+                quote(first)
+            );
+        }
+        s
     }
 
     /// Refuses to go on when the directory holds an incomplete copy.
@@ -250,13 +360,16 @@ impl Scripts {
     }
 
     /// Stops the segment (fast) if it runs; fails if it still runs after, or
-    /// with `must_run` if it did not run.
+    /// with `must_run` if it did not run. A running server is stopped only
+    /// when it is the pair's (its system identifier) and was started in D
+    /// (postmaster.pid); otherwise the step refuses and it keeps running.
     pub fn stop(&self, datadir: &str, must_run: bool) -> String {
         let not_running =
             if must_run { "{ echo \"the segment in $D is not running\" >&2; exit 3; }" } else { "exit 0" };
-        self.preamble(datadir)
+        self.acting(datadir)
             + &format!(
                 "\"$B/pg_ctl\" status -D \"$D\" >/dev/null 2>&1 || {not_running}\n\
+                 member\n\
                  \"$B/pg_ctl\" stop -D \"$D\" -m fast -w -t 60\n\
                  if \"$B/pg_ctl\" status -D \"$D\" >/dev/null 2>&1; then echo \"could not stop the segment in $D\" >&2; exit 1; fi"
             )
@@ -304,7 +417,7 @@ impl Scripts {
         // double quotes keep it one word in restore_command's shell.
         let restore = format!("cp \"{}/%f\" \"%p\"", saved.replace('%', "%%"));
         let line = format!("restore_command = '{}' {REWIND_MARK}", restore.replace('\'', "''"));
-        self.preamble(datadir)
+        self.acting(datadir)
             + &Self::refuse_marked("rewinding")
             + skip
             + &format!(
@@ -364,26 +477,38 @@ impl Scripts {
     /// keeps using until the swap.
     pub fn basebackup(&self, datadir: &str, relocate: bool, args: &[String], tablespaces: &[String]) -> String {
         let args = args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ");
-        let mut s = self.preamble(datadir);
+        let mut s = self.acting(datadir);
         if relocate {
+            // The claim records the directory by device and inode: a
+            // backout empties only that directory, and only for this job.
             return s
                 + "if [ -d \"$D\" ] && [ -n \"$(ls -A \"$D\")\" ]; then echo \"the new data directory $D exists and is not empty\" >&2; exit 1; fi\n\
-                   mkdir -p \"$D\" && chmod 700 \"$D\" && : > \"$R\" && : > \"$I\" || exit 1\n\
+                   if [ -e \"$C\" ] && ! reclaimable; then refuse \"$C says $D is another segment's ($(claimed)): not copying into it\"; fi\n\
+                   mkdir -p \"$D\" && chmod 700 \"$D\" || exit 1\n\
+                   claim \"$(stat -L -c %d:%i -- \"$D\")\" && : > \"$I\" || exit 1\n\
                    \"$B/pg_basebackup\" -D \"$D\" "
                 + &args
                 + " || exit $?\nrm -f \"$I\"";
         }
-        // Anything beside the target from an earlier job is stale: that job
-        // either succeeded or was backed out.
-        s += "rm -rf \"$N\" \"$O\" || exit 1\n";
+        // What an earlier job of this segment left beside it is stale: that
+        // job either succeeded or was backed out. Anything there that no
+        // job of this segment claims is left alone, and the copy refused.
+        let mut leftovers = vec!["\"$N\"".to_string(), "\"$O\"".to_string()];
         let mut mapping = String::new();
         for location in tablespaces {
             let (new, old) = (tablespace_sibling(location, NEW_SUFFIX), tablespace_sibling(location, OLD_SUFFIX));
-            s += &format!("rm -rf {} {} || exit 1\n", quote(&new), quote(&old));
+            leftovers.extend([quote(&new), quote(&old)]);
             // pg_basebackup reads '=' as the separator unless escaped.
             let escape = |p: &str| p.replace('=', "\\=");
             mapping += &format!(" -T {}", quote(&format!("{}={}", escape(location), escape(&new))));
         }
+        let leftovers = leftovers.join(" ");
+        s += &format!(
+            "for x in {leftovers}; do if [ -e \"$x\" ] && ! reclaimable; then\n\
+             refuse \"$x is there and no job of dbid $DBID claims it ($C: $(claimed)): not removing it\"; fi; done\n\
+             rm -rf {leftovers} || exit 1\n\
+             claim - || exit 1\n"
+        );
         s + "mkdir -p \"$(dirname \"$N\")\" || exit 1\nexec \"$B/pg_basebackup\" -D \"$N\" " + &args + &mapping
     }
 
@@ -394,8 +519,9 @@ impl Scripts {
     /// LOCATION. Safe to run again after a crash half-way: it goes on from
     /// what it finds. The complete copy clears an incomplete mark.
     pub fn swap_in(&self, datadir: &str) -> String {
-        self.preamble(datadir)
-            + "if [ -d \"$N\" ]; then\n\
+        self.acting(datadir)
+            + "owned || refuse \"the copy $N is not this job's ($C: $(claimed)): not swapping it in\"\n\
+               if [ -d \"$N\" ]; then\n\
                for l in \"$N\"/pg_tblspc/*; do\n\
                [ -L \"$l\" ] || continue\n\
                t=$(readlink \"$l\"); case \"$t\" in */\"$NEW\") ;; *) continue;; esac\n\
@@ -416,14 +542,30 @@ impl Scripts {
     /// Puts the directory back as it was before a failed full recovery,
     /// from what is there: the old directory if it was moved aside (in
     /// place) and the old tablespace directories with it, the copy's
-    /// removed; a relocation's target emptied if a copy began in it (the
-    /// directory itself stays).
+    /// removed; a relocation's target emptied if this job's copy began in
+    /// it (the directory itself stays). Only what this job's claim covers
+    /// is touched: anything else found there is left as it is, and the step
+    /// refuses, naming it.
     pub fn back_out_copy(&self, datadir: &str, relocate: bool) -> String {
-        let s = self.preamble(datadir);
+        let s = self.acting(datadir);
         if relocate {
-            return s + "if [ -e \"$I\" ] || [ -e \"$R\" ]; then find \"$D\" -mindepth 1 -delete && rm -f \"$I\" \"$R\" || exit 1; fi";
+            return s
+                + "if owned; then\n\
+                   if [ -e \"$D\" ]; then\n\
+                   w=$(claimed); w=${w##* dir }; h=$(stat -L -c %d:%i -- \"$D\")\n\
+                   [ \"$h\" = \"$w\" ] || refuse \"$D is not the directory this job made (device:inode $h, the claim says $w): left as it is\"\n\
+                   find \"$D\" -mindepth 1 -delete || exit 1\n\
+                   fi\n\
+                   rm -f \"$I\" \"$C\"\n\
+                   elif [ -d \"$D\" ] && [ -n \"$(ls -A \"$D\")\" ]; then\n\
+                   refuse \"the new data directory $D is not this job's copy ($C: $(claimed)): left as it is\"\n\
+                   fi";
         }
-        s + "for l in \"$N\"/pg_tblspc/* \"$D\"/pg_tblspc/* \"$O\"/pg_tblspc/*; do\n\
+        s + "if ! owned; then\n\
+             for x in \"$N\" \"$O\"; do if [ -e \"$x\" ]; then refuse \"$x is not this job's ($C: $(claimed)): left as it is\"; fi; done\n\
+             exit 0\n\
+             fi\n\
+             for l in \"$N\"/pg_tblspc/* \"$D\"/pg_tblspc/* \"$O\"/pg_tblspc/*; do\n\
              [ -L \"$l\" ] || continue\n\
              t=$(readlink \"$l\"); case \"$t\" in /*) ;; *) continue;; esac\n\
              loc=${t%/\"$NEW\"}\n\
@@ -436,28 +578,30 @@ impl Scripts {
              fi\n\
              rm -rf \"$loc/$NEW\" || exit 1\n\
              done\n\
-             if [ -d \"$O\" ]; then rm -rf \"$D\" && mv \"$O\" \"$D\" || exit 1; fi\nrm -rf \"$N\""
+             if [ -d \"$O\" ]; then rm -rf \"$D\" && mv \"$O\" \"$D\" || exit 1; fi\nrm -rf \"$N\" && rm -f \"$C\""
     }
 
     /// Once the recovered segment is synchronized: removes the old directory
-    /// and old tablespace directories (in place), or the relocating mark
-    /// (the new directory is the segment's). Each old directory is renamed
-    /// at once and deleted in the background, in a session of its own: the
-    /// segment is recovered, and freeing a large directory's space takes
-    /// seconds on a slow disk. Leftovers of a deletion cut short (a crash)
-    /// go the same way.
+    /// and old tablespace directories (in place) and the job's claim (a
+    /// relocation's new directory is then the segment's). Each old
+    /// directory gets the discard mark, is renamed at once and deleted in
+    /// the background, in a session of its own: the segment is recovered,
+    /// and freeing a large directory's space takes seconds on a slow disk.
+    /// Leftovers of a deletion cut short (a crash) go the same way, but only
+    /// those holding the discard mark.
     pub fn remove_old(&self, datadir: &str) -> String {
-        self.preamble(datadir)
+        self.acting(datadir)
             + &format!(
-                "X={removing}\n\
-                 gone() {{ if [ -e \"$1\" ]; then mv \"$1\" \"$1$X.$$\" || exit 1; fi\n\
-                 for g in \"$1$X\".*; do if [ -e \"$g\" ]; then setsid rm -rf -- \"$g\" </dev/null >/dev/null 2>&1 & fi; done; }}\n\
+                "owned || refuse \"the old directories beside $D are not this job's ($C: $(claimed)): left as they are\"\n\
+                 X={removing}\n\
+                 gone() {{ if [ -e \"$1\" ]; then : > \"$1/$K\" && mv \"$1\" \"$1$X.$JOB\" || exit 1; fi\n\
+                 for g in \"$1$X\".*; do if [ -f \"$g/$K\" ]; then setsid rm -rf -- \"$g\" </dev/null >/dev/null 2>&1 & fi; done; }}\n\
                  for l in \"$D\"/pg_tblspc/*; do\n\
                  [ -L \"$l\" ] || continue\n\
                  t=$(readlink \"$l\"); case \"$t\" in /*) gone \"$t/$OLD\";; esac\n\
                  done\n\
                  gone \"$O\"\n\
-                 rm -f \"$R\"",
+                 rm -f \"$C\"",
                 removing = quote(REMOVING_SUFFIX)
             )
     }
@@ -553,7 +697,7 @@ impl Scripts {
         };
         let rsync = words.join(" ");
         // Marked incomplete until the backup label is in place.
-        self.preamble(datadir)
+        self.acting(datadir)
             + &format!(
                 "P={prefix}\n: > \"$I\" || exit 1\n\
                  rsync {rsync} {source} \"$D/\" || exit $?\n\
@@ -573,7 +717,7 @@ impl Scripts {
     /// pg_backup_stop, no WAL of the old timeline left to replay, and the
     /// incomplete mark removed: the copy is whole.
     pub fn install_backup_label(&self, datadir: &str, label: &str, map: &str) -> String {
-        let mut s = self.preamble(datadir) + &format!("printf '%s' {} > \"$D/backup_label\" || exit 1\n", quote(label));
+        let mut s = self.acting(datadir) + &format!("printf '%s' {} > \"$D/backup_label\" || exit 1\n", quote(label));
         if !map.is_empty() {
             s += &format!("printf '%s' {} > \"$D/tablespace_map\" || exit 1\n", quote(map));
         }
@@ -592,7 +736,7 @@ impl Scripts {
     /// backed-out rebalance leaves the demoted primary's) would hold WAL on
     /// the mirror forever.
     pub fn configure_standby(&self, datadir: &str, auto_conf: &str) -> String {
-        self.preamble(datadir)
+        self.acting(datadir)
             + &format!(
                 "printf '%s' {} > \"$D/postgresql.auto.conf.tmp\" && mv \"$D/postgresql.auto.conf.tmp\" \"$D/postgresql.auto.conf\" \
                  && : > \"$D/standby.signal\" && rm -f \"$D/recovery.signal\" && rm -rf \"$D\"/pg_replslot/*",
@@ -605,7 +749,7 @@ impl Scripts {
     /// that runs already is left alone. A directory marked incomplete is
     /// never started.
     pub fn start(&self, datadir: &str, unless_running: bool, wait_secs: u64) -> String {
-        let mut s = self.preamble(datadir)
+        let mut s = self.acting(datadir)
             + &Self::refuse_marked("starting")
             + &format!("L={}\n", quote(&sibling(datadir, SERVER_LOG_SUFFIX)));
         if unless_running {
@@ -735,7 +879,41 @@ mod tests {
     }
 
     fn scripts() -> Scripts {
-        Scripts { bindir: "/usr/lib/postgresql/15/bin".into(), connect_timeout: 5 }
+        Scripts {
+            bindir: "/usr/lib/postgresql/15/bin".into(),
+            connect_timeout: 5,
+            owner: owner(7),
+            ..Default::default()
+        }
+    }
+
+    fn owner(job: i64) -> Owner {
+        Owner { job, dbid: 3, system_identifier: "42".into() }
+    }
+
+    /// The claim job `job` of dbid 3 leaves beside `ds`.
+    fn claim(ds: &str, job: i64, dir: &str) {
+        std::fs::write(sibling(ds, CLAIM_SUFFIX), format!("job {job} dbid 3 dir {dir}\n")).unwrap();
+    }
+
+    fn dev_ino(path: &str) -> String {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).unwrap();
+        format!("{}:{}", m.dev(), m.ino())
+    }
+
+    /// A bin directory of fake programs: each records its arguments in
+    /// `calls` and runs the given body.
+    fn fake_bin(dir: &Path, programs: &[(&str, &str)]) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for (name, body) in programs {
+            let text = format!("#!/bin/sh\necho \"{name} $*\" >> {}/calls\n{body}\n", dir.display());
+            std::fs::write(bin.join(name), text).unwrap();
+            std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        bin.to_string_lossy().into_owned()
     }
 
     #[test]
@@ -749,6 +927,10 @@ mod tests {
         std::fs::create_dir_all(&new).unwrap();
         std::fs::write(new.join("PG_VERSION"), "new").unwrap();
         let s = scripts();
+        let (rc, out) = run_local(&s.swap_in(&ds));
+        assert_eq!(rc, REFUSED, "no claim, no swap: {out}");
+        assert_eq!(std::fs::read_to_string(d.join("PG_VERSION")).unwrap(), "old");
+        claim(&ds, 7, "-");
         assert_eq!(run_local(&s.swap_in(&ds)).0, 0);
         assert_eq!(std::fs::read_to_string(d.join("PG_VERSION")).unwrap(), "new");
         assert_eq!(run_local(&s.swap_in(&ds)).0, 0, "a swap run again after a crash goes on");
@@ -756,6 +938,7 @@ mod tests {
         assert_eq!(run_local(&s.back_out_copy(&ds, false)).0, 0);
         assert_eq!(std::fs::read_to_string(d.join("PG_VERSION")).unwrap(), "old");
         assert!(!new.exists() && !PathBuf::from(sibling(&ds, OLD_SUFFIX)).exists());
+        assert!(!PathBuf::from(sibling(&ds, CLAIM_SUFFIX)).exists(), "a whole backout drops the claim");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -773,11 +956,18 @@ mod tests {
         };
         let s = scripts();
         half_way();
+        claim(&ds, 7, "-");
         assert_eq!(run_local(&s.swap_in(&ds)).0, 0);
         assert_eq!(std::fs::read_to_string(PathBuf::from(&ds).join("PG_VERSION")).unwrap(), "new");
         assert_eq!(std::fs::read_to_string(old.join("PG_VERSION")).unwrap(), "old");
         let _ = std::fs::remove_dir_all(&old);
         half_way();
+        // Another job's copy is never touched by this one's backout.
+        claim(&ds, 6, "-");
+        let (rc, out) = run_local(&s.back_out_copy(&ds, false));
+        assert_eq!(rc, REFUSED, "{out}");
+        assert!(out.contains("is not this job's") && old.exists() && new.exists(), "{out}");
+        claim(&ds, 7, "-");
         assert_eq!(run_local(&s.back_out_copy(&ds, false)).0, 0);
         assert_eq!(std::fs::read_to_string(PathBuf::from(&ds).join("PG_VERSION")).unwrap(), "old");
         assert!(!new.exists() && !old.exists());
@@ -804,30 +994,37 @@ mod tests {
     }
 
     #[test]
-    fn a_relocation_backout_empties_its_target_but_keeps_the_directory() {
+    fn a_relocation_backout_empties_only_the_directory_this_job_made() {
         let dir = scratch("relocback");
         let ds = dir.join("mnt").to_string_lossy().into_owned();
         std::fs::create_dir_all(PathBuf::from(&ds).join("base")).unwrap();
         let s = scripts();
-        // No mark: this job never began a copy here, so nothing is removed.
-        assert_eq!(run_local(&s.back_out_copy(&ds, true)).0, 0);
-        assert!(PathBuf::from(&ds).join("base").exists());
+        let kept = |what: &str| {
+            let (rc, out) = run_local(&s.back_out_copy(&ds, true));
+            assert_eq!(rc, REFUSED, "{what}: {out}");
+            assert!(PathBuf::from(&ds).join("base").exists(), "{what}: emptied");
+            out
+        };
+        // No claim: this job never began a copy here, so nothing is removed.
+        assert!(kept("no claim").contains("is not this job's copy"));
         std::fs::write(sibling(&ds, INCOMPLETE_SUFFIX), "").unwrap();
+        kept("an incomplete mark alone proves nothing");
+        claim(&ds, 6, &dev_ino(&ds));
+        kept("another job's claim");
+        claim(&ds, 7, "1:2");
+        assert!(kept("another directory at that path").contains("not the directory this job made"));
+        // This job's claim on this very directory: emptied, the directory kept.
+        claim(&ds, 7, &dev_ino(&ds));
         assert_eq!(run_local(&s.back_out_copy(&ds, true)).0, 0);
         assert!(PathBuf::from(&ds).is_dir() && std::fs::read_dir(&ds).unwrap().next().is_none());
         assert!(!PathBuf::from(sibling(&ds, INCOMPLETE_SUFFIX)).exists());
-        // A finished copy (only the relocating mark left) is emptied too.
+        assert!(!PathBuf::from(sibling(&ds, CLAIM_SUFFIX)).exists());
+        assert_eq!(run_local(&s.back_out_copy(&ds, true)).0, 0, "an empty directory needs nothing");
+        // Once synchronized, the claim goes and the directory is the segment's.
         std::fs::create_dir_all(PathBuf::from(&ds).join("base")).unwrap();
-        std::fs::write(sibling(&ds, RELOCATING_SUFFIX), "").unwrap();
-        assert_eq!(run_local(&s.back_out_copy(&ds, true)).0, 0);
-        assert!(PathBuf::from(&ds).is_dir() && std::fs::read_dir(&ds).unwrap().next().is_none());
-        assert!(!PathBuf::from(sibling(&ds, RELOCATING_SUFFIX)).exists());
-        // Once synchronized, the mark goes and the directory is the segment's.
-        std::fs::create_dir_all(PathBuf::from(&ds).join("base")).unwrap();
-        std::fs::write(sibling(&ds, RELOCATING_SUFFIX), "").unwrap();
+        claim(&ds, 7, &dev_ino(&ds));
         assert_eq!(run_local(&s.remove_old(&ds)).0, 0);
-        assert_eq!(run_local(&s.back_out_copy(&ds, true)).0, 0);
-        assert!(PathBuf::from(&ds).join("base").exists());
+        kept("a recovered segment's directory");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -837,7 +1034,7 @@ mod tests {
         let ds = dir.to_string_lossy().into_owned();
         std::fs::write(dir.join("backup_label"), "START WAL LOCATION: 0/2\nBACKUP METHOD: pg_rewind\n").unwrap();
         // pg_rewind is not there: the script must not call it.
-        let s = Scripts { bindir: "/nonexistent".into(), connect_timeout: 5 };
+        let s = Scripts { bindir: "/nonexistent".into(), connect_timeout: 5, ..Default::default() };
         let (rc, out) = run_local(&s.rewind(&ds, "host=x", true));
         assert_eq!(rc, 0, "{out}");
         assert!(out.contains("pg_rewind already finished"), "{out}");
@@ -883,7 +1080,7 @@ mod tests {
         let dir = scratch("rewind");
         let ds = dir.to_string_lossy().into_owned();
         std::fs::write(dir.join("postgresql.auto.conf"), "port = '7001'\n").unwrap();
-        let s = Scripts { bindir: "/nonexistent".into(), connect_timeout: 5 };
+        let s = Scripts { bindir: "/nonexistent".into(), connect_timeout: 5, ..Default::default() };
         let (rc, _) = run_local(&s.rewind(&ds, "host=x", false));
         assert_ne!(rc, 0);
         assert_eq!(std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap(), "port = '7001'\n");
@@ -912,7 +1109,7 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(bin.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let s = Scripts { bindir: bin.to_string_lossy().into_owned(), connect_timeout: 5 };
+        let s = Scripts { bindir: bin.to_string_lossy().into_owned(), connect_timeout: 5, ..Default::default() };
         assert_eq!(run_local(&s.rewind(&ds, "host=x", false)).0, 1);
         assert_eq!(std::fs::read_to_string(dir.join("seen")).unwrap(), "data", "pg_rewind saw a link with the files");
         let t = dir.join("pg_tblspc/16406");
@@ -949,7 +1146,7 @@ mod tests {
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::write(bin.join("pg_ctl"), format!("#!/bin/sh\necho \"$1\" >> {}/reloads\n", dir.display())).unwrap();
         std::process::Command::new("chmod").arg("+x").arg(bin.join("pg_ctl")).status().unwrap();
-        let s = Scripts { bindir: bin.to_string_lossy().into_owned(), connect_timeout: 5 };
+        let s = Scripts { bindir: bin.to_string_lossy().into_owned(), connect_timeout: 5, ..Default::default() };
         let (d, h) = (dir.to_string_lossy().into_owned(), hba.to_string_lossy().into_owned());
         let allow = s.allow_host(&d, &h, "gpadmin", "10.0.0.7/32", "10.0.0.7");
         assert_eq!(run_local(&allow), (0, "added\n".into()));
@@ -1017,6 +1214,7 @@ mod tests {
         }
         let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
         let s = scripts();
+        claim(&ds, 7, "-");
         assert_eq!(run_local(&s.back_out_copy(&ds, false)).0, 0, "a failed copy");
         assert_eq!(read(version(&loc)), "old");
         assert!(!copy.exists() && !new.exists());
@@ -1029,6 +1227,7 @@ mod tests {
         std::fs::create_dir_all(&old).unwrap();
         std::fs::rename(loc.join("PG_15_1"), old.join("PG_15_1")).unwrap();
         std::fs::rename(copy.join("PG_15_1"), loc.join("PG_15_1")).unwrap();
+        claim(&ds, 7, "-");
         assert_eq!(run_local(&s.swap_in(&ds)).0, 0);
         assert_eq!(run_local(&s.swap_in(&ds)).0, 0, "a swap run again goes on");
         assert_eq!(read(version(&loc)), "new");
@@ -1043,10 +1242,15 @@ mod tests {
         std::fs::write(version(&copy), "new").unwrap();
         std::fs::create_dir_all(new.join("pg_tblspc")).unwrap();
         std::os::unix::fs::symlink(&copy, new.join("pg_tblspc/16384")).unwrap();
+        claim(&ds, 7, "-");
         assert_eq!(run_local(&s.swap_in(&ds)).0, 0);
-        // A deletion a crash cut short is finished too.
+        // A deletion a crash cut short is finished too, but a directory
+        // without the discard mark that only looks like one is left alone.
         let stray = PathBuf::from(format!("{}{REMOVING_SUFFIX}.1", sibling(&ds, OLD_SUFFIX)));
         std::fs::create_dir_all(stray.join("base")).unwrap();
+        std::fs::write(stray.join(DISCARD_MARK), "").unwrap();
+        let lookalike = PathBuf::from(format!("{}{REMOVING_SUFFIX}.2", sibling(&ds, OLD_SUFFIX)));
+        std::fs::create_dir_all(lookalike.join("base")).unwrap();
         assert_eq!(run_local(&s.remove_old(&ds)).0, 0);
         assert_eq!(read(version(&loc)), "new");
         assert!(!old.exists() && !PathBuf::from(sibling(&ds, OLD_SUFFIX)).exists());
@@ -1055,10 +1259,142 @@ mod tests {
             std::fs::read_dir(d).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(REMOVING_SUFFIX))
         };
         let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while (removing(&loc) || removing(&dir)) && std::time::Instant::now() < until {
+        while (removing(&loc) || stray.exists()) && std::time::Instant::now() < until {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(!removing(&loc) && !removing(&dir), "old directories left behind");
+        assert!(!removing(&loc), "old directories left behind");
+        assert!(!stray.exists() && lookalike.join("base").exists(), "only marked directories are deleted");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_the_pairs_own_server_started_in_its_directory_is_stopped() {
+        let dir = scratch("stop");
+        let ds = dir.join("seg").to_string_lossy().into_owned();
+        std::fs::create_dir_all(&ds).unwrap();
+        let sysid = dir.join("sysid");
+        let bin = fake_bin(
+            &dir,
+            &[
+                ("pg_ctl", "case \"$1\" in status) exit 0;; esac"),
+                (
+                    "pg_controldata",
+                    &format!("echo \"Database system identifier:           $(cat {})\"", sysid.display()),
+                ),
+            ],
+        );
+        let s = Scripts { bindir: bin, ..scripts() };
+        let calls = || std::fs::read_to_string(dir.join("calls")).unwrap_or_default();
+        let pidfile =
+            |data_dir: &str| std::fs::write(format!("{ds}/postmaster.pid"), format!("123\n{data_dir}\n")).unwrap();
+        std::fs::write(&sysid, "99").unwrap();
+        pidfile(&ds);
+        let (rc, out) = run_local(&s.stop(&ds, false));
+        assert_eq!(rc, REFUSED, "{out}");
+        assert!(out.contains("has database system identifier 99, not the pair's 42"), "{out}");
+        std::fs::write(&sysid, "42").unwrap();
+        pidfile("/somewhere/else");
+        let (rc, out) = run_local(&s.stop(&ds, false));
+        assert_eq!(rc, REFUSED, "{out}");
+        assert!(out.contains("was started in /somewhere/else, not in"), "{out}");
+        let unknown = Scripts { owner: Owner { system_identifier: String::new(), ..owner(7) }, ..s.clone() };
+        pidfile(&ds);
+        assert!(run_local(&unknown.stop(&ds, false)).1.contains("no database system identifier is recorded"));
+        assert!(!calls().contains("pg_ctl stop"), "nothing was stopped: {}", calls());
+        // The pair's server, started in this directory, is stopped (the fake
+        // keeps saying it runs, so the step reports that).
+        let (rc, out) = run_local(&s.stop(&ds, false));
+        assert_eq!(rc, 1, "{out}");
+        assert!(calls().contains("pg_ctl stop -D"), "{}", calls());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_step_touches_the_coordinators_directory_under_any_name() {
+        let dir = scratch("guard");
+        let coordinator = dir.join("coordinator");
+        std::fs::create_dir_all(coordinator.join("base")).unwrap();
+        std::os::unix::fs::symlink(&coordinator, dir.join("link")).unwrap();
+        std::fs::create_dir_all(dir.join("other")).unwrap();
+        let s = Scripts {
+            coordinator: Coordinator {
+                machine: crate::identity::local_machine(),
+                datadir: crate::identity::local_path_id(&coordinator).unwrap(),
+                system_identifier: "1".into(),
+            },
+            ..scripts()
+        };
+        let d = dir.display();
+        for target in [
+            format!("{d}/coordinator"),
+            format!("{d}/link"),
+            format!("{d}/link/base"),
+            format!("{d}/link/x/y"),
+            d.to_string(),
+        ] {
+            let (rc, out) = run_local(&s.configure_standby(&target, "x"));
+            assert_eq!(rc, REFUSED, "{target}: {out}");
+            assert!(out.contains("the coordinator's data directory"), "{target}: {out}");
+        }
+        assert!(!coordinator.join("standby.signal").exists() && !coordinator.join("postgresql.auto.conf").exists());
+        assert_eq!(run_local(&s.configure_standby(&format!("{d}/other"), "x")).0, 0, "another directory");
+        // Another machine's inode numbers say nothing here.
+        let elsewhere =
+            Scripts { coordinator: Coordinator { machine: "other/boot".into(), ..s.coordinator.clone() }, ..s };
+        assert_eq!(run_local(&elsewhere.read_auto_conf(&format!("{d}/link"))).0, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_host_reports_its_directories_by_device_and_inode() {
+        use crate::identity::{HostReport, Overlap};
+        let dir = scratch("identify");
+        let seg = dir.join("seg");
+        let location = dir.join("ts");
+        std::fs::create_dir_all(seg.join("pg_tblspc")).unwrap();
+        std::fs::create_dir_all(&location).unwrap();
+        std::os::unix::fs::symlink(&location, seg.join("pg_tblspc/16384")).unwrap();
+        std::os::unix::fs::symlink(&seg, dir.join("alias")).unwrap();
+        let d = dir.display();
+        let paths = [format!("{d}/alias/new"), seg.display().to_string(), format!("{d}/ts/inner")];
+        let (rc, out) = run_local(&scripts().identify(&paths, true));
+        assert_eq!(rc, 0, "{out}");
+        let r = HostReport::parse(&out, 3).unwrap();
+        assert_eq!(r.machine, crate::identity::local_machine(), "the script and the worker name the machine alike");
+        assert_eq!(r.dirs[1].path, crate::identity::local_path_id(&seg).unwrap(), "the script and the worker agree");
+        assert_eq!(r.dirs[0].path.overlap(&r.dirs[1].path), Some(Overlap::Inside), "through the link");
+        assert_eq!(r.dirs[2].path.overlap(&r.dirs[1].tablespaces[0]), Some(Overlap::Inside));
+        assert_eq!(r.dirs[1].path.overlap(&r.dirs[1].tablespaces[0]), None);
+        let (path_max, name_max) = r.limits.unwrap();
+        assert!(path_max >= 1024 && name_max >= 255, "{out}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_copy_removes_only_what_an_earlier_job_of_its_segment_left() {
+        let dir = scratch("stale");
+        let ds = dir.join("seg").to_string_lossy().into_owned();
+        std::fs::create_dir_all(&ds).unwrap();
+        let new = PathBuf::from(sibling(&ds, NEW_SUFFIX));
+        let bin = fake_bin(&dir, &[("pg_basebackup", "mkdir -p \"$2\"")]);
+        let s = Scripts { bindir: bin, ..scripts() };
+        std::fs::create_dir_all(new.join("base")).unwrap();
+        let (rc, out) = run_local(&s.basebackup(&ds, false, &[], &[]));
+        assert_eq!(rc, REFUSED, "unclaimed: {out}");
+        assert!(new.join("base").exists());
+        std::fs::write(sibling(&ds, CLAIM_SUFFIX), "job 5 dbid 4 dir -\n").unwrap();
+        assert_eq!(run_local(&s.basebackup(&ds, false, &[], &[])).0, REFUSED, "another segment's");
+        claim(&ds, 5, "-");
+        let (rc, out) = run_local(&s.basebackup(&ds, false, &[], &[]));
+        assert_eq!(rc, 0, "an ended job of this segment left it: {out}");
+        assert!(new.is_dir() && !new.join("base").exists());
+        assert_eq!(std::fs::read_to_string(sibling(&ds, CLAIM_SUFFIX)).unwrap(), "job 7 dbid 3 dir -\n");
+        // A relocation claims the directory it makes, by device and inode.
+        let target = dir.join("moved").to_string_lossy().into_owned();
+        let (rc, out) = run_local(&s.basebackup(&target, true, &[], &[]));
+        assert_eq!(rc, 0, "{out}");
+        let line = std::fs::read_to_string(sibling(&target, CLAIM_SUFFIX)).unwrap();
+        assert_eq!(line, format!("job 7 dbid 3 dir {}\n", dev_ino(&target)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

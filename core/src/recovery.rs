@@ -6,7 +6,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::CoreError;
-use crate::registration::{check_location_free, validate_datadir, validate_host, validate_port};
+use crate::identity::{path_overlap, validate_location, HostNames};
+use crate::registration::{check_location_free, validate_host, validate_port};
 use crate::segment::{Role, Segment, Status};
 
 /// How a down segment is brought back.
@@ -124,13 +125,15 @@ pub struct JobSpec {
     pub relocate: bool,
 }
 
-/// Checks a recovery request against the catalog and the jobs in flight.
+/// Checks a recovery request against the catalog and the jobs in flight;
+/// `hosts` says which host names reach the same machine.
 pub fn plan_recovery(
     catalog: &[Segment],
     active: &[ActiveJob],
     dbid: i32,
     mode: RecoveryMode,
     new: &NewLocation,
+    hosts: &dyn HostNames,
 ) -> Result<JobSpec, CoreError> {
     let failed = i16::try_from(dbid).ok().and_then(|d| catalog.iter().find(|s| s.dbid == d)).ok_or_else(|| {
         CoreError::InvalidValue {
@@ -171,11 +174,11 @@ pub fn plan_recovery(
             target.port = p;
         }
         if let Some(d) = &new.datadir {
-            validate_datadir(d)?;
+            validate_location(d)?;
             target.datadir = d.clone();
         }
-        if (target.hostname.as_str(), target.port, target.datadir.trim_end_matches('/'))
-            == (failed.hostname.as_str(), failed.port, failed.datadir.trim_end_matches('/'))
+        if hosts.same_host(&target.hostname, &failed.hostname)
+            && (target.port, target.datadir.as_str()) == (failed.port, failed.datadir.as_str())
         {
             return Err(CoreError::InvalidValue {
                 what: "new location",
@@ -190,12 +193,13 @@ pub fn plan_recovery(
             &target.address,
             target.port,
             &target.datadir,
+            hosts,
         )?;
-        let same_dir = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
         if let Some(j) = active.iter().find(|j| {
             j.dbid != failed.dbid
-                && j.target.hostname.eq_ignore_ascii_case(&target.hostname)
-                && (j.target.port == target.port || same_dir(&j.target.datadir, &target.datadir))
+                && (hosts.same_host(&j.target.hostname, &target.hostname)
+                    || hosts.same_host(&j.target.address, &target.address))
+                && (j.target.port == target.port || path_overlap(&j.target.datadir, &target.datadir).is_some())
         }) {
             return Err(CoreError::Duplicate(format!(
                 "{}:{} {} is the target of recovery job {} ({}) for dbid {} at {}",
@@ -551,8 +555,10 @@ mod tests {
         ]
     }
 
+    const HOSTS: crate::identity::ByName<'static> = crate::identity::ByName { own_name: "cdw", local_hosts: "" };
+
     fn plan(dbid: i32, mode: RecoveryMode, new: NewLocation) -> Result<JobSpec, CoreError> {
-        plan_recovery(&catalog(), &[], dbid, mode, &new)
+        plan_recovery(&catalog(), &[], dbid, mode, &new, &HOSTS)
     }
 
     /// The row gp_recovery_job gets for a planned job.
@@ -576,6 +582,7 @@ mod tests {
             state: "running".into(),
             phase: "checking host".into(),
             attempts: Vec::new(),
+            system_identifier: Some("7".into()),
         }
     }
 
@@ -589,10 +596,12 @@ mod tests {
         ] {
             let rec = record(&spec, 9);
             let me = ActiveJob { job_id: 9, dbid: 2, content: 0, state: "running".into(), target: rec.target() };
-            assert!(verify_claimed(&c, &[me], &rec).is_ok(), "{spec:?}");
+            assert!(verify_claimed(&c, &[me], &rec, &HOSTS, Some("7")).is_ok(), "{spec:?}");
         }
         let good = record(&plan(2, RecoveryMode::Incremental, NewLocation::default()).unwrap(), 9);
-        let refused = |rec: JobRecord| verify_claimed(&c, &[], &rec).unwrap_err().to_string();
+        let refused = |rec: JobRecord| verify_claimed(&c, &[], &rec, &HOSTS, Some("7")).unwrap_err().to_string();
+        let e = refused(JobRecord { system_identifier: None, ..good.clone() });
+        assert!(e.contains("its system_identifier is none, but the catalog gives 7"), "{e}");
         let e = refused(JobRecord { target_datadir: "/var/tmp/x$(touch /tmp/pwned)".into(), ..good.clone() });
         assert!(e.contains("target_datadir is /var/tmp/x$(touch /tmp/pwned)") && e.contains("nothing was run"), "{e}");
         let e = refused(JobRecord { source_port: 7000, ..good.clone() });
@@ -668,11 +677,11 @@ mod tests {
         assert_eq!((relocated.mode, relocated.relocate), (Full, true), "a relocation in auto mode is a full copy");
         let active =
             [ActiveJob { job_id: 12, dbid: 2, content: 0, state: "running".into(), target: catalog()[1].clone() }];
-        let e = plan_recovery(&catalog(), &active, 2, Full, &NewLocation::default()).unwrap_err();
+        let e = plan_recovery(&catalog(), &active, 2, Full, &NewLocation::default(), &HOSTS).unwrap_err();
         assert_eq!(e.to_string(), "content 0 already has recovery job 12 (running) for dbid 2");
         let mut c = catalog();
         c[2].status = Status::Down;
-        let e = plan_recovery(&c, &[], 2, Full, &NewLocation::default()).unwrap_err();
+        let e = plan_recovery(&c, &[], 2, Full, &NewLocation::default(), &HOSTS).unwrap_err();
         assert!(e.to_string().starts_with("double fault: content 0's acting primary dbid 3"), "{e}");
     }
 
@@ -684,11 +693,14 @@ mod tests {
         let active = [ActiveJob { job_id: 9, dbid: 5, content: 1, state: "queued".into(), target: elsewhere }];
         let to =
             |port: i32, dir: &str| NewLocation { port: Some(port), datadir: Some(dir.into()), ..Default::default() };
-        let e = plan_recovery(&c, &active, 2, RecoveryMode::Full, &to(7100, "/new/2")).unwrap_err();
+        let e = plan_recovery(&c, &active, 2, RecoveryMode::Full, &to(7100, "/new/2"), &HOSTS).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Duplicate);
         assert!(e.to_string().contains("is the target of recovery job 9 (queued) for dbid 5"), "{e}");
-        assert!(plan_recovery(&c, &active, 2, RecoveryMode::Full, &to(7101, "/new/5/")).is_err(), "same directory");
-        assert!(plan_recovery(&c, &active, 2, RecoveryMode::Full, &to(7101, "/new/2")).is_ok());
+        assert!(
+            plan_recovery(&c, &active, 2, RecoveryMode::Full, &to(7101, "/new/5/sub"), &HOSTS).is_err(),
+            "inside its directory"
+        );
+        assert!(plan_recovery(&c, &active, 2, RecoveryMode::Full, &to(7101, "/new/2"), &HOSTS).is_ok());
     }
 
     #[test]
@@ -898,7 +910,15 @@ pub fn verify_source(
 /// Checks a job row the worker claimed against the plan the SQL functions
 /// make from the catalog now, so that a row written by hand (only a
 /// superuser can) never runs: the first column that differs is named.
-pub fn verify_claimed(catalog: &[Segment], active: &[ActiveJob], rec: &JobRecord) -> Result<(), CoreError> {
+///
+/// `system_identifier` is the pair's, as the catalog records it.
+pub fn verify_claimed(
+    catalog: &[Segment],
+    active: &[ActiveJob],
+    rec: &JobRecord,
+    hosts: &dyn HostNames,
+    system_identifier: Option<&str>,
+) -> Result<(), CoreError> {
     let mode = rec.mode()?;
     let others: Vec<ActiveJob> = active.iter().filter(|j| j.job_id != rec.job_id).cloned().collect();
     let plan = if mode == RecoveryMode::Rebalance {
@@ -924,10 +944,11 @@ pub fn verify_claimed(catalog: &[Segment], active: &[ActiveJob], rec: &JobRecord
         } else {
             NewLocation::default()
         };
-        plan_recovery(catalog, &others, rec.dbid.into(), mode, &new)?
+        plan_recovery(catalog, &others, rec.dbid.into(), mode, &new, hosts)?
     };
     let (s, t) = (&plan.source, &plan.target);
-    let columns: [(&str, String, String); 12] = [
+    let sysid = |v: Option<&str>| v.unwrap_or("none").to_string();
+    let columns: [(&str, String, String); 13] = [
         ("content", plan.original.content.to_string(), rec.content.to_string()),
         ("relocate", plan.relocate.to_string(), rec.relocate.to_string()),
         ("original", format!("{:?}", plan.original), format!("{:?}", rec.original)),
@@ -940,6 +961,7 @@ pub fn verify_claimed(catalog: &[Segment], active: &[ActiveJob], rec: &JobRecord
         ("target_address", t.address.clone(), rec.target_address.clone()),
         ("target_port", t.port.to_string(), rec.target_port.to_string()),
         ("target_datadir", t.datadir.clone(), rec.target_datadir.clone()),
+        ("system_identifier", sysid(system_identifier), sysid(rec.system_identifier.as_deref())),
     ];
     match columns.into_iter().find(|(_, planned, got)| planned != got) {
         None => Ok(()),
@@ -973,6 +995,10 @@ pub struct JobRecord {
     /// An auto job's abandoned attempts, oldest first.
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// The pair's database system identifier, from the catalog at
+    /// submission: what a server must have to be stopped as this pair's.
+    #[serde(default)]
+    pub system_identifier: Option<String>,
 }
 
 /// One abandoned attempt of an auto job (gp_recovery_job.attempts).

@@ -4,6 +4,7 @@
 //! of its primary) found.
 
 use crate::error::CoreError;
+use crate::identity::{path_overlap, shown, validate_location, HostNames, Overlap, MAX_HOST_BYTES};
 use crate::probe::InstanceProbe;
 use crate::segment::{Mode, Role, Segment, Status, COORDINATOR_CONTENT, COORDINATOR_DBID};
 
@@ -18,23 +19,6 @@ pub struct SegmentRequest {
     pub address: Option<String>,
 }
 
-/// Checks a data directory given by a DBA: absolute, not the root directory.
-pub fn validate_datadir(datadir: &str) -> Result<(), CoreError> {
-    let invalid = |expected| CoreError::InvalidValue { what: "data directory", value: datadir.to_string(), expected };
-    if !datadir.starts_with('/') {
-        return Err(invalid("must be an absolute path"));
-    }
-    if datadir.trim_end_matches('/').is_empty() {
-        return Err(invalid("must not be the root directory"));
-    }
-    // pg_ctl starts the postmaster through a shell with the directory inside
-    // double quotes, where these would still be interpreted.
-    if datadir.chars().any(|c| matches!(c, '"' | '$' | '`' | '\\' | '\n' | '\r')) {
-        return Err(invalid("must not contain \", $, `, \\ or a line break (pg_ctl passes it through a shell)"));
-    }
-    Ok(())
-}
-
 /// Checks a port number.
 pub fn validate_port(port: i32) -> Result<(), CoreError> {
     if (1..=65535).contains(&port) {
@@ -44,9 +28,17 @@ pub fn validate_port(port: i32) -> Result<(), CoreError> {
     }
 }
 
-/// Checks a host name or address: not empty, no white space or control
-/// characters, and no leading `-` (ssh would read it as an option).
+/// Checks a host name or address: not empty, within a DNS name's 253
+/// bytes, no white space or control characters, and no leading `-` (ssh
+/// would read it as an option).
 pub fn validate_host(what: &'static str, host: &str) -> Result<(), CoreError> {
+    if host.len() > MAX_HOST_BYTES {
+        return Err(CoreError::InvalidValue {
+            what,
+            value: shown(host),
+            expected: "must be at most 253 bytes long (a DNS name's limit)",
+        });
+    }
     if host.is_empty() || host.starts_with('-') || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(CoreError::InvalidValue {
             what,
@@ -58,14 +50,10 @@ pub fn validate_host(what: &'static str, host: &str) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// True when one directory is the other or lies inside it.
-fn dirs_overlap(a: &str, b: &str) -> bool {
-    let (a, b) = (a.trim_end_matches('/'), b.trim_end_matches('/'));
-    a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"))
-}
-
-/// Finds a segment other than `except_dbid` that already uses host+port or
-/// host+datadir; the error names it. Used for registrations and, later, for
+/// Finds a segment other than `except_dbid` that already uses the host and
+/// port, or whose data directory on that host is, lies inside or holds
+/// `datadir`; the error names it. Hosts are compared by `hosts` (a name in
+/// another case, an address for a name). Used for registrations and
 /// relocation targets.
 pub fn check_location_free(
     catalog: &[Segment],
@@ -74,17 +62,20 @@ pub fn check_location_free(
     address: &str,
     port: i32,
     datadir: &str,
+    hosts: &dyn HostNames,
 ) -> Result<(), CoreError> {
-    let same_host =
-        |s: &Segment| s.hostname == hostname || s.address == address || s.hostname == address || s.address == hostname;
-    let datadir = datadir.trim_end_matches('/');
+    let same_host = |s: &Segment| {
+        [s.hostname.as_str(), s.address.as_str()]
+            .iter()
+            .any(|theirs| [hostname, address].iter().any(|ours| hosts.same_host(theirs, ours)))
+    };
     // Whatever name the host is given: the coordinator's own directory must
     // never be copied over, moved aside or removed.
-    if let Some(c) = catalog.iter().find(|s| s.is_coordinator() && dirs_overlap(&s.datadir, datadir)) {
+    if let Some(c) = catalog.iter().find(|s| s.is_coordinator() && path_overlap(datadir, &s.datadir).is_some()) {
         return Err(CoreError::InvalidValue {
             what: "data directory",
-            value: datadir.to_string(),
-            expected: if c.datadir.trim_end_matches('/') == datadir {
+            value: shown(datadir),
+            expected: if path_overlap(datadir, &c.datadir) == Some(Overlap::Same) {
                 "it is the coordinator's data directory"
             } else {
                 "it is inside, or holds, the coordinator's data directory"
@@ -94,15 +85,31 @@ pub fn check_location_free(
     for s in catalog.iter().filter(|s| Some(s.dbid) != except_dbid && same_host(s)) {
         if s.port == port {
             return Err(CoreError::Duplicate(format!(
-                "port {port} on host {hostname} is already used by dbid {} (content {})",
-                s.dbid, s.content
+                "port {port} on host {hostname} is already used by dbid {} (content {}) at {}",
+                s.dbid,
+                s.content,
+                s.location()
             )));
         }
-        if s.datadir.trim_end_matches('/') == datadir {
-            return Err(CoreError::Duplicate(format!(
-                "data directory {datadir} on host {hostname} is already used by dbid {} (content {})",
-                s.dbid, s.content
-            )));
+        match path_overlap(datadir, &s.datadir) {
+            Some(Overlap::Same) => {
+                return Err(CoreError::Duplicate(format!(
+                    "data directory {datadir} on host {hostname} is already used by dbid {} (content {})",
+                    s.dbid, s.content
+                )))
+            }
+            Some(o) => {
+                return Err(CoreError::InvalidValue {
+                    what: "data directory",
+                    value: shown(datadir),
+                    expected: if o == Overlap::Inside {
+                        "it lies inside the data directory of another segment on that host"
+                    } else {
+                        "it holds the data directory of another segment on that host"
+                    },
+                })
+            }
+            None => {}
         }
     }
     Ok(())
@@ -110,7 +117,7 @@ pub fn check_location_free(
 
 /// Checks a registration request against the catalog and returns the row to
 /// insert (mode still 'n': [`verify_claim`] decides whether the pair is in sync).
-pub fn plan(catalog: &[Segment], req: &SegmentRequest) -> Result<Segment, CoreError> {
+pub fn plan(catalog: &[Segment], req: &SegmentRequest, hosts: &dyn HostNames) -> Result<Segment, CoreError> {
     let role = Role::from_letter(req.role)?;
     let content = i16::try_from(req.content).ok().filter(|c| *c >= COORDINATOR_CONTENT).ok_or_else(|| {
         CoreError::InvalidValue {
@@ -123,7 +130,7 @@ pub fn plan(catalog: &[Segment], req: &SegmentRequest) -> Result<Segment, CoreEr
     let address = req.address.clone().unwrap_or_else(|| req.hostname.clone());
     validate_host("address", &address)?;
     validate_port(req.port)?;
-    validate_datadir(&req.datadir)?;
+    validate_location(&req.datadir)?;
 
     if content == COORDINATOR_CONTENT && role == Role::Mirror {
         return Err(CoreError::InvalidValue {
@@ -145,7 +152,7 @@ pub fn plan(catalog: &[Segment], req: &SegmentRequest) -> Result<Segment, CoreEr
             "content {content} has no primary; register its primary before its mirror"
         )));
     }
-    check_location_free(catalog, None, &req.hostname, &address, req.port, &req.datadir)?;
+    check_location_free(catalog, None, &req.hostname, &address, req.port, &req.datadir, hosts)?;
 
     let dbid = if content == COORDINATOR_CONTENT {
         COORDINATOR_DBID
@@ -167,6 +174,26 @@ pub fn plan(catalog: &[Segment], req: &SegmentRequest) -> Result<Segment, CoreEr
         address,
         datadir: req.datadir.clone(),
     })
+}
+
+/// Checks what the instance's database system identifier says it is: the
+/// coordinator's row must be this very coordinator, and a segment must not
+/// be a copy of the coordinator (no step may ever take one for the other).
+pub fn verify_system_identifier(row: &Segment, system_identifier: &str, coordinators: &str) -> Result<(), CoreError> {
+    let here = row.location();
+    if row.is_coordinator() && system_identifier != coordinators {
+        return Err(CoreError::WrongState(format!(
+            "{here} has database system identifier {system_identifier}, but this coordinator has {coordinators}: \
+             register the coordinator from itself"
+        )));
+    }
+    if !row.is_coordinator() && system_identifier == coordinators {
+        return Err(CoreError::WrongState(format!(
+            "{here} has the coordinator's database system identifier {system_identifier}: it is a copy of the \
+             coordinator, and a segment must be a database system of its own"
+        )));
+    }
+    Ok(())
 }
 
 /// The content's registered primary, which a mirror must stream from.
@@ -267,6 +294,8 @@ mod tests {
         }
     }
 
+    const HOSTS: crate::identity::ByName<'static> = crate::identity::ByName { own_name: "cdw", local_hosts: "" };
+
     fn catalog() -> Vec<Segment> {
         vec![seg(1, -1, Role::Primary, 7000, "/d/coordinator"), seg(2, 0, Role::Primary, 7001, "/d/primary/gpseg0")]
     }
@@ -276,6 +305,9 @@ mod tests {
         for bad in ["", "-oProxyCommand=touch${IFS}x", "a b", "a\tb", "a\u{7}b", "x\n"] {
             assert!(validate_host("host name", bad).is_err(), "{bad:?}");
         }
+        let e = validate_host("host name", &"h".repeat(254)).unwrap_err().to_string();
+        assert!(e.contains("at most 253 bytes") && e.len() < 300, "{e}");
+        assert!(validate_host("host name", &"h".repeat(253)).is_ok());
         for good in ["sdw1", "10.0.0.5", "::1", "host-1.example.com"] {
             assert!(validate_host("host name", good).is_ok(), "{good}");
         }
@@ -285,10 +317,24 @@ mod tests {
     fn the_coordinators_directory_is_refused_under_any_host_name() {
         let c = catalog();
         for dir in ["/d/coordinator", "/d/coordinator/", "/d/coordinator/base/x", "/d"] {
-            let e = check_location_free(&c, Some(2), "otherhost", "10.1.1.1", 9000, dir).unwrap_err();
+            let e = check_location_free(&c, Some(2), "otherhost", "10.1.1.1", 9000, dir, &HOSTS).unwrap_err();
             assert!(e.to_string().contains("coordinator's data directory"), "{dir}: {e}");
         }
-        assert!(check_location_free(&c, Some(2), "otherhost", "10.1.1.1", 9000, "/d/coordinator2").is_ok());
+        assert!(check_location_free(&c, Some(2), "otherhost", "10.1.1.1", 9000, "/d/coordinator2", &HOSTS).is_ok());
+    }
+
+    #[test]
+    fn another_segments_directory_or_port_is_refused_under_any_name_of_its_host() {
+        let c = catalog();
+        let free = |host: &str, port, dir| check_location_free(&c, None, host, host, port, dir, &HOSTS);
+        for host in ["localhost", "LOCALHOST", "127.0.0.1", "CDW"] {
+            assert!(free(host, 7001, "/x").unwrap_err().to_string().contains("already used by dbid 2"), "{host}");
+            let e = free(host, 7009, "/d/primary/gpseg0/nested").unwrap_err().to_string();
+            assert!(e.contains("lies inside the data directory of another segment"), "{host}: {e}");
+            let e = free(host, 7009, "/d/primary").unwrap_err().to_string();
+            assert!(e.contains("holds the data directory of another segment"), "{host}: {e}");
+        }
+        assert!(free("sdw1", 7001, "/d/primary/gpseg0").is_ok(), "another host");
     }
 
     fn req(content: i32, role: char, port: i32, datadir: &str) -> SegmentRequest {
@@ -304,18 +350,18 @@ mod tests {
 
     #[test]
     fn plans_next_dbid_and_coordinator_dbid_1() {
-        let row = plan(&catalog(), &req(0, 'm', 7002, "/d/mirror/gpseg0")).unwrap();
+        let row = plan(&catalog(), &req(0, 'm', 7002, "/d/mirror/gpseg0"), &HOSTS).unwrap();
         assert_eq!((row.dbid, row.role, row.mode), (3, Role::Mirror, Mode::NotInSync));
-        let row = plan(&[], &req(-1, 'p', 7000, "/c")).unwrap();
+        let row = plan(&[], &req(-1, 'p', 7000, "/c"), &HOSTS).unwrap();
         assert_eq!(row.dbid, 1);
-        let row = plan(&[], &req(0, 'p', 7001, "/p")).unwrap();
+        let row = plan(&[], &req(0, 'p', 7001, "/p"), &HOSTS).unwrap();
         assert_eq!(row.dbid, 2, "segments never take the coordinator's dbid");
     }
 
     #[test]
     fn rejects_bad_input_with_named_problem() {
         let c = catalog();
-        let msg = |r| plan(&c, &r).unwrap_err().to_string();
+        let msg = |r| plan(&c, &r, &HOSTS).unwrap_err().to_string();
         assert!(msg(req(0, 'x', 7009, "/x")).contains("invalid role \"x\""));
         assert!(msg(req(-2, 'p', 7009, "/x")).contains("invalid content \"-2\""));
         assert!(msg(req(0, 'm', 0, "/x")).contains("invalid port \"0\""));
@@ -323,15 +369,19 @@ mod tests {
         assert!(msg(req(0, 'm', 7009, "/")).contains("must not be the root directory"));
         assert!(msg(req(0, 'm', 7009, "/a/$(reboot)")).contains("must not contain"));
         assert!(msg(req(0, 'm', 7009, "/a/\"q")).contains("must not contain"));
-        assert_eq!(msg(req(0, 'm', 7001, "/x")), "port 7001 on host localhost is already used by dbid 2 (content 0)");
         assert_eq!(
-            msg(req(1, 'p', 7009, "/d/primary/gpseg0/")),
+            msg(req(0, 'm', 7001, "/x")),
+            "port 7001 on host localhost is already used by dbid 2 (content 0) at localhost:7001"
+        );
+        assert_eq!(
+            msg(req(1, 'p', 7009, "/d/primary/gpseg0")),
             "data directory /d/primary/gpseg0 on host localhost is already used by dbid 2 (content 0)"
         );
+        assert!(msg(req(1, 'p', 7009, "/d/primary/gpseg0/")).contains("must not end in /"));
         assert_eq!(msg(req(0, 'p', 7009, "/x")), "content 0 already has a primary: dbid 2 at localhost:7001");
         assert!(msg(req(5, 'm', 7009, "/x")).contains("content 5 has no primary"));
         assert!(msg(req(-1, 'm', 7009, "/x")).contains("standby coordinator is not supported"));
-        let e = plan(&c, &req(0, 'p', 7009, "/x")).unwrap_err();
+        let e = plan(&c, &req(0, 'p', 7009, "/x"), &HOSTS).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Duplicate);
     }
 
@@ -355,6 +405,19 @@ mod tests {
         let e = verify_claim(&row, &Err("connection refused".into()), None).unwrap_err();
         assert_eq!(e.to_string(), "segment localhost:7003 does not answer: connection refused");
         assert_eq!(e.kind(), crate::ErrorKind::Unreachable);
+    }
+
+    #[test]
+    fn the_coordinator_and_its_segments_are_told_apart_by_system_identifier() {
+        let c = seg(1, -1, Role::Primary, 7000, "/c");
+        assert!(verify_system_identifier(&c, "10", "10").is_ok());
+        assert!(verify_system_identifier(&c, "11", "10").unwrap_err().to_string().contains("register the coordinator"));
+        let p = seg(2, 0, Role::Primary, 7001, "/p");
+        assert!(verify_system_identifier(&p, "11", "10").is_ok());
+        assert!(verify_system_identifier(&p, "10", "10")
+            .unwrap_err()
+            .to_string()
+            .contains("a copy of the coordinator"));
     }
 
     #[test]

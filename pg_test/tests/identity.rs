@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gp_recovery_pg_test::{
-    catalog_snapshot, expect_error, scratch_dir, set_setting_on, wait_for, Instance, SpareInstance,
-    TestCluster,
+    catalog_snapshot, expect_error, scratch_dir, set_setting_on, wait_for, Instance, SpareInstance, TestCluster,
 };
 use postgres::Client;
 
@@ -90,7 +89,12 @@ impl Victim {
             .and_then(|mut c| c.query_one("SELECT 1", &[]).map_err(|e| gpdemo::DemoError::Usage(e.to_string())))
             .unwrap_or_else(|e| panic!("{case}: the {} does not answer: {e}", self.what));
         let dir = &self.instance.datadir;
-        assert_eq!(std::fs::metadata(dir).unwrap().ino(), self.inode, "{case}: the {}'s directory was replaced", self.what);
+        assert_eq!(
+            std::fs::metadata(dir).unwrap().ino(),
+            self.inode,
+            "{case}: the {}'s directory was replaced",
+            self.what
+        );
         assert_eq!(entries(dir), self.entries, "{case}: the {}'s files changed", self.what);
         for sibling in [".gp_recovery_new", ".gp_recovery_old", ".gp_recovery_incomplete", ".gp_recovery_relocating"] {
             let path = PathBuf::from(format!("{}{sibling}", dir.display()));
@@ -258,7 +262,11 @@ fn a_fence_stops_only_the_pairs_own_server() {
     let stranger = SpareInstance::on_port(None, port);
     let pid = stranger.instance.postmaster_pid().unwrap();
     std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(stranger.instance.postmaster_pid(), Some(pid), "an unrelated server on the down member's port was stopped");
+    assert_eq!(
+        stranger.instance.postmaster_pid(),
+        Some(pid),
+        "an unrelated server on the down member's port was stopped"
+    );
     assert!(stranger.instance.writable());
     assert_eq!(tc.row_state(old), "m d n");
     drop(stranger);
@@ -374,10 +382,8 @@ fn no_spelling_of_a_live_instance_is_a_relocation_target() {
         c.query_one("SELECT c::text FROM gp_segment_configuration c WHERE dbid = $1", &[&m1]).unwrap().get(0);
     let mut cases: Vec<(String, Option<String>, u16, String)> = Vec::new();
     let free_port = gpdemo::free_port_range(1).unwrap();
-    for (tag, path) in victims
-        .iter()
-        .map(|v| (v.what, v.instance.datadir.clone()))
-        .chain([("tablespace", location.clone())])
+    for (tag, path) in
+        victims.iter().map(|v| (v.what, v.instance.datadir.clone())).chain([("tablespace", location.clone())])
     {
         for (how, dir) in spellings(&path, &links, tag) {
             cases.push((format!("{tag}: {how}: {dir}"), None, free_port, dir));

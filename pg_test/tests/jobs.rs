@@ -383,7 +383,10 @@ fn two_relocations_onto_one_place_are_refused() {
     assert!(message.contains(&format!("is the target of recovery job {job}")), "{message}");
     let (_, message) = expect_error(
         &mut c,
-        &format!("SELECT gp_recover_segment({b}, 'full', new_port => 24997, new_datadir => '{}/')", new_dir.display()),
+        &format!(
+            "SELECT gp_recover_segment({b}, 'full', new_port => 24997, new_datadir => '{}/inside')",
+            new_dir.display()
+        ),
     );
     assert!(message.contains(&format!("is the target of recovery job {job}")), "{message}");
     tc.set_rate(0);

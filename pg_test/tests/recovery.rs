@@ -341,7 +341,7 @@ fn bad_requests_are_refused_and_change_nothing() {
         (
             // Under another name for the coordinator's host.
             format!(
-                "SELECT gp_recover_segment({old}, 'full', new_hostname => '127.0.0.1', new_datadir => '{coordinator_dir}/')"
+                "SELECT gp_recover_segment({old}, 'full', new_hostname => '127.0.0.1', new_datadir => '{coordinator_dir}')"
             ),
             "22023",
             "it is the coordinator's data directory".into(),
