@@ -284,12 +284,16 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
     step("Every catalog change left a history row");
     psql(&cluster, "SELECT * FROM gp_configuration_history ORDER BY \"time\", dbid;")?;
 
-    step("Bad input is refused with an ERROR that names the problem, and nothing changes");
+    step("Bad input is refused with an ERROR that names the problem, and nothing changes; another spelling of a live instance's directory or host is not another place");
+    let coordinator_alias = format!("{}/./coordinator", dir.display());
     for sql in [
-        "SELECT gp_add_segment(0, 'p', 'localhost', 7199, '/var/tmp/nowhere');",
-        "SELECT gp_add_segment(5, 'x', 'localhost', 7199, '/var/tmp/nowhere');",
+        "SELECT gp_add_segment(0, 'p', 'localhost', 7199, '/var/tmp/nowhere');".to_string(),
+        "SELECT gp_add_segment(5, 'x', 'localhost', 7199, '/var/tmp/nowhere');".to_string(),
+        format!("SELECT gp_recover_segment(2, 'full', new_port => 7199, new_datadir => '{coordinator_alias}');"),
+        format!("SELECT gp_recover_segment(2, 'full', new_hostname => 'LOCALHOST', new_port => {port});"),
+        "SELECT gp_recover_segment(NULL);".to_string(),
     ] {
-        if psql_shown(&cluster, sql)? {
+        if psql_shown(&cluster, &sql)? {
             return Err(DemoError::Usage(format!("expected an ERROR from: {sql}")));
         }
     }

@@ -289,6 +289,18 @@ fn rebalance_with_and_without_the_replay_lag_guard() {
 
     tc.switch_all_roles();
     let (p0, m0) = (tc.dbid_of(tc.primary(0)), tc.dbid_of(tc.mirror(0)));
+    // Switched pairs need attention: gpstate -m warns and says so by its exit
+    // code. The password of a -d connection string is never printed.
+    let conninfo = format!(
+        "host={} port={} user={} password=s3cr3t-pw dbname=postgres",
+        gpdemo::ADDRESS,
+        tc.cluster.coordinator.port,
+        gpdemo::server_user()
+    );
+    let (code, out) = run(None, "gpstate", &["-m", "-d", &conninfo], "");
+    assert_eq!(code, 1, "{out}");
+    assert_says(&out, &["Acting as Primary"]);
+    assert!(!out.contains("s3cr3t") && out.contains("password=********"), "{out}");
     let mut mirror = tc.lag_the_switched_mirror();
 
     let (code, out) = run(Some(&tc), "gprecoverseg", &["-r", "-a", "--replay-lag", "0"], "");
@@ -351,6 +363,11 @@ fn bad_flag_combinations_exit_2_with_greenplum_s_messages() {
     }
     let (code, out) = run(None, "gprecoverseg", &["--no-such-flag"], "");
     assert_eq!(code, 2, "{out}");
+    for conninfo in ["host=x password='s3cr3t-pw", "postgresql://u:s3cr3t-pw@/db?port=x", "password=s3cr3t-pw hots=x"] {
+        let (code, out) = run(None, "gprecoverseg", &["-a", "-d", conninfo], "");
+        assert_eq!(code, 2, "{conninfo}: {out}");
+        assert!(!out.contains("s3cr3t"), "{conninfo}: the password was printed: {out}");
+    }
     let (code, out) = run(None, "gpstate", &["-e", "-m"], "");
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("gpstate: error: Too many output options specified"), "{out}");
