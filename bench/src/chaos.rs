@@ -298,11 +298,12 @@ impl Soak {
                 kill(&primary)?;
                 self.wait_down(pdbid)?;
                 let mut c = mirror.connect().map_err(err)?;
-                // The FTS creates the slot right after the promotion.
+                // The FTS creates the slot right after the promotion; its
+                // session holds it until it is saved.
                 wait_until(Duration::from_secs(30), "the promotion and the new primary's slot", || {
                     c.query_one(
                         "SELECT NOT pg_is_in_recovery() AND EXISTS (SELECT 1 FROM pg_replication_slots \
-                          WHERE slot_name = 'internal_wal_replication_slot')",
+                          WHERE slot_name = 'internal_wal_replication_slot' AND NOT active)",
                         &[],
                     )
                     .is_ok_and(|r| r.get(0))

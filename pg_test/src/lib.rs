@@ -489,6 +489,31 @@ impl TestCluster {
         mirror
     }
 
+    /// Fails content 0 over, then makes the WAL a rewind of the old primary
+    /// would need unavailable: the new primary's slot (the fault tolerance
+    /// service creates it right after the promotion) is dropped once no
+    /// session holds it, and its WAL switched and checkpointed away.
+    /// Returns the old primary's dbid.
+    pub fn fail_over_and_recycle_wal(&self) -> i16 {
+        let (down, _) = self.fail_over(0);
+        let mut p = self.mirror(0).connect().unwrap();
+        // The creating session holds the slot until it has saved it.
+        wait_for(30, "the new primary's slot, not in use", || {
+            p.query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'internal_wal_replication_slot' \
+                 AND NOT active",
+                &[],
+            )
+            .is_ok_and(|r| r.get::<_, i64>(0) == 1)
+        });
+        p.batch_execute("SELECT pg_drop_replication_slot('internal_wal_replication_slot')").unwrap();
+        for _ in 0..6 {
+            p.batch_execute("UPDATE pgbench_accounts SET abalance = abalance + 1; SELECT pg_switch_wal(); CHECKPOINT")
+                .unwrap();
+        }
+        down
+    }
+
     /// Starts a full recovery limited to 2 MB/s and waits until it copies.
     pub fn start_slow_full_recovery(&self, dbid: i16) -> i64 {
         self.set_rate(2048);

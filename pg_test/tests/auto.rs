@@ -23,17 +23,7 @@ fn auto_goes_on_to_differential_when_the_wal_a_rewind_needs_is_gone() {
     let tc = TestCluster::new(1);
     tc.set_fts(1, 2, 2, 2);
     pgbench_init(tc.primary(0), 1);
-    let (down, _) = tc.fail_over(0);
-    let mut p = tc.mirror(0).connect().unwrap();
-    wait_for(30, "the new primary's slot", || {
-        p.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'internal_wal_replication_slot'", &[])
-            .is_ok_and(|r| r.get::<_, i64>(0) == 1)
-    });
-    p.batch_execute("SELECT pg_drop_replication_slot('internal_wal_replication_slot')").unwrap();
-    for _ in 0..6 {
-        p.batch_execute("UPDATE pgbench_accounts SET abalance = abalance + 1; SELECT pg_switch_wal(); CHECKPOINT")
-            .unwrap();
-    }
+    let down = tc.fail_over_and_recycle_wal();
     let job = tc.submit(&format!("SELECT gp_recover_segment({down}, 'auto')"));
     assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
     let tried = attempts(&tc, job);

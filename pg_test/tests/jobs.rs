@@ -425,18 +425,7 @@ fn a_rewound_segment_whose_wal_is_gone_fails_in_bounded_time() {
     // The default start and connect bounds (120 s): the start step must see
     // on its own that the standby can never become consistent.
     pgbench_init(tc.primary(0), 1);
-    let (down, _) = tc.fail_over(0);
-    let mut p = tc.mirror(0).connect().unwrap();
-    // The fault tolerance service creates the slot right after the promotion.
-    wait_for(30, "the new primary's slot", || {
-        p.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'internal_wal_replication_slot'", &[])
-            .is_ok_and(|r| r.get::<_, i64>(0) == 1)
-    });
-    p.batch_execute("SELECT pg_drop_replication_slot('internal_wal_replication_slot')").unwrap();
-    for _ in 0..6 {
-        p.batch_execute("UPDATE pgbench_accounts SET abalance = abalance + 1; SELECT pg_switch_wal(); CHECKPOINT")
-            .unwrap();
-    }
+    let down = tc.fail_over_and_recycle_wal();
     let started = Instant::now();
     let job = tc.submit(&format!("SELECT gp_recover_segment({down})"));
     let error = tc.wait_job(job).unwrap_err();
