@@ -51,6 +51,34 @@ CREATE TABLE gp_segment_identity (
 COMMENT ON TABLE gp_segment_identity IS
     'Each segment''s pair (database system identifier) and host (machine), as gp_recovery last proved them';
 
+-- Segments self-healing leaves alone: held by a DBA (gp_recovery_hold), or
+-- by a person's cancel of a self-healing job.
+CREATE TABLE gp_segment_hold (
+    dbid    smallint    PRIMARY KEY REFERENCES gp_segment_configuration (dbid) ON DELETE CASCADE,
+    reason  text        NOT NULL,
+    held_by name        NOT NULL,
+    held_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Self-healing's backoff per segment: its jobs that failed since its last
+-- success. Kept here, not derived from gp_recovery_job, whose ended rows
+-- gp_recovery.job_retention removes.
+CREATE TABLE gp_segment_selfheal (
+    dbid            smallint    PRIMARY KEY REFERENCES gp_segment_configuration (dbid) ON DELETE CASCADE,
+    failures        integer     NOT NULL DEFAULT 0 CHECK (failures >= 0),
+    last_failure_at timestamptz
+);
+
+-- Every failover the fault tolerance service made: the content and the
+-- promoted dbid, for self-healing's damping and the metrics' last failover.
+CREATE TABLE gp_recovery_failover (
+    content  smallint    NOT NULL,
+    promoted smallint    NOT NULL,
+    "time"   timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX gp_recovery_failover_time_idx ON gp_recovery_failover ("time");
+
 CREATE TABLE gp_configuration_history (
     "time" timestamptz NOT NULL DEFAULT now(),
     dbid   smallint    NOT NULL,
@@ -66,6 +94,9 @@ COMMENT ON TABLE gp_configuration_history IS
 SELECT pg_catalog.pg_extension_config_dump('gp_segment_configuration', '');
 SELECT pg_catalog.pg_extension_config_dump('gp_configuration_history', '');
 SELECT pg_catalog.pg_extension_config_dump('gp_segment_identity', '');
+SELECT pg_catalog.pg_extension_config_dump('gp_segment_hold', '');
+SELECT pg_catalog.pg_extension_config_dump('gp_segment_selfheal', '');
+SELECT pg_catalog.pg_extension_config_dump('gp_recovery_failover', '');
 
 -- Members of gp_recovery_admin (and superusers) may start and cancel
 -- recoveries. Roles belong to the cluster, so it may exist already.

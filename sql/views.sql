@@ -28,7 +28,8 @@ REVOKE ALL ON FUNCTION gp_add_segment(integer, "char", text, integer, text, text
 -- Reading the catalog is for everyone, as in Greenplum. Probing the
 -- segments (each read of the live views opens a connection to every
 -- segment) is for monitoring roles and recovery admins only.
-GRANT SELECT ON gp_segment_configuration, gp_configuration_history, gp_segment_identity TO PUBLIC;
+GRANT SELECT ON gp_segment_configuration, gp_configuration_history, gp_segment_identity, gp_segment_hold,
+                gp_segment_selfheal, gp_recovery_failover TO PUBLIC;
 REVOKE ALL ON FUNCTION gp_segment_status_probe(), gp_mirror_status_probe(), gp_state_report(),
                        gp_request_fts_probe_scan() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION gp_segment_status_probe(), gp_mirror_status_probe(), gp_state_report(),
@@ -63,8 +64,7 @@ GRANT SELECT ON gp_recovery_job, gp_recovery_progress TO PUBLIC;
 
 -- Everything a monitoring system scrapes, one row per sample, for
 -- Prometheus through postgres_exporter (monitoring/queries.yaml). Labels
--- not used by a metric are NULL. Only 'mirror_lag_bytes' probes the
--- segments; a query that filters on metric skips the other branches.
+-- not used by a metric are NULL. Nothing here connects to a segment.
 CREATE VIEW gp_recovery_metrics AS
 SELECT 'segments'::text AS metric, r.role::text AS role, st.status::text AS status,
        NULL::text AS state, NULL::text AS recovery_type, NULL::smallint AS content, NULL::smallint AS dbid,
@@ -75,8 +75,11 @@ UNION ALL
 SELECT 'pairs_not_synchronized', NULL, NULL, NULL, NULL, NULL, NULL,
        count(*)::float8 FROM gp_segment_configuration WHERE content >= 0 AND role = 'p' AND mode <> 's'
 UNION ALL
+SELECT 'segments_held', NULL, NULL, NULL, NULL, NULL, NULL, count(*)::float8 FROM gp_segment_hold
+UNION ALL
+-- As the fault tolerance service last saw each stream: never waits on a segment.
 SELECT 'mirror_lag_bytes', NULL, NULL, NULL, NULL, content, dbid, bytes_behind::float8
-  FROM gp_segment_status WHERE role = 'm' AND bytes_behind IS NOT NULL
+  FROM gp_fts_replication() WHERE bytes_behind IS NOT NULL
 UNION ALL
 SELECT 'jobs', NULL, NULL, s.state, t.recovery_type, NULL, NULL,
        (SELECT count(*) FROM gp_recovery_job j WHERE j.state = s.state AND j.recovery_type = t.recovery_type)::float8
@@ -86,14 +89,9 @@ UNION ALL
 SELECT 'bytes_copied', NULL, NULL, NULL, NULL, NULL, NULL,
        coalesce(sum(bytes_done), 0)::float8 FROM gp_recovery_job
 UNION ALL
--- A failover writes its two rows in one transaction: the promoted mirror
--- to p, u, n and the failed primary to m, d, n, at the same time.
 SELECT 'last_failover_time', NULL, NULL, NULL, NULL, NULL, NULL,
-       coalesce(extract(epoch FROM max(h."time")), 0)::float8
-  FROM gp_configuration_history h
- WHERE h."desc" LIKE 'FTS: update role, status, and mode for dbid % to p, u, and n'
-   AND EXISTS (SELECT 1 FROM gp_configuration_history d
-                WHERE d."time" = h."time" AND d."desc" LIKE 'FTS: update role, status, and mode for dbid % to m, d, and n')
+       coalesce(extract(epoch FROM max("time")), 0)::float8
+  FROM gp_recovery_failover
 UNION ALL
 SELECT 'fts_rounds', NULL, NULL, NULL, NULL, NULL, NULL, rounds_finished::float8 FROM gp_fts_stats()
 UNION ALL
@@ -104,8 +102,8 @@ SELECT 'fts_probe_errors', NULL, NULL, NULL, NULL, NULL, NULL, probe_errors::flo
 COMMENT ON VIEW gp_recovery_metrics IS
     'gp_recovery for monitoring: segments per role and status, pairs not synchronized, mirror lag, jobs per state and type, bytes copied, last failover, fault tolerance rounds and probe errors';
 
-REVOKE ALL ON FUNCTION gp_fts_stats() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION gp_fts_stats() TO pg_monitor, gp_recovery_admin;
+REVOKE ALL ON FUNCTION gp_fts_stats(), gp_fts_replication() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION gp_fts_stats(), gp_fts_replication() TO pg_monitor, gp_recovery_admin;
 GRANT SELECT ON gp_recovery_metrics TO pg_monitor, gp_recovery_admin;
 
 -- Starting and canceling recoveries: superusers and gp_recovery_admin.
@@ -115,12 +113,16 @@ REVOKE ALL ON FUNCTION gp_recover_from_config(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gp_recovery_cancel(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gp_rebalance(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gp_recovery_plan(text, integer, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gp_recovery_hold(integer, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gp_recovery_release(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION gp_recover_segment(integer, text, text, integer, text),
                           gp_recover_all(text),
                           gp_recover_from_config(text),
                           gp_recovery_cancel(bigint),
                           gp_rebalance(bigint),
-                          gp_recovery_plan(text, integer, text) TO gp_recovery_admin;
+                          gp_recovery_plan(text, integer, text),
+                          gp_recovery_hold(integer, text),
+                          gp_recovery_release(integer) TO gp_recovery_admin;
 
 -- The functions are the only way in: nobody but a superuser writes the job,
 -- catalog or history tables. The functions that write run as the
@@ -132,6 +134,8 @@ ALTER FUNCTION gp_recover_all(text) SECURITY DEFINER;
 ALTER FUNCTION gp_recover_from_config(text) SECURITY DEFINER;
 ALTER FUNCTION gp_recovery_cancel(bigint) SECURITY DEFINER;
 ALTER FUNCTION gp_rebalance(bigint) SECURITY DEFINER;
+ALTER FUNCTION gp_recovery_hold(integer, text) SECURITY DEFINER;
+ALTER FUNCTION gp_recovery_release(integer) SECURITY DEFINER;
 DO $$
 DECLARE f regprocedure;
 BEGIN

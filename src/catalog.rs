@@ -135,7 +135,7 @@ pub fn lock_rows(dbids: &[i16]) -> Vec<Segment> {
     serde_json::from_value(json).unwrap_or_else(|e| internal("unexpected gp_segment_configuration row", e))
 }
 
-/// A text column of gp_segment_identity by dbid, where it is set.
+/// A text column by dbid (of gp_segment_identity, gp_segment_hold), where it is set.
 fn identity_column(sql: &str) -> std::collections::HashMap<i16, String> {
     Spi::connect(|client| {
         client
@@ -177,6 +177,77 @@ pub fn record_host_ids(found: &[(String, String)]) {
 /// The machine last recorded for each dbid's host, where one was.
 pub fn host_ids() -> std::collections::HashMap<i16, String> {
     identity_column("SELECT dbid, host_id FROM public.gp_segment_identity WHERE host_id IS NOT NULL")
+}
+
+/// Each held dbid with who held it and why.
+pub fn holds() -> std::collections::HashMap<i16, String> {
+    identity_column("SELECT dbid, 'held by ' || held_by || ': ' || reason FROM public.gp_segment_hold")
+}
+
+/// A hold on a segment; false when it was held already.
+pub fn add_hold(dbid: i16, reason: &str, by: &str) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "WITH i AS (INSERT INTO public.gp_segment_hold (dbid, reason, held_by) VALUES ($1, $2, $3) \
+                    ON CONFLICT (dbid) DO NOTHING RETURNING 1) SELECT EXISTS (SELECT 1 FROM i)",
+        &[dbid.into(), reason.into(), by.into()],
+    )
+    .or_raise()
+    .unwrap_or(false)
+}
+
+/// Ends a hold; false when there was none.
+pub fn remove_hold(dbid: i16) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "WITH d AS (DELETE FROM public.gp_segment_hold WHERE dbid = $1 RETURNING 1) SELECT EXISTS (SELECT 1 FROM d)",
+        &[dbid.into()],
+    )
+    .or_raise()
+    .unwrap_or(false)
+}
+
+/// A failover of `content` to `promoted`, in the failover's transaction.
+pub fn record_failover(content: i16, promoted: i16) {
+    Spi::run_with_args(
+        "INSERT INTO public.gp_recovery_failover (content, promoted) VALUES ($1, $2)",
+        &[content.into(), promoted.into()],
+    )
+    .or_raise();
+}
+
+/// Removes history rows older than `age` (gp_recovery.history_retention),
+/// at most 10000 a call so the transaction stays short, and failovers older
+/// than damping's longest window; returns the history rows removed.
+pub fn remove_old_history(age: Option<std::time::Duration>) -> i64 {
+    Spi::run("DELETE FROM public.gp_recovery_failover WHERE \"time\" < pg_catalog.now() - interval '30 days'")
+        .or_raise();
+    let Some(age) = age else { return 0 };
+    Spi::get_one_with_args::<i64>(
+        "WITH d AS (DELETE FROM public.gp_configuration_history WHERE ctid = ANY (ARRAY( \
+                      SELECT ctid FROM public.gp_configuration_history \
+                       WHERE \"time\" < pg_catalog.now() - pg_catalog.make_interval(secs => $1) LIMIT 10000)) \
+                    RETURNING 1) SELECT count(*) FROM d",
+        &[age.as_secs_f64().into()],
+    )
+    .or_raise()
+    .unwrap_or(0)
+}
+
+/// Each content's failovers within the last `window`.
+pub fn recent_failovers(window: std::time::Duration) -> std::collections::HashMap<i16, u32> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT content, count(*)::int4 FROM public.gp_recovery_failover \
+                  WHERE \"time\" > pg_catalog.now() - pg_catalog.make_interval(secs => $1) GROUP BY content",
+                None,
+                &[window.as_secs_f64().into()],
+            )?
+            .map(|r| {
+                Ok((r.get::<i16>(1)?.unwrap_or_default(), u32::try_from(r.get::<i32>(2)?.unwrap_or(0)).unwrap_or(0)))
+            })
+            .collect::<Result<_, pgrx::spi::Error>>()
+    })
+    .or_raise()
 }
 
 /// Contents whose latest double-fault history row says the fault is still on.

@@ -25,7 +25,7 @@ use gp_recovery_core::probe::ProbeResult;
 use gp_recovery_core::segment::{Pair, Segment};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PgAtomic, PgSqlErrorCode};
+use pgrx::{pg_shmem_init, PgAtomic, PgLwLock, PgSqlErrorCode};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
 
@@ -43,6 +43,80 @@ static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"gp_recovery_ft
 static LAST_ROUND_MICROS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"gp_recovery_fts_last_round_micros") };
 static PROBE_ERRORS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"gp_recovery_fts_probe_errors") };
 
+/// The stream to each content's mirror as the last probe of its primary
+/// saw it, for monitoring that must never wait on a segment.
+#[derive(Clone, Copy, Default)]
+struct StreamSeen {
+    content: i16,
+    mirror: i16,
+    /// What the mirror has still to replay; -1 when there is no stream.
+    bytes_behind: i64,
+    seen_at: pg_sys::TimestampTz,
+}
+
+/// Contents the snapshot holds at most.
+const MAX_STREAMS: usize = 2048;
+
+#[derive(Clone, Copy)]
+struct StreamsSeen {
+    len: usize,
+    streams: [StreamSeen; MAX_STREAMS],
+}
+
+impl Default for StreamsSeen {
+    fn default() -> Self {
+        StreamsSeen { len: 0, streams: [StreamSeen::default(); MAX_STREAMS] }
+    }
+}
+
+// SAFETY: plain data, no pointers.
+unsafe impl pgrx::PGRXSharedMemory for StreamsSeen {}
+
+static STREAMS: PgLwLock<StreamsSeen> = unsafe { PgLwLock::new(c"gp_recovery_fts_streams") };
+
+/// Records what a probe of a content's primary saw of its mirror's stream.
+fn record_stream(content: i16, mirror: i16, bytes_behind: Option<i64>) {
+    // SAFETY: reads the clock; no Postgres state.
+    let seen_at = unsafe { pg_sys::GetCurrentTimestamp() };
+    let seen = StreamSeen { content, mirror, bytes_behind: bytes_behind.unwrap_or(-1), seen_at };
+    let mut table = STREAMS.exclusive();
+    let len = table.len;
+    match table.streams[..len].iter().position(|s| s.content == content) {
+        Some(i) => table.streams[i] = seen,
+        None if len < MAX_STREAMS => {
+            table.streams[len] = seen;
+            table.len = len + 1;
+        }
+        None => {}
+    }
+}
+
+/// The stream to each mirror as the fault tolerance service last saw it
+/// (from shared memory: this connects to no segment).
+#[pg_extern]
+fn gp_fts_replication() -> TableIterator<
+    'static,
+    (
+        name!(content, i16),
+        name!(dbid, i16),
+        name!(bytes_behind, Option<i64>),
+        name!(observed_at, Option<pgrx::datum::TimestampWithTimeZone>),
+    ),
+> {
+    if !crate::preloaded() {
+        return TableIterator::new(Vec::new());
+    }
+    let table = STREAMS.share();
+    let rows: Vec<_> = table.streams[..table.len]
+        .iter()
+        .map(|s| {
+            let behind = (s.bytes_behind >= 0).then_some(s.bytes_behind);
+            (s.content, s.mirror, behind, pgrx::datum::TimestampWithTimeZone::try_from(s.seen_at).ok())
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
 /// Shared memory and the worker; only while loading via shared_preload_libraries.
 pub fn init() {
     pg_shmem_init!(ROUNDS_STARTED);
@@ -51,6 +125,7 @@ pub fn init() {
     pg_shmem_init!(WORKER_PID);
     pg_shmem_init!(LAST_ROUND_MICROS);
     pg_shmem_init!(PROBE_ERRORS);
+    pg_shmem_init!(STREAMS);
     BackgroundWorkerBuilder::new("gp_recovery fts")
         .set_type("gp_recovery fts")
         .set_library("gp_recovery")
@@ -527,6 +602,9 @@ impl Fts {
         memory.unfinished = unfinished;
         memory.mirror_silent = mirror_failed;
         let stream = fts::mirror_stream(&p.primary_health);
+        if matches!(p.primary_health, PrimaryHealth::Alive(_)) {
+            record_stream(content, p.mirror.dbid, stream.and_then(|r| r.bytes_behind));
+        }
         let stream_seen = stream.is_some();
         let stream_behind = stream.is_some_and(|r| r.has_wal_to_flush());
         // Only a primary that answered says anything about the stream.
@@ -617,6 +695,9 @@ impl Fts {
                 }
                 catalog::update_rows(&plan.catalog);
                 plan.history.iter().for_each(catalog::history);
+                if plan.rule.action == fts::Action::FailOver {
+                    catalog::record_failover(content, o.mirror.dbid);
+                }
                 true
             });
             if !written {

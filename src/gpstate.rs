@@ -100,5 +100,7 @@ fn gp_mirror_status_probe() -> TableIterator<
 /// The lines of `gpstate -e`.
 #[pg_extern]
 fn gp_state_report() -> SetOfIterator<'static, String> {
-    SetOfIterator::new(gpstate::state_report(&live_status()))
+    let mut holds: Vec<(i16, String)> = catalog::holds().into_iter().collect();
+    holds.sort();
+    SetOfIterator::new(gpstate::state_report(&live_status(), &holds))
 }

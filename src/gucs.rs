@@ -24,6 +24,13 @@ pub static JOB_CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
 pub static JOB_CATCHUP_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static JOB_SYNC_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(120);
 pub static COPY_STALL_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(300);
+/// kB: 16 MB.
+pub static SWITCHOVER_REPLAY_LAG: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
+pub static SWITCHOVER_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static AUTO_REBALANCE_MAX_FAILOVERS: GucSetting<i32> = GucSetting::<i32>::new(3);
+/// One hour, in seconds.
+pub static AUTO_REBALANCE_FAILOVER_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(3600);
+pub static HISTORY_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static MAX_PARALLEL_JOBS_PER_HOST: GucSetting<i32> = GucSetting::<i32>::new(64);
 pub static AUTO_RECOVER: GucSetting<AutoRecoverSetting> =
     GucSetting::<AutoRecoverSetting>::new(AutoRecoverSetting::Off);
@@ -74,6 +81,11 @@ pub fn fault_point() -> String {
 /// A job setting in seconds, as a Duration.
 pub fn seconds(setting: &GucSetting<i32>) -> std::time::Duration {
     std::time::Duration::from_secs(u64::try_from(setting.get()).unwrap_or(1).max(1))
+}
+
+/// gp_recovery.switchover_replay_lag in bytes.
+pub fn switchover_replay_lag() -> i64 {
+    i64::from(SWITCHOVER_REPLAY_LAG.get()).saturating_mul(1024)
 }
 
 pub fn local_hosts() -> String {
@@ -249,6 +261,20 @@ pub fn define() {
             86400,
         ),
         (
+            c"gp_recovery.switchover_timeout",
+            c"Seconds a switchover's stopped primary waits for its mirror to replay its final checkpoint.",
+            c"Writes to the content wait meanwhile; past it the old primary is started again as the primary and the job fails.",
+            &SWITCHOVER_TIMEOUT,
+            3600,
+        ),
+        (
+            c"gp_recovery.auto_rebalance_failover_window",
+            c"Seconds over which self-healing counts a content's failovers before it rebalances it.",
+            c"See gp_recovery.auto_rebalance_max_failovers.",
+            &AUTO_REBALANCE_FAILOVER_WINDOW,
+            86400 * 30,
+        ),
+        (
             c"gp_recovery.copy_stall_timeout",
             c"Seconds pg_rewind, pg_basebackup or rsync may go without printing progress before its job fails.",
             c"A source that hangs mid-copy would hold its content forever; past this bound the copy is stopped, the job fails naming the stall, and the segment stays down and recoverable.",
@@ -258,6 +284,36 @@ pub fn define() {
     ] {
         GucRegistry::define_int_guc(name, short, long, setting, 1, max, GucContext::Sighup, GucFlags::UNIT_S);
     }
+    GucRegistry::define_int_guc(
+        c"gp_recovery.switchover_replay_lag",
+        c"WAL a mirror may still have to replay, in kB, for a switchover to stop its primary.",
+        c"Checked live right before the stop (with replay not paused and no recovery_min_apply_delay), by gp_rebalance(), self-healing and the job: after the stop, writes wait until the mirror has replayed it all.",
+        &SWITCHOVER_REPLAY_LAG,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"gp_recovery.auto_rebalance_max_failovers",
+        c"Failovers of a content within gp_recovery.auto_rebalance_failover_window after which self-healing no longer rebalances it.",
+        c"Damping for a flapping primary: each rebalance would put the primary back on the member that keeps failing. gp_rebalance() by hand still works. 0 never rebalances automatically.",
+        &AUTO_REBALANCE_MAX_FAILOVERS,
+        0,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"gp_recovery.history_retention",
+        c"How long rows of gp_configuration_history are kept; 0 (the default, as in Greenplum) keeps them forever.",
+        c"The jobs worker removes older rows once a minute.",
+        &HISTORY_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_int_guc(
         c"gp_recovery.job_retention",
         c"How long ended recovery jobs are kept in gp_recovery_job, with their log files; 0 keeps them forever.",

@@ -19,7 +19,7 @@ use gp_recovery_core::job::{self, Backout, JobKind, JobState, Phase};
 use gp_recovery_core::probe::{ProbeResult, MIRROR_APPLICATION_NAME, SLOT_NAME};
 use gp_recovery_core::rebalance;
 use gp_recovery_core::recovery::{self, Attempt, JobRecord, Progress, ProgressReader, RecoveryMode};
-use gp_recovery_core::segment::{Mode, Role, Segment, Status};
+use gp_recovery_core::segment::{Mode, Pair, Role, Segment, Status};
 use pgrx::prelude::*;
 use tokio::sync::oneshot;
 
@@ -76,6 +76,8 @@ enum Answer {
     /// Something accepts connections at the address and port.
     Listening(bool),
     Probe(ProbeResult),
+    /// A switchover's primary and mirror, probed together.
+    Pair(Box<(ProbeResult, ProbeResult)>),
     Bytes(i64),
     Lsn(u64),
     /// A differential copy's backup_label and tablespace_map.
@@ -111,6 +113,7 @@ enum Undo {
     RestoreDirectory,
     RestoreCatalog,
     StartOldPrimary,
+    GiveUpMirror,
     KeepNewPrimary,
 }
 
@@ -166,6 +169,9 @@ pub struct Job {
     machines: Vec<(String, String)>,
     /// When the running copy tool last printed progress.
     last_output: Instant,
+    /// A switchover's mirror did not replay the stopped primary's final
+    /// checkpoint in time.
+    mirror_lagged: bool,
     /// Text a later step of the phase writes (backup label and map, postgresql.auto.conf).
     pending_text: Option<(String, String)>,
     pub ending: Option<Ending>,
@@ -222,6 +228,7 @@ impl Job {
             identity: Vec::new(),
             machines: Vec::new(),
             last_output: Instant::now(),
+            mirror_lagged: false,
             pending_text: None,
             ending: None,
             progress: None,
@@ -789,50 +796,47 @@ impl Job {
             self.source = mirror;
             self.sub = 1;
         }
-        if self.sub == 1 {
-            let (sysid, datadir) =
-                (self.rec.system_identifier.clone().unwrap_or_default(), self.source.datadir.clone());
-            let (dbid, location) = (self.source.dbid, self.source.location());
-            match self.probe_mirror() {
-                None => return Step::Stay,
-                Some(Ok(p)) => {
-                    let member = identity::Member { system_identifier: &sysid, datadir: &datadir };
-                    if let Some(why) = member.refusal(&p.system_identifier, &p.data_directory) {
-                        return Step::Fail(format!("the server at {location} is not dbid {dbid}: {why}"));
-                    }
-                    if !p.in_recovery {
-                        return Step::Fail(format!("dbid {dbid} is not in recovery"));
-                    }
-                    self.sub = 2;
-                }
-                Some(Err(e)) => return Step::Fail(format!("dbid {dbid} does not answer: {e}")),
-            }
-        }
         // A checkpoint while the primary still serves commits leaves its
         // shutdown checkpoint little to write: the switchover's commit gap
         // then hardly depends on the disk. Only a speed-up, so a failure
         // is logged and the switchover goes on.
-        let t = Target::new(&self.target, call_timeout());
-        match self.call(|| Box::pin(async move { t.checkpoint().await.map(|()| Answer::Done) })) {
-            None => Step::Stay,
-            Some(Err(e)) => {
-                log!(
+        if self.sub == 1 {
+            let t = Target::new(&self.target, call_timeout());
+            match self.call(|| Box::pin(async move { t.checkpoint().await.map(|()| Answer::Done) })) {
+                None => return Step::Stay,
+                Some(Err(e)) => log!(
                     "gp_recovery: job {}: CHECKPOINT on dbid {} before the switchover failed: {e}",
                     self.id(),
                     self.dbid()
-                );
-                next()
+                ),
+                Some(Ok(_)) => {}
             }
-            Some(Ok(_)) => next(),
+            self.sub = 2;
         }
-    }
-
-    fn probe_mirror(&mut self) -> Option<ProbeResult> {
-        let t = Target::new(&self.source, call_timeout());
-        match self.call(|| Box::pin(async move { Ok(Answer::Probe(t.probe().await)) }))? {
-            Ok(Answer::Probe(p)) => Some(p),
-            Ok(_) => Some(Err("unexpected answer".into())),
-            Err(e) => Some(Err(e)),
+        // The last look before the stop, while the primary still runs: the
+        // mirror must be the pair's and replay promptly, or the stop would
+        // be an outage.
+        let (pt, mt) = (Target::new(&self.target, call_timeout()), Target::new(&self.source, call_timeout()));
+        let answer =
+            self.call(|| Box::pin(async move { Ok(Answer::Pair(Box::new((pt.probe().await, mt.probe().await)))) }));
+        let (primary, mirror) = match answer {
+            None => return Step::Stay,
+            Some(Ok(Answer::Pair(probes))) => *probes,
+            Some(Ok(_)) => return Step::Fail("unexpected answer".into()),
+            Some(Err(e)) => return Step::Fail(e),
+        };
+        let (sysid, dbid, location) =
+            (self.rec.system_identifier.clone().unwrap_or_default(), self.source.dbid, self.source.location());
+        if let Ok(m) = &mirror {
+            let member = identity::Member { system_identifier: &sysid, datadir: &self.source.datadir };
+            if let Some(why) = member.refusal(&m.system_identifier, &m.data_directory) {
+                return Step::Fail(format!("the server at {location} is not dbid {dbid}: {why}"));
+            }
+        }
+        let pair = Pair { primary: &self.target, mirror: &self.source };
+        match rebalance::live_refusal(&pair, &primary, &mirror, gucs::switchover_replay_lag()) {
+            Some(why) => Step::Fail(why),
+            None => next(),
         }
     }
 
@@ -1046,7 +1050,10 @@ impl Job {
                 Some(Ok(report)) => match rebalance::controldata_checkpoint(&report) {
                     Some(l) => {
                         self.checkpoint_lsn = Some(l);
-                        self.deadline = Some(Instant::now() + Duration::from_secs(60));
+                        // Writes wait while the primary is stopped: the
+                        // mirror gets a few seconds, then the old primary
+                        // is started again.
+                        self.deadline = Some(Instant::now() + gucs::seconds(&gucs::SWITCHOVER_TIMEOUT));
                         Step::Stay
                     }
                     None => Step::Fail("pg_controldata did not report the stopped primary's final checkpoint".into()),
@@ -1087,10 +1094,13 @@ impl Job {
             }
             other => {
                 if self.deadline.is_some_and(|d| Instant::now() > d) {
+                    self.mirror_lagged = true;
                     return Step::Fail(format!(
-                        "dbid {} did not replay the old primary's final checkpoint at {} within 60 s ({}); not promoting it",
+                        "dbid {} did not replay the old primary's final checkpoint at {} within {} s \
+                         (gp_recovery.switchover_timeout; {}); not promoting it",
                         self.source.dbid,
                         lsn_text(checkpoint),
+                        gucs::SWITCHOVER_TIMEOUT.get(),
                         match other {
                             Ok(Answer::Lsn(r)) => format!("replayed up to {}", lsn_text(r)),
                             Err(e) => e,
@@ -1415,6 +1425,7 @@ impl Job {
             Backout::Nothing | Backout::LeaveToFts | Backout::Finish => VecDeque::new(),
             Backout::LeaveDown => [Undo::StopTarget, Undo::RestoreCatalog].into(),
             Backout::RestoreCopy => [Undo::StopTarget, Undo::RestoreDirectory, Undo::RestoreCatalog].into(),
+            Backout::RestartOldPrimary if self.mirror_lagged => [Undo::StartOldPrimary, Undo::GiveUpMirror].into(),
             Backout::RestartOldPrimary => [Undo::StartOldPrimary].into(),
             Backout::KeepNewPrimary => [Undo::StopTarget, Undo::KeepNewPrimary].into(),
         };
@@ -1445,6 +1456,7 @@ impl Job {
                 Undo::RestoreDirectory => self.undo_directory(),
                 Undo::RestoreCatalog => Some(self.undo_catalog()),
                 Undo::StartOldPrimary => self.undo_start_old_primary(),
+                Undo::GiveUpMirror => self.undo_give_up_mirror(),
                 Undo::KeepNewPrimary => Some(self.undo_keep_new_primary()),
             }?;
             let ending = self.ending.as_mut()?;
@@ -1546,6 +1558,51 @@ impl Job {
             Err(e) => Some(Err(format!(
                 "dbid {dbid} could not be started again: content {content} has no running primary ({})",
                 e.message
+            ))),
+        }
+    }
+
+    /// A switchover whose mirror did not replay in time, once the old
+    /// primary runs again: the mirror is marked down and synchronous
+    /// replication turned off, as the fault tolerance service would after
+    /// its grace period, so writes go on at once instead of waiting for a
+    /// standby that does not stream. A recovery brings the mirror back.
+    fn undo_give_up_mirror(&mut self) -> Option<Result<(), String>> {
+        let (primary, mirror) = (self.rec.original.clone(), self.source.clone());
+        if self.sub == 0 {
+            let marked = try_transaction(|| {
+                let now = catalog::lock_rows(&[primary.dbid, mirror.dbid]);
+                let find = |dbid: i16| now.iter().find(|s| s.dbid == dbid);
+                let still = find(primary.dbid).is_some_and(|p| p.role == Role::Primary)
+                    && find(mirror.dbid).is_some_and(|m| m.role == Role::Mirror && m.status == Status::Up);
+                if still {
+                    let rows = [
+                        (
+                            Segment { status: Status::Down, mode: Mode::NotInSync, ..mirror.clone() },
+                            SegmentEvent::MirrorDown,
+                        ),
+                        (Segment { mode: Mode::NotInSync, ..primary.clone() }, SegmentEvent::SyncOff),
+                    ];
+                    let changes: Vec<History> = rows.into_iter().map(|(r, e)| History::update(BACKOUT, e, r)).collect();
+                    catalog::update_rows(&changes);
+                }
+                Ok(())
+            });
+            if let Err(e) = marked {
+                return Some(Err(format!("could not mark dbid {} down: {e}", mirror.dbid)));
+            }
+            self.sub = 1;
+        }
+        let t = Target::new(&primary, call_timeout());
+        match self.call(|| Box::pin(async move { t.disable_sync_rep().await.map(|()| Answer::Done) }))? {
+            Ok(_) => Some(Err(format!(
+                "dbid {} did not keep up, so it was marked down and synchronous replication turned off on dbid {}: \
+                 recover it with gp_recover_segment({})",
+                mirror.dbid, primary.dbid, mirror.dbid
+            ))),
+            Err(e) => Some(Err(format!(
+                "dbid {} did not keep up; synchronous replication could not be turned off on dbid {}: {e}",
+                mirror.dbid, primary.dbid
             ))),
         }
     }

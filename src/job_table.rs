@@ -148,6 +148,21 @@ pub fn record_end(job_id: i64, state: JobState, error: Option<&str>) -> Result<(
                     phase = CASE WHEN $2 = 'succeeded' THEN 'done' ELSE phase END \
               WHERE job_id = $1",
             &[job_id.into(), state.as_str().into(), error.into()],
+        ))?;
+        // Self-healing's backoff, kept per segment so retention cannot
+        // erase it: any success of the segment resets it, each failure or
+        // cancel of a self-healing job counts.
+        spi(Spi::run_with_args(
+            "INSERT INTO public.gp_segment_selfheal AS h (dbid, failures, last_failure_at) \
+             SELECT j.dbid, CASE WHEN $2 = 'succeeded' THEN 0 ELSE 1 END, \
+                    CASE WHEN $2 = 'succeeded' THEN NULL ELSE pg_catalog.now() END \
+               FROM public.gp_recovery_job j \
+               JOIN public.gp_segment_configuration c ON c.dbid = j.dbid \
+              WHERE j.job_id = $1 AND ($2 = 'succeeded' OR j.submitted_by = $3) \
+             ON CONFLICT (dbid) DO UPDATE SET \
+                    failures = CASE WHEN EXCLUDED.failures = 0 THEN 0 ELSE h.failures + 1 END, \
+                    last_failure_at = coalesce(EXCLUDED.last_failure_at, h.last_failure_at)",
+            &[job_id.into(), state.as_str().into(), crate::selfheal::SUBMITTER.into()],
         ))
     })
 }
@@ -208,7 +223,7 @@ pub fn active() -> Vec<ActiveJob> {
 /// The role that called the function: the session's user or the role it
 /// SET ROLE to, not the extension's owner that a SECURITY DEFINER function
 /// runs as.
-fn caller() -> String {
+pub fn caller() -> String {
     // SAFETY: plain reads of the backend's user state, on its main thread;
     // the name is copied out of the palloc'd string at once.
     unsafe {
@@ -286,21 +301,16 @@ pub fn lock_submissions() {
     }
 }
 
-/// The service's own jobs that failed or were canceled since the last
-/// success of a job for the same dbid: dbid → (how many, seconds since the
-/// last ended).
-pub fn failures_since_success(by: &str) -> std::collections::HashMap<i16, (u32, f64)> {
+/// Self-healing's failed jobs per dbid since the segment last recovered,
+/// and seconds since the last of them.
+pub fn selfheal_failures() -> std::collections::HashMap<i16, (u32, f64)> {
     Spi::connect(|client| {
         client
             .select(
-                "SELECT dbid, count(*)::int4, extract(epoch FROM now() - max(finished_at))::float8 \
-                   FROM public.gp_recovery_job j \
-                  WHERE submitted_by = $1 AND state IN ('failed', 'canceled') \
-                    AND job_id > coalesce((SELECT max(job_id) FROM public.gp_recovery_job s \
-                                            WHERE s.dbid = j.dbid AND s.state = 'succeeded'), 0) \
-                  GROUP BY dbid",
+                "SELECT dbid, failures, coalesce(extract(epoch FROM now() - last_failure_at), 0)::float8 \
+                   FROM public.gp_segment_selfheal WHERE failures > 0",
                 None,
-                &[by.into()],
+                &[],
             )?
             .map(|r| {
                 Ok((
@@ -352,6 +362,27 @@ pub fn cancel_queued(job_id: i64) -> bool {
           WHERE job_id = $1 AND state = 'queued'",
         &[job_id.into(), caller().into()],
     )
+}
+
+/// A job's dbid and submitter.
+pub fn dbid_and_submitter(job_id: i64) -> Option<(i16, String)> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT dbid, submitted_by::text FROM public.gp_recovery_job WHERE job_id = $1",
+            None,
+            &[job_id.into()],
+        )?;
+        rows.into_iter()
+            .next()
+            .map(|r| {
+                Ok::<_, pgrx::spi::Error>((
+                    r.get::<i16>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                ))
+            })
+            .transpose()
+    })
+    .or_raise()
 }
 
 /// Asks the worker to cancel a running job; returns whether it runs.

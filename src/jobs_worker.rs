@@ -351,6 +351,14 @@ impl Worker {
             return;
         }
         self.last_retention_sweep = Some(now);
+        let history_age = job::retention(gucs::HISTORY_RETENTION.get());
+        match try_transaction(|| Ok(catalog::remove_old_history(history_age))) {
+            Ok(0) => {}
+            Ok(n) => log!(
+                "gp_recovery: removed {n} gp_configuration_history row(s) older than gp_recovery.history_retention"
+            ),
+            Err(e) => warning!("gp_recovery: could not remove old history: {e}"),
+        }
         let Some(age) = job::retention(gucs::JOB_RETENTION.get()) else { return };
         match job_table::remove_ended(age) {
             Ok(ids) if ids.is_empty() => {}

@@ -218,7 +218,10 @@ fn gp_rebalance(replay_lag_limit: default!(Option<i64>, "10737418240")) -> SetOf
             warning!("content {content}: not rebalancing: job {} ({}) is working on it", job.job_id, job.state);
             continue;
         }
-        if let Some(reason) = rebalance::refusal(pair, &probe(pair.primary), &probe(pair.mirror), replay_lag_limit) {
+        let (p, m) = (probe(pair.primary), probe(pair.mirror));
+        if let Some(reason) = rebalance::refusal(pair, &p, &m, replay_lag_limit)
+            .or_else(|| rebalance::live_refusal(pair, &p, &m, crate::gucs::switchover_replay_lag()))
+        {
             warning!("{reason}");
             continue;
         }
@@ -305,11 +308,16 @@ fn gp_recovery_wait(job_id: Option<i64>, timeout: default!(Option<pgrx::datum::I
 #[pg_extern]
 fn gp_recovery_cancel(job_id: Option<i64>) -> bool {
     let job_id = required("gp_recovery_cancel", "job_id", job_id);
-    if job_table::cancel_queued(job_id) {
-        return true;
-    }
-    if job_table::request_cancel(job_id) {
+    let canceled = if job_table::cancel_queued(job_id) {
+        true
+    } else if job_table::request_cancel(job_id) {
         jobs_worker::wake_at_commit();
+        true
+    } else {
+        false
+    };
+    if canceled {
+        hold_after_cancel(job_id);
         return true;
     }
     match job_state(job_id) {
@@ -318,6 +326,22 @@ fn gp_recovery_cancel(job_id: Option<i64>) -> bool {
             false
         }
         None => no_such_job(job_id),
+    }
+}
+
+/// A person who cancels a self-healing job means it: its segment is held
+/// from self-healing until released (gp_recovery_release).
+fn hold_after_cancel(job_id: i64) {
+    let Some((dbid, by)) = job_table::dbid_and_submitter(job_id) else { return };
+    if by != crate::selfheal::SUBMITTER {
+        return;
+    }
+    if let Some(row) = catalog::load().into_iter().find(|s| s.dbid == dbid) {
+        let caller = job_table::caller();
+        let reason = format!("{caller} canceled self-healing job {job_id}");
+        if crate::selfheal::hold(&row, &reason, &caller) {
+            notice!("dbid {dbid} is now held from self-healing; gp_recovery_release({dbid}) ends the hold");
+        }
     }
 }
 

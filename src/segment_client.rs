@@ -450,6 +450,8 @@ const IDENTITY_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('data_di
      ARRAY(SELECT spcname::text FROM pg_tablespace WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY oid), \
      ARRAY(SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY oid), \
      current_setting('hba_file')";
+const STANDBY_SQL: &str = "SELECT pg_get_wal_replay_pause_state() <> 'not paused', \
+     (SELECT setting::bigint FROM pg_settings WHERE name = 'recovery_min_apply_delay')";
 const WAL_RECEIVER_SQL: &str = "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver";
 /// Each walsender with the physical slot it streams from, if any, so that
 /// only the mirror on the content's slot counts as the mirror.
@@ -477,6 +479,13 @@ async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe
             })
         })
         .transpose()?;
+    // A standby that would not apply WAL promptly must not be switched over to.
+    let (replay_paused, min_apply_delay_ms) = if in_recovery {
+        let r = client.query_one(STANDBY_SQL, &[]).await?;
+        (r.try_get(0)?, r.try_get(1)?)
+    } else {
+        (false, 0)
+    };
     let replication = if in_recovery {
         Vec::new()
     } else {
@@ -514,6 +523,8 @@ async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe
             .map(|(name, location)| Tablespace { name, location })
             .collect(),
         hba_file: row.try_get(6)?,
+        replay_paused,
+        min_apply_delay_ms,
     })
 }
 

@@ -26,6 +26,11 @@ named_enum!(
         Rebalance => "rebalance",
         // Self-healing queued a job; a relocation changed a primary's pg_hba.conf.
         SelfHealing => "self_healing",
+        // A DBA's hold on self-healing, its release, and self-healing's
+        // damping of a flapping content.
+        Held => "held",
+        Released => "released",
+        Damped => "damped",
         HostAllowed => "host_allowed",
         HostRemoved => "host_removed",
     }

@@ -149,7 +149,8 @@ pub fn columns(rows: &[Vec<String>]) -> Vec<String> {
 
 /// The lines of `gpstate -e`: the sections that apply, or
 /// "All segments are running normally".
-pub fn state_report(statuses: &[SegmentStatus]) -> Vec<String> {
+/// `holds`: the segments held from self-healing, each with who held it and why.
+pub fn state_report(statuses: &[SegmentStatus], holds: &[(i16, String)]) -> Vec<String> {
     let catalog: Vec<Segment> = statuses.iter().map(|s| s.segment.clone()).collect();
     let pairs = Pair::all(&catalog);
     let mut lines = vec!["Segment Mirroring Status Report".to_string()];
@@ -226,6 +227,15 @@ pub fn state_report(statuses: &[SegmentStatus]) -> Vec<String> {
         downed,
     );
 
+    let held: Vec<Vec<String>> = holds
+        .iter()
+        .filter_map(|(dbid, why)| {
+            let s = &statuses.iter().find(|s| s.segment.dbid == *dbid)?.segment;
+            Some(vec![s.hostname.clone(), s.port.to_string(), dbid.to_string(), why.clone()])
+        })
+        .collect();
+    section("Segments Held from Self-Healing", &["Segment", "Port", "Dbid", "Held"], held);
+
     if lines.len() == 1 {
         lines.push("All segments are running normally".into());
     }
@@ -288,7 +298,10 @@ mod tests {
         let m = mirror_list(&st);
         assert_eq!(m.len(), 1);
         assert_eq!((m[0].status, m[0].data_status), ("Passive", Some("Synchronized")));
-        assert_eq!(state_report(&st), vec!["Segment Mirroring Status Report", "All segments are running normally"]);
+        assert_eq!(
+            state_report(&st, &[]),
+            vec!["Segment Mirroring Status Report", "All segments are running normally"]
+        );
     }
 
     #[test]
@@ -302,7 +315,7 @@ mod tests {
         assert!(!st[2].answering());
         let m = mirror_list(&st);
         assert_eq!((m[0].status, m[0].data_status), ("Failed", None));
-        let report = state_report(&st).join("\n");
+        let report = state_report(&st, &[]).join("\n");
         assert!(report.contains("Unsynchronized Segment Pairs"));
         assert!(report.contains("Unknown"));
         assert!(report.contains("Downed Segments"));
@@ -322,7 +335,7 @@ mod tests {
         let st = segment_statuses(&catalog, &probes);
         let m = mirror_list(&st);
         assert_eq!((m[0].status, m[0].data_status), ("Acting as Primary", Some("Not In Sync")));
-        let report = state_report(&st);
+        let report = state_report(&st, &[]);
         let i = report.iter().position(|l| l == "Segments with Primary and Mirror Roles Switched").unwrap();
         assert_eq!(report[i + 1], "   Current Primary   Port   Mirror      Port");
         assert_eq!(report[i + 2], "   localhost         7002   localhost   7001");
@@ -333,6 +346,15 @@ mod tests {
     fn no_mirrors_is_said() {
         let (catalog, probes) = healthy();
         let st = segment_statuses(&catalog[..2], &probes);
-        assert_eq!(state_report(&st)[1], "Physical mirroring is not configured");
+        assert_eq!(state_report(&st, &[])[1], "Physical mirroring is not configured");
+    }
+
+    #[test]
+    fn held_segments_are_listed() {
+        let (catalog, probes) = healthy();
+        let st = segment_statuses(&catalog, &probes);
+        let report = state_report(&st, &[(3, "held by dba: patching".into())]).join("\n");
+        assert!(report.contains("Segments Held from Self-Healing"), "{report}");
+        assert!(report.contains("held by dba: patching") && !report.contains("running normally"), "{report}");
     }
 }

@@ -337,11 +337,14 @@ const REBALANCE: &[Transition] = &[
     ),
     t(
         Phase::CheckingPair,
-        "probe both members: still switched, up, synchronized, the preferred primary in recovery; \
-         CHECKPOINT on the acting primary, so its shutdown checkpoint has little left to write",
+        "the catalog: still switched, up, synchronized; CHECKPOINT on the acting primary, so its shutdown \
+         checkpoint has little left to write; then both members probed: the preferred primary must be the \
+         pair's, streaming as the synchronous standby, replaying (not paused, no recovery_min_apply_delay) and \
+         within gp_recovery.switchover_replay_lag",
         Phase::Stopping,
         Backout::Nothing,
-        "a pair that changed since it was queued is left alone",
+        "a pair that changed since it was queued, or whose mirror would not replay promptly, is left alone: \
+         nothing was stopped",
     ),
     t(
         Phase::Stopping,
@@ -352,11 +355,12 @@ const REBALANCE: &[Transition] = &[
     ),
     t(
         Phase::SwitchingRoles,
-        "wait until the preferred primary replayed the stopped primary's final checkpoint, then swap the roles \
-         in the catalog (committed with the next phase)",
+        "wait, at most gp_recovery.switchover_timeout, until the preferred primary replayed the stopped \
+         primary's final checkpoint, then swap the roles in the catalog (committed with the next phase)",
         Phase::Promoting,
         Backout::RestartOldPrimary,
-        "no promotion before the catalog says so: a crash before the swap restarts the old primary",
+        "no promotion before the catalog says so: a crash before the swap restarts the old primary; a mirror that \
+         did not replay in time is then marked down, synchronous replication off, so writes go on at once",
     ),
     t(
         Phase::Promoting,

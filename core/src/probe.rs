@@ -85,6 +85,13 @@ pub struct InstanceProbe {
     /// Its pg_hba.conf.
     #[serde(default)]
     pub hba_file: String,
+    /// A standby whose replay is paused (pg_get_wal_replay_pause_state()
+    /// is not 'not paused'): it receives WAL but applies none.
+    #[serde(default)]
+    pub replay_paused: bool,
+    /// A standby's recovery_min_apply_delay, in milliseconds.
+    #[serde(default)]
+    pub min_apply_delay_ms: i64,
 }
 
 /// A tablespace with an absolute location (not in place).

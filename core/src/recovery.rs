@@ -302,6 +302,9 @@ fn parse_location(line: usize, parts: &[&str], group: &str) -> Result<ConfigLoca
 /// `[type|][hostname|]address|port|datadir [[hostname|]address|port|datadir]`,
 /// type I, D or F; `#` comments and blank lines are skipped.
 pub fn parse_config(text: &str) -> Result<Vec<ConfigLine>, CoreError> {
+    // A Windows editor leaves a byte-order mark, which would stay invisible
+    // at the front of the first line's address.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -716,6 +719,13 @@ mod tests {
         assert_eq!(lines[2].mode, Some(RecoveryMode::Differential));
         assert_eq!(lines[3].mode, Some(RecoveryMode::Full));
         assert_eq!(lines[3].failed.hostname.as_deref(), Some("h"));
+        assert_eq!(config_line_segment(&catalog(), &lines[0]).unwrap().dbid, 2);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_line() {
+        let lines = parse_config("\u{feff}127.0.0.1|7001|/d/2\n").unwrap();
+        assert_eq!(lines[0].failed.address, "127.0.0.1");
         assert_eq!(config_line_segment(&catalog(), &lines[0]).unwrap().dbid, 2);
     }
 

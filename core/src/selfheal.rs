@@ -46,6 +46,21 @@ pub struct Facts {
     pub failures: u32,
     /// Since the last of those ended.
     pub since_last_failure: Option<Duration>,
+    /// Held from self-healing (gp_segment_hold), and why.
+    pub held: Option<String>,
+    /// A switched pair: its failovers within the damping window.
+    pub recent_failovers: u32,
+    /// A switched pair: why stopping its acting primary now would be an
+    /// outage (rebalance::live_refusal), if it would.
+    pub unsafe_to_stop: Option<String>,
+}
+
+/// Damping of a flapping content (gp_recovery.auto_rebalance_max_failovers
+/// within gp_recovery.auto_rebalance_failover_window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damping {
+    pub max_failovers: u32,
+    pub window: Duration,
 }
 
 /// The verdict for one segment or pair.
@@ -55,6 +70,9 @@ pub enum Verdict {
     Submit(RecoveryMode, String),
     /// Not now, and why.
     Wait(String),
+    /// Not automatically at all: the content keeps failing over, and each
+    /// rebalance would put its primary back on the member that fails.
+    Damped(String),
 }
 
 /// The wait after `failures` failed jobs: the delay doubled per failure,
@@ -70,16 +88,32 @@ pub fn recover_verdict(policy: AutoRecover, delay: Duration, f: &Facts) -> Verdi
 }
 
 /// Whether to queue a rebalance of a switched, synchronized pair now.
-pub fn rebalance_verdict(on: bool, delay: Duration, f: &Facts) -> Verdict {
+pub fn rebalance_verdict(on: bool, delay: Duration, damping: Damping, f: &Facts) -> Verdict {
     if !on {
         return Verdict::Wait("gp_recovery.auto_rebalance is off".into());
+    }
+    if f.recent_failovers >= damping.max_failovers {
+        return Verdict::Damped(format!(
+            "it failed over {} times within {} s (gp_recovery.auto_rebalance_max_failovers is {}): not rebalancing \
+             it automatically; gp_rebalance() still does",
+            f.recent_failovers,
+            damping.window.as_secs(),
+            damping.max_failovers
+        ));
+    }
+    if let Some(why) = &f.unsafe_to_stop {
+        return Verdict::Wait(why.clone());
     }
     common(delay, f, "switched and synchronized", RecoveryMode::Rebalance)
 }
 
 fn common(delay: Duration, f: &Facts, state: &str, mode: RecoveryMode) -> Verdict {
     let wait = backoff(delay, f.failures);
-    let rules: [(bool, String); 5] = [
+    let rules: [(bool, String); 6] = [
+        (
+            f.held.is_some(),
+            format!("held ({}): gp_recovery_release() lets self-healing act again", f.held.as_deref().unwrap_or("")),
+        ),
         (f.has_active_job, "a job works on it".into()),
         (!f.source_up, "double fault: its content's acting primary is not up".into()),
         (!f.host_answers, "no segment on its host is up: the host may be down".into()),
@@ -111,8 +145,13 @@ mod tests {
             has_active_job: false,
             failures: 0,
             since_last_failure: None,
+            held: None,
+            recent_failovers: 0,
+            unsafe_to_stop: None,
         }
     }
+
+    const DAMPING: Damping = Damping { max_failovers: 3, window: Duration::from_secs(3600) };
 
     #[test]
     fn a_segment_down_past_the_delay_is_recovered_in_the_policy_s_mode() {
@@ -165,10 +204,43 @@ mod tests {
     #[test]
     fn rebalance_follows_its_own_switch() {
         let delay = Duration::from_secs(5);
-        assert!(matches!(rebalance_verdict(false, delay, &down(60)), Verdict::Wait(_)));
+        assert!(matches!(rebalance_verdict(false, delay, DAMPING, &down(60)), Verdict::Wait(_)));
         assert_eq!(
-            rebalance_verdict(true, delay, &down(6)),
+            rebalance_verdict(true, delay, DAMPING, &down(6)),
             Verdict::Submit(RecoveryMode::Rebalance, "switched and synchronized for 6 s".into())
         );
+    }
+
+    #[test]
+    fn a_held_segment_is_left_alone() {
+        let held = Facts { held: Some("maintenance by dba".into()), ..down(600) };
+        let delay = Duration::from_secs(1);
+        for verdict in
+            [recover_verdict(AutoRecover::Auto, delay, &held), rebalance_verdict(true, delay, DAMPING, &held)]
+        {
+            assert!(matches!(&verdict, Verdict::Wait(w) if w.contains("held (maintenance by dba)")), "{verdict:?}");
+        }
+    }
+
+    #[test]
+    fn a_flapping_content_is_not_rebalanced_and_an_unsafe_stop_waits() {
+        let delay = Duration::from_secs(1);
+        let flapping = Facts { recent_failovers: 3, ..down(600) };
+        let verdict = rebalance_verdict(true, delay, DAMPING, &flapping);
+        assert!(
+            matches!(&verdict, Verdict::Damped(w) if w.contains("failed over 3 times within 3600 s")),
+            "{verdict:?}"
+        );
+        assert!(matches!(
+            rebalance_verdict(true, delay, DAMPING, &Facts { recent_failovers: 2, ..down(600) }),
+            Verdict::Submit(..)
+        ));
+        // Recovering a down member of a flapping content still goes on.
+        assert!(matches!(recover_verdict(AutoRecover::Auto, delay, &flapping), Verdict::Submit(..)));
+        let paused = Facts { unsafe_to_stop: Some("replay is paused on dbid 2".into()), ..down(600) };
+        let verdict = rebalance_verdict(true, delay, DAMPING, &paused);
+        assert_eq!(verdict, Verdict::Wait("replay is paused on dbid 2".into()));
+        let never = Damping { max_failovers: 0, ..DAMPING };
+        assert!(matches!(rebalance_verdict(true, delay, never, &down(600)), Verdict::Damped(_)));
     }
 }
