@@ -56,9 +56,16 @@ enum Fault {
     /// that fills up; it must be marked down while its primary's commits
     /// go on.
     MirrorDiskFull,
+    /// A switched pair whose mirror's replay is paused: gp_rebalance() must
+    /// refuse before it stops the primary.
+    PausedReplay,
+    /// The preferred primary killed twice with self-healing on: the first
+    /// failover is recovered and rebalanced by the service, the second only
+    /// recovered (damping).
+    FlappingPrimary,
 }
 
-const FAULTS: [Fault; 9] = [
+const FAULTS: [Fault; 11] = [
     Fault::KillPrimary,
     Fault::KillMirror,
     Fault::StopPrimary,
@@ -68,6 +75,8 @@ const FAULTS: [Fault; 9] = [
     Fault::CoordinatorCrashDuringCopy,
     Fault::RebalanceInterrupted,
     Fault::RecycledWal,
+    Fault::PausedReplay,
+    Fault::FlappingPrimary,
 ];
 
 impl Fault {
@@ -85,6 +94,8 @@ impl Fault {
             Fault::HostDown => "host-down",
             Fault::DiskFull => "disk-full",
             Fault::MirrorDiskFull => "mirror-disk-full",
+            Fault::PausedReplay => "paused-replay",
+            Fault::FlappingPrimary => "flapping-primary",
         }
     }
 }
@@ -198,6 +209,56 @@ impl Soak {
         self.coord().ok().and_then(|mut c| c.query_one(query, &[arg]).ok()).is_some_and(|r| r.get(0))
     }
 
+    /// The flapping primary: self-healing on, damping after this content's
+    /// next two failovers; the first is healed and rebalanced by the
+    /// service, the second healed but left switched. Self-healing is off
+    /// again afterwards, and the round's healing rebalances by hand.
+    fn flap(&self, content: usize, primary: &Instance, pdbid: i16, mdbid: i16) -> Res<String> {
+        let earlier: i64 = self
+            .coord()?
+            .query_one(
+                "SELECT count(*) FROM gp_recovery_failover WHERE content = $1 \
+                   AND \"time\" > now() - interval '1 hour'",
+                &[&(content as i16)],
+            )
+            .map_err(err)?
+            .get(0);
+        self.set("auto_rebalance_max_failovers", &(earlier + 2).to_string())?;
+        self.set("auto_recover_delay", "1")?;
+        self.set("auto_recover", "incremental")?;
+        self.set("auto_rebalance", "on")?;
+        let roles = |p: &str, m: &str| {
+            let q = "SELECT string_agg(role::text || status::text || mode::text, ' ' ORDER BY dbid = $1 DESC) = \
+                     (SELECT $2) FROM gp_segment_configuration WHERE dbid IN ($1, $3)";
+            self.coord()
+                .ok()
+                .and_then(|mut c| c.query_one(q, &[&pdbid, &format!("{p} {m}"), &mdbid]).ok())
+                .is_some_and(|r| r.get(0))
+        };
+        let outcome = (|| -> Res<()> {
+            let failover = || wait_until(Duration::from_secs(60), "the failover", || roles("mdn", "pun")).map_err(err);
+            kill(primary)?;
+            failover()?;
+            wait_until(Duration::from_secs(180), "the service to heal and rebalance", || roles("pus", "mus"))
+                .map_err(err)?;
+            kill(primary)?;
+            failover()?;
+            wait_until(Duration::from_secs(180), "the service to heal the second failover", || roles("mus", "pus"))
+                .map_err(err)?;
+            std::thread::sleep(Duration::from_secs(4));
+            if !roles("mus", "pus") {
+                return Err("self-healing rebalanced a content that failed over twice (no damping)".into());
+            }
+            Ok(())
+        })();
+        for (name, value) in [("auto_rebalance", "off"), ("auto_recover", "off")] {
+            self.set(name, value)?;
+        }
+        outcome.map(|()| {
+            format!("{} content {content} (healed twice by the service, damped)", Fault::FlappingPrimary.name())
+        })
+    }
+
     fn wait_down(&self, dbid: i16) -> Res<()> {
         wait_until(Duration::from_secs(60), "the segment to be marked down", || {
             self.holds("SELECT status = 'd' FROM gp_segment_configuration WHERE dbid = $1", &dbid)
@@ -278,6 +339,20 @@ impl Soak {
                 ended.map_err(err)?;
                 return Ok(format!("{} content {content} at {point}", fault.name()));
             }
+            Fault::PausedReplay => {
+                kill(&primary)?;
+                self.wait_down(pdbid)?;
+                self.heal(false)?;
+                let mut standby = primary.connect().map_err(err)?;
+                sql(&mut standby, "SELECT pg_wal_replay_pause()")?;
+                let queued = self.coord()?.query("SELECT * FROM gp_rebalance()", &[]).map_err(err);
+                sql(&mut standby, "SELECT pg_wal_replay_resume()")?;
+                if !queued?.is_empty() {
+                    return Err("gp_rebalance() queued a switchover to a mirror whose replay is paused".into());
+                }
+                return Ok(format!("{} content {content} (the switchover refused)", fault.name()));
+            }
+            Fault::FlappingPrimary => return self.flap(content, &primary, pdbid, mdbid),
             Fault::DiskFull => return self.relocate_onto_small_disk(content, &mirror, mdbid, variant % 2 == 1),
             Fault::MirrorDiskFull => return self.fill_mirror_disk(content, &primary, &mirror, mdbid),
             Fault::HostDown => {

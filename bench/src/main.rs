@@ -37,6 +37,53 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// A client committing in a loop on whichever of two members is the
+/// primary, measuring the longest time without a commit.
+struct GapWriter {
+    stop: Arc<AtomicBool>,
+    gap: Arc<Mutex<f64>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl GapWriter {
+    fn start(members: [Instance; 2]) -> GapWriter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let gap = Arc::new(Mutex::new(0f64));
+        let (halt, longest) = (stop.clone(), gap.clone());
+        let thread = std::thread::spawn(move || {
+            let mut last = Instant::now();
+            let mut client: Option<postgres::Client> = None;
+            while !halt.load(Ordering::SeqCst) {
+                if client.is_none() {
+                    client = gpdemo::connect_to_primary(&members);
+                }
+                match client.as_mut().map(|c| c.batch_execute("INSERT INTO bench_probe VALUES (2)")) {
+                    Some(Ok(())) => {
+                        let mut g = longest.lock().unwrap_or_else(|e| e.into_inner());
+                        *g = g.max(last.elapsed().as_secs_f64());
+                        last = Instant::now();
+                    }
+                    _ => {
+                        client = None;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+            // A commit still waiting when stopped counts up to now.
+            let mut g = longest.lock().unwrap_or_else(|e| e.into_inner());
+            *g = g.max(last.elapsed().as_secs_f64());
+        });
+        GapWriter { stop, gap, thread }
+    }
+
+    /// Stops it: the longest time without a commit, in seconds.
+    fn stop(self) -> f64 {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.thread.join();
+        *self.gap.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// One line of the results table.
 struct Row {
     what: String,
@@ -166,32 +213,7 @@ impl Bench {
         for job in self.coord()?.query("SELECT * FROM gp_recover_all()", &[]).map_err(err)? {
             self.wait_job(job.get(0))?;
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let gap = Arc::new(Mutex::new(0f64));
-        let members = [self.cluster.primaries[0].clone(), self.cluster.mirrors[0].clone()];
-        let writer = {
-            let (stop, gap) = (stop.clone(), gap.clone());
-            std::thread::spawn(move || {
-                let mut last = Instant::now();
-                let mut client: Option<postgres::Client> = None;
-                while !stop.load(Ordering::SeqCst) {
-                    if client.is_none() {
-                        client = gpdemo::connect_to_primary(&members);
-                    }
-                    match client.as_mut().map(|c| c.batch_execute("INSERT INTO bench_probe VALUES (2)")) {
-                        Some(Ok(())) => {
-                            let mut g = gap.lock().unwrap_or_else(|e| e.into_inner());
-                            *g = g.max(last.elapsed().as_secs_f64());
-                            last = Instant::now();
-                        }
-                        _ => {
-                            client = None;
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                    }
-                }
-            })
-        };
+        let writer = self.gap_writer();
         std::thread::sleep(Duration::from_millis(500));
         let result = (|| -> Res<()> {
             for job in self.coord()?.query("SELECT * FROM gp_rebalance()", &[]).map_err(err)? {
@@ -200,11 +222,14 @@ impl Bench {
             Ok(())
         })();
         std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, Ordering::SeqCst);
-        let _ = writer.join();
+        let g = writer.stop();
         result?;
-        let g = *gap.lock().unwrap_or_else(|e| e.into_inner());
         Ok(g)
+    }
+
+    /// A client committing in a loop on content 0's primary, whichever member it is.
+    fn gap_writer(&self) -> GapWriter {
+        GapWriter::start([self.cluster.primaries[0].clone(), self.cluster.mirrors[0].clone()])
     }
 
     /// Phase durations of a job from the coordinator's log ("X done, now Y").
@@ -607,6 +632,7 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
         ("scale curve", curve),
         ("jobs latency", job_latency),
         ("hung mirror", hung_mirror),
+        ("switchover guard", switchover_guard),
     ] {
         let section_dir = dir.with_file_name(format!("gp-bench-{}", name.split(' ').next().unwrap_or("x")));
         let _ = Cluster::destroy(&section_dir);
@@ -919,6 +945,103 @@ fn hung_mirror(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
     Ok(rows)
 }
 
+/// A switchover's guard: a rebalance attempted while the mirror's replay is
+/// paused is refused before any stop (the writes never wait), and one whose
+/// mirror's replay gets stuck only after the checks (a replay conflict with
+/// a query on it, max_standby_streaming_delay = -1) costs at most
+/// gp_recovery.switchover_timeout before the old primary takes writes again.
+fn switchover_guard(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
+    const RUNS: usize = 3;
+    eprintln!("== switchover guard: paused and stuck replay");
+    let base = gpdemo::free_port_range(3).map_err(err)?;
+    let cluster = Cluster::create(dir, 1, base).map_err(err)?;
+    let b = Bench { cluster, runs: RUNS, scale };
+    b.fts(FAST)?;
+    let ((primary, _), _) = b.members()?;
+    primary.connect().map_err(err)?.batch_execute("CREATE TABLE bench_probe (x int)").map_err(err)?;
+    let (_, down) = b.kill_and_time_failover()?;
+    b.wait_job(b.submit(&format!("SELECT gp_recover_segment({down})"))?)?;
+    let synchronized = |dbid: i16| {
+        wait_until(Duration::from_secs(60), "the pair to be synchronized", || {
+            b.row_state(dbid).is_ok_and(|s| s == "mus")
+        })
+        .map_err(err)
+    };
+    synchronized(down)?;
+    let ((acting, _), (standby, _)) = b.members()?;
+    let mut s = standby.connect().map_err(err)?;
+    let (mut refused_gaps, mut all_refused) = (Vec::new(), true);
+    for _ in 0..RUNS {
+        s.batch_execute("SELECT pg_wal_replay_pause()").map_err(err)?;
+        let writer = b.gap_writer();
+        std::thread::sleep(Duration::from_millis(300));
+        let jobs = b.coord()?.query("SELECT * FROM gp_rebalance(NULL)", &[]).map_err(err)?;
+        all_refused &= jobs.is_empty();
+        std::thread::sleep(Duration::from_secs(2));
+        refused_gaps.push(writer.stop());
+        s.batch_execute("SELECT pg_wal_replay_resume()").map_err(err)?;
+    }
+    s.batch_execute("ALTER SYSTEM SET max_standby_streaming_delay = -1").map_err(err)?;
+    s.batch_execute("SELECT pg_reload_conf()").map_err(err)?;
+    let mut stuck_gaps = Vec::new();
+    for _ in 0..RUNS {
+        synchronized(down)?;
+        // The switchover stopped it last time: a fresh session.
+        let mut a = acting.connect().map_err(err)?;
+        a.batch_execute(
+            "SET synchronous_commit = remote_apply; CREATE TABLE conflict (x int); RESET synchronous_commit",
+        )
+        .map_err(err)?;
+        let mut reader = standby.connect().map_err(err)?;
+        reader.batch_execute("BEGIN; SELECT count(*) FROM conflict").map_err(err)?;
+        a.batch_execute("DROP TABLE conflict").map_err(err)?;
+        let writer = b.gap_writer();
+        std::thread::sleep(Duration::from_millis(300));
+        let job: i64 = b.value("SELECT * FROM gp_rebalance(NULL)")?;
+        if b.wait_job(job).is_ok() {
+            return Err("the switchover to a mirror whose replay is stuck succeeded".into());
+        }
+        wait_until(Duration::from_secs(60), "the old primary to take commits", || commits_on(&acting)).map_err(err)?;
+        std::thread::sleep(Duration::from_millis(300));
+        stuck_gaps.push(writer.stop());
+        reader.batch_execute("ROLLBACK").map_err(err)?;
+        // A mirror whose replay was stuck did not stream to the restarted
+        // primary either: it was marked down after its grace period.
+        if b.row_state(down)?.starts_with("md") {
+            b.wait_job(b.submit(&format!("SELECT gp_recover_segment({down})"))?)?;
+        }
+    }
+    let timeout: f64 =
+        b.value("SELECT setting::float8 FROM pg_settings WHERE name = 'gp_recovery.switchover_timeout'")?;
+    let worst = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let rows = vec![
+        Row {
+            what: format!(
+                "Switchover guard: a rebalance attempted with the mirror's replay paused → longest write outage \
+                 (refused before any stop; worst of {RUNS})"
+            ),
+            ours: secs(worst(&refused_gaps)),
+            baseline: "before issue 23: the primary was stopped, writes refused 59-65 s".into(),
+            ratio: None,
+            target: "0 s (no stop)".into(),
+            met: Some(all_refused && worst(&refused_gaps) < 0.5),
+        },
+        Row {
+            what: format!(
+                "Switchover guard: the mirror's replay stuck only after the checks → write outage until the old \
+                 primary commits again (gp_recovery.switchover_timeout {timeout} s; median of {RUNS})"
+            ),
+            ours: secs(median(stuck_gaps.clone())),
+            baseline: format!("worst {}; before issue 23 a fixed 60 s wait", secs(worst(&stuck_gaps))),
+            ratio: None,
+            target: format!("≤ {} s (the timeout + 2 s)", timeout + 2.0),
+            met: Some(worst(&stuck_gaps) <= timeout + 2.0),
+        },
+    ];
+    Cluster::destroy(dir).map_err(err)?;
+    Ok(rows)
+}
+
 /// Replaces the rows of results.md that start like `rows` (one section run
 /// with --only), keeping every other row.
 fn merge_results(path: &Path, rows: &[Row]) -> Res<()> {
@@ -1036,7 +1159,7 @@ fn main() {
             }
         }
     }
-    // --only jobs | hung-mirror | failover | recovery | probe | curve: that section alone, its
+    // --only jobs | hung-mirror | failover | recovery | probe | curve | switchover: that section alone, its
     // rows merged into results.md; only recovery runs at --scale, the others at 5 at most.
     if let Some(name) = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)) {
         let section: fn(&Path, u32, u16) -> Res<Vec<Row>> = match name.as_str() {
@@ -1046,8 +1169,11 @@ fn main() {
             "recovery" => recovery,
             "probe" => probe_cost,
             "curve" => curve,
+            "switchover" => switchover_guard,
             other => {
-                eprintln!("gp_bench: --only takes jobs, hung-mirror, failover, recovery, probe or curve, not {other}");
+                eprintln!(
+                    "gp_bench: --only takes jobs, hung-mirror, failover, recovery, probe, curve or switchover, not {other}"
+                );
                 std::process::exit(2);
             }
         };

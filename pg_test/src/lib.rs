@@ -278,6 +278,72 @@ impl Drop for Stopped {
     }
 }
 
+/// A client committing one row at a time into the table `acked` (which
+/// must exist) on whichever of `members` is the primary, remembering every
+/// acknowledged id and the longest time without a commit.
+pub struct Writer {
+    acked: std::sync::Arc<std::sync::Mutex<Vec<i32>>>,
+    longest_gap: std::sync::Arc<std::sync::Mutex<std::time::Duration>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn start(members: [Instance; 2]) -> Writer {
+        use std::sync::atomic::Ordering;
+        use std::time::{Duration, Instant};
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i32>::new()));
+        let longest_gap = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (a, g, halt) = (acked.clone(), longest_gap.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let (mut id, mut last_ok) = (0, Instant::now());
+            let mut client: Option<Client> = None;
+            while !halt.load(Ordering::SeqCst) {
+                if client.is_none() {
+                    client = gpdemo::connect_to_primary(&members);
+                    if client.is_none() {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                }
+                id += 1;
+                match client.as_mut().map(|c| c.execute("INSERT INTO acked VALUES ($1)", &[&id])) {
+                    Some(Ok(_)) => {
+                        let now = Instant::now();
+                        let mut gap = g.lock().unwrap();
+                        *gap = (*gap).max(now - last_ok);
+                        last_ok = now;
+                        a.lock().unwrap().push(id);
+                    }
+                    _ => client = None,
+                }
+            }
+        });
+        Writer { acked, longest_gap, stop, thread: Some(thread) }
+    }
+
+    /// The ids acknowledged so far.
+    pub fn acked(&self) -> Vec<i32> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Stops it; the ids acknowledged and the longest time without a commit.
+    pub fn stop(mut self) -> (Vec<i32>, std::time::Duration) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        (self.acked(), *self.longest_gap.lock().unwrap())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Panics, saying `what` was lost, unless every id in `acked` is in the
 /// table `acked` on the server `client` is connected to.
 pub fn assert_acked_present(client: &mut Client, acked: &[i32], what: &str) {

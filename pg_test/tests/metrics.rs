@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use gp_recovery_pg_test::{wait_for, TestCluster};
+use std::time::{Duration, Instant};
+
+use gp_recovery_pg_test::{wait_for, Stopped, TestCluster};
 use gpdemo::monitoring::Exporter;
 
 /// Every gp_recovery sample of a scrape: (name, labels) → value.
@@ -73,4 +75,35 @@ fn the_exporter_sees_a_failover_and_a_recovery() {
         value(&exporter, "gp_recovery_jobs_count", &[("state", "succeeded"), ("recovery_type", "full")]) == Some(1.0)
             && value(&exporter, "gp_recovery_segments_count", &[("role", "m"), ("status", "d")]) == Some(0.0)
     });
+}
+
+/// Issue item 5: the metrics read what the fault tolerance service last saw
+/// of each stream, so a hung mirror costs them nothing; and a
+/// configuration with a Windows byte-order mark is read as written.
+#[test]
+fn the_metrics_never_wait_on_a_hung_mirror() {
+    let tc = TestCluster::new(1);
+    tc.set_fts(1, 2, 2, 2);
+    let mut c = tc.coordinator();
+    let lag = |c: &mut postgres::Client| {
+        c.query("SELECT value FROM gp_recovery_metrics WHERE metric = 'mirror_lag_bytes' AND content = 0", &[])
+            .unwrap()
+            .len()
+    };
+    wait_for(30, "the mirror's lag in the metrics", || lag(&mut c) == 1);
+    let hung = Stopped::new(tc.mirror(0).postmaster_pid().unwrap());
+    for _ in 0..3 {
+        let started = Instant::now();
+        c.query("SELECT * FROM gp_recovery_metrics", &[]).unwrap();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "the metrics waited {took:?} on the hung mirror");
+    }
+    drop(hung);
+    let m = tc.mirror_down(0);
+    let config: String = c.query_one("SELECT gp_recovery_config()", &[]).unwrap().get(0);
+    let line = config.lines().find(|l| !l.starts_with('#')).unwrap().to_string();
+    let job: i64 =
+        c.query_one("SELECT * FROM gp_recover_from_config($1)", &[&format!("\u{feff}{line}\n")]).unwrap().get(0);
+    assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
+    wait_for(60, "the mirror back", || tc.row_state(m) == "m u s");
 }

@@ -1,12 +1,10 @@
 //! gp_rebalance: switched pairs return to their preferred roles with a short
 //! switchover that loses no acknowledged commit.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gp_recovery_pg_test::{
-    assert_acked_present, connect_collecting_notices, pgbench_init, table_checksum, wait_for, TestCluster,
+    assert_acked_present, connect_collecting_notices, pgbench_init, table_checksum, wait_for, TestCluster, Writer,
 };
 
 fn all_balanced(tc: &TestCluster) -> bool {
@@ -31,42 +29,9 @@ fn switched_pairs_return_to_preferred_roles_without_losing_commits() {
     writable.connect().unwrap().batch_execute("CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
 
     // A client commits in a loop on content 0, following whichever member is
-    // the primary, and remembers each acknowledged commit and the longest
-    // time without one.
-    let acked = Arc::new(Mutex::new(Vec::<i32>::new()));
-    let longest_gap = Arc::new(Mutex::new(Duration::ZERO));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (acked, gap, stop) = (acked.clone(), longest_gap.clone(), stop.clone());
-        let members = [tc.primary(0).clone(), tc.mirror(0).clone()];
-        std::thread::spawn(move || {
-            let mut id = 0;
-            let mut last_ok = Instant::now();
-            let mut client: Option<postgres::Client> = None;
-            while !stop.load(Ordering::SeqCst) {
-                if client.is_none() {
-                    client = gpdemo::connect_to_primary(&members);
-                    if client.is_none() {
-                        std::thread::sleep(Duration::from_millis(20));
-                        continue;
-                    }
-                }
-                id += 1;
-                let result = client.as_mut().map(|c| c.execute("INSERT INTO acked VALUES ($1)", &[&id]));
-                match result {
-                    Some(Ok(_)) => {
-                        let now = Instant::now();
-                        let mut g = gap.lock().unwrap();
-                        *g = (*g).max(now - last_ok);
-                        last_ok = now;
-                        acked.lock().unwrap().push(id);
-                    }
-                    _ => client = None,
-                }
-            }
-        })
-    };
-    wait_for(30, "the writer to commit", || acked.lock().unwrap().len() >= 100);
+    // the primary.
+    let writer = Writer::start([tc.primary(0).clone(), tc.mirror(0).clone()]);
+    wait_for(30, "the writer to commit", || writer.acked().len() >= 100);
 
     let (mut c, notices) = connect_collecting_notices(&tc.cluster.coordinator);
     let jobs: Vec<i64> = c.query("SELECT * FROM gp_rebalance()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
@@ -75,8 +40,7 @@ fn switched_pairs_return_to_preferred_roles_without_losing_commits() {
         assert_eq!(tc.wait_job(*job).unwrap(), "succeeded");
     }
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::SeqCst);
-    writer.join().unwrap();
+    let (acked, longest_gap) = writer.stop();
     let notices: Vec<String> = notices.try_iter().collect();
     assert!(notices.iter().any(|n| n.contains("rebalance job")), "{notices:?}");
 
@@ -91,7 +55,6 @@ fn switched_pairs_return_to_preferred_roles_without_losing_commits() {
             .unwrap();
         assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, String>(1).as_str()), ("streaming", "sync"));
     }
-    let acked = acked.lock().unwrap().clone();
     let mut p = tc.primary(0).connect().unwrap();
     assert_acked_present(&mut p, &acked, "acknowledged commits lost in the switchover");
     p.batch_execute("SET synchronous_commit = remote_apply; INSERT INTO acked VALUES (-1)").unwrap();
@@ -101,11 +64,7 @@ fn switched_pairs_return_to_preferred_roles_without_losing_commits() {
         c.query("SELECT * FROM gp_state_report()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(report, vec!["Segment Mirroring Status Report", "All segments are running normally"]);
     assert!(tc.history().iter().any(|h| h.starts_with("gp_rebalance: segment config for rebalance")));
-    eprintln!(
-        "rebalance: {} commits acknowledged, longest gap between commits {:?}",
-        acked.len(),
-        longest_gap.lock().unwrap()
-    );
+    eprintln!("rebalance: {} commits acknowledged, longest gap between commits {:?}", acked.len(), longest_gap);
 }
 
 #[test]
@@ -170,4 +129,99 @@ fn balanced_cluster_and_replay_lag_limit() {
     assert_eq!(jobs.len(), 1);
     assert_eq!(tc.wait_job(jobs[0]).unwrap(), "succeeded");
     assert!(all_balanced(&tc));
+}
+
+/// A one-pair cluster with its roles switched and the table `acked` for a
+/// Writer; returns it with its acting primary.
+fn switched() -> (TestCluster, gp_recovery_pg_test::Instance) {
+    let tc = TestCluster::new(1);
+    tc.set_fts(1, 2, 2, 2);
+    tc.switch_all_roles();
+    let acting = tc.mirror(0).clone();
+    acting.connect().unwrap().batch_execute("CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
+    (tc, acting)
+}
+
+/// Issue item 1: a mirror that would not replay promptly after the stop is
+/// never switched over to. gp_rebalance() refuses while the primary still
+/// runs (paused replay, recovery_min_apply_delay), so commits never stop.
+#[test]
+fn a_mirror_that_does_not_replay_is_never_switched_over_to() {
+    let (tc, acting) = switched();
+    let writer = Writer::start([tc.primary(0).clone(), tc.mirror(0).clone()]);
+    wait_for(30, "the writer to commit", || writer.acked().len() >= 50);
+    let mut standby = tc.primary(0).connect().unwrap();
+    let (mut c, notices) = connect_collecting_notices(&tc.cluster.coordinator);
+    for (pause, resume, why) in [
+        ("SELECT pg_wal_replay_pause()", "SELECT pg_wal_replay_resume()", "replay is paused"),
+        (
+            "ALTER SYSTEM SET recovery_min_apply_delay = '90s'; SELECT pg_reload_conf()",
+            "ALTER SYSTEM RESET recovery_min_apply_delay; SELECT pg_reload_conf()",
+            "recovery_min_apply_delay (90000 ms)",
+        ),
+    ] {
+        for sql in pause.split("; ") {
+            standby.batch_execute(sql).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let jobs = c.query("SELECT * FROM gp_rebalance(NULL)", &[]).unwrap();
+        assert!(jobs.is_empty(), "{why}: a switchover was queued");
+        let seen: Vec<String> = notices.try_iter().collect();
+        assert!(
+            seen.iter().any(|n| n.starts_with("WARNING") && n.contains("not stopping primary") && n.contains(why)),
+            "{why}: {seen:?}"
+        );
+        for sql in resume.split("; ") {
+            standby.batch_execute(sql).unwrap();
+        }
+    }
+    let (acked, gap) = writer.stop();
+    assert!(gap < Duration::from_secs(2), "commits stopped for {gap:?}");
+    assert_eq!(tc.row_state(tc.dbid_of(&acting)), "p u s", "still the primary");
+    assert_acked_present(&mut acting.connect().unwrap(), &acked, "acknowledged commits lost");
+}
+
+/// Issue item 1, after the stop: a mirror whose replay is stuck in a way
+/// no live check sees (a query on it holds a lock the replay of a DROP
+/// TABLE needs, with max_standby_streaming_delay = -1: replay waits, and
+/// only a few kB stand between flush and replay) costs at most
+/// gp_recovery.switchover_timeout; the old primary is then the primary
+/// again, with every acknowledged commit.
+#[test]
+fn a_mirror_whose_replay_is_stuck_costs_only_the_switchover_timeout() {
+    let (tc, acting) = switched();
+    let mut p = acting.connect().unwrap();
+    p.batch_execute("CREATE TABLE conflict (x int)").unwrap();
+    p.batch_execute("SET synchronous_commit = remote_apply; INSERT INTO conflict VALUES (1); RESET synchronous_commit")
+        .unwrap();
+    let mut standby = tc.primary(0).connect().unwrap();
+    standby.batch_execute("ALTER SYSTEM SET max_standby_streaming_delay = -1").unwrap();
+    standby.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut reader = tc.primary(0).connect().unwrap();
+    reader.batch_execute("BEGIN; SELECT count(*) FROM conflict").unwrap();
+    p.batch_execute("DROP TABLE conflict").unwrap();
+    let writer = Writer::start([tc.primary(0).clone(), tc.mirror(0).clone()]);
+    wait_for(30, "the writer to commit", || writer.acked().len() >= 50);
+    let started = Instant::now();
+    let job: i64 = tc.coordinator().query_one("SELECT * FROM gp_rebalance(NULL)", &[]).unwrap().get(0);
+    let error = tc.wait_job(job).unwrap_err();
+    assert!(error.contains("gp_recovery.switchover_timeout"), "{error}");
+    wait_for(30, "the old primary to take commits again", || acting.writable());
+    let back = started.elapsed();
+    assert!(back < Duration::from_secs(20), "writes waited {back:?} for the old primary to come back");
+    reader.batch_execute("ROLLBACK").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let (acked, gap) = writer.stop();
+    eprintln!("longest time without a commit: {gap:?}");
+    assert!(gap < Duration::from_secs(20), "commits stopped for {gap:?}");
+    let acting_dbid = tc.dbid_of(&acting);
+    assert_eq!(tc.row_state(acting_dbid), "p u n", "dbid {acting_dbid} is the primary in the catalog");
+    // The mirror that did not keep up is down, so commits did not wait for it.
+    let lagging = tc.dbid_of(tc.primary(0));
+    assert_eq!(tc.row_state(lagging), "m d n");
+    assert!(error.contains(&format!("recover it with gp_recover_segment({lagging})")), "{error}");
+    assert_acked_present(&mut acting.connect().unwrap(), &acked, "acknowledged commits lost");
+    let job = tc.submit(&format!("SELECT gp_recover_segment({lagging})"));
+    assert_eq!(tc.wait_job(job).unwrap(), "succeeded");
 }
