@@ -79,6 +79,14 @@ CREATE TABLE gp_recovery_failover (
 
 CREATE INDEX gp_recovery_failover_time_idx ON gp_recovery_failover ("time");
 
+-- Contents in a double fault (the primary gone, no mirror to promote), as
+-- the fault tolerance service recorded it with its history row; read back
+-- when the service starts.
+CREATE TABLE gp_fts_double_fault (
+    content smallint    PRIMARY KEY,
+    since   timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE TABLE gp_configuration_history (
     "time" timestamptz NOT NULL DEFAULT now(),
     dbid   smallint    NOT NULL,
@@ -97,6 +105,7 @@ SELECT pg_catalog.pg_extension_config_dump('gp_segment_identity', '');
 SELECT pg_catalog.pg_extension_config_dump('gp_segment_hold', '');
 SELECT pg_catalog.pg_extension_config_dump('gp_segment_selfheal', '');
 SELECT pg_catalog.pg_extension_config_dump('gp_recovery_failover', '');
+SELECT pg_catalog.pg_extension_config_dump('gp_fts_double_fault', '');
 
 -- Members of gp_recovery_admin (and superusers) may start and cancel
 -- recoveries. Roles belong to the cluster, so it may exist already.
@@ -147,6 +156,10 @@ CREATE TABLE gp_recovery_job (
     wal_remaining_bytes bigint,
     logfile             text,
     error               text,
+    -- A failed job's failure kind (host_unreachable, no_space, double_fault,
+    -- source_unreachable, programs_missing, copy_stalled, refused,
+    -- interrupted, other): for code; error is for people.
+    failure             text,
     -- An auto job's abandoned attempts, oldest first: mode, phase, reason,
     -- bytes its copy had moved. The attempt running is the next in
     -- incremental, differential, full.
@@ -193,7 +206,8 @@ BEGIN
             'cancel_requested', NEW.cancel_requested,
             -- A payload must stay under 8000 bytes: 1000 characters are at
             -- most 6000 in JSON. The row keeps the whole error.
-            'error', pg_catalog."left"(NEW.error, 1000))::text);
+            'error', pg_catalog."left"(NEW.error, 1000),
+            'failure', NEW.failure)::text);
     END IF;
     RETURN NULL;
 END

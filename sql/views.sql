@@ -29,7 +29,7 @@ REVOKE ALL ON FUNCTION gp_add_segment(integer, "char", text, integer, text, text
 -- segments (each read of the live views opens a connection to every
 -- segment) is for monitoring roles and recovery admins only.
 GRANT SELECT ON gp_segment_configuration, gp_configuration_history, gp_segment_identity, gp_segment_hold,
-                gp_segment_selfheal, gp_recovery_failover TO PUBLIC;
+                gp_segment_selfheal, gp_recovery_failover, gp_fts_double_fault TO PUBLIC;
 REVOKE ALL ON FUNCTION gp_segment_status_probe(), gp_mirror_status_probe(), gp_state_report(),
                        gp_request_fts_probe_scan() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION gp_segment_status_probe(), gp_mirror_status_probe(), gp_state_report(),

@@ -250,25 +250,25 @@ pub fn recent_failovers(window: std::time::Duration) -> std::collections::HashMa
     .or_raise()
 }
 
-/// Contents whose latest double-fault history row says the fault is still on.
+/// Contents the fault tolerance service recorded in a double fault.
 pub fn contents_in_double_fault() -> Vec<i16> {
     Spi::connect(|client| {
         client
-            .select(
-                "SELECT content FROM ( \
-                   SELECT DISTINCT ON (c.content) c.content, h.\"desc\" LIKE 'FTS: double fault detected%' AS in_fault \
-                     FROM public.gp_configuration_history h \
-                     JOIN public.gp_segment_configuration c USING (dbid) \
-                    WHERE h.\"desc\" LIKE 'FTS: double fault detected for content id %' \
-                       OR h.\"desc\" LIKE 'FTS: content id % is out of double fault%' \
-                    ORDER BY c.content, h.\"time\" DESC) d WHERE in_fault",
-                None,
-                &[],
-            )?
+            .select("SELECT content FROM public.gp_fts_double_fault", None, &[])?
             .map(|row| row.get::<i16>(1).map(|c| c.unwrap_or_default()))
             .collect::<Result<Vec<i16>, _>>()
     })
     .or_raise()
+}
+
+/// Records that a content is in a double fault, or no longer is.
+pub fn set_double_fault(content: i16, on: bool) {
+    let sql = if on {
+        "INSERT INTO public.gp_fts_double_fault (content) VALUES ($1) ON CONFLICT (content) DO NOTHING"
+    } else {
+        "DELETE FROM public.gp_fts_double_fault WHERE content = $1"
+    };
+    Spi::run_with_args(sql, &[content.into()]).or_raise();
 }
 
 /// Both workers run as the bootstrap superuser: nothing a user can create

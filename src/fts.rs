@@ -652,7 +652,7 @@ impl Fts {
         } else {
             pgrx::debug1!("{}", plan.log_line(&observation));
         }
-        if plan.rule.name == "mirror_gone_within_grace" {
+        if plan.rule.next_look == fts::NextLook::GraceEnd {
             if let Some(since) = mirror_gone_since {
                 self.follow_up.insert(content, since + s.rules.mirror_down_grace_period);
             }
@@ -695,8 +695,11 @@ impl Fts {
                 }
                 catalog::update_rows(&plan.catalog);
                 plan.history.iter().for_each(catalog::history);
-                if plan.rule.action == fts::Action::FailOver {
-                    catalog::record_failover(content, o.mirror.dbid);
+                match plan.rule.action {
+                    fts::Action::FailOver => catalog::record_failover(content, o.mirror.dbid),
+                    fts::Action::RecordDoubleFault => catalog::set_double_fault(content, true),
+                    fts::Action::ClearDoubleFault => catalog::set_double_fault(content, false),
+                    _ => {}
                 }
                 true
             });

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use gp_recovery_core::events::{History, SegmentEvent};
 use gp_recovery_core::host::{self, Scripts};
 use gp_recovery_core::identity::{self, HostNames, HostReport};
-use gp_recovery_core::job::{self, Backout, JobKind, JobState, Phase};
+use gp_recovery_core::job::{self, Backout, Failure, FailureKind, JobKind, JobState, Phase};
 use gp_recovery_core::probe::{ProbeResult, MIRROR_APPLICATION_NAME, SLOT_NAME};
 use gp_recovery_core::rebalance;
 use gp_recovery_core::recovery::{self, Attempt, JobRecord, Progress, ProgressReader, RecoveryMode};
@@ -51,7 +51,17 @@ pub enum Step {
         alternative: bool,
         change: Option<CatalogChange>,
     },
-    Fail(String),
+    Fail(Failure),
+}
+
+/// A step that failed, of a kind.
+fn fail(kind: FailureKind, message: impl Into<String>) -> Step {
+    Step::Fail(Failure::new(kind, message))
+}
+
+/// A step that failed for a reason no kind names.
+fn failed(message: impl Into<String>) -> Step {
+    Step::Fail(Failure::other(message))
 }
 
 fn next() -> Step {
@@ -119,7 +129,7 @@ enum Undo {
 
 pub struct Ending {
     state: JobState,
-    message: String,
+    failure: Failure,
     steps: VecDeque<Undo>,
     notes: Vec<String>,
     success_after_all: bool,
@@ -129,8 +139,8 @@ pub struct Ending {
 
 /// What an ending came to.
 pub enum Ended {
-    /// The job is over, in this state, with this error.
-    Over(JobState, Option<String>),
+    /// The job is over, in this state, with this failure.
+    Over(JobState, Option<Failure>),
     /// An auto job's attempt is abandoned (backed out); the next follows.
     Retry(Attempt),
 }
@@ -162,7 +172,7 @@ pub struct Job {
     /// Catching up: the last WAL distance seen, and when it last shrank.
     behind: Option<(i64, Instant)>,
     /// A failure waiting for the cause from the segment's log.
-    diagnosing: Option<String>,
+    diagnosing: Option<Failure>,
     /// A relocation's identity check, host by host, and the machine each
     /// host that answered turned out to be (recorded in the catalog).
     identity: Vec<HostCheck>,
@@ -299,7 +309,7 @@ impl Job {
                     self.tool = Some(t);
                     None
                 }
-                Err(e) => Some(Err(HostError { message: e, unreachable: false, refused: false })),
+                Err(e) => Some(Err(HostError::other(e))),
             };
         }
         let tool = self.tool.as_mut()?;
@@ -324,8 +334,7 @@ impl Job {
                          network between them may hang; the copy was stopped",
                         stall.as_secs()
                     ),
-                    unreachable: false,
-                    refused: false,
+                    kind: FailureKind::CopyStalled,
                 }));
             }
         }
@@ -400,13 +409,13 @@ impl Job {
             Phase::CatchingUp => self.catching_up(),
             Phase::Synchronizing => self.synchronizing(),
             Phase::RemovingOld => self.removing_old(),
-            Phase::Queued | Phase::Done => Step::Fail(format!("a running job cannot be in phase {}", self.phase)),
+            Phase::Queued | Phase::Done => failed(format!("a running job cannot be in phase {}", self.phase)),
         }
     }
 
     /// Fails with `message` and the cause read from the segment's log.
-    fn fail_with_log(&mut self, message: String) -> Step {
-        self.diagnosing = Some(message);
+    fn fail_with_log(&mut self, failure: Failure) -> Step {
+        self.diagnosing = Some(failure);
         self.diagnose()
     }
 
@@ -416,10 +425,14 @@ impl Job {
         else {
             return Step::Stay;
         };
-        let message = self.diagnosing.take().unwrap_or_default();
+        let failure = self.diagnosing.take().unwrap_or_else(|| Failure::other(""));
         match out.ok().and_then(|log| job::diagnose_server_log(&log, self.dbid())) {
-            Some(cause) => Step::Fail(format!("{message}: {cause}")),
-            None => Step::Fail(message),
+            // The log's cause names the kind when the step's own output did not.
+            Some((kind, cause)) => fail(
+                if failure.kind == FailureKind::Other { kind } else { failure.kind },
+                format!("{}: {cause}", failure.message),
+            ),
+            None => Step::Fail(failure),
         }
     }
 
@@ -431,7 +444,9 @@ impl Job {
         if self.sub == 0 {
             match self.target_tool("check", |s| s.check(&dir), Some(Duration::from_secs(60))) {
                 None => return Step::Stay,
-                Some(Err(e)) => return Step::Fail(e.message),
+                // The check fails only for a host it cannot reach, or programs not installed.
+                Some(Err(e)) if e.kind == FailureKind::HostUnreachable => return Step::Fail(e.into()),
+                Some(Err(e)) => return fail(FailureKind::ProgramsMissing, e.message),
                 Some(Ok(_)) => self.sub = 1,
             }
         }
@@ -446,8 +461,13 @@ impl Job {
                     self.source_bytes = b;
                     self.sub = 2;
                 }
-                Some(Ok(_)) => return Step::Fail("unexpected answer".into()),
-                Some(Err(e)) => return Step::Fail(format!("the acting primary dbid {}: {e}", self.source.dbid)),
+                Some(Ok(_)) => return failed("unexpected answer"),
+                Some(Err(e)) => {
+                    return fail(
+                        FailureKind::SourceUnreachable,
+                        format!("the acting primary dbid {}: {e}", self.source.dbid),
+                    )
+                }
             }
         }
         if copies && self.sub == 2 {
@@ -456,16 +476,16 @@ impl Job {
             let out = match self.target_tool("space", |s| s.space(&dir, beside, measure), Some(Duration::from_secs(60)))
             {
                 None => return Step::Stay,
-                Some(Err(e)) => return Step::Fail(e.message),
+                Some(Err(e)) => return Step::Fail(e.into()),
                 Some(Ok(out)) => out,
             };
             let Some(space) = recovery::Space::parse(&out) else {
-                return Step::Fail(format!("could not read the free space on host {}: {out}", self.target.hostname));
+                return failed(format!("could not read the free space on host {}: {out}", self.target.hostname));
             };
             if let Err(e) =
                 recovery::check_space(self.kind, self.dbid(), &self.target.hostname, self.source_bytes, &space)
             {
-                return Step::Fail(e);
+                return fail(FailureKind::NoSpace, e);
             }
             self.sub = 3;
         }
@@ -473,14 +493,14 @@ impl Job {
         if relocation && self.sub == 3 {
             match self.checking_identity() {
                 None => return Step::Stay,
-                Some(Err(e)) => return Step::Fail(e),
+                Some(Err(e)) => return fail(FailureKind::Refused, e),
                 Some(Ok(())) => self.sub = 4,
             }
         }
         if relocation && self.sub == 4 {
             match self.checking_port() {
                 None => return Step::Stay,
-                Some(Err(e)) => return Step::Fail(e),
+                Some(Err(e)) => return fail(FailureKind::Refused, e),
                 Some(Ok(())) => self.sub = 5,
             }
         }
@@ -668,11 +688,11 @@ impl Job {
             None => Step::Stay,
             Some(Ok(_)) => next(),
             // gprecoverseg: a relocation away from a dead host skips the stop.
-            Some(Err(e)) if e.unreachable && self.kind == JobKind::Relocation => {
+            Some(Err(e)) if e.kind == FailureKind::HostUnreachable && self.kind == JobKind::Relocation => {
                 log!("gp_recovery: job {}: not stopping the failed segment: {}", self.id(), e.message);
                 next()
             }
-            Some(Err(e)) => Step::Fail(e.message),
+            Some(Err(e)) => Step::Fail(e.into()),
         }
     }
 
@@ -686,15 +706,18 @@ impl Job {
         if self.sub == 0 {
             let catalog = match try_transaction(|| Ok(catalog::load())) {
                 Ok(c) => c,
-                Err(e) => return Step::Fail(e),
+                Err(e) => return failed(e),
             };
             let Some(source) =
                 catalog.iter().find(|s| s.content == self.rec.content && s.role == Role::Primary).cloned()
             else {
-                return Step::Fail(format!("double fault: content {} has no acting primary", self.rec.content));
+                return fail(
+                    FailureKind::DoubleFault,
+                    format!("double fault: content {} has no acting primary", self.rec.content),
+                );
             };
             if source.dbid != self.rec.source_dbid {
-                return Step::Fail(format!(
+                return failed(format!(
                     "the acting primary of content {} changed from dbid {} to dbid {} since the job was submitted; submit it again",
                     self.rec.content, self.rec.source_dbid, source.dbid
                 ));
@@ -733,11 +756,16 @@ impl Job {
                         }
                         next()
                     }
-                    Err(e) => Step::Fail(e.to_string()),
+                    Err(e @ gp_recovery_core::CoreError::DoubleFault(_)) => {
+                        fail(FailureKind::DoubleFault, e.to_string())
+                    }
+                    Err(e) => failed(e.to_string()),
                 }
             }
-            Some(Ok(_)) => Step::Fail("unexpected answer".into()),
-            Some(Err(e)) => Step::Fail(format!("the acting primary dbid {}: {e}", self.source.dbid)),
+            Some(Ok(_)) => failed("unexpected answer"),
+            Some(Err(e)) => {
+                fail(FailureKind::SourceUnreachable, format!("the acting primary dbid {}: {e}", self.source.dbid))
+            }
         }
     }
 
@@ -757,11 +785,11 @@ impl Job {
         let script = || s.allow_host(&dir, &hba, &user, &entry, &host);
         match self.tool(source_host, "allow_host", script, Some(SHORT_STEP)) {
             None => Step::Stay,
-            Some(Err(e)) => Step::Fail(format!(
+            Some(Err(e)) => failed(format!(
                 "could not let host {host} into the pg_hba.conf of the acting primary dbid {}: {}",
                 self.source.dbid, e.message
             )),
-            Some(Ok(out)) if out.contains("added") => {
+            Some(Ok(out)) if host::printed(&out, host::HBA_CHANGED) => {
                 let text = format!(
                     "gp_recovery: pg_hba.conf of dbid {} lets host {host} ({entry}) connect and replicate, for the relocation of dbid {}",
                     self.source.dbid,
@@ -779,16 +807,16 @@ impl Job {
         if self.sub == 0 {
             let catalog = match try_transaction(|| Ok(catalog::load())) {
                 Ok(c) => c,
-                Err(e) => return Step::Fail(e),
+                Err(e) => return failed(e),
             };
             let find = |dbid: i16| catalog.iter().find(|s| s.dbid == dbid).cloned();
             let (Some(primary), Some(mirror)) = (find(self.dbid()), find(self.rec.source_dbid)) else {
-                return Step::Fail("the pair is no longer in the catalog".into());
+                return failed("the pair is no longer in the catalog");
             };
             let healthy =
                 |s: &Segment, role: Role| s.role == role && s.status == Status::Up && s.mode == Mode::Synchronized;
             if !healthy(&primary, Role::Primary) || !healthy(&mirror, Role::Mirror) {
-                return Step::Fail(format!(
+                return failed(format!(
                     "dbid {} and dbid {} are no longer an up, synchronized primary and mirror",
                     primary.dbid, mirror.dbid
                 ));
@@ -822,20 +850,20 @@ impl Job {
         let (primary, mirror) = match answer {
             None => return Step::Stay,
             Some(Ok(Answer::Pair(probes))) => *probes,
-            Some(Ok(_)) => return Step::Fail("unexpected answer".into()),
-            Some(Err(e)) => return Step::Fail(e),
+            Some(Ok(_)) => return failed("unexpected answer"),
+            Some(Err(e)) => return failed(e),
         };
         let (sysid, dbid, location) =
             (self.rec.system_identifier.clone().unwrap_or_default(), self.source.dbid, self.source.location());
         if let Ok(m) = &mirror {
             let member = identity::Member { system_identifier: &sysid, datadir: &self.source.datadir };
             if let Some(why) = member.refusal(&m.system_identifier, &m.data_directory) {
-                return Step::Fail(format!("the server at {location} is not dbid {dbid}: {why}"));
+                return fail(FailureKind::Refused, format!("the server at {location} is not dbid {dbid}: {why}"));
             }
         }
         let pair = Pair { primary: &self.target, mirror: &self.source };
         match rebalance::live_refusal(&pair, &primary, &mirror, gucs::switchover_replay_lag()) {
-            Some(why) => Step::Fail(why),
+            Some(why) => fail(FailureKind::Refused, why),
             None => next(),
         }
     }
@@ -849,7 +877,7 @@ impl Job {
         if rebalance && self.sub == 0 {
             match self.target_tool("stop", |s| s.stop(&dir, false), Some(Duration::from_secs(120))) {
                 None => return Step::Stay,
-                Some(Err(e)) => return Step::Fail(e.message),
+                Some(Err(e)) => return Step::Fail(e.into()),
                 Some(Ok(_)) => self.sub = 1,
             }
         }
@@ -857,7 +885,9 @@ impl Job {
             let t = Target::new(&self.source, call_timeout());
             match self.call(|| Box::pin(async move { t.checkpoint().await.map(|()| Answer::Done) })) {
                 None => return Step::Stay,
-                Some(Err(e)) => return Step::Fail(format!("CHECKPOINT on the new primary failed: {e}")),
+                Some(Err(e)) => {
+                    return fail(FailureKind::SourceUnreachable, format!("CHECKPOINT on the new primary failed: {e}"))
+                }
                 Some(Ok(_)) => self.sub = 2,
             }
         }
@@ -868,20 +898,21 @@ impl Job {
                 self.rewound = true;
                 next()
             }
-            Some(Err(e)) => Step::Fail(self.copy_failure(e.message)),
+            Some(Err(e)) => self.copy_failure(e),
         }
     }
 
     /// Adds gprecoverseg's advice to a failed copy: one text.
-    fn copy_failure(&self, e: String) -> String {
+    fn copy_failure(&self, e: impl Into<Failure>) -> Step {
+        let e: Failure = e.into();
         let dbid = self.dbid();
         let what = match self.kind {
             JobKind::Incremental => "Incremental recovery failed",
             JobKind::Differential => "Differential recovery failed and left the data directory marked incomplete",
-            JobKind::Full | JobKind::Relocation => return e,
+            JobKind::Full | JobKind::Relocation => return Step::Fail(e),
             JobKind::Rebalance => "The old primary could not be rewound to follow the new primary",
         };
-        format!("{e}. {what}: {}", job::copy_advice(dbid))
+        fail(e.kind, format!("{}. {what}: {}", e.message, job::copy_advice(dbid)))
     }
 
     fn copying(&mut self) -> Step {
@@ -918,7 +949,7 @@ impl Job {
         ) {
             None => Step::Stay,
             Some(Ok(_)) => next(),
-            Some(Err(e)) => Step::Fail(e.message),
+            Some(Err(e)) => Step::Fail(e.into()),
         }
     }
 
@@ -951,11 +982,11 @@ impl Job {
             self.sub = 1;
         }
         if self.sub == 1 {
-            let Some(b) = self.backup.as_mut() else { return Step::Fail("the base backup is gone".into()) };
+            let Some(b) = self.backup.as_mut() else { return failed("the base backup is gone") };
             match b.started.try_recv() {
                 Err(oneshot::error::TryRecvError::Empty) => return Step::Stay,
-                Err(oneshot::error::TryRecvError::Closed) => return Step::Fail("the base backup did not start".into()),
-                Ok(Err(e)) => return Step::Fail(format!("pg_backup_start failed: {e}")),
+                Err(oneshot::error::TryRecvError::Closed) => return failed("the base backup did not start"),
+                Ok(Err(e)) => return fail(FailureKind::SourceUnreachable, format!("pg_backup_start failed: {e}")),
                 Ok(Ok(())) => self.sub = 2,
             }
         }
@@ -988,7 +1019,7 @@ impl Job {
                 None,
             ) {
                 None => return Step::Stay,
-                Some(Err(e)) => return Step::Fail(self.copy_failure(e.message)),
+                Some(Err(e)) => return self.copy_failure(e),
                 Some(Ok(_)) => {
                     if let Some(stop) = self.backup.as_mut().and_then(|b| b.stop.take()) {
                         let _ = stop.send(());
@@ -998,7 +1029,7 @@ impl Job {
             }
         }
         if self.sub == 3 {
-            let Some(task) = self.task.as_mut() else { return Step::Fail("the base backup is gone".into()) };
+            let Some(task) = self.task.as_mut() else { return failed("the base backup is gone") };
             match task.poll() {
                 None => return Step::Stay,
                 Some(r) => {
@@ -1009,8 +1040,13 @@ impl Job {
                             self.pending_text = Some((label, map));
                             self.sub = 4;
                         }
-                        Ok(_) => return Step::Fail("unexpected answer".into()),
-                        Err(e) => return Step::Fail(self.copy_failure(format!("pg_backup_stop failed: {e}"))),
+                        Ok(_) => return failed("unexpected answer"),
+                        Err(e) => {
+                            return self.copy_failure(Failure::new(
+                                FailureKind::SourceUnreachable,
+                                format!("pg_backup_stop failed: {e}"),
+                            ))
+                        }
                     }
                 }
             }
@@ -1021,7 +1057,7 @@ impl Job {
         match self.target_tool("backup_label", |s| s.install_backup_label(&dir, &label, &map), Some(SHORT_STEP)) {
             None => Step::Stay,
             Some(Ok(_)) => next(),
-            Some(Err(e)) => Step::Fail(self.copy_failure(e.message)),
+            Some(Err(e)) => self.copy_failure(e),
         }
     }
 
@@ -1032,7 +1068,7 @@ impl Job {
         match self.target_tool("swap", |s| s.swap_in(&dir), Some(SHORT_STEP)) {
             None => Step::Stay,
             Some(Ok(_)) => next(),
-            Some(Err(e)) => Step::Fail(e.message),
+            Some(Err(e)) => Step::Fail(e.into()),
         }
     }
 
@@ -1044,9 +1080,7 @@ impl Job {
             let dir = self.rec.original.datadir.clone();
             return match self.target_tool("pg_controldata", |s| s.controldata(&dir), Some(SHORT_STEP)) {
                 None => Step::Stay,
-                Some(Err(e)) => {
-                    Step::Fail(format!("could not read the stopped primary's final checkpoint: {}", e.message))
-                }
+                Some(Err(e)) => failed(format!("could not read the stopped primary's final checkpoint: {}", e.message)),
                 Some(Ok(report)) => match rebalance::controldata_checkpoint(&report) {
                     Some(l) => {
                         self.checkpoint_lsn = Some(l);
@@ -1056,7 +1090,7 @@ impl Job {
                         self.deadline = Some(Instant::now() + gucs::seconds(&gucs::SWITCHOVER_TIMEOUT));
                         Step::Stay
                     }
-                    None => Step::Fail("pg_controldata did not report the stopped primary's final checkpoint".into()),
+                    None => failed("pg_controldata did not report the stopped primary's final checkpoint"),
                 },
             };
         }
@@ -1095,7 +1129,7 @@ impl Job {
             other => {
                 if self.deadline.is_some_and(|d| Instant::now() > d) {
                     self.mirror_lagged = true;
-                    return Step::Fail(format!(
+                    return failed(format!(
                         "dbid {} did not replay the old primary's final checkpoint at {} within {} s \
                          (gp_recovery.switchover_timeout; {}); not promoting it",
                         self.source.dbid,
@@ -1146,7 +1180,7 @@ impl Job {
                 next()
             }
             Some(Ok(_)) => next(),
-            Some(Err(e)) => Step::Fail(format!("could not promote dbid {}: {e}", self.source.dbid)),
+            Some(Err(e)) => failed(format!("could not promote dbid {}: {e}", self.source.dbid)),
         }
     }
 
@@ -1157,7 +1191,7 @@ impl Job {
         if self.sub == 0 {
             match self.target_tool("read_auto_conf", |s| s.read_auto_conf(&dir), Some(SHORT_STEP)) {
                 None => return Step::Stay,
-                Some(Err(e)) => return Step::Fail(format!("could not configure {dir}: {}", e.message)),
+                Some(Err(e)) => return failed(format!("could not configure {dir}: {}", e.message)),
                 Some(Ok(existing)) => {
                     let text = recovery::rewrite_auto_conf(
                         &existing,
@@ -1177,7 +1211,7 @@ impl Job {
         match self.target_tool("configure", |s| s.configure_standby(&dir, &text), Some(SHORT_STEP)) {
             None => Step::Stay,
             Some(Ok(_)) => next(),
-            Some(Err(e)) => Step::Fail(format!("could not configure {dir}: {}", e.message)),
+            Some(Err(e)) => failed(format!("could not configure {dir}: {}", e.message)),
         }
     }
 
@@ -1192,7 +1226,9 @@ impl Job {
         ) {
             None => Step::Stay,
             Some(Ok(_)) => next(),
-            Some(Err(e)) => self.fail_with_log(format!("the segment did not start: {}", e.message)),
+            Some(Err(e)) => {
+                self.fail_with_log(Failure::new(e.kind, format!("the segment did not start: {}", e.message)))
+            }
         }
     }
 
@@ -1225,10 +1261,10 @@ impl Job {
                 );
                 return Step::Next { alternative: true, change: None };
             }
-            return self.fail_with_log(format!(
+            return self.fail_with_log(Failure::other(format!(
                 "the segment started but its primary reported no stream from it within {} s",
                 gucs::JOB_CONNECT_TIMEOUT.get()
-            ));
+            )));
         }
         Step::Stay
     }
@@ -1279,10 +1315,10 @@ impl Job {
         }
         let since = self.behind.get_or_insert((i64::MAX, Instant::now())).1;
         if since.elapsed() > limit {
-            return self.fail_with_log(format!(
+            return self.fail_with_log(Failure::other(format!(
                 "the mirror made no progress catching up for {} s; it stays up and the fault tolerance service watches it",
                 limit.as_secs()
-            ));
+            )));
         }
         Step::Stay
     }
@@ -1298,7 +1334,7 @@ impl Job {
         self.next_check = Instant::now() + Duration::from_millis(50);
         let catalog = match try_transaction(|| Ok(catalog::load())) {
             Ok(c) => c,
-            Err(e) => return Step::Fail(e),
+            Err(e) => return failed(e),
         };
         let pair: Vec<&Segment> = catalog.iter().filter(|s| s.content == self.rec.content).collect();
         if pair.len() == 2 && pair.iter().all(|s| s.status == Status::Up && s.mode == Mode::Synchronized) {
@@ -1306,7 +1342,7 @@ impl Job {
             return next();
         }
         if Instant::now() > deadline {
-            return Step::Fail(format!(
+            return failed(format!(
                 "the fault tolerance service did not mark the pair synchronized within {} s; the segment stays up",
                 limit.as_secs()
             ));
@@ -1321,7 +1357,7 @@ impl Job {
             match self.target_tool("remove_old", |s| s.remove_old(&dir), Some(SHORT_STEP)) {
                 None => return Step::Stay,
                 Some(Ok(_)) => self.sub = 1,
-                Some(Err(e)) => return Step::Fail(format!("could not remove the old data directory: {}", e.message)),
+                Some(Err(e)) => return failed(format!("could not remove the old data directory: {}", e.message)),
             }
         }
         if !self.moves_host() || self.hba_file.is_empty() {
@@ -1334,18 +1370,17 @@ impl Job {
             match try_transaction(|| Ok(catalog::load())) {
                 Ok(c) if c.iter().any(|s| s.hostname.eq_ignore_ascii_case(&old_host)) => return next(),
                 Ok(_) => self.sub = 2,
-                Err(e) => return Step::Fail(e),
+                Err(e) => return failed(e),
             }
         }
         let (dir, hba, s) = (self.source.datadir.clone(), self.hba_file.clone(), self.scripts());
         let source_host = SegmentHost::of(&self.source.hostname);
         match self.tool(source_host, "forget_host", || s.forget_host(&dir, &hba, &old_host), Some(SHORT_STEP)) {
             None => Step::Stay,
-            Some(Err(e)) => Step::Fail(format!(
-                "could not remove host {old_host} from the acting primary's pg_hba.conf: {}",
-                e.message
-            )),
-            Some(Ok(out)) if out.contains("removed") => {
+            Some(Err(e)) => {
+                failed(format!("could not remove host {old_host} from the acting primary's pg_hba.conf: {}", e.message))
+            }
+            Some(Ok(out)) if host::printed(&out, host::HBA_CHANGED) => {
                 let text = format!(
                     "gp_recovery: pg_hba.conf of dbid {} no longer lets host {old_host} in: no segment is on it",
                     self.source.dbid
@@ -1397,15 +1432,15 @@ fn start_in_catalog(rec: &JobRecord, kind: JobKind) -> Result<(), String> {
 }
 
 impl Job {
-    /// The kind an auto job tries next after failing with `error`, if any.
-    pub fn next_attempt(&self, error: &str) -> Option<JobKind> {
-        (self.rec.mode().ok()? == RecoveryMode::Auto).then(|| job::next_attempt(self.kind, self.phase, error))?
+    /// The kind an auto job tries next after a failure of `kind`, if any.
+    pub fn next_attempt(&self, kind: FailureKind) -> Option<JobKind> {
+        (self.rec.mode().ok()? == RecoveryMode::Auto).then(|| job::next_attempt(self.kind, self.phase, kind))?
     }
 
     /// A failed auto attempt: backed out like a failure, then the next
     /// attempt starts (`Ended::Retry`).
-    pub fn begin_retry(&mut self, message: String) {
-        self.begin_ending(JobState::Failed, message);
+    pub fn begin_retry(&mut self, failure: Failure) {
+        self.begin_ending(JobState::Failed, failure);
         if let Some(e) = self.ending.as_mut() {
             e.retry = true;
         }
@@ -1413,7 +1448,7 @@ impl Job {
 
     /// Stops what runs and plans the backout of the current phase (from the
     /// table); `step_ending` carries it out.
-    pub fn begin_ending(&mut self, state: JobState, message: String) {
+    pub fn begin_ending(&mut self, state: JobState, failure: Failure) {
         if let Some(mut t) = self.tool.take() {
             t.kill();
         }
@@ -1444,7 +1479,7 @@ impl Job {
         }
         self.sub = 0;
         self.ending =
-            Some(Ending { state, message, steps, notes, success_after_all: backout == Backout::Finish, retry: false });
+            Some(Ending { state, failure, steps, notes, success_after_all: backout == Backout::Finish, retry: false });
     }
 
     /// Carries the backout one step further; Some once done.
@@ -1471,29 +1506,32 @@ impl Job {
             return Some(Ended::Over(JobState::Succeeded, None));
         }
         if ending.success_after_all {
-            warning!("gp_recovery: job {}: {}", self.id(), ending.message);
+            warning!("gp_recovery: job {}: {}", self.id(), ending.failure.message);
             return Some(Ended::Over(JobState::Succeeded, None));
         }
-        let mut error = ending.message;
+        let mut failure = ending.failure;
         if !ending.notes.is_empty() {
-            error = format!("{error}; {}", ending.notes.join("; "));
+            failure.message = format!("{}; {}", failure.message, ending.notes.join("; "));
         }
         if ending.retry {
             return Some(Ended::Retry(Attempt {
                 mode: self.kind.to_string(),
                 phase: self.phase.to_string(),
-                reason: error,
+                reason: failure.message,
                 bytes: self.progress.map(|p| p.done_bytes),
+                failure: Some(failure.kind.to_string()),
             }));
         }
-        Some(Ended::Over(ending.state, Some(error)))
+        Some(Ended::Over(ending.state, Some(failure)))
     }
 
     fn undo_stop(&mut self) -> Option<Result<(), String>> {
         let dir = self.target.datadir.clone();
         match self.target_tool("stop", |s| s.stop(&dir, false), Some(Duration::from_secs(120)))? {
             Ok(_) => Some(Ok(())),
-            Err(e) if e.refused => Some(Err(format!("the target was left running: {}", e.message))),
+            Err(e) if e.kind == FailureKind::Refused => {
+                Some(Err(format!("the target was left running: {}", e.message)))
+            }
             Err(e) => Some(Err(format!("could not stop the target: {}", e.message))),
         }
     }
@@ -1502,7 +1540,9 @@ impl Job {
         let (dir, relocate) = (self.target.datadir.clone(), self.kind == JobKind::Relocation);
         match self.target_tool("restore", |s| s.back_out_copy(&dir, relocate), Some(SHORT_STEP))? {
             Ok(_) => Some(Ok(())),
-            Err(e) if e.refused => Some(Err(format!("the data directory was left as it is: {}", e.message))),
+            Err(e) if e.kind == FailureKind::Refused => {
+                Some(Err(format!("the data directory was left as it is: {}", e.message)))
+            }
             Err(e) => Some(Err(format!("could not restore the data directory: {}", e.message))),
         }
     }
@@ -1553,7 +1593,7 @@ impl Job {
         let dir = self.rec.original.datadir.clone();
         let (dbid, content) = (self.dbid(), self.rec.content);
         match self.target_tool("pg_ctl_start", |s| s.start(&dir, true, 120), Some(Duration::from_secs(150)))? {
-            Ok(out) if out.contains(host::ALREADY_RUNNING) => Some(Ok(())),
+            Ok(out) if host::printed(&out, host::ALREADY_RUNNING) => Some(Ok(())),
             Ok(_) => Some(Err(format!("dbid {dbid} was started again as the primary"))),
             Err(e) => Some(Err(format!(
                 "dbid {dbid} could not be started again: content {content} has no running primary ({})",

@@ -3,7 +3,7 @@
 //! committed before each side effect), progress, ends and the removal of
 //! ended jobs past their retention.
 
-use gp_recovery_core::job::{JobState, Phase};
+use gp_recovery_core::job::{Failure, JobState, Phase};
 use gp_recovery_core::recovery::{ActiveJob, Attempt, JobRecord, JobSpec};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys::panic::CaughtError;
@@ -140,14 +140,17 @@ pub fn record_progress(rows: &[ProgressRow]) -> Result<(), String> {
 }
 
 /// Ends a job; its content leaves the fault tolerance hold.
-pub fn record_end(job_id: i64, state: JobState, error: Option<&str>) -> Result<(), String> {
+pub fn record_end(job_id: i64, state: JobState, failure: Option<&Failure>) -> Result<(), String> {
+    let error = failure.map(|f| f.message.as_str());
+    // Only a failed job has a failure kind; a canceled one keeps its text.
+    let kind = failure.filter(|_| state == JobState::Failed).map(|f| f.kind.as_str());
     try_transaction(|| {
         spi(Spi::run_with_args(
-            "UPDATE public.gp_recovery_job SET state = $2, error = $3, finished_at = now(), updated_at = now(), \
-                    fts_hold = false, intent = NULL, \
+            "UPDATE public.gp_recovery_job SET state = $2, error = $3, failure = $4, finished_at = now(), \
+                    updated_at = now(), fts_hold = false, intent = NULL, \
                     phase = CASE WHEN $2 = 'succeeded' THEN 'done' ELSE phase END \
               WHERE job_id = $1",
-            &[job_id.into(), state.as_str().into(), error.into()],
+            &[job_id.into(), state.as_str().into(), error.into(), kind.into()],
         ))?;
         // Self-healing's backoff, kept per segment so retention cannot
         // erase it: any success of the segment resets it, each failure or

@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use gp_recovery_core::job::{self, FaultPoint, JobState, Phase};
+use gp_recovery_core::job::{self, Failure, FailureKind, FaultPoint, JobState, Phase};
 use gp_recovery_core::recovery::{self, Attempt};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -57,7 +57,7 @@ struct Worker {
     jobs: Vec<Job>,
     healing: SelfHealing,
     /// Ends whose write failed, retried every tick.
-    unrecorded: Vec<(i64, JobState, Option<String>)>,
+    unrecorded: Vec<(i64, JobState, Option<Failure>)>,
     last_flush: Instant,
     /// When ended jobs past gp_recovery.job_retention were last looked for.
     last_retention_sweep: Option<Instant>,
@@ -113,10 +113,14 @@ impl Worker {
                         job::backout(job.kind, job.phase).describe()
                     );
                     warning!("gp_recovery: job {id}: {message}");
-                    job.begin_ending(JobState::Failed, message);
+                    job.begin_ending(JobState::Failed, Failure::new(FailureKind::Interrupted, message));
                     self.jobs.push(job);
                 }
-                Err(e) => self.end(id, JobState::Failed, Some(format!("interrupted, and its row is unusable: {e}"))),
+                Err(e) => self.end(
+                    id,
+                    JobState::Failed,
+                    Some(Failure::new(FailureKind::Interrupted, format!("interrupted, and its row is unusable: {e}"))),
+                ),
             }
         }
     }
@@ -143,7 +147,7 @@ impl Worker {
                     self.end(
                         rec.job_id,
                         JobState::Failed,
-                        Some(format!("could not check it against the catalog: {e}")),
+                        Some(Failure::other(format!("could not check it against the catalog: {e}"))),
                     );
                 }
                 return;
@@ -155,7 +159,11 @@ impl Worker {
             let system_identifier = now.2.get(&rec.dbid).map(String::as_str);
             if let Err(e) = recovery::verify_claimed(&now.0, &now.1, &rec, &hosts, system_identifier) {
                 warning!("gp_recovery: job {} refused: {e}", rec.job_id);
-                self.end(rec.job_id, JobState::Failed, Some(format!("refused: {e}")));
+                self.end(
+                    rec.job_id,
+                    JobState::Failed,
+                    Some(Failure::new(FailureKind::Refused, format!("refused: {e}"))),
+                );
                 continue;
             }
             log!(
@@ -174,15 +182,15 @@ impl Worker {
                     self.fault(&job, false);
                     self.jobs.push(job);
                 }
-                Err(e) => self.end(id, JobState::Failed, Some(e)),
+                Err(e) => self.end(id, JobState::Failed, Some(Failure::other(e))),
             }
         }
     }
 
-    fn end(&mut self, id: i64, state: JobState, error: Option<String>) {
-        if let Err(e) = job_table::record_end(id, state, error.as_deref()) {
+    fn end(&mut self, id: i64, state: JobState, failure: Option<Failure>) {
+        if let Err(e) = job_table::record_end(id, state, failure.as_ref()) {
             warning!("gp_recovery: job {id}: could not record that it {state}: {e}; retrying");
-            self.unrecorded.push((id, state, error));
+            self.unrecorded.push((id, state, failure));
         }
     }
 
@@ -196,7 +204,7 @@ impl Worker {
             };
             let job = &self.jobs[i];
             match &error {
-                Some(e) => warning!("gp_recovery: job {} (dbid {}) {state}: {e}", job.id(), job.dbid()),
+                Some(e) => warning!("gp_recovery: job {} (dbid {}) {state}: {}", job.id(), job.dbid(), e.message),
                 None => log!("gp_recovery: job {}: dbid {} recovered and synchronized", job.id(), job.dbid()),
             }
             let id = job.id();
@@ -211,10 +219,10 @@ impl Worker {
                 Step::Fail(e) => {
                     self.fault(&self.jobs[i], true);
                     let job = &mut self.jobs[i];
-                    let message = format!("{e} (in phase {})", job.phase);
-                    match job.next_attempt(&e) {
-                        Some(_) => job.begin_retry(message),
-                        None => job.begin_ending(JobState::Failed, message),
+                    let failure = Failure::new(e.kind, format!("{} (in phase {})", e.message, job.phase));
+                    match job.next_attempt(e.kind) {
+                        Some(_) => job.begin_retry(failure),
+                        None => job.begin_ending(JobState::Failed, failure),
                     }
                     return false;
                 }
@@ -234,7 +242,7 @@ impl Worker {
                             warning!("gp_recovery: job {}: could not record its last change: {e}", job.id());
                         }
                         job.enter(Phase::Done);
-                        job.begin_ending(JobState::Succeeded, String::new());
+                        job.begin_ending(JobState::Succeeded, Failure::other(""));
                         return false;
                     }
                     let intent = job::row(job.kind, next).map_or("", |r| r.effect);
@@ -246,7 +254,7 @@ impl Worker {
                         job_table::set_phase(id, next, intent)
                     });
                     if let Err(e) = committed {
-                        job.begin_ending(JobState::Failed, format!("{e} (in phase {})", job.phase));
+                        job.begin_ending(JobState::Failed, Failure::other(format!("{e} (in phase {})", job.phase)));
                         return false;
                     }
                     log!("gp_recovery: job {id} (dbid {}): {} done, now {next}", job.dbid(), job.phase);
@@ -268,13 +276,14 @@ impl Worker {
         let next = match rec.kind() {
             Ok(k) => k,
             Err(e) => {
-                self.end(id, JobState::Failed, Some(format!("{}; {e}", attempt.reason)));
+                self.end(id, JobState::Failed, Some(Failure::other(format!("{}; {e}", attempt.reason))));
                 return true;
             }
         };
         let intent = job::row(next, job::FIRST).map_or("", |r| r.effect);
         if let Err(e) = job_table::add_attempt(id, &attempt, job::FIRST, intent) {
-            self.end(id, JobState::Failed, Some(format!("{}; could not record it to try {next}: {e}", attempt.reason)));
+            let message = format!("{}; could not record it to try {next}: {e}", attempt.reason);
+            self.end(id, JobState::Failed, Some(Failure::other(message)));
             return true;
         }
         match Job::new(rec) {
@@ -291,7 +300,7 @@ impl Worker {
                 false
             }
             Err(e) => {
-                self.end(id, JobState::Failed, Some(e));
+                self.end(id, JobState::Failed, Some(Failure::other(e)));
                 true
             }
         }
@@ -299,13 +308,13 @@ impl Worker {
 
     /// One pass over the running jobs.
     fn tick(&mut self) {
-        self.unrecorded.retain(|(id, state, error)| job_table::record_end(*id, *state, error.as_deref()).is_err());
+        self.unrecorded.retain(|(id, state, failure)| job_table::record_end(*id, *state, failure.as_ref()).is_err());
         if !self.jobs.is_empty() {
             match job_table::cancel_requests() {
                 Ok(cancels) => {
                     for job in self.jobs.iter_mut().filter(|j| j.ending.is_none() && cancels.contains(&j.id())) {
                         let message = format!("canceled in phase {}", job.phase);
-                        job.begin_ending(JobState::Canceled, message);
+                        job.begin_ending(JobState::Canceled, Failure::other(message));
                     }
                 }
                 Err(e) => warning!("gp_recovery: could not read cancel requests: {e}"),

@@ -9,24 +9,36 @@ use std::process::{Command, ExitStatus};
 
 use gp_recovery_core::host::{self, Coordinator, Owner, Scripts};
 use gp_recovery_core::identity::{local_machine, local_path_id, own_host_name, ByName};
+use gp_recovery_core::job::{Failure, FailureKind};
 use once_cell::sync::OnceCell;
 use pgrx::pg_sys;
 
 use crate::gucs;
 
-/// A step's failure; `unreachable` when the remote shell could not log in,
-/// `refused` when the step would not act on what it could not prove to be
-/// the job's own (host::REFUSED).
+/// A step's failure: its text, and its kind (the remote shell could not
+/// log in, the step refused to act on what it could not prove to be the
+/// job's own, or what the tool's own output points to).
 #[derive(Debug)]
 pub struct HostError {
     pub message: String,
-    pub unreachable: bool,
-    pub refused: bool,
+    pub kind: FailureKind,
+}
+
+impl HostError {
+    pub fn other(message: String) -> HostError {
+        HostError { message, kind: FailureKind::Other }
+    }
 }
 
 impl From<HostError> for String {
     fn from(e: HostError) -> String {
         e.message
+    }
+}
+
+impl From<HostError> for Failure {
+    fn from(e: HostError) -> Failure {
+        Failure::new(e.kind, e.message)
     }
 }
 
@@ -118,20 +130,15 @@ impl SegmentHost {
     /// The error of a step that exited with `status` after printing `output`.
     pub fn failure(&self, what: &str, status: ExitStatus, output: &str) -> HostError {
         if self.is_remote() && status.code() == Some(host::SSH_FAILED) {
-            return HostError { message: host::unreachable(&self.name, output), unreachable: true, refused: false };
+            return HostError { message: host::unreachable(&self.name, output), kind: FailureKind::HostUnreachable };
         }
         let tail = host::last_lines(output, 3);
         if status.code() == Some(host::REFUSED) {
-            return HostError {
-                message: format!("{what} on host {}: {tail}", self.name),
-                unreachable: false,
-                refused: true,
-            };
+            return HostError { message: format!("{what} on host {}: {tail}", self.name), kind: FailureKind::Refused };
         }
         HostError {
             message: format!("{what} failed on host {} ({status}): {tail}", self.name),
-            unreachable: false,
-            refused: false,
+            kind: FailureKind::of_tool_output(output),
         }
     }
 }

@@ -143,20 +143,14 @@ impl Tool {
                         gp_recovery_core::host::last_lines(&output, 3),
                         self.log.display()
                     );
-                    return Some(Finished {
-                        result: Err(HostError { message, unreachable: false, refused: false }),
-                        output,
-                    });
+                    return Some(Finished { result: Err(HostError::other(message)), output });
                 }
                 return None;
             }
             Ok(Some(status)) => status,
             Err(e) => {
                 let message = format!("could not wait for {}: {e}", self.name);
-                return Some(Finished {
-                    result: Err(HostError { message, unreachable: false, refused: false }),
-                    output: String::new(),
-                });
+                return Some(Finished { result: Err(HostError::other(message)), output: String::new() });
             }
         };
         let output = self.output();

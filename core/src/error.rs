@@ -29,6 +29,9 @@ pub enum CoreError {
     Unreachable { host: String, port: i32, reason: String },
     #[error("{0}")]
     WrongState(String),
+    /// The content's acting primary cannot serve as a source.
+    #[error("{0}")]
+    DoubleFault(String),
 }
 
 impl CoreError {
@@ -37,7 +40,7 @@ impl CoreError {
             CoreError::InvalidValue { .. } | CoreError::Config { .. } => ErrorKind::InvalidParameter,
             CoreError::Duplicate(_) => ErrorKind::Duplicate,
             CoreError::Unreachable { .. } => ErrorKind::Unreachable,
-            CoreError::WrongState(_) => ErrorKind::WrongState,
+            CoreError::WrongState(_) | CoreError::DoubleFault(_) => ErrorKind::WrongState,
         }
     }
 }

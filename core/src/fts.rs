@@ -151,6 +151,15 @@ pub enum Action {
     FinishSteps,
 }
 
+/// When the content is looked at again after a rule fired without
+/// changing anything: at the next round, or when the mirror's grace period
+/// ends (so a mirror gone is marked down on time, not a round late).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextLook {
+    Round,
+    GraceEnd,
+}
+
 /// One row of the decision table.
 pub struct Rule {
     pub name: &'static str,
@@ -158,6 +167,7 @@ pub struct Rule {
     pub reason: &'static str,
     pub when: fn(&Observation, &Settings) -> bool,
     pub action: Action,
+    pub next_look: NextLook,
 }
 
 impl std::fmt::Debug for Rule {
@@ -298,90 +308,105 @@ pub const RULES: &[Rule] = &[
         reason: "a member that is down in the catalog answers as a writable primary (failed over while hung, then resumed, or started by hand): stopping it at once (immediate shutdown) so no session commits on it",
         when: |o, _| down_member_writable(o),
         action: Action::Fence,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "double_fault_cleared",
         reason: "the primary answers again after a double fault: the content is available again",
         when: |o, _| o.in_double_fault && primary_alive(o).is_some(),
         action: Action::ClearDoubleFault,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "promotion_unfinished",
         reason: "the acting primary is still in recovery while its peer is down: its promotion did not finish, promoting it again",
         when: |o, _| primary_alive(o).is_some_and(|p| p.in_recovery && of_the_pair(o, p)) && o.mirror.status == Status::Down,
         action: Action::RepeatPromotion,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "acting_primary_in_recovery",
         reason: "the acting primary is in recovery while its mirror is up in the catalog: not acting, the DBA must check this pair",
         when: |o, _| primary_alive(o).is_some_and(|p| p.in_recovery),
         action: Action::Warn,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "primary_starting_up",
         reason: "the primary is restarting or in crash recovery: no failover while it recovers",
         when: |o, s| matches!(o.primary_health, PrimaryHealth::StartingUp(_)) && !primary_failed(o, s),
         action: Action::Nothing,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "primary_refuses_probe",
         reason: "the primary answers but refuses the probe (authentication, pg_hba.conf, connection slots, shutting down): it is alive, no failover; let the coordinator's superuser in",
         when: |o, _| matches!(o.primary_health, PrimaryHealth::Refusing(_)),
         action: Action::Warn,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "primary_failed_mirror_in_sync",
         reason: "the primary is unreachable after every retry and its mirror was in sync: promoting the mirror",
         when: |o, s| primary_failed(o, s) && mirror_can_take_over(o),
         action: Action::FailOver,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "double_fault",
         reason: "the primary is unreachable and its mirror is not in sync or not up: no promotion, it could lose acknowledged commits",
         when: |o, s| primary_failed(o, s) && !o.in_double_fault,
         action: Action::RecordDoubleFault,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "double_fault_persists",
         reason: "the content is still in double fault: waiting for its primary",
         when: |o, s| primary_failed(o, s),
         action: Action::Nothing,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "steps_unfinished",
         reason: "segment operations of an earlier decision failed after its catalog change (synchronous replication off, the slot for the old primary): retrying them",
         when: |o, _| primary_writable(o).is_some() && !o.unfinished.is_empty(),
         action: Action::FinishSteps,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "mirror_down_sync_rep_on",
         reason: "the mirror is down in the catalog but its primary still waits for a synchronous standby: turning synchronous replication off",
         when: |o, _| o.mirror.status == Status::Down && sync_rep_on(o),
         action: Action::DisableSyncRep,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "down_member_is_another_server",
         reason: "a server that is not proven to be the down member (another database system identifier, or another data directory) answers at its host and port: it is left alone, never fenced; the member's recovery in place needs that port",
         when: |o, _| down_member_is_another_server(o),
         action: Action::Warn,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "mirror_down",
         reason: "the mirror is down in the catalog: it stays down until a recovery brings it back",
         when: |o, _| o.mirror.status == Status::Down,
         action: Action::Nothing,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "mirror_gone_within_grace",
         reason: "the primary reports no stream to its mirror, within the grace period: waiting",
         when: |o, s| stream(o).is_none() && o.mirror_gone_for.is_none_or(|g| g < s.mirror_down_grace_period),
         action: Action::Nothing,
+        next_look: NextLook::GraceEnd,
     },
     Rule {
         name: "mirror_gone",
         reason: "the primary has reported no stream to its mirror for longer than the grace period: marking the mirror down and turning synchronous replication off so waiting commits complete",
         when: |o, _| stream(o).is_none(),
         action: Action::MarkMirrorDown,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "mirror_stalled",
@@ -392,6 +417,7 @@ pub const RULES: &[Rule] = &[
                 && o.mirror_flush_stalled_for.is_some_and(|d| d >= s.mirror_down_grace_period)
         },
         action: Action::MarkMirrorDown,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "mirror_caught_up",
@@ -402,18 +428,21 @@ pub const RULES: &[Rule] = &[
                     || (!pair_marked_synchronized(o) && o.sync_from_lsn.is_none()))
         },
         action: Action::EnableSyncRep,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "mirror_synchronized",
         reason: "the mirror is the synchronous standby and has flushed all WAL from before synchronous replication was on: marking the pair synchronized",
         when: |o, _| streaming(o) && !pair_marked_synchronized(o) && mirror_flushed_sync_point(o),
         action: Action::MarkSynchronized,
+        next_look: NextLook::Round,
     },
     Rule {
         name: "healthy_or_catching_up",
         reason: "nothing to change",
         when: |_, _| true,
         action: Action::Nothing,
+        next_look: NextLook::Round,
     },
 ];
 

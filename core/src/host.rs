@@ -234,6 +234,15 @@ pub const TABLESPACES_SUFFIX: &str = ".gp_recovery_tblspc";
 pub const WAL_SUFFIX: &str = ".gp_recovery_wal";
 /// What [`Scripts::start`] prints when the segment runs already.
 pub const ALREADY_RUNNING: &str = "the segment is already running";
+/// What [`Scripts::allow_host`] and [`Scripts::forget_host`] print when they
+/// changed pg_hba.conf.
+pub const HBA_CHANGED: &str = "pg_hba.conf changed";
+
+/// Whether a step printed `line` as a line of its own (the steps' outcomes
+/// above, not a message's wording).
+pub fn printed(output: &str, line: &str) -> bool {
+    output.lines().any(|l| l == line)
+}
 /// The server log of a segment the recovery started, beside its directory.
 pub const SERVER_LOG_SUFFIX: &str = ".gp_recovery.log";
 /// Beside a data directory while a copy or rewind into it is incomplete:
@@ -634,32 +643,38 @@ impl Scripts {
     /// Lets a host connect and replicate as `user` (`entry`: its address
     /// or name, see [`hba_entry`]): the two lines go at the end of the
     /// segment's pg_hba.conf (`hba_file`) unless there, marked for the
-    /// host, and the segment reloads. Prints `added` or `present`.
+    /// host, and the segment reloads. Prints [`HBA_CHANGED`] when it added them.
     pub fn allow_host(&self, datadir: &str, hba_file: &str, user: &str, entry: &str, host: &str) -> String {
         let mark = format!("{HBA_MARK}{host}");
         let line = |db: &str| quote(&format!("host {db} {user} {entry} trust {mark}"));
         self.preamble(datadir)
-            + &format!("H={} L1={} L2={}\n", quote(hba_file), line("all"), line("replication"))
+            + &format!(
+                "H={} L1={} L2={} OK={}\n",
+                quote(hba_file),
+                line("all"),
+                line("replication"),
+                quote(HBA_CHANGED)
+            )
             + "C=0\n\
                for l in \"$L1\" \"$L2\"; do\n\
                if ! grep -qxF -- \"$l\" \"$H\"; then printf '%s\\n' \"$l\" >> \"$H\" || exit 1; C=1; fi\n\
                done\n\
-               if [ $C -eq 0 ]; then echo present; exit 0; fi\n\
+               if [ $C -eq 0 ]; then echo 'pg_hba.conf already lets it in'; exit 0; fi\n\
                \"$B/pg_ctl\" reload -D \"$D\" >/dev/null || exit 1\n\
-               echo added"
+               echo \"$OK\""
     }
 
     /// Removes the lines [`Scripts::allow_host`] added for `host` (and no
-    /// other line) and reloads. Prints `removed` or `absent`.
+    /// other line) and reloads. Prints [`HBA_CHANGED`] when it removed them.
     pub fn forget_host(&self, datadir: &str, hba_file: &str, host: &str) -> String {
         self.preamble(datadir)
-            + &format!("H={} M={}\n", quote(hba_file), quote(&format!(" {HBA_MARK}{host}")))
+            + &format!("H={} M={} OK={}\n", quote(hba_file), quote(&format!(" {HBA_MARK}{host}")), quote(HBA_CHANGED))
             + "mine() { awk -v m=\"$M\" -v keep=\"$1\" '{ n = length($0) - length(m); \
                mine = n >= 0 && substr($0, n + 1) == m; if (mine == keep) print }' \"$H\"; }\n\
-               if [ -z \"$(mine 1)\" ]; then echo absent; exit 0; fi\n\
+               if [ -z \"$(mine 1)\" ]; then echo 'pg_hba.conf has no line for it'; exit 0; fi\n\
                mine 0 > \"$H.gp_recovery\" && cat \"$H.gp_recovery\" > \"$H\" && rm -f \"$H.gp_recovery\" || exit 1\n\
                \"$B/pg_ctl\" reload -D \"$D\" >/dev/null || exit 1\n\
-               echo removed"
+               echo \"$OK\""
     }
 
     /// The end of the server log of a segment the recovery started.
@@ -1149,8 +1164,8 @@ mod tests {
         let s = Scripts { bindir: bin.to_string_lossy().into_owned(), connect_timeout: 5, ..Default::default() };
         let (d, h) = (dir.to_string_lossy().into_owned(), hba.to_string_lossy().into_owned());
         let allow = s.allow_host(&d, &h, "gpadmin", "10.0.0.7/32", "10.0.0.7");
-        assert_eq!(run_local(&allow), (0, "added\n".into()));
-        assert_eq!(run_local(&allow), (0, "present\n".into()), "added once");
+        assert!(printed(&run_local(&allow).1, HBA_CHANGED));
+        assert!(!printed(&run_local(&allow).1, HBA_CHANGED), "added once");
         let text = std::fs::read_to_string(&hba).unwrap();
         assert!(
             text.ends_with(
@@ -1159,13 +1174,14 @@ mod tests {
             ),
             "{text}"
         );
-        assert_eq!(run_local(&s.forget_host(&d, &h, "10.0.0.7")), (0, "removed\n".into()));
+        assert!(printed(&run_local(&s.forget_host(&d, &h, "10.0.0.7")).1, HBA_CHANGED));
         assert_eq!(
             std::fs::read_to_string(&hba).unwrap(),
             format!("local all all trust\n{mine_before}"),
             "10.0.0.77 kept"
         );
-        assert_eq!(run_local(&s.forget_host(&d, &h, "10.0.0.7")), (0, "absent\n".into()));
+        let (rc, out) = run_local(&s.forget_host(&d, &h, "10.0.0.7"));
+        assert!(rc == 0 && !printed(&out, HBA_CHANGED), "nothing left to remove: {out}");
         assert_eq!(std::fs::read_to_string(dir.join("reloads")).unwrap(), "reload\nreload\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }

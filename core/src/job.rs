@@ -433,27 +433,81 @@ pub fn backout(kind: JobKind, phase: Phase) -> Backout {
     }
 }
 
-/// Failures no other recovery mode would fix: an auto job ends on them
-/// instead of trying the next mode. (A file the server user may not change
-/// in the target directory is not one: a full copy is made beside it.)
-pub const NO_MODE_HELPS: [&str; 6] = [
-    "unreachable",
-    "No space left on device",
-    "double fault",
-    "could not connect to",
-    "does not answer",
-    "are not installed",
-];
+named_enum!(
+    /// Why a job's step failed: what auto mode decides on, and what the
+    /// job row (`gp_recovery_job.failure`) and its event carry. Texts are
+    /// for people; this is for code.
+    FailureKind, "failure", "not a failure kind of gp_recovery_job", {
+        /// The remote shell could not reach the host.
+        HostUnreachable => "host_unreachable",
+        /// A file system is full, or the free space check refused the copy.
+        NoSpace => "no_space",
+        /// The content's acting primary is down or not a primary.
+        DoubleFault => "double_fault",
+        /// The acting primary did not answer a call or a copy tool's connection.
+        SourceUnreachable => "source_unreachable",
+        /// The server programs are missing on the host.
+        ProgramsMissing => "programs_missing",
+        /// A copy tool printed no progress for gp_recovery.copy_stall_timeout.
+        CopyStalled => "copy_stalled",
+        /// A step would not act on what it could not prove to be the job's own.
+        Refused => "refused",
+        /// The coordinator or the jobs worker restarted while the job ran.
+        Interrupted => "interrupted",
+        /// Anything else, such as the target directory's own state (WAL a
+        /// rewind needs is gone, no common history, an incomplete copy, a
+        /// directory that cannot start): another mode may do better.
+        Other => "other",
+    }
+);
 
-/// An auto job that failed in `phase` of `kind` with `error`: the kind its
-/// next attempt runs, when one may work. Only the phases that work on the
-/// target's data (rewinding, copying, swapping, configuring, starting,
-/// connecting) count, and only before the point of no return: what fails
-/// there may be the directory's fault (WAL the rewind needs is gone, no
-/// common history, an interrupted copy's mark, a directory that cannot
-/// start), which a copy replaces; a dead host, a full disk or a source
-/// down are the same for every mode.
-pub fn next_attempt(kind: JobKind, phase: Phase, error: &str) -> Option<JobKind> {
+impl FailureKind {
+    /// Whether another recovery mode may succeed where this failed: not when
+    /// the host, the disk, the source or the programs are to blame, which
+    /// are the same for every mode.
+    pub fn another_mode_may_help(self) -> bool {
+        matches!(self, FailureKind::Other)
+    }
+
+    /// The kind a copy or start tool's own output points to (PostgreSQL's
+    /// and rsync's texts, not ours).
+    pub fn of_tool_output(output: &str) -> FailureKind {
+        if output.contains("No space left on device") {
+            FailureKind::NoSpace
+        } else if output.contains("could not connect to") {
+            FailureKind::SourceUnreachable
+        } else {
+            FailureKind::Other
+        }
+    }
+}
+
+/// A step's failure: its kind and the text for the DBA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
+        Failure { kind, message: message.into() }
+    }
+
+    pub fn other(message: impl Into<String>) -> Failure {
+        Failure::new(FailureKind::Other, message)
+    }
+}
+
+/// An auto job that failed in `phase` of `kind` with a failure of
+/// `failure`: the kind its next attempt runs, when one may work. Only the
+/// phases that work on the target's data (rewinding, copying, swapping,
+/// configuring, starting, connecting) count, and only before the point of
+/// no return: what fails there may be the directory's fault (WAL the rewind
+/// needs is gone, no common history, an interrupted copy's mark, a
+/// directory that cannot start), which a copy replaces; a dead host, a full
+/// disk or a source down are the same for every mode.
+pub fn next_attempt(kind: JobKind, phase: Phase, failure: FailureKind) -> Option<JobKind> {
     let position = AUTO_ORDER.iter().position(|k| *k == kind)?;
     let next = AUTO_ORDER.get(position + 1).copied()?;
     let works_on_data = matches!(
@@ -461,7 +515,7 @@ pub fn next_attempt(kind: JobKind, phase: Phase, error: &str) -> Option<JobKind>
         Phase::Rewinding | Phase::Copying | Phase::Swapping | Phase::Configuring | Phase::Starting | Phase::Connecting
     );
     let reversible = row(kind, phase).is_some_and(|r| r.on_failure.reversible());
-    (works_on_data && reversible && !NO_MODE_HELPS.iter().any(|p| error.contains(p))).then_some(next)
+    (works_on_data && reversible && failure.another_mode_may_help()).then_some(next)
 }
 
 /// The one advice for a segment whose directory cannot be rewound or
@@ -485,30 +539,43 @@ pub const HOPELESS_START: [&str; 7] = [
 ];
 
 /// The cause of a segment's failure to start or to stream, from its
-/// server log, with the advice when another mode would help.
-pub fn diagnose_server_log(log: &str, dbid: i16) -> Option<String> {
+/// server log, with the advice when another mode would help, and its kind.
+pub fn diagnose_server_log(log: &str, dbid: i16) -> Option<(FailureKind, String)> {
     let advice = copy_advice(dbid);
     for line in log.lines().rev() {
         if line.contains(HOPELESS_START[0]) {
             let segment =
                 line.split("requested WAL segment ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("?");
-            return Some(format!(
-                "the acting primary no longer has WAL segment {segment} that the recovered segment needs; {advice}"
+            return Some((
+                FailureKind::Other,
+                format!(
+                    "the acting primary no longer has WAL segment {segment} that the recovered segment needs; {advice}"
+                ),
             ));
         }
         if line.contains("could not locate a valid checkpoint record") || line.contains("invalid checkpoint record") {
-            return Some(format!("the data directory has no valid checkpoint record (an incomplete copy); {advice}"));
+            return Some((
+                FailureKind::Other,
+                format!("the data directory has no valid checkpoint record (an incomplete copy); {advice}"),
+            ));
         }
         if line.contains("database system identifier differs") {
-            return Some(format!(
-                "the segment is not a copy of its acting primary (system identifier differs); {advice}"
+            return Some((
+                FailureKind::Other,
+                format!("the segment is not a copy of its acting primary (system identifier differs); {advice}"),
             ));
         }
         if line.contains("is not a child of this server's history") || line.contains("not in this server's history") {
-            return Some(format!("the segment's timeline history diverged from the acting primary's; {advice}"));
+            return Some((
+                FailureKind::Other,
+                format!("the segment's timeline history diverged from the acting primary's; {advice}"),
+            ));
         }
         if line.contains("No space left on device") {
-            return Some("the target's file system is full (No space left on device)".to_string());
+            return Some((
+                FailureKind::NoSpace,
+                "the target's file system is full (No space left on device)".to_string(),
+            ));
         }
     }
     None
@@ -610,31 +677,33 @@ mod tests {
         let kinds: Vec<JobKind> = (0..4).map(|n| JobKind::attempt(Auto, false, n)).collect();
         assert_eq!(kinds, [JobKind::Incremental, JobKind::Differential, JobKind::Full, JobKind::Full]);
         assert_eq!(JobKind::attempt(Auto, true, 0), JobKind::Relocation);
-        let wal_gone = "the segment cannot start as a standby: requested WAL segment 0000000100000000000000A3 has already been removed";
-        assert_eq!(next_attempt(JobKind::Incremental, Phase::Starting, wal_gone), Some(JobKind::Differential));
-        assert_eq!(
-            next_attempt(JobKind::Incremental, Phase::Rewinding, "pg_rewind: error: could not find common ancestor"),
-            Some(JobKind::Differential)
-        );
-        assert_eq!(
-            next_attempt(JobKind::Differential, Phase::Copying, "rsync error: some files could not be transferred"),
-            Some(JobKind::Full)
-        );
-        assert_eq!(next_attempt(JobKind::Full, Phase::Copying, "pg_basebackup: error"), None, "full is the last");
-        assert_eq!(next_attempt(JobKind::Relocation, Phase::Copying, "pg_basebackup: error"), None);
-        for stop in [
-            "host sdw3 is unreachable: ssh: connect",
-            "write error: No space left on device",
-            "double fault: content 0's acting primary",
-        ] {
+        use FailureKind::*;
+        assert_eq!(next_attempt(JobKind::Incremental, Phase::Starting, Other), Some(JobKind::Differential));
+        assert_eq!(next_attempt(JobKind::Incremental, Phase::Rewinding, Other), Some(JobKind::Differential));
+        assert_eq!(next_attempt(JobKind::Differential, Phase::Copying, Other), Some(JobKind::Full));
+        assert_eq!(next_attempt(JobKind::Full, Phase::Copying, Other), None, "full is the last");
+        assert_eq!(next_attempt(JobKind::Relocation, Phase::Copying, Other), None);
+        for stop in [HostUnreachable, NoSpace, DoubleFault, SourceUnreachable, ProgramsMissing, CopyStalled, Refused] {
             assert_eq!(next_attempt(JobKind::Incremental, Phase::Rewinding, stop), None, "{stop}");
         }
-        assert_eq!(next_attempt(JobKind::Incremental, Phase::CheckingSource, "anything"), None, "not the data's fault");
+        assert_eq!(next_attempt(JobKind::Incremental, Phase::CheckingSource, Other), None, "not the data's fault");
+        assert_eq!(next_attempt(JobKind::Incremental, Phase::CatchingUp, Other), None, "past the point of no return");
+    }
+
+    #[test]
+    fn a_tools_own_words_name_the_kind() {
         assert_eq!(
-            next_attempt(JobKind::Incremental, Phase::CatchingUp, "anything"),
-            None,
-            "past the point of no return"
+            FailureKind::of_tool_output("pg_basebackup: error: could not write: No space left on device"),
+            FailureKind::NoSpace
         );
+        assert_eq!(
+            FailureKind::of_tool_output("pg_rewind: error: could not connect to server: Connection refused"),
+            FailureKind::SourceUnreachable
+        );
+        assert_eq!(FailureKind::of_tool_output("pg_rewind: error: could not find common ancestor"), FailureKind::Other);
+        for k in FailureKind::ALL {
+            assert_eq!(k.as_str().parse::<FailureKind>().unwrap(), *k);
+        }
     }
 
     fn reachable(kind: JobKind) -> Vec<Phase> {
@@ -730,12 +799,18 @@ mod tests {
     fn server_log_causes() {
         let log = "LOG:  started streaming WAL from primary at 0/3000000 on timeline 2\n\
                    FATAL:  could not receive data from WAL stream: ERROR:  requested WAL segment 000000020000000000000003 has already been removed\n";
-        let d = diagnose_server_log(log, 2).unwrap();
+        let (kind, d) = diagnose_server_log(log, 2).unwrap();
+        assert_eq!(kind, FailureKind::Other, "another mode may help");
         assert!(d.starts_with("the acting primary no longer has WAL segment 000000020000000000000003"), "{d}");
         assert!(d.ends_with("run gp_recover_segment(2, 'differential') or gp_recover_segment(2, 'full')"));
         assert!(diagnose_server_log("PANIC:  could not locate a valid checkpoint record", 3)
             .unwrap()
+            .1
             .contains("no valid checkpoint"));
+        assert_eq!(
+            diagnose_server_log("FATAL:  could not write: No space left on device", 3).unwrap().0,
+            FailureKind::NoSpace
+        );
         assert_eq!(diagnose_server_log("LOG:  database system is ready", 2), None);
         // Every text the start step gives up on is explained.
         for p in HOPELESS_START {

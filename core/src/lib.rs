@@ -9,11 +9,11 @@
 /// An enum whose values are stored and shown by name: its names, every
 /// value in order, Display, and FromStr with an error naming `what`.
 macro_rules! named_enum {
-    ($(#[$doc:meta])* $name:ident, $what:literal, $expected:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $expected:literal, { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum $name {
-            $($variant),+
+            $($(#[$vdoc])* $variant),+
         }
 
         impl $name {

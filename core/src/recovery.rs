@@ -224,7 +224,7 @@ pub fn plan_recovery(
         .iter()
         .find(|s| s.content == failed.content && s.role == Role::Primary && s.dbid != failed.dbid)
         .ok_or_else(|| {
-            CoreError::WrongState(format!(
+            CoreError::DoubleFault(format!(
                 "double fault: content {} has no acting primary to recover dbid {} from",
                 failed.content, failed.dbid
             ))
@@ -243,7 +243,7 @@ pub fn plan_recovery(
 
 /// The error for a content whose acting primary cannot serve as a source.
 pub fn double_fault(source: &Segment, why: &str) -> CoreError {
-    CoreError::WrongState(format!(
+    CoreError::DoubleFault(format!(
         "double fault: content {}'s acting primary dbid {} at {} {why}; no recovery is possible until it runs again",
         source.content,
         source.dbid,
@@ -1019,6 +1019,9 @@ pub struct Attempt {
     pub reason: String,
     /// What its copy tool had moved, when it reported it.
     pub bytes: Option<i64>,
+    /// Its failure's kind (job::FailureKind).
+    #[serde(default)]
+    pub failure: Option<String>,
 }
 
 impl JobRecord {

@@ -114,6 +114,9 @@ fn a_dead_host_fails_its_jobs_cleanly_while_a_relocation_away_from_it_succeeds()
         let attempts: String =
             c.query_one("SELECT attempts::text FROM gp_recovery_job WHERE job_id = $1", &[&job]).unwrap().get(0);
         assert_eq!(attempts, "[]", "job {job} tried another mode");
+        let failure: String =
+            c.query_one("SELECT failure FROM gp_recovery_job WHERE job_id = $1", &[&job]).unwrap().get(0);
+        assert_eq!(failure, "host_unreachable", "the kind auto mode decided on");
     }
     assert_eq!(catalog_snapshot(&mut c), before, "the catalog and its history are unchanged");
 
