@@ -15,13 +15,13 @@
 //! primary that is slow, hung or cut off keeps its watch open and is failed
 //! over by the rounds' timeouts and retries as before.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use gp_recovery_core::fts::{self, Observation, Plan, PrimaryHealth, SegmentOp, Settings};
+use gp_recovery_core::fts::{self, Observation, Plan, PrimaryHealth, SegmentOp};
+use gp_recovery_core::fts_tracker::{Members, OpResult, ProbeOrder, Probed, RoundDone, Tracker, TrackerSettings};
 use gp_recovery_core::identity::Member;
-use gp_recovery_core::probe::ProbeResult;
 use gp_recovery_core::segment::{Pair, Segment};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -212,42 +212,6 @@ fn gp_fts_rules(
     )
 }
 
-/// The worker's memory of one content, reset when its primary changes.
-#[derive(Default)]
-struct Memory {
-    primary_dbid: i16,
-    mirror_gone_since: Option<Instant>,
-    starting_rounds: u32,
-    sync_from_lsn: Option<u64>,
-    /// The mirror stream's flush progress, to tell a hung mirror.
-    flush_watch: fts::FlushWatch,
-    /// Segment operations that failed after a catalog write, with the
-    /// content's rows as that write left them: retried while the rows stay
-    /// so, also across the primary change a failover makes.
-    unfinished: Option<(Vec<Segment>, Vec<SegmentOp>)>,
-    /// The down member's fencing is in the history since it last stopped
-    /// answering as a writable primary.
-    fence_recorded: bool,
-    /// The mirror's last probe failed (it timed out, or was refused).
-    mirror_silent: bool,
-}
-
-/// The pause between attempts of a probe started because a primary's watch
-/// connection was lost.
-const CONFIRM_PAUSE: Duration = Duration::from_millis(100);
-/// Attempts after the first of such a probe, at least: a primary restarted
-/// by hand is listening again ("starting up") within this window of 0.4 s
-/// and is not failed over.
-const CONFIRM_MIN_RETRIES: u32 = 4;
-
-/// How much longer than its answering primary a mirror whose last probe
-/// failed may take to answer before it counts as not answering this round.
-const MIRROR_AFTER_PRIMARY: Duration = Duration::from_millis(100);
-
-/// How soon a content is probed again when its mirror did not answer while
-/// its stream had WAL to flush.
-const STALL_LOOK: Duration = Duration::from_millis(250);
-
 /// A lost watch: (content, dbid).
 type Lost = (i16, i16);
 
@@ -263,21 +227,35 @@ impl Drop for Watch {
     }
 }
 
-/// What one content's probe task brings back.
-struct Probed {
-    round: u64,
-    primary: Segment,
-    mirror: Segment,
-    primary_health: PrimaryHealth,
-    mirror_probe: ProbeResult,
-    /// When the primary's answer came: the stream it reports is as of then.
-    answered: Instant,
-    /// The pair's database system identifier, as the catalog records it.
-    system_identifier: Option<String>,
+/// Which of a plan's segment operations a task ran.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    BeforeCatalog,
+    AfterCatalog,
+}
+
+/// What a task of the worker's runtime brings back.
+enum Done {
+    Probed(Box<Probed>),
+    /// A plan's operations of one stage, in order, up to the first that
+    /// failed, each with what it did for the log.
+    Ops {
+        content: i16,
+        stage: Stage,
+        results: Vec<(String, OpResult)>,
+    },
+}
+
+/// A plan being carried out: its operations run as tasks, its catalog
+/// write on the main thread between them.
+struct Carry {
+    observation: Observation,
+    plan: Plan,
+    before: Vec<OpResult>,
 }
 
 enum Event {
-    Probed(Box<Probed>),
+    Done(Done),
     /// The watch on this content's primary (content, dbid) was lost.
     PrimaryLost(i16, i16),
     Wake,
@@ -285,73 +263,35 @@ enum Event {
     Stop,
 }
 
-struct WorkerSettings {
-    interval: Duration,
-    timeout: Duration,
-    retries: u32,
-    /// Between attempts on a primary: about a second, as in Greenplum, but
-    /// all retries fit in one probe interval, so a 1 s interval with 2
-    /// retries fails a dead primary over within a couple of seconds.
-    retry_pause: Duration,
-    rules: Settings,
-}
-
-fn settings() -> WorkerSettings {
+fn settings() -> TrackerSettings {
     let secs = |v: i32| Duration::from_secs(u64::try_from(v).unwrap_or(1));
-    let retries = u32::try_from(gucs::FTS_PROBE_RETRIES.get()).unwrap_or(0);
-    let interval = secs(gucs::FTS_PROBE_INTERVAL.get());
-    WorkerSettings {
-        interval,
-        timeout: secs(gucs::FTS_PROBE_TIMEOUT.get()),
-        retries,
-        retry_pause: (interval / (retries + 1)).min(Duration::from_secs(1)),
-        rules: Settings {
-            mirror_down_grace_period: secs(gucs::MIRROR_DOWN_GRACE_PERIOD.get()),
-            max_starting_rounds: retries,
-        },
-    }
+    TrackerSettings::new(
+        secs(gucs::FTS_PROBE_INTERVAL.get()),
+        secs(gucs::FTS_PROBE_TIMEOUT.get()),
+        u32::try_from(gucs::FTS_PROBE_RETRIES.get()).unwrap_or(0),
+        secs(gucs::MIRROR_DOWN_GRACE_PERIOD.get()),
+    )
 }
 
 struct Fts {
-    tasks: JoinSet<Probed>,
-    /// content → round of its probe in flight
-    in_flight: HashMap<i16, u64>,
-    /// round → probes of it still in flight
-    outstanding: BTreeMap<u64, usize>,
-    round: u64,
-    round_to_spawn: bool,
-    /// round → when it started, for its duration
-    round_started: BTreeMap<u64, Instant>,
-    next_round: Instant,
-    /// content → when to probe it again outside the rounds
-    follow_up: HashMap<i16, Instant>,
-    memory: HashMap<i16, Memory>,
-    double_faults: HashSet<i16>,
+    tracker: Tracker,
+    tasks: JoinSet<Done>,
+    carrying: HashMap<i16, Carry>,
     stopping: bool,
     watches: HashMap<i16, Watch>,
     /// (content, dbid) of each watch that was lost.
     lost: (UnboundedSender<Lost>, UnboundedReceiver<Lost>),
-    /// Contents whose next probe confirms a lost watch, with fast attempts.
-    confirm: HashSet<i16>,
 }
 
 impl Fts {
     fn new() -> Fts {
         Fts {
+            tracker: Tracker::new(Instant::now(), []),
             tasks: JoinSet::new(),
-            in_flight: HashMap::new(),
-            outstanding: BTreeMap::new(),
-            round: 0,
-            round_to_spawn: false,
-            round_started: BTreeMap::new(),
-            next_round: Instant::now(),
-            follow_up: HashMap::new(),
-            memory: HashMap::new(),
-            double_faults: HashSet::new(),
+            carrying: HashMap::new(),
             stopping: false,
             watches: HashMap::new(),
             lost: unbounded_channel(),
-            confirm: HashSet::new(),
         }
     }
 
@@ -362,7 +302,8 @@ impl Fts {
             }
             self.reload_config_if_asked();
         }
-        self.double_faults = BackgroundWorker::transaction(catalog::contents_in_double_fault).into_iter().collect();
+        let double_faults = BackgroundWorker::transaction(catalog::contents_in_double_fault);
+        self.tracker = Tracker::new(Instant::now(), double_faults);
         let s = settings();
         log!(
             "gp_recovery fault tolerance service started: probe interval {} s, timeout {} s, retries {}, mirror down grace period {} s",
@@ -374,15 +315,17 @@ impl Fts {
         while !self.stopping {
             self.reload_config_if_asked();
             let now = Instant::now();
-            if ROUND_REQUESTED.get().swap(false, Ordering::SeqCst) || now >= self.next_round {
-                self.round = ROUNDS_STARTED.get().fetch_add(1, Ordering::SeqCst) + 1;
-                self.round_started.insert(self.round, now);
-                self.round_to_spawn = true;
-                self.next_round = now + settings().interval;
+            let s = settings();
+            if self.tracker.round_due(now, ROUND_REQUESTED.get().swap(false, Ordering::SeqCst)) {
+                let round = ROUNDS_STARTED.get().fetch_add(1, Ordering::SeqCst) + 1;
+                self.tracker.start_round(now, round, &s);
             }
-            self.spawn_due(now);
+            if self.tracker.wants_probes(now) {
+                self.spawn_due(now, &s);
+            }
             match self.next_event() {
-                Event::Probed(p) => self.finish(*p),
+                Event::Done(Done::Probed(p)) => self.probed(*p),
+                Event::Done(Done::Ops { content, stage, results }) => self.ops_done(content, stage, results),
                 Event::PrimaryLost(content, dbid) => self.primary_lost(content, dbid),
                 Event::Wake => {}
                 Event::Reload => self.reload_config(),
@@ -400,83 +343,38 @@ impl Fts {
     fn reload_config(&mut self) {
         // SAFETY: called on the worker's main thread outside a transaction.
         unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        self.next_round = self.next_round.min(Instant::now() + settings().interval);
+        self.tracker.reload(Instant::now(), &settings());
     }
 
-    /// Starts probes for the contents a new round or a follow-up wants.
-    fn spawn_due(&mut self, now: Instant) {
-        let due_follow_ups = self.waiting_follow_ups().any(|t| t <= now);
-        if !self.round_to_spawn && !due_follow_ups {
-            return;
-        }
+    /// Starts the probes a new round or a follow-up wants, and keeps the
+    /// watches as the tracker says.
+    fn spawn_due(&mut self, now: Instant, s: &TrackerSettings) {
         let (catalog, held, identities) = BackgroundWorker::transaction(|| {
             (catalog::load(), catalog::contents_on_fts_hold(), catalog::system_identifiers())
         });
-        let s = settings();
-        for pair in Pair::all(&catalog) {
-            let content = pair.primary.content;
-            if held.contains(&content) {
-                // A rebalance is switching this pair over; it is not a failure.
-                self.follow_up.remove(&content);
-                self.confirm.remove(&content);
-                self.watches.remove(&content);
-                continue;
-            }
-            if self.round_to_spawn {
-                self.keep_watching(pair.primary, s.timeout);
-            }
-            let wanted = self.round_to_spawn || self.follow_up.get(&content).is_some_and(|t| *t <= now);
-            if !wanted || self.in_flight.contains_key(&content) {
-                continue;
-            }
-            self.follow_up.remove(&content);
-            let (primary, mirror) = (pair.primary.clone(), pair.mirror.clone());
-            let system_identifier = identities.get(&mirror.dbid).or_else(|| identities.get(&primary.dbid)).cloned();
-            let (pt, mt) = (Target::new(&primary, s.timeout), Target::new(&mirror, s.timeout));
-            // Only a mirror whose last probe failed is given less than its
-            // timeout; a busy mirror answering within it never counts as silent.
-            let mirror_silent = self.memory.get(&content).is_some_and(|m| m.mirror_silent);
-            let (retries, pause) = if self.confirm.remove(&content) {
-                (s.retries.max(CONFIRM_MIN_RETRIES), CONFIRM_PAUSE)
-            } else {
-                (s.retries, s.retry_pause)
-            };
-            let (round, s_timeout) = (self.round, s.timeout);
-            self.in_flight.insert(content, round);
-            *self.outstanding.entry(round).or_default() += 1;
-            let probe = async move {
-                let mut mirror_task = tokio::spawn(async move { mt.probe().await });
-                let primary_health = pt.probe_primary(retries, pause).await;
-                let answered = Instant::now();
-                // A primary that answers tells about its mirror's stream;
-                // a mirror that did not answer last time must not hold that
-                // back for its whole timeout again. A failed primary's
-                // mirror gets all of it: it may be promoted.
-                let wait = match primary_health {
-                    PrimaryHealth::Alive(_) if mirror_silent => MIRROR_AFTER_PRIMARY,
-                    _ => s_timeout,
-                };
-                let mirror_probe = match tokio::time::timeout(wait, &mut mirror_task).await {
-                    Ok(Ok(answer)) => answer,
-                    Ok(Err(e)) => Err(format!("the probe ended abnormally: {e}")),
-                    Err(_) => {
-                        mirror_task.abort();
-                        Err(format!("no answer within {} ms of its primary's", wait.as_millis()))
-                    }
-                };
-                Probed { round, primary, mirror, primary_health, mirror_probe, answered, system_identifier }
-            };
-            self.tasks.spawn_on(probe, runtime().handle());
+        let pairs: Vec<Members> = Pair::all(&catalog)
+            .into_iter()
+            .map(|p| Members {
+                primary: p.primary.clone(),
+                mirror: p.mirror.clone(),
+                system_identifier: identities.get(&p.mirror.dbid).or_else(|| identities.get(&p.primary.dbid)).cloned(),
+            })
+            .collect();
+        let held: HashSet<i16> = held.into_iter().collect();
+        let due = self.tracker.due(now, pairs, &held, s);
+        for content in &due.unwatch {
+            self.watches.remove(content);
         }
-        if self.round_to_spawn && !self.outstanding.contains_key(&self.round) {
-            // Nothing to probe (no pairs, or all still busy): the round is done.
-            self.round_done(self.round);
+        for primary in &due.watch {
+            self.keep_watching(primary, s.timeout);
         }
-        self.round_to_spawn = false;
-        // Follow-ups and watches of contents that no longer exist are dropped.
-        let contents: HashSet<i16> = catalog.iter().map(|s| s.content).collect();
-        self.follow_up.retain(|c, _| contents.contains(c));
-        self.watches.retain(|c, _| contents.contains(c));
+        for order in due.orders {
+            self.tasks.spawn_on(probe(order, s.timeout), runtime().handle());
+        }
+        if let Some(r) = due.round_done {
+            round_done(r);
+        }
+        self.watches.retain(|c, _| due.contents.contains(c));
     }
 
     /// Opens a watch on the content's acting primary unless one is open:
@@ -502,33 +400,26 @@ impl Fts {
             return;
         }
         log!("FTS: content {content}: the connection to primary dbid {dbid} was lost; probing it now");
-        self.confirm.insert(content);
-        self.follow_up.insert(content, Instant::now());
+        self.tracker.primary_lost(Instant::now(), content);
     }
 
-    /// When the follow-ups of contents not being probed now are due; one of
-    /// a content in flight waits until its probe ends.
-    fn waiting_follow_ups(&self) -> impl Iterator<Item = Instant> + '_ {
-        self.follow_up.iter().filter(|(c, _)| !self.in_flight.contains_key(c)).map(|(_, t)| *t)
-    }
-
-    /// Waits for a finished probe, the next round or follow-up, a round
+    /// Waits for a finished task, the next round or follow-up, a round
     /// request, SIGTERM or postmaster death.
     fn next_event(&mut self) -> Event {
-        let wake_at = self.waiting_follow_ups().chain([self.next_round]).min().unwrap_or(self.next_round);
+        let wake_at = self.tracker.wake_at();
         let tasks = &mut self.tasks;
         let lost = &mut self.lost.1;
         block_on(async move {
-            // The runtime runs its tasks (the probes) only while this
-            // future waits: it yields once, so that something already due
-            // can never starve the probes in flight.
+            // The runtime runs its tasks (probes, segment operations) only
+            // while this future waits: it yields once, so that something
+            // already due can never starve the tasks in flight.
             tokio::task::yield_now().await;
             let deadline = tokio::time::Instant::from_std(wake_at);
-            let probed = async {
+            let done = async {
                 loop {
                     match tasks.join_next().await {
-                        Some(Ok(p)) => return p,
-                        // A task only fails by panicking, which a probe never does;
+                        Some(Ok(d)) => return d,
+                        // A task only fails by panicking, which none does;
                         // its content is probed again next round.
                         Some(Err(_)) => {}
                         None => std::future::pending::<()>().await,
@@ -553,7 +444,7 @@ impl Fts {
                 }
             };
             tokio::select! {
-                p = probed => Event::Probed(Box::new(p)),
+                d = done => Event::Done(d),
                 Some((content, dbid)) = lost.recv() => Event::PrimaryLost(content, dbid),
                 e = flags => e,
                 _ = tokio::time::sleep_until(deadline) => Event::Wake,
@@ -561,136 +452,91 @@ impl Fts {
         })
     }
 
-    /// A round whose probes all ended: waiters see it, monitoring its duration.
-    fn round_done(&mut self, round: u64) {
-        ROUNDS_FINISHED.get().fetch_max(round, Ordering::SeqCst);
-        if let Some(started) = self.round_started.remove(&round) {
-            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            LAST_ROUND_MICROS.get().store(micros.max(1), Ordering::SeqCst);
+    /// Decides for one probed content and starts carrying the plan out.
+    fn probed(&mut self, p: Probed) {
+        let content = p.members.primary.content;
+        if let PrimaryHealth::Alive(_) = &p.primary_health {
+            let stream = fts::mirror_stream(&p.primary_health);
+            record_stream(content, p.members.mirror.dbid, stream.and_then(|r| r.bytes_behind));
         }
-        // Rounds that never finish (their probes superseded) are forgotten.
-        self.round_started.retain(|r, _| *r > round);
-    }
-
-    /// Decides for one probed content and carries the plan out.
-    fn finish(&mut self, p: Probed) {
-        let content = p.primary.content;
-        self.in_flight.remove(&content);
-        if let Some(left) = self.outstanding.get_mut(&p.round) {
-            *left -= 1;
-            if *left == 0 {
-                self.outstanding.remove(&p.round);
-                self.round_done(p.round);
-            }
+        let d = self.tracker.probed(Instant::now(), p, &settings());
+        if d.probe_errors > 0 {
+            PROBE_ERRORS.get().fetch_add(d.probe_errors, Ordering::SeqCst);
         }
-        let mirror_failed = p.mirror_probe.is_err();
-        let primary_failed = !matches!(p.primary_health, fts::PrimaryHealth::Alive(_));
-        let failed = u64::from(mirror_failed) + u64::from(primary_failed);
-        if failed > 0 {
-            PROBE_ERRORS.get().fetch_add(failed, Ordering::SeqCst);
+        if let Some(r) = d.round_done {
+            round_done(r);
         }
-        let s = settings();
-        let now = Instant::now();
-        let memory = self.memory.entry(content).or_default();
-        let mut rows = vec![p.primary.clone(), p.mirror.clone()];
-        rows.sort_by_key(|s| s.dbid);
-        // A recovery, a rebalance or a DBA changed the rows: decided afresh.
-        let unfinished = memory.unfinished.take().filter(|(after, _)| *after == rows);
-        if memory.primary_dbid != p.primary.dbid {
-            *memory = Memory { primary_dbid: p.primary.dbid, ..Memory::default() };
-        }
-        memory.unfinished = unfinished;
-        memory.mirror_silent = mirror_failed;
-        let stream = fts::mirror_stream(&p.primary_health);
-        if matches!(p.primary_health, PrimaryHealth::Alive(_)) {
-            record_stream(content, p.mirror.dbid, stream.and_then(|r| r.bytes_behind));
-        }
-        let stream_seen = stream.is_some();
-        let stream_behind = stream.is_some_and(|r| r.has_wal_to_flush());
-        // Only a primary that answered says anything about the stream.
-        let flush_stalled_since = match &p.primary_health {
-            PrimaryHealth::Alive(_) => memory.flush_watch.observe(stream, p.answered),
-            _ => None,
-        };
-        match &p.primary_health {
-            PrimaryHealth::Alive(_) if stream_seen => memory.mirror_gone_since = None,
-            PrimaryHealth::Alive(_) => {
-                memory.mirror_gone_since.get_or_insert(now);
-                memory.sync_from_lsn = None;
-            }
-            _ => {}
-        }
-        let down_member_writable = p.mirror.status == gp_recovery_core::segment::Status::Down
-            && p.mirror_probe.as_ref().is_ok_and(|m| !m.in_recovery);
-        if !down_member_writable {
-            memory.fence_recorded = false;
-        }
-        memory.starting_rounds = match p.primary_health {
-            PrimaryHealth::StartingUp(_) => memory.starting_rounds + 1,
-            _ => 0,
-        };
-        let mirror_gone_since = memory.mirror_gone_since;
-        let observation = Observation {
-            primary: p.primary,
-            mirror: p.mirror,
-            primary_health: p.primary_health,
-            mirror_probe: p.mirror_probe,
-            mirror_gone_for: mirror_gone_since.map(|t| now - t),
-            in_double_fault: self.double_faults.contains(&content),
-            starting_rounds: memory.starting_rounds,
-            sync_from_lsn: memory.sync_from_lsn,
-            mirror_flush_stalled_for: flush_stalled_since.map(|t| now - t),
-            unfinished: memory.unfinished.as_ref().map(|(_, ops)| ops.clone()).unwrap_or_default(),
-            fence_recorded: memory.fence_recorded,
-            system_identifier: p.system_identifier,
-        };
-        let plan = fts::decide(&observation, &s.rules);
+        let (o, plan) = (d.observation, d.plan);
         if plan.warning {
-            pgrx::warning!("{}", plan.log_line(&observation));
+            pgrx::warning!("{}", plan.log_line(&o));
         } else if plan.changes_anything() {
-            log!("{}", plan.log_line(&observation));
+            log!("{}", plan.log_line(&o));
         } else {
-            pgrx::debug1!("{}", plan.log_line(&observation));
-        }
-        if plan.rule.next_look == fts::NextLook::GraceEnd {
-            if let Some(since) = mirror_gone_since {
-                self.follow_up.insert(content, since + s.rules.mirror_down_grace_period);
-            }
-        }
-        // A mirror that does not answer while its stream has WAL to flush
-        // may hang: looked at again soon, to see since when its flush
-        // position stands still, and when its grace period ends.
-        let behind = stream_behind && observation.mirror_probe.is_err();
-        if behind && !plan.changes_anything() {
-            let at = flush_stalled_since.map_or(now + STALL_LOOK, |since| since + s.rules.mirror_down_grace_period);
-            self.follow_up.insert(content, at);
+            pgrx::debug1!("{}", plan.log_line(&o));
         }
         if plan.changes_anything() {
-            let done = self.carry_out(&observation, &plan, s.timeout);
-            // Look again soon: to confirm, or to retry what failed.
-            self.follow_up.insert(content, now + if done { Duration::from_millis(50) } else { Duration::from_secs(1) });
+            let ops = plan.before_catalog.clone();
+            self.carrying.insert(content, Carry { observation: o, plan, before: Vec::new() });
+            if ops.is_empty() {
+                self.write_catalog(content);
+            } else {
+                self.spawn_ops(content, Stage::BeforeCatalog, ops);
+            }
         }
     }
 
-    /// Segment operations before the catalog, the catalog, history and
-    /// events in one transaction, then the operations after it. Returns
-    /// false when a step failed; the next probe of the content decides again.
-    fn carry_out(&mut self, o: &Observation, plan: &Plan, timeout: Duration) -> bool {
-        let content = o.primary.content;
-        let sysid = o.system_identifier.as_deref();
-        for op in &plan.before_catalog {
-            if !self.segment_op(content, op, timeout, sysid) {
-                return false;
+    fn spawn_ops(&mut self, content: i16, stage: Stage, ops: Vec<SegmentOp>) {
+        let Some(carry) = self.carrying.get(&content) else { return };
+        let sysid = carry.observation.system_identifier.clone();
+        let timeout = settings().timeout;
+        self.tasks.spawn_on(
+            async move { Done::Ops { content, stage, results: run_ops(ops, timeout, sysid).await } },
+            runtime().handle(),
+        );
+    }
+
+    /// A stage of a plan's operations ended.
+    fn ops_done(&mut self, content: i16, stage: Stage, results: Vec<(String, OpResult)>) {
+        for (what, result) in &results {
+            match result {
+                OpResult::Failed(e) => pgrx::warning!("FTS: content {content}: could not {what}: {e}; will retry"),
+                _ => log!("FTS: content {content}: did {what}"),
             }
         }
+        let results: Vec<OpResult> = results.into_iter().map(|(_, r)| r).collect();
+        let now = Instant::now();
+        match stage {
+            Stage::BeforeCatalog if !results.iter().all(OpResult::ok) => {
+                self.carrying.remove(&content);
+                self.tracker.carry_failed(now, content, &results);
+            }
+            Stage::BeforeCatalog => {
+                if let Some(carry) = self.carrying.get_mut(&content) {
+                    carry.before = results;
+                }
+                self.write_catalog(content);
+            }
+            Stage::AfterCatalog => {
+                if let Some(carry) = self.carrying.remove(&content) {
+                    self.tracker.carried_out(now, &carry.observation, &carry.plan, &carry.before, &results);
+                }
+            }
+        }
+    }
+
+    /// The plan's catalog rows, history and events in one transaction, then
+    /// its operations after the catalog.
+    fn write_catalog(&mut self, content: i16) {
+        let Some(carry) = self.carrying.get(&content) else { return };
+        let (o, plan) = (&carry.observation, &carry.plan);
         if !plan.catalog.is_empty() || !plan.history.is_empty() {
-            let (expected, dbids) = (vec![o.primary.clone(), o.mirror.clone()], [o.primary.dbid, o.mirror.dbid]);
-            let mut sorted = expected.clone();
-            sorted.sort_by_key(|s| s.dbid);
+            let dbids = [o.primary.dbid, o.mirror.dbid];
+            let mut expected = vec![o.primary.clone(), o.mirror.clone()];
+            expected.sort_by_key(|s| s.dbid);
             let written = BackgroundWorker::transaction(|| {
                 // Decided on what the probe round saw: if a recovery or a DBA
                 // changed these rows meanwhile, decide again instead.
-                if catalog::lock_rows(&dbids) != sorted {
+                if catalog::lock_rows(&dbids) != expected {
                     return false;
                 }
                 catalog::update_rows(&plan.catalog);
@@ -705,105 +551,101 @@ impl Fts {
             });
             if !written {
                 log!("FTS: content {content}: the catalog changed while it was probed; deciding again");
-                return false;
+                let before = carry.before.clone();
+                self.carrying.remove(&content);
+                self.tracker.carry_failed(Instant::now(), content, &before);
+                return;
             }
-            match plan.rule.action {
-                fts::Action::RecordDoubleFault => {
-                    self.double_faults.insert(content);
-                }
-                fts::Action::ClearDoubleFault => {
-                    self.double_faults.remove(&content);
-                }
-                fts::Action::Fence => {
-                    if let Some(m) = self.memory.get_mut(&content) {
-                        m.fence_recorded = true;
-                    }
-                }
-                _ => {}
-            }
+            self.tracker.catalog_written(content, plan.rule.action);
         }
-        let rows_after = plan.rows_after(o);
-        let mut left: Vec<SegmentOp> = self
-            .memory
-            .get_mut(&content)
-            .and_then(|m| m.unfinished.take())
-            .filter(|(after, _)| *after == rows_after)
-            .map(|(_, ops)| ops)
-            .unwrap_or_default();
-        let mut done = true;
-        for (i, op) in plan.after_catalog.iter().enumerate() {
-            if self.segment_op(content, op, timeout, sysid) {
-                left.retain(|l| !l.same_step(op));
-                continue;
-            }
-            // It and what depends on it are retried on the content's next
-            // rounds until they succeed.
-            for op in plan.after_catalog[i..].iter().filter(|op| op.retried()) {
-                if !left.iter().any(|l| l.same_step(op)) {
-                    left.push(op.clone());
-                }
-            }
-            done = false;
-            break;
+        let after = plan.after_catalog.clone();
+        if after.is_empty() {
+            self.ops_done(content, Stage::AfterCatalog, Vec::new());
+        } else {
+            self.spawn_ops(content, Stage::AfterCatalog, after);
         }
-        let new_primary =
-            rows_after.iter().find(|s| s.role == gp_recovery_core::segment::Role::Primary).map(|s| s.dbid);
-        if let Some(m) = self.memory.get_mut(&content) {
-            // After a failover the promoted mirror is the primary the next
-            // rounds find: memory starts afresh for it, but its unfinished
-            // steps must outlive the change.
-            if let Some(dbid) = new_primary.filter(|d| *d != m.primary_dbid) {
-                *m = Memory { primary_dbid: dbid, ..Memory::default() };
-            }
-            m.unfinished = (!left.is_empty()).then_some((rows_after, left));
-        }
-        done
     }
+}
 
-    /// One segment operation; a promotion or a fence only of the pair's own
-    /// server (`system_identifier`, and for a fence the row's directory).
-    fn segment_op(&mut self, content: i16, op: &SegmentOp, timeout: Duration, system_identifier: Option<&str>) -> bool {
+/// A round whose probes all ended: waiters see it, monitoring its duration.
+fn round_done(r: RoundDone) {
+    ROUNDS_FINISHED.get().fetch_max(r.round, Ordering::SeqCst);
+    if let Some(took) = r.took {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        LAST_ROUND_MICROS.get().store(micros.max(1), Ordering::SeqCst);
+    }
+}
+
+/// One content's probe, as the tracker ordered it.
+async fn probe(order: ProbeOrder, timeout: Duration) -> Done {
+    let (pt, mt) = (Target::new(&order.members.primary, timeout), Target::new(&order.members.mirror, timeout));
+    let mut mirror_task = tokio::spawn(async move { mt.probe().await });
+    let primary_health = pt.probe_primary(order.retries, order.pause).await;
+    let answered = Instant::now();
+    // A primary that answers tells about its mirror's stream; a mirror that
+    // did not answer last time must not hold that back for its whole
+    // timeout again. A failed primary's mirror gets all of it: it may be
+    // promoted.
+    let wait = match primary_health {
+        PrimaryHealth::Alive(_) => order.mirror_wait,
+        _ => timeout,
+    };
+    let mirror_probe = match tokio::time::timeout(wait, &mut mirror_task).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => Err(format!("the probe ended abnormally: {e}")),
+        Err(_) => {
+            mirror_task.abort();
+            Err(format!("no answer within {} ms of its primary's", wait.as_millis()))
+        }
+    };
+    Done::Probed(Box::new(Probed {
+        round: order.round,
+        members: order.members,
+        primary_health,
+        mirror_probe,
+        answered,
+    }))
+}
+
+/// A plan's segment operations, one after the other, up to the first that
+/// fails; a promotion or a fence only of the pair's own server
+/// (`system_identifier`, and for a fence the row's directory).
+async fn run_ops(ops: Vec<SegmentOp>, timeout: Duration, system_identifier: Option<String>) -> Vec<(String, OpResult)> {
+    let sysid = system_identifier.as_deref();
+    let mut results = Vec::new();
+    for op in &ops {
+        let s = op.segment();
+        let t = Target::new(s, timeout);
+        let done = |r: Result<(), String>| r.map_or_else(OpResult::Failed, |()| OpResult::Done);
         let (what, result) = match op {
-            SegmentOp::EnableSyncRep(s) => {
-                let result = block_on(Target::new(s, timeout).enable_sync_rep());
-                if let Ok(lsn) = result {
-                    if let Some(m) = self.memory.get_mut(&content) {
-                        m.sync_from_lsn = Some(lsn);
-                    }
-                }
-                (format!("turn synchronous replication on at dbid {}", s.dbid), result.map(|_| ()))
+            SegmentOp::EnableSyncRep(_) => (
+                format!("turn synchronous replication on at dbid {}", s.dbid),
+                t.enable_sync_rep().await.map_or_else(OpResult::Failed, OpResult::SyncFrom),
+            ),
+            SegmentOp::DisableSyncRep(_) => {
+                (format!("turn synchronous replication off at dbid {}", s.dbid), done(t.disable_sync_rep().await))
             }
-            SegmentOp::DisableSyncRep(s) => (
-                format!("turn synchronous replication off at dbid {}", s.dbid),
-                block_on(Target::new(s, timeout).disable_sync_rep()),
-            ),
-            SegmentOp::Promote(s) => (
-                format!("promote dbid {} at {}", s.dbid, s.location()),
-                block_on(Target::new(s, timeout).promote(system_identifier)),
-            ),
-            SegmentOp::CreateSlot(s) => (
-                format!("create the replication slot on dbid {}", s.dbid),
-                block_on(Target::new(s, timeout).create_slot()),
-            ),
-            SegmentOp::Fence(s) => {
-                let member = Member { system_identifier: system_identifier.unwrap_or_default(), datadir: &s.datadir };
+            SegmentOp::Promote(_) => {
+                (format!("promote dbid {} at {}", s.dbid, s.location()), done(t.promote(sysid).await))
+            }
+            SegmentOp::CreateSlot(_) => {
+                (format!("create the replication slot on dbid {}", s.dbid), done(t.create_slot().await))
+            }
+            SegmentOp::Fence(_) => {
+                let member = Member { system_identifier: sysid.unwrap_or_default(), datadir: &s.datadir };
                 (
                     format!("stop dbid {} at {} (immediate shutdown, fencing)", s.dbid, s.location()),
-                    block_on(Target::new(s, timeout).fence(&member)),
+                    done(t.fence(&member).await),
                 )
             }
         };
-        match result {
-            Ok(()) => {
-                log!("FTS: content {content}: did {what}");
-                true
-            }
-            Err(e) => {
-                pgrx::warning!("FTS: content {content}: could not {what}: {e}; will retry");
-                false
-            }
+        let failed = !result.ok();
+        results.push((what, result));
+        if failed {
+            break;
         }
     }
+    results
 }
 
 #[pg_guard]

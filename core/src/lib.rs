@@ -49,6 +49,7 @@ macro_rules! named_enum {
 pub mod error;
 pub mod events;
 pub mod fts;
+pub mod fts_tracker;
 pub mod gpstate;
 pub mod host;
 pub mod identity;
