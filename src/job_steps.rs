@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use gp_recovery_core::events::{History, SegmentEvent};
 use gp_recovery_core::host::{self, Scripts};
 use gp_recovery_core::identity::{self, HostNames, HostReport};
-use gp_recovery_core::job::{self, Backout, Failure, FailureKind, JobKind, JobState, Phase};
+use gp_recovery_core::job::{self, Backout, Failure, FailureKind, JobKind, JobState, Phase, Undo};
 use gp_recovery_core::probe::{ProbeResult, MIRROR_APPLICATION_NAME, SLOT_NAME};
 use gp_recovery_core::rebalance;
 use gp_recovery_core::recovery::{self, Attempt, JobRecord, Progress, ProgressReader, RecoveryMode};
@@ -114,17 +114,6 @@ struct HostCheck {
     recorded: Vec<(String, Option<String>)>,
     tool: Option<Tool>,
     result: Option<Result<String, String>>,
-}
-
-/// Undoing a failed, canceled or interrupted job, one step at a time.
-#[derive(Clone, Copy)]
-enum Undo {
-    StopTarget,
-    RestoreDirectory,
-    RestoreCatalog,
-    StartOldPrimary,
-    GiveUpMirror,
-    KeepNewPrimary,
 }
 
 pub struct Ending {
@@ -1456,14 +1445,7 @@ impl Job {
         self.backup = None;
         self.diagnosing = None;
         let backout = job::backout(self.kind, self.phase);
-        let steps: VecDeque<Undo> = match backout {
-            Backout::Nothing | Backout::LeaveToFts | Backout::Finish => VecDeque::new(),
-            Backout::LeaveDown => [Undo::StopTarget, Undo::RestoreCatalog].into(),
-            Backout::RestoreCopy => [Undo::StopTarget, Undo::RestoreDirectory, Undo::RestoreCatalog].into(),
-            Backout::RestartOldPrimary if self.mirror_lagged => [Undo::StartOldPrimary, Undo::GiveUpMirror].into(),
-            Backout::RestartOldPrimary => [Undo::StartOldPrimary].into(),
-            Backout::KeepNewPrimary => [Undo::StopTarget, Undo::KeepNewPrimary].into(),
-        };
+        let steps: VecDeque<Undo> = backout.undo(self.mirror_lagged).iter().copied().collect();
         let mut notes = Vec::new();
         match backout {
             Backout::LeaveToFts => {

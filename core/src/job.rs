@@ -143,6 +143,42 @@ impl Backout {
     }
 }
 
+/// One step of a backout, carried out in order by the jobs worker; each
+/// looks at what is there before it acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undo {
+    /// Stop the target if it runs (only the pair's own server).
+    StopTarget,
+    /// Put the old directory back, or empty a relocation's new one (only
+    /// what this job's claim covers).
+    RestoreDirectory,
+    /// The segment's catalog row as before the job, down.
+    RestoreCatalog,
+    /// A switchover's stopped primary started again as the primary.
+    StartOldPrimary,
+    /// A switchover whose mirror did not replay in time: the mirror down,
+    /// synchronous replication off, so writes go on.
+    GiveUpMirror,
+    /// After a switchover's catalog swap: the old primary recorded down.
+    KeepNewPrimary,
+}
+
+impl Backout {
+    /// The steps that carry this backout out; `mirror_lagged`: a
+    /// switchover's mirror did not replay the stopped primary's final
+    /// checkpoint in time.
+    pub fn undo(self, mirror_lagged: bool) -> &'static [Undo] {
+        match self {
+            Backout::Nothing | Backout::LeaveToFts | Backout::Finish => &[],
+            Backout::LeaveDown => &[Undo::StopTarget, Undo::RestoreCatalog],
+            Backout::RestoreCopy => &[Undo::StopTarget, Undo::RestoreDirectory, Undo::RestoreCatalog],
+            Backout::RestartOldPrimary if mirror_lagged => &[Undo::StartOldPrimary, Undo::GiveUpMirror],
+            Backout::RestartOldPrimary => &[Undo::StartOldPrimary],
+            Backout::KeepNewPrimary => &[Undo::StopTarget, Undo::KeepNewPrimary],
+        }
+    }
+}
+
 /// One row of a job kind's table.
 #[derive(Debug, Clone, Copy)]
 pub struct Transition {
@@ -688,6 +724,23 @@ mod tests {
         }
         assert_eq!(next_attempt(JobKind::Incremental, Phase::CheckingSource, Other), None, "not the data's fault");
         assert_eq!(next_attempt(JobKind::Incremental, Phase::CatchingUp, Other), None, "past the point of no return");
+    }
+
+    #[test]
+    fn every_reversible_backout_leaves_no_target_running_and_the_catalog_right() {
+        use Backout::*;
+        for b in [Nothing, LeaveDown, RestoreCopy, RestartOldPrimary, KeepNewPrimary, LeaveToFts, Finish] {
+            let steps = b.undo(false);
+            if matches!(b, LeaveDown | RestoreCopy) {
+                assert_eq!(steps.first(), Some(&Undo::StopTarget), "{b:?}: stop before touching files or rows");
+                assert_eq!(steps.last(), Some(&Undo::RestoreCatalog), "{b:?}: the row last");
+            }
+            if !b.reversible() && b != KeepNewPrimary {
+                assert!(steps.is_empty(), "{b:?} is past the point of no return");
+            }
+        }
+        assert_eq!(RestartOldPrimary.undo(true), [Undo::StartOldPrimary, Undo::GiveUpMirror]);
+        assert_eq!(RestoreCopy.undo(true), RestoreCopy.undo(false), "only a switchover's mirror can lag");
     }
 
     #[test]
