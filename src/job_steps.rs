@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use gp_recovery_core::events::{History, SegmentEvent};
 use gp_recovery_core::host::{self, Scripts};
-use gp_recovery_core::identity::{self, HostNames, HostReport};
-use gp_recovery_core::job::{self, Backout, Failure, FailureKind, JobKind, JobState, Phase, Undo};
+use gp_recovery_core::identity::{self, HostAsk, HostNames};
+use gp_recovery_core::job::{self, Action, Backout, Failure, FailureKind, JobKind, JobState, Phase, Undo};
 use gp_recovery_core::probe::{ProbeResult, MIRROR_APPLICATION_NAME, SLOT_NAME};
 use gp_recovery_core::rebalance;
 use gp_recovery_core::recovery::{self, Attempt, JobRecord, Progress, ProgressReader, RecoveryMode};
@@ -103,15 +103,9 @@ struct Backup {
     stop: Option<oneshot::Sender<()>>,
 }
 
-/// One host's part of a relocation's identity check: the directories it
-/// reports (on the target's host, the target first) and what each is.
+/// One host's part of a relocation's identity check, while it runs.
 struct HostCheck {
-    hostname: String,
-    paths: Vec<String>,
-    names: Vec<String>,
-    /// The catalog rows among them, with the machine last recorded for
-    /// their host: compared by path when the host does not answer.
-    recorded: Vec<(String, Option<String>)>,
+    ask: HostAsk,
     tool: Option<Tool>,
     result: Option<Result<String, String>>,
 }
@@ -134,45 +128,119 @@ pub enum Ended {
     Retry(Attempt),
 }
 
+/// What a phase's earlier steps found, for its later ones: it lives and
+/// dies with the phase (`enter` drops it), and each phase has its own.
+#[derive(Default)]
+enum Scratch {
+    #[default]
+    Empty,
+    CheckingHost(HostScratch),
+    Copying(BackupScratch),
+    SwitchingRoles(ReplayScratch),
+    Configuring(AutoConf),
+    Waiting(Wait),
+}
+
+/// A phase's scratch type, taken out of `Job::scratch` while a step runs.
+trait PhaseScratch: Default {
+    fn of(scratch: Scratch) -> Option<Self>;
+    fn into_scratch(self) -> Scratch;
+}
+
+macro_rules! phase_scratch {
+    ($($variant:ident($ty:ty)),* $(,)?) => {$(
+        impl PhaseScratch for $ty {
+            fn of(scratch: Scratch) -> Option<Self> {
+                match scratch {
+                    Scratch::$variant(s) => Some(s),
+                    _ => None,
+                }
+            }
+            fn into_scratch(self) -> Scratch {
+                Scratch::$variant(self)
+            }
+        }
+    )*};
+}
+
+phase_scratch!(
+    CheckingHost(HostScratch),
+    Copying(BackupScratch),
+    SwitchingRoles(ReplayScratch),
+    Configuring(AutoConf),
+    Waiting(Wait),
+);
+
+/// Checking the host.
+#[derive(Default)]
+struct HostScratch {
+    /// What the source's databases hold.
+    source_bytes: i64,
+    /// A relocation's identity check, host by host, while it runs.
+    checks: Vec<HostCheck>,
+    /// The machine each host that answered the identity check turned out
+    /// to be, recorded in the catalog with the phase's change.
+    machines: Vec<(String, String)>,
+}
+
+/// A differential copy.
+#[derive(Default)]
+struct BackupScratch {
+    backup: Option<Backup>,
+    /// pg_backup_stop's backup label and tablespace map.
+    label: (String, String),
+}
+
+/// A switchover's wait for the mirror.
+#[derive(Default)]
+struct ReplayScratch {
+    /// The stopped primary's final checkpoint, and until when the mirror may take to replay it.
+    aim: Option<(u64, Instant)>,
+}
+
+/// The target's postgresql.auto.conf, rewritten, before it is written.
+#[derive(Default)]
+struct AutoConf {
+    text: String,
+}
+
+/// A wait for the stream or the fault tolerance service.
+#[derive(Default)]
+struct Wait {
+    deadline: Option<Instant>,
+    /// Catching up: a round was asked for as the wait began.
+    asked: bool,
+    /// Catching up: the last WAL distance seen, and when it last shrank.
+    behind: Option<(i64, Instant)>,
+}
+
 pub struct Job {
     pub rec: JobRecord,
     pub kind: JobKind,
     pub phase: Phase,
+    /// The step of the phase that runs (of the phase's row in the table).
+    action: Option<Action>,
+    scratch: Scratch,
     target: Segment,
     source: Segment,
     target_host: Result<SegmentHost, String>,
     original_host: Result<SegmentHost, String>,
     tool: Option<Tool>,
     task: Option<Task<Result<Answer, String>>>,
-    backup: Option<Backup>,
-    /// The step within the phase.
-    sub: u8,
     rewound: bool,
-    checkpoint_lsn: Option<u64>,
     /// The source's tablespace locations outside its data directory, as
     /// checking the source found them: a full copy in place maps each.
     tablespaces: Vec<String>,
-    /// What the source's databases hold, read while checking the host.
-    source_bytes: i64,
     /// The source's pg_hba.conf, as checking the source found it.
     hba_file: String,
-    deadline: Option<Instant>,
     next_check: Instant,
-    /// Catching up: the last WAL distance seen, and when it last shrank.
-    behind: Option<(i64, Instant)>,
     /// A failure waiting for the cause from the segment's log.
     diagnosing: Option<Failure>,
-    /// A relocation's identity check, host by host, and the machine each
-    /// host that answered turned out to be (recorded in the catalog).
-    identity: Vec<HostCheck>,
-    machines: Vec<(String, String)>,
     /// When the running copy tool last printed progress.
     last_output: Instant,
     /// A switchover's mirror did not replay the stopped primary's final
     /// checkpoint in time.
     mirror_lagged: bool,
-    /// Text a later step of the phase writes (backup label and map, postgresql.auto.conf).
-    pending_text: Option<(String, String)>,
     pub ending: Option<Ending>,
     pub progress: Option<Progress>,
     /// Reads the running copy tool's output as it grows.
@@ -211,24 +279,17 @@ impl Job {
             target_host: SegmentHost::of(&rec.target_hostname),
             original_host: SegmentHost::of(&rec.original.hostname),
             rec,
+            action: job::steps(kind, phase).first().copied(),
+            scratch: Scratch::Empty,
             tool: None,
             task: None,
-            backup: None,
-            sub: 0,
             rewound: false,
-            checkpoint_lsn: None,
             tablespaces: Vec::new(),
-            source_bytes: 0,
             hba_file: String::new(),
-            deadline: None,
             next_check: Instant::now(),
-            behind: None,
             diagnosing: None,
-            identity: Vec::new(),
-            machines: Vec::new(),
             last_output: Instant::now(),
             mirror_lagged: false,
-            pending_text: None,
             ending: None,
             progress: None,
             progress_reader: ProgressReader::default(),
@@ -259,9 +320,8 @@ impl Job {
     /// Called by the loop when the job enters a phase.
     pub fn enter(&mut self, phase: Phase) {
         self.phase = phase;
-        self.sub = 0;
-        self.deadline = None;
-        self.behind = None;
+        self.action = job::steps(self.kind, phase).first().copied();
+        self.scratch = Scratch::Empty;
     }
 
     /// Runs a script on `host` (first call) or polls it (later calls):
@@ -376,30 +436,78 @@ impl Job {
         })
     }
 
-    /// Runs the current phase one step further.
+    /// Runs the current phase one step further: its steps in the table's
+    /// order, as many as are done at once.
     pub fn step(&mut self) -> Step {
-        if self.diagnosing.is_some() {
-            return self.diagnose();
+        loop {
+            if self.diagnosing.is_some() {
+                return self.diagnose();
+            }
+            let Some(action) = self.action else {
+                return failed(format!("a running job cannot be in phase {}", self.phase));
+            };
+            let step = self.act(action);
+            // A step's catalog change or alternative ends the phase; a plain
+            // done moves on to the phase's next step, if there is one.
+            if let Step::Next { alternative: false, change: None } = step {
+                let steps = job::steps(self.kind, self.phase);
+                let following = steps.iter().position(|a| *a == action).and_then(|i| steps.get(i + 1));
+                if let Some(a) = following {
+                    self.action = Some(*a);
+                    continue;
+                }
+            }
+            return step;
         }
-        match self.phase {
-            Phase::CheckingHost => self.checking_host(),
-            Phase::Stopping => self.stopping(),
-            Phase::CheckingSource => self.checking_source(),
-            Phase::CheckingPair => self.checking_pair(),
-            Phase::Rewinding => self.rewinding(),
-            Phase::Copying => self.copying(),
-            Phase::Swapping => self.swapping(),
-            Phase::SwitchingRoles => self.switching_roles(),
-            Phase::Promoting => self.promoting(),
-            Phase::Configuring => self.configuring(),
-            Phase::Starting => self.starting(),
-            Phase::Connecting => self.connecting(),
-            Phase::MarkingUp => self.marking_up(),
-            Phase::CatchingUp => self.catching_up(),
-            Phase::Synchronizing => self.synchronizing(),
-            Phase::RemovingOld => self.removing_old(),
-            Phase::Queued | Phase::Done => failed(format!("a running job cannot be in phase {}", self.phase)),
+    }
+
+    /// One tick of one step.
+    fn act(&mut self, action: Action) -> Step {
+        use Action::*;
+        match action {
+            CheckHost => self.check_host(),
+            MeasureSource => self.with_scratch(Job::measure_source),
+            CheckSpace => self.with_scratch(Job::check_space),
+            CheckIdentity => self.with_scratch(Job::check_identity),
+            CheckPort => self.check_port(),
+            StartInCatalog => self.with_scratch(Job::start_in_catalog),
+            StopSegment => self.stop_segment(),
+            FindSource => self.find_source(),
+            PrepareSource => self.prepare_source(),
+            AllowNewHost => self.allow_new_host(),
+            FindPair => self.find_pair(),
+            CheckpointPrimary => self.checkpoint_primary(),
+            LastLook => self.last_look(),
+            StopTarget => self.stop_target(),
+            CheckpointSource => self.checkpoint_source(),
+            Rewind => self.rewind(),
+            BaseBackup => self.base_backup(),
+            StartBackup => self.with_scratch(Job::start_backup),
+            Rsync => self.with_scratch(Job::rsync),
+            StopBackup => self.with_scratch(Job::stop_backup),
+            InstallLabel => self.with_scratch(Job::install_label),
+            Swap => self.swap(),
+            ReadCheckpoint => self.with_scratch(Job::read_checkpoint),
+            AwaitReplay => self.with_scratch(Job::await_replay),
+            Promote => self.promote(),
+            ReadAutoConf => self.with_scratch(Job::read_auto_conf),
+            Configure => self.with_scratch(Job::configure),
+            Start => self.start(),
+            AwaitStream => self.with_scratch(Job::await_stream),
+            MarkUp => self.mark_up(),
+            AwaitStreaming => self.with_scratch(Job::await_streaming),
+            AwaitSynchronized => self.with_scratch(Job::await_synchronized),
+            RemoveOld => self.remove_old(),
+            ForgetOldHost => self.forget_old_host(),
         }
+    }
+
+    /// Runs a step that reads or writes its phase's scratch.
+    fn with_scratch<S: PhaseScratch>(&mut self, step: fn(&mut Job, &mut S) -> Step) -> Step {
+        let mut scratch = S::of(std::mem::take(&mut self.scratch)).unwrap_or_default();
+        let result = step(self, &mut scratch);
+        self.scratch = scratch.into_scratch();
+        result
     }
 
     /// Fails with `message` and the cause read from the segment's log.
@@ -428,72 +536,56 @@ impl Job {
     /// The target's host must answer and have the server programs before
     /// the catalog changes (gprecoverseg: "The recovery target segment ...
     /// is unreachable").
-    fn checking_host(&mut self) -> Step {
+    fn check_host(&mut self) -> Step {
         let dir = self.target.datadir.clone();
-        if self.sub == 0 {
-            match self.target_tool("check", |s| s.check(&dir), Some(Duration::from_secs(60))) {
-                None => return Step::Stay,
-                // The check fails only for a host it cannot reach, or programs not installed.
-                Some(Err(e)) if e.kind == FailureKind::HostUnreachable => return Step::Fail(e.into()),
-                Some(Err(e)) => return fail(FailureKind::ProgramsMissing, e.message),
-                Some(Ok(_)) => self.sub = 1,
+        match self.target_tool("check", |s| s.check(&dir), Some(Duration::from_secs(60))) {
+            None => Step::Stay,
+            // The check fails only for a host it cannot reach, or programs not installed.
+            Some(Err(e)) if e.kind == FailureKind::HostUnreachable => Step::Fail(e.into()),
+            Some(Err(e)) => fail(FailureKind::ProgramsMissing, e.message),
+            Some(Ok(_)) => next(),
+        }
+    }
+
+    /// A copy must fit on the target's file system: checked before the
+    /// catalog or any directory changes, against what the source holds.
+    fn measure_source(&mut self, s: &mut HostScratch) -> Step {
+        let t = Target::new(&self.source, call_timeout());
+        match self.call(|| Box::pin(async move { t.database_bytes().await.map(Answer::Bytes) })) {
+            None => Step::Stay,
+            Some(Ok(Answer::Bytes(b))) => {
+                s.source_bytes = b;
+                next()
+            }
+            Some(Ok(_)) => failed("unexpected answer"),
+            Some(Err(e)) => {
+                fail(FailureKind::SourceUnreachable, format!("the acting primary dbid {}: {e}", self.source.dbid))
             }
         }
-        // A copy must fit on the target's file system: checked here, before
-        // the catalog or any directory changes.
-        let copies = matches!(self.kind, JobKind::Differential | JobKind::Full | JobKind::Relocation);
-        if copies && self.sub == 1 {
-            let t = Target::new(&self.source, call_timeout());
-            match self.call(|| Box::pin(async move { t.database_bytes().await.map(Answer::Bytes) })) {
-                None => return Step::Stay,
-                Some(Ok(Answer::Bytes(b))) => {
-                    self.source_bytes = b;
-                    self.sub = 2;
-                }
-                Some(Ok(_)) => return failed("unexpected answer"),
-                Some(Err(e)) => {
-                    return fail(
-                        FailureKind::SourceUnreachable,
-                        format!("the acting primary dbid {}: {e}", self.source.dbid),
-                    )
-                }
-            }
+    }
+
+    fn check_space(&mut self, s: &mut HostScratch) -> Step {
+        let dir = self.target.datadir.clone();
+        let beside = self.kind != JobKind::Relocation;
+        let measure = self.kind == JobKind::Differential;
+        let out = match self.target_tool("space", |s| s.space(&dir, beside, measure), Some(Duration::from_secs(60))) {
+            None => return Step::Stay,
+            Some(Err(e)) => return Step::Fail(e.into()),
+            Some(Ok(out)) => out,
+        };
+        let Some(space) = recovery::Space::parse(&out) else {
+            return failed(format!("could not read the free space on host {}: {out}", self.target.hostname));
+        };
+        match recovery::check_space(self.kind, self.dbid(), &self.target.hostname, s.source_bytes, &space) {
+            Ok(()) => next(),
+            Err(e) => fail(FailureKind::NoSpace, e),
         }
-        if copies && self.sub == 2 {
-            let beside = self.kind != JobKind::Relocation;
-            let measure = self.kind == JobKind::Differential;
-            let out = match self.target_tool("space", |s| s.space(&dir, beside, measure), Some(Duration::from_secs(60)))
-            {
-                None => return Step::Stay,
-                Some(Err(e)) => return Step::Fail(e.into()),
-                Some(Ok(out)) => out,
-            };
-            let Some(space) = recovery::Space::parse(&out) else {
-                return failed(format!("could not read the free space on host {}: {out}", self.target.hostname));
-            };
-            if let Err(e) =
-                recovery::check_space(self.kind, self.dbid(), &self.target.hostname, self.source_bytes, &space)
-            {
-                return fail(FailureKind::NoSpace, e);
-            }
-            self.sub = 3;
-        }
-        let relocation = self.kind == JobKind::Relocation;
-        if relocation && self.sub == 3 {
-            match self.checking_identity() {
-                None => return Step::Stay,
-                Some(Err(e)) => return fail(FailureKind::Refused, e),
-                Some(Ok(())) => self.sub = 4,
-            }
-        }
-        if relocation && self.sub == 4 {
-            match self.checking_port() {
-                None => return Step::Stay,
-                Some(Err(e)) => return fail(FailureKind::Refused, e),
-                Some(Ok(())) => self.sub = 5,
-            }
-        }
-        let (rec, kind, machines) = (self.rec.clone(), self.kind, std::mem::take(&mut self.machines));
+    }
+
+    /// The catalog change of a job whose host answered, committed with the
+    /// next phase, with the machines the identity check found.
+    fn start_in_catalog(&mut self, s: &mut HostScratch) -> Step {
+        let (rec, kind, machines) = (self.rec.clone(), self.kind, std::mem::take(&mut s.machines));
         next_with(Box::new(move || {
             catalog::record_host_ids(&machines);
             start_in_catalog(&rec, kind)
@@ -501,149 +593,69 @@ impl Job {
     }
 
     /// A relocation's new directory, resolved on its host and compared, on
-    /// every host of the cluster, with what must not be touched: every
-    /// segment's data directory (the coordinator's included), their
-    /// tablespace locations, and other jobs' targets. On one machine
-    /// (machine-id and boot) it must not be, lie inside or hold any of
-    /// them, by device and inode after following every link; and it must
-    /// fit the new host's PATH_MAX and NAME_MAX. A host that does not
-    /// answer is compared by path, if it was last found to be the target's
-    /// machine. Nothing is created before this.
-    fn checking_identity(&mut self) -> Option<Result<(), String>> {
-        if self.identity.is_empty() {
+    /// every host of the cluster, with what must not be touched
+    /// (`identity::identity_asks`, `identity::judge`). Nothing is created
+    /// before this.
+    fn check_identity(&mut self, s: &mut HostScratch) -> Step {
+        if s.checks.is_empty() {
             let loaded = try_transaction(|| Ok((catalog::load(), job_table::active(), catalog::host_ids())));
             let (catalog, active, recorded) = match loaded {
                 Ok(l) => l,
-                Err(e) => return Some(Err(e)),
+                Err(e) => return fail(FailureKind::Refused, e),
             };
-            let mut checks = vec![HostCheck {
-                hostname: self.target.hostname.clone(),
-                paths: vec![self.target.datadir.clone()],
-                names: vec![String::new()],
-                recorded: Vec::new(),
-                tool: None,
-                result: None,
-            }];
-            let mut add = |hostname: &str, path: &str, name: String, machine: Option<Option<String>>| {
-                let i = match checks.iter().position(|c| c.hostname.eq_ignore_ascii_case(hostname)) {
-                    Some(i) => i,
-                    None => {
-                        checks.push(HostCheck {
-                            hostname: hostname.to_string(),
-                            paths: Vec::new(),
-                            names: Vec::new(),
-                            recorded: Vec::new(),
-                            tool: None,
-                            result: None,
-                        });
-                        checks.len() - 1
-                    }
-                };
-                checks[i].paths.push(path.to_string());
-                if let Some(m) = machine {
-                    checks[i].recorded.push((path.to_string(), m));
-                }
-                checks[i].names.push(name);
-            };
-            for seg in &catalog {
-                let what = if seg.is_coordinator() { ", the coordinator" } else { "" };
-                let name = format!("dbid {} (content {}{what}) at {}", seg.dbid, seg.content, seg.location());
-                add(&seg.hostname, &seg.datadir, name, Some(recorded.get(&seg.dbid).cloned()));
-            }
-            for j in active.iter().filter(|j| j.job_id != self.id()) {
-                let name = format!("the target of recovery job {} for dbid {}", j.job_id, j.dbid);
-                add(&j.target.hostname, &j.target.datadir, name, None);
-            }
-            let s = self.scripts();
+            let scripts = self.scripts();
             let (id, dbid) = (self.id(), self.dbid());
-            for (i, check) in checks.iter_mut().enumerate() {
+            let asks = identity::identity_asks(&self.target, id, &catalog, &active, &recorded);
+            for (i, ask) in asks.into_iter().enumerate() {
                 let log_name = job::log_file_name(&format!("identify_{i}"), id, dbid);
-                let script = s.identify(&check.paths, i == 0);
-                let spawned = SegmentHost::of(&check.hostname)
+                let script = scripts.identify(&ask.paths, i == 0);
+                let spawned = SegmentHost::of(&ask.hostname)
                     .and_then(|h| Tool::spawn(h, "identify", &log_name, &script, Some(Duration::from_secs(60))));
-                match spawned {
-                    Ok(t) => check.tool = Some(t),
-                    Err(e) => check.result = Some(Err(e)),
-                }
+                s.checks.push(match spawned {
+                    Ok(t) => HostCheck { ask, tool: Some(t), result: None },
+                    Err(e) => HostCheck { ask, tool: None, result: Some(Err(e)) },
+                });
             }
-            self.identity = checks;
         }
-        for check in self.identity.iter_mut().filter(|c| c.result.is_none()) {
+        for check in s.checks.iter_mut().filter(|c| c.result.is_none()) {
             let finished = check.tool.as_mut().and_then(Tool::poll);
             if let Some(f) = finished {
                 check.result = Some(f.result.map(|()| f.output).map_err(String::from));
                 check.tool = None;
             }
         }
-        if self.identity.iter().any(|c| c.result.is_none()) {
-            return None;
+        let mut asks = Vec::new();
+        let mut reports = Vec::new();
+        for check in &s.checks {
+            let Some(result) = &check.result else { return Step::Stay };
+            asks.push(check.ask.clone());
+            reports.push(result.clone());
         }
-        let checks = std::mem::take(&mut self.identity);
-        Some(self.judge_identity(&checks))
-    }
-
-    /// Decides on the reports of a relocation's identity check.
-    fn judge_identity(&mut self, checks: &[HostCheck]) -> Result<(), String> {
-        let target = &self.target.datadir;
-        let Some((first, others)) = checks.split_first() else { return Err("no identity check ran".into()) };
-        let report = match &first.result {
-            Some(Ok(out)) => HostReport::parse(out, first.paths.len()),
-            Some(Err(e)) => Err(e.clone()),
-            None => Err("not run".into()),
-        }
-        .map_err(|e| format!("could not resolve the new data directory on host {}: {e}", first.hostname))?;
-        if let Some((path_max, name_max)) = report.limits {
-            identity::check_host_limits(target, path_max, name_max)?;
-        }
-        let machine = report.machine.clone();
-        let target_path = report.dirs[0].path.clone();
-        let beside = HostReport { dirs: report.dirs[1..].to_vec(), ..report.clone() };
-        let mut protected = identity::protected_from(&beside, &first.names[1..]);
-        self.machines = vec![(first.hostname.clone(), machine.clone())];
-        for check in others {
-            let parsed = match &check.result {
-                Some(Ok(out)) => HostReport::parse(out, check.paths.len()),
-                Some(Err(e)) => Err(e.clone()),
-                None => Err("not run".into()),
-            };
-            match parsed {
-                Ok(r) => {
-                    self.machines.push((check.hostname.clone(), r.machine.clone()));
-                    protected.extend(identity::protected_from(&r, &check.names));
-                }
-                Err(e) => {
-                    for ((path, m), name) in check.recorded.iter().zip(&check.names) {
-                        if m.as_deref() == Some(machine.as_str()) {
-                            if let Some(o) = identity::path_overlap(target, path) {
-                                return Err(format!(
-                                    "the new data directory {target} {} the data directory of {name} (host {} does \
-                                     not answer, and was last found to be the new host's machine); nothing was changed",
-                                    o.verb(),
-                                    check.hostname
-                                ));
-                            }
-                        }
-                    }
+        s.checks.clear();
+        match identity::judge(&self.target.datadir, &asks, &reports) {
+            Ok(judged) => {
+                for (host, e) in judged.unanswered {
                     log!(
-                        "gp_recovery: job {}: host {} did not report its directories ({e}); they were compared by name only",
-                        self.id(),
-                        check.hostname
+                        "gp_recovery: job {}: host {host} did not report its directories ({e}); they were compared by name only",
+                        self.id()
                     );
                 }
+                s.machines = judged.machines;
+                next()
             }
+            Err(e) => fail(FailureKind::Refused, e),
         }
-        identity::check_target(target, &machine, &target_path, &protected)
     }
 
     /// A relocation to another host or port: nothing may accept
     /// connections there yet (a server not in the catalog would take the
     /// new segment's port, and a fence aimed at it would reach that server).
-    fn checking_port(&mut self) -> Option<Result<(), String>> {
+    fn check_port(&mut self) -> Step {
         let local_hosts = gucs::local_hosts();
         let hosts = segment_host::hosts_by_name(&local_hosts);
         let original = &self.rec.original;
         if original.port == self.target.port && hosts.same_host(&original.hostname, &self.target.hostname) {
-            return Some(Ok(()));
+            return next();
         }
         let (address, port) = (self.target.address.clone(), self.target.port);
         let answer = self.call(|| {
@@ -653,22 +665,26 @@ impl Job {
                 let listening = tokio::time::timeout(Duration::from_secs(2), connect).await.is_ok_and(|r| r.is_ok());
                 Ok(Answer::Listening(listening))
             })
-        })?;
-        Some(match answer {
-            Ok(Answer::Listening(false)) => Ok(()),
-            Ok(Answer::Listening(true)) => Err(format!(
-                "port {} on host {} already accepts connections, yet no segment of the catalog is there: another \
+        });
+        match answer {
+            None => Step::Stay,
+            Some(Ok(Answer::Listening(false))) => next(),
+            Some(Ok(Answer::Listening(true))) => fail(
+                FailureKind::Refused,
+                format!(
+                    "port {} on host {} already accepts connections, yet no segment of the catalog is there: another \
                  server uses it; choose another port",
-                self.target.port, self.target.hostname
-            )),
-            Ok(_) => Err("unexpected answer".into()),
-            Err(e) => Err(e),
-        })
+                    self.target.port, self.target.hostname
+                ),
+            ),
+            Some(Ok(_)) => failed("unexpected answer"),
+            Some(Err(e)) => fail(FailureKind::Refused, e),
+        }
     }
 
     /// Makes sure the failed segment is not running. Rebalance stops the
     /// acting primary, which must be running.
-    fn stopping(&mut self) -> Step {
+    fn stop_segment(&mut self) -> Step {
         let rebalance = self.kind == JobKind::Rebalance;
         let dir = self.rec.original.datadir.clone();
         let s = self.scripts();
@@ -685,35 +701,33 @@ impl Job {
         }
     }
 
-    /// The source must still be the content's acting primary and answer as
-    /// one; it gets the slot its mirror will stream from, and (before a
-    /// rewind) a CHECKPOINT so its control file shows its current timeline.
-    fn checking_source(&mut self) -> Step {
-        if self.sub == 2 {
-            return self.allowing_new_host();
+    /// The source must still be the content's acting primary.
+    fn find_source(&mut self) -> Step {
+        let catalog = match try_transaction(|| Ok(catalog::load())) {
+            Ok(c) => c,
+            Err(e) => return failed(e),
+        };
+        let Some(source) = catalog.iter().find(|s| s.content == self.rec.content && s.role == Role::Primary).cloned()
+        else {
+            return fail(
+                FailureKind::DoubleFault,
+                format!("double fault: content {} has no acting primary", self.rec.content),
+            );
+        };
+        if source.dbid != self.rec.source_dbid {
+            return failed(format!(
+                "the acting primary of content {} changed from dbid {} to dbid {} since the job was submitted; submit it again",
+                self.rec.content, self.rec.source_dbid, source.dbid
+            ));
         }
-        if self.sub == 0 {
-            let catalog = match try_transaction(|| Ok(catalog::load())) {
-                Ok(c) => c,
-                Err(e) => return failed(e),
-            };
-            let Some(source) =
-                catalog.iter().find(|s| s.content == self.rec.content && s.role == Role::Primary).cloned()
-            else {
-                return fail(
-                    FailureKind::DoubleFault,
-                    format!("double fault: content {} has no acting primary", self.rec.content),
-                );
-            };
-            if source.dbid != self.rec.source_dbid {
-                return failed(format!(
-                    "the acting primary of content {} changed from dbid {} to dbid {} since the job was submitted; submit it again",
-                    self.rec.content, self.rec.source_dbid, source.dbid
-                ));
-            }
-            self.source = source;
-            self.sub = 1;
-        }
+        self.source = source;
+        next()
+    }
+
+    /// The source must answer as the acting primary; it gets the slot its
+    /// mirror will stream from, and (before a rewind) a CHECKPOINT so its
+    /// control file shows its current timeline.
+    fn prepare_source(&mut self) -> Step {
         let t = Target::new(&self.source, call_timeout());
         let checkpoint = self.kind == JobKind::Incremental;
         let answer = self.call(|| {
@@ -739,10 +753,6 @@ impl Job {
                         let p = p.unwrap_or_default();
                         self.tablespaces = p.outside_tablespaces.into_iter().map(|t| t.location).collect();
                         self.hba_file = p.hba_file;
-                        if self.moves_host() {
-                            self.sub = 2;
-                            return Step::Stay;
-                        }
                         next()
                     }
                     Err(e @ gp_recovery_core::CoreError::DoubleFault(_)) => {
@@ -763,10 +773,14 @@ impl Job {
         self.kind == JobKind::Relocation && !self.target.hostname.eq_ignore_ascii_case(&self.rec.original.hostname)
     }
 
-    /// Before a relocation's copy: the acting primary's pg_hba.conf lets
-    /// the new host connect and replicate (gprecoverseg updates pg_hba.conf
-    /// the same way), recorded in the history when it changed.
-    fn allowing_new_host(&mut self) -> Step {
+    /// Before a relocation's copy onto another host: the acting primary's
+    /// pg_hba.conf lets the new host connect and replicate (gprecoverseg
+    /// updates pg_hba.conf the same way), recorded in the history when it
+    /// changed.
+    fn allow_new_host(&mut self) -> Step {
+        if !self.moves_host() {
+            return next();
+        }
         let (host, by_name) = (self.target.hostname.clone(), gucs::HBA_HOSTNAMES.get());
         let entry = host::hba_entry(&self.target.address, &host, by_name);
         let (dir, hba, user, s) = (self.source.datadir.clone(), self.hba_file.clone(), server_user(), self.scripts());
@@ -790,49 +804,50 @@ impl Job {
         }
     }
 
-    /// Rebalance: the pair must still be switched, up and synchronized, and
-    /// the preferred primary must answer as a standby.
-    fn checking_pair(&mut self) -> Step {
-        if self.sub == 0 {
-            let catalog = match try_transaction(|| Ok(catalog::load())) {
-                Ok(c) => c,
-                Err(e) => return failed(e),
-            };
-            let find = |dbid: i16| catalog.iter().find(|s| s.dbid == dbid).cloned();
-            let (Some(primary), Some(mirror)) = (find(self.dbid()), find(self.rec.source_dbid)) else {
-                return failed("the pair is no longer in the catalog");
-            };
-            let healthy =
-                |s: &Segment, role: Role| s.role == role && s.status == Status::Up && s.mode == Mode::Synchronized;
-            if !healthy(&primary, Role::Primary) || !healthy(&mirror, Role::Mirror) {
-                return failed(format!(
-                    "dbid {} and dbid {} are no longer an up, synchronized primary and mirror",
-                    primary.dbid, mirror.dbid
-                ));
-            }
-            self.source = mirror;
-            self.sub = 1;
+    /// Rebalance: the pair must still be switched, up and synchronized.
+    fn find_pair(&mut self) -> Step {
+        let catalog = match try_transaction(|| Ok(catalog::load())) {
+            Ok(c) => c,
+            Err(e) => return failed(e),
+        };
+        let find = |dbid: i16| catalog.iter().find(|s| s.dbid == dbid).cloned();
+        let (Some(primary), Some(mirror)) = (find(self.dbid()), find(self.rec.source_dbid)) else {
+            return failed("the pair is no longer in the catalog");
+        };
+        let healthy =
+            |s: &Segment, role: Role| s.role == role && s.status == Status::Up && s.mode == Mode::Synchronized;
+        if !healthy(&primary, Role::Primary) || !healthy(&mirror, Role::Mirror) {
+            return failed(format!(
+                "dbid {} and dbid {} are no longer an up, synchronized primary and mirror",
+                primary.dbid, mirror.dbid
+            ));
         }
-        // A checkpoint while the primary still serves commits leaves its
-        // shutdown checkpoint little to write: the switchover's commit gap
-        // then hardly depends on the disk. Only a speed-up, so a failure
-        // is logged and the switchover goes on.
-        if self.sub == 1 {
-            let t = Target::new(&self.target, call_timeout());
-            match self.call(|| Box::pin(async move { t.checkpoint().await.map(|()| Answer::Done) })) {
-                None => return Step::Stay,
-                Some(Err(e)) => log!(
-                    "gp_recovery: job {}: CHECKPOINT on dbid {} before the switchover failed: {e}",
-                    self.id(),
-                    self.dbid()
-                ),
-                Some(Ok(_)) => {}
-            }
-            self.sub = 2;
+        self.source = mirror;
+        next()
+    }
+
+    /// A checkpoint while the primary still serves commits leaves its
+    /// shutdown checkpoint little to write: the switchover's commit gap
+    /// then hardly depends on the disk. Only a speed-up, so a failure is
+    /// logged and the switchover goes on.
+    fn checkpoint_primary(&mut self) -> Step {
+        let t = Target::new(&self.target, call_timeout());
+        match self.call(|| Box::pin(async move { t.checkpoint().await.map(|()| Answer::Done) })) {
+            None => return Step::Stay,
+            Some(Err(e)) => log!(
+                "gp_recovery: job {}: CHECKPOINT on dbid {} before the switchover failed: {e}",
+                self.id(),
+                self.dbid()
+            ),
+            Some(Ok(_)) => {}
         }
-        // The last look before the stop, while the primary still runs: the
-        // mirror must be the pair's and replay promptly, or the stop would
-        // be an outage.
+        next()
+    }
+
+    /// The last look before the stop, while the primary still runs: the
+    /// mirror must be the pair's and replay promptly, or the stop would be
+    /// an outage.
+    fn last_look(&mut self) -> Step {
         let (pt, mt) = (Target::new(&self.target, call_timeout()), Target::new(&self.source, call_timeout()));
         let answer =
             self.call(|| Box::pin(async move { Ok(Answer::Pair(Box::new((pt.probe().await, mt.probe().await)))) }));
@@ -857,29 +872,32 @@ impl Job {
         }
     }
 
-    /// Incremental: pg_rewind against the acting primary (skipped for a
-    /// mirror that merely stopped). Rebalance: the old primary could not
-    /// follow the new timeline; it is stopped, then rewound.
-    fn rewinding(&mut self) -> Step {
+    /// Rebalance: an old primary that could not follow the new timeline is
+    /// stopped before it is rewound.
+    fn stop_target(&mut self) -> Step {
+        let dir = self.target.datadir.clone();
+        match self.target_tool("stop", |s| s.stop(&dir, false), Some(Duration::from_secs(120))) {
+            None => Step::Stay,
+            Some(Err(e)) => Step::Fail(e.into()),
+            Some(Ok(_)) => next(),
+        }
+    }
+
+    /// Rebalance: the new primary's control file shows its new timeline.
+    fn checkpoint_source(&mut self) -> Step {
+        let t = Target::new(&self.source, call_timeout());
+        match self.call(|| Box::pin(async move { t.checkpoint().await.map(|()| Answer::Done) })) {
+            None => Step::Stay,
+            Some(Err(e)) => fail(FailureKind::SourceUnreachable, format!("CHECKPOINT on the new primary failed: {e}")),
+            Some(Ok(_)) => next(),
+        }
+    }
+
+    /// pg_rewind against the acting primary (an incremental recovery's
+    /// script skips it for a mirror that merely stopped).
+    fn rewind(&mut self) -> Step {
         let rebalance = self.kind == JobKind::Rebalance;
         let dir = self.target.datadir.clone();
-        if rebalance && self.sub == 0 {
-            match self.target_tool("stop", |s| s.stop(&dir, false), Some(Duration::from_secs(120))) {
-                None => return Step::Stay,
-                Some(Err(e)) => return Step::Fail(e.into()),
-                Some(Ok(_)) => self.sub = 1,
-            }
-        }
-        if rebalance && self.sub == 1 {
-            let t = Target::new(&self.source, call_timeout());
-            match self.call(|| Box::pin(async move { t.checkpoint().await.map(|()| Answer::Done) })) {
-                None => return Step::Stay,
-                Some(Err(e)) => {
-                    return fail(FailureKind::SourceUnreachable, format!("CHECKPOINT on the new primary failed: {e}"))
-                }
-                Some(Ok(_)) => self.sub = 2,
-            }
-        }
         let conninfo = user_conninfo(&self.source, "gp_recovery_pg_rewind");
         match self.target_tool("pg_rewind", |s| s.rewind(&dir, &conninfo, !rebalance), None) {
             None => Step::Stay,
@@ -904,16 +922,9 @@ impl Job {
         fail(e.kind, format!("{}. {what}: {}", e.message, job::copy_advice(dbid)))
     }
 
-    fn copying(&mut self) -> Step {
-        match self.kind {
-            JobKind::Differential => self.copying_differential(),
-            _ => self.copying_full(),
-        }
-    }
-
     /// pg_basebackup; its WAL streams through a temporary slot of its own,
     /// so the mirror's slot keeps what it holds should the copy fail.
-    fn copying_full(&mut self) -> Step {
+    fn base_backup(&mut self) -> Step {
         let args = vec![
             "-h".into(),
             self.source.address.clone(),
@@ -942,108 +953,109 @@ impl Job {
         }
     }
 
-    /// pg_backup_start, rsync in place, pg_backup_stop, backup_label.
-    fn copying_differential(&mut self) -> Step {
-        let dir = self.target.datadir.clone();
-        if self.sub == 0 {
-            let (started_tx, started) = oneshot::channel();
-            let (stop, stop_rx) = oneshot::channel::<()>();
-            let t = Target::new(&self.source, call_timeout());
-            let label = format!("gp_recovery job {}", self.id());
-            self.task = Some(Task::spawn(async move {
-                let session = match t.backup_start(&label).await {
-                    Ok(s) => {
-                        let _ = started_tx.send(Ok(()));
-                        s
-                    }
-                    Err(e) => {
-                        let _ = started_tx.send(Err(e.clone()));
-                        return Err(e);
-                    }
-                };
-                // Dropped unsent (the job failed or was canceled): the
-                // session closes, which ends the backup.
-                stop_rx.await.map_err(|_| "the base backup was abandoned".to_string())?;
-                let (label, map) = t.backup_stop(&session).await?;
-                Ok(Answer::Label(label, map))
-            }));
-            self.backup = Some(Backup { started, stop: Some(stop) });
-            self.sub = 1;
-        }
-        if self.sub == 1 {
-            let Some(b) = self.backup.as_mut() else { return failed("the base backup is gone") };
-            match b.started.try_recv() {
-                Err(oneshot::error::TryRecvError::Empty) => return Step::Stay,
-                Err(oneshot::error::TryRecvError::Closed) => return failed("the base backup did not start"),
-                Ok(Err(e)) => return fail(FailureKind::SourceUnreachable, format!("pg_backup_start failed: {e}")),
-                Ok(Ok(())) => self.sub = 2,
-            }
-        }
-        if self.sub == 2 {
-            // --no-whole-file: the delta algorithm even between local
-            // directories, so only changed blocks are sent; --inplace: only
-            // those blocks are written; --stats reports the bytes sent.
-            let mut args: Vec<String> = [
-                "-a",
-                "--delete",
-                "--checksum",
-                "--no-whole-file",
-                "--inplace",
-                "--stats",
-                "--info=progress2",
-                "--no-inc-recursive",
-            ]
-            .map(String::from)
-            .to_vec();
-            args.extend(recovery::RSYNC_EXCLUDES.iter().map(|e| format!("--exclude={e}")));
-            // From another host, rsync on the target's host pulls through
-            // the same remote shell.
-            let source = self.source.clone();
-            let source_host =
-                (!source.hostname.eq_ignore_ascii_case(&self.target.hostname)).then_some(source.hostname.clone());
-            let shell = gucs::remote_shell();
-            match self.target_tool(
-                "rsync",
-                |s| s.rsync(&dir, &source.datadir, source_host.as_deref(), &shell, &with_rate(args, "--bwlimit=")),
-                None,
-            ) {
-                None => return Step::Stay,
-                Some(Err(e)) => return self.copy_failure(e),
-                Some(Ok(_)) => {
-                    if let Some(stop) = self.backup.as_mut().and_then(|b| b.stop.take()) {
-                        let _ = stop.send(());
-                    }
-                    self.sub = 3;
-                }
-            }
-        }
-        if self.sub == 3 {
-            let Some(task) = self.task.as_mut() else { return failed("the base backup is gone") };
-            match task.poll() {
-                None => return Step::Stay,
-                Some(r) => {
-                    self.task = None;
-                    self.backup = None;
-                    match r.and_then(|r| r) {
-                        Ok(Answer::Label(label, map)) => {
-                            self.pending_text = Some((label, map));
-                            self.sub = 4;
+    /// A differential copy's pg_backup_start, in a session that lives in a
+    /// task until told to stop (or dropped, which ends the backup).
+    fn start_backup(&mut self, s: &mut BackupScratch) -> Step {
+        let backup = match &mut s.backup {
+            Some(b) => b,
+            None => {
+                let (started_tx, started) = oneshot::channel();
+                let (stop, stop_rx) = oneshot::channel::<()>();
+                let t = Target::new(&self.source, call_timeout());
+                let label = format!("gp_recovery job {}", self.id());
+                self.task = Some(Task::spawn(async move {
+                    let session = match t.backup_start(&label).await {
+                        Ok(s) => {
+                            let _ = started_tx.send(Ok(()));
+                            s
                         }
-                        Ok(_) => return failed("unexpected answer"),
                         Err(e) => {
-                            return self.copy_failure(Failure::new(
-                                FailureKind::SourceUnreachable,
-                                format!("pg_backup_stop failed: {e}"),
-                            ))
+                            let _ = started_tx.send(Err(e.clone()));
+                            return Err(e);
                         }
-                    }
+                    };
+                    // Dropped unsent (the job failed or was canceled): the
+                    // session closes, which ends the backup.
+                    stop_rx.await.map_err(|_| "the base backup was abandoned".to_string())?;
+                    let (label, map) = t.backup_stop(&session).await?;
+                    Ok(Answer::Label(label, map))
+                }));
+                s.backup.insert(Backup { started, stop: Some(stop) })
+            }
+        };
+        match backup.started.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => Step::Stay,
+            Err(oneshot::error::TryRecvError::Closed) => failed("the base backup did not start"),
+            Ok(Err(e)) => fail(FailureKind::SourceUnreachable, format!("pg_backup_start failed: {e}")),
+            Ok(Ok(())) => next(),
+        }
+    }
+
+    /// rsync in place while the backup is open.
+    fn rsync(&mut self, s: &mut BackupScratch) -> Step {
+        let dir = self.target.datadir.clone();
+        // --no-whole-file: the delta algorithm even between local
+        // directories, so only changed blocks are sent; --inplace: only
+        // those blocks are written; --stats reports the bytes sent.
+        let mut args: Vec<String> = [
+            "-a",
+            "--delete",
+            "--checksum",
+            "--no-whole-file",
+            "--inplace",
+            "--stats",
+            "--info=progress2",
+            "--no-inc-recursive",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(recovery::RSYNC_EXCLUDES.iter().map(|e| format!("--exclude={e}")));
+        // From another host, rsync on the target's host pulls through the
+        // same remote shell.
+        let source = self.source.clone();
+        let source_host =
+            (!source.hostname.eq_ignore_ascii_case(&self.target.hostname)).then_some(source.hostname.clone());
+        let shell = gucs::remote_shell();
+        match self.target_tool(
+            "rsync",
+            |s| s.rsync(&dir, &source.datadir, source_host.as_deref(), &shell, &with_rate(args, "--bwlimit=")),
+            None,
+        ) {
+            None => Step::Stay,
+            Some(Err(e)) => self.copy_failure(e),
+            Some(Ok(_)) => {
+                if let Some(stop) = s.backup.as_mut().and_then(|b| b.stop.take()) {
+                    let _ = stop.send(());
                 }
+                next()
             }
         }
-        let (label, map) = self.pending_text.clone().unwrap_or_default();
-        // WAL of the old timeline must not be replayed: the mirror streams
-        // what it needs from the slot.
-        match self.target_tool("backup_label", |s| s.install_backup_label(&dir, &label, &map), Some(SHORT_STEP)) {
+    }
+
+    /// pg_backup_stop, in the backup's session.
+    fn stop_backup(&mut self, s: &mut BackupScratch) -> Step {
+        let Some(task) = self.task.as_mut() else { return failed("the base backup is gone") };
+        let Some(r) = task.poll() else { return Step::Stay };
+        self.task = None;
+        s.backup = None;
+        match r.and_then(|r| r) {
+            Ok(Answer::Label(label, map)) => {
+                s.label = (label, map);
+                next()
+            }
+            Ok(_) => failed("unexpected answer"),
+            Err(e) => {
+                self.copy_failure(Failure::new(FailureKind::SourceUnreachable, format!("pg_backup_stop failed: {e}")))
+            }
+        }
+    }
+
+    /// WAL of the old timeline must not be replayed: the mirror streams
+    /// what it needs from the slot.
+    fn install_label(&mut self, s: &mut BackupScratch) -> Step {
+        let dir = self.target.datadir.clone();
+        let (label, map) = &s.label;
+        match self.target_tool("backup_label", |s| s.install_backup_label(&dir, label, map), Some(SHORT_STEP)) {
             None => Step::Stay,
             Some(Ok(_)) => next(),
             Some(Err(e)) => self.copy_failure(e),
@@ -1052,7 +1064,7 @@ impl Job {
 
     /// Full in place: the complete copy replaces the old directory, which
     /// moves aside until the job succeeds.
-    fn swapping(&mut self) -> Step {
+    fn swap(&mut self) -> Step {
         let dir = self.target.datadir.clone();
         match self.target_tool("swap", |s| s.swap_in(&dir), Some(SHORT_STEP)) {
             None => Step::Stay,
@@ -1061,29 +1073,31 @@ impl Job {
         }
     }
 
+    /// Rebalance: the stopped primary's final checkpoint, which the mirror
+    /// must replay before it is promoted.
+    fn read_checkpoint(&mut self, s: &mut ReplayScratch) -> Step {
+        let dir = self.rec.original.datadir.clone();
+        match self.target_tool("pg_controldata", |s| s.controldata(&dir), Some(SHORT_STEP)) {
+            None => Step::Stay,
+            Some(Err(e)) => failed(format!("could not read the stopped primary's final checkpoint: {}", e.message)),
+            Some(Ok(report)) => match rebalance::controldata_checkpoint(&report) {
+                Some(l) => {
+                    // Writes wait while the primary is stopped: the mirror
+                    // gets a few seconds, then the old primary is started
+                    // again.
+                    s.aim = Some((l, Instant::now() + gucs::seconds(&gucs::SWITCHOVER_TIMEOUT)));
+                    next()
+                }
+                None => failed("pg_controldata did not report the stopped primary's final checkpoint"),
+            },
+        }
+    }
+
     /// Rebalance: once the preferred primary has replayed the stopped
     /// primary's final checkpoint (so no acknowledged commit is missing),
     /// the catalog names it primary; the promotion follows in the next phase.
-    fn switching_roles(&mut self) -> Step {
-        if self.checkpoint_lsn.is_none() {
-            let dir = self.rec.original.datadir.clone();
-            return match self.target_tool("pg_controldata", |s| s.controldata(&dir), Some(SHORT_STEP)) {
-                None => Step::Stay,
-                Some(Err(e)) => failed(format!("could not read the stopped primary's final checkpoint: {}", e.message)),
-                Some(Ok(report)) => match rebalance::controldata_checkpoint(&report) {
-                    Some(l) => {
-                        self.checkpoint_lsn = Some(l);
-                        // Writes wait while the primary is stopped: the
-                        // mirror gets a few seconds, then the old primary
-                        // is started again.
-                        self.deadline = Some(Instant::now() + gucs::seconds(&gucs::SWITCHOVER_TIMEOUT));
-                        Step::Stay
-                    }
-                    None => failed("pg_controldata did not report the stopped primary's final checkpoint"),
-                },
-            };
-        }
-        let checkpoint = self.checkpoint_lsn.unwrap_or(u64::MAX);
+    fn await_replay(&mut self, s: &mut ReplayScratch) -> Step {
+        let Some((checkpoint, deadline)) = s.aim else { return failed("the final checkpoint was not read") };
         if self.task.is_none() && Instant::now() < self.next_check {
             return Step::Stay;
         }
@@ -1116,7 +1130,7 @@ impl Job {
                 }))
             }
             other => {
-                if self.deadline.is_some_and(|d| Instant::now() > d) {
+                if Instant::now() > deadline {
                     self.mirror_lagged = true;
                     return failed(format!(
                         "dbid {} did not replay the old primary's final checkpoint at {} within {} s \
@@ -1140,7 +1154,7 @@ impl Job {
     /// turn synchronous replication off there and give it the slot for its
     /// mirror. If this fails, the fault tolerance service repeats the
     /// promotion (the acting primary in recovery with its peer down).
-    fn promoting(&mut self) -> Step {
+    fn promote(&mut self) -> Step {
         let t = Target::new(&self.source, call_timeout());
         let sysid = self.rec.system_identifier.clone();
         let answer = self.call(|| {
@@ -1173,38 +1187,40 @@ impl Job {
         }
     }
 
-    /// standby.signal, primary_conninfo to the acting primary, the slot, and
-    /// the segment's own port (a copy brought the source's settings).
-    fn configuring(&mut self) -> Step {
+    /// primary_conninfo to the acting primary, the slot, and the segment's
+    /// own port (a copy brought the source's settings), over what the
+    /// target's postgresql.auto.conf holds.
+    fn read_auto_conf(&mut self, s: &mut AutoConf) -> Step {
         let dir = self.target.datadir.clone();
-        if self.sub == 0 {
-            match self.target_tool("read_auto_conf", |s| s.read_auto_conf(&dir), Some(SHORT_STEP)) {
-                None => return Step::Stay,
-                Some(Err(e)) => return failed(format!("could not configure {dir}: {}", e.message)),
-                Some(Ok(existing)) => {
-                    let text = recovery::rewrite_auto_conf(
-                        &existing,
-                        &[
-                            ("port", self.target.port.to_string()),
-                            ("primary_conninfo", user_conninfo(&self.source, MIRROR_APPLICATION_NAME)),
-                            ("primary_slot_name", SLOT_NAME.to_string()),
-                            ("synchronous_standby_names", String::new()),
-                        ],
-                    );
-                    self.pending_text = Some((text, String::new()));
-                    self.sub = 1;
-                }
+        match self.target_tool("read_auto_conf", |s| s.read_auto_conf(&dir), Some(SHORT_STEP)) {
+            None => Step::Stay,
+            Some(Err(e)) => failed(format!("could not configure {dir}: {}", e.message)),
+            Some(Ok(existing)) => {
+                s.text = recovery::rewrite_auto_conf(
+                    &existing,
+                    &[
+                        ("port", self.target.port.to_string()),
+                        ("primary_conninfo", user_conninfo(&self.source, MIRROR_APPLICATION_NAME)),
+                        ("primary_slot_name", SLOT_NAME.to_string()),
+                        ("synchronous_standby_names", String::new()),
+                    ],
+                );
+                next()
             }
         }
-        let text = self.pending_text.clone().map(|(t, _)| t).unwrap_or_default();
-        match self.target_tool("configure", |s| s.configure_standby(&dir, &text), Some(SHORT_STEP)) {
+    }
+
+    /// standby.signal and the rewritten postgresql.auto.conf.
+    fn configure(&mut self, s: &mut AutoConf) -> Step {
+        let dir = self.target.datadir.clone();
+        match self.target_tool("configure", |scripts| scripts.configure_standby(&dir, &s.text), Some(SHORT_STEP)) {
             None => Step::Stay,
             Some(Ok(_)) => next(),
             Some(Err(e)) => failed(format!("could not configure {dir}: {}", e.message)),
         }
     }
 
-    fn starting(&mut self) -> Step {
+    fn start(&mut self) -> Step {
         let dir = self.target.datadir.clone();
         let limit = gucs::seconds(&gucs::JOB_START_TIMEOUT);
         // pg_ctl's own wait is the bound; the step's limit only backs it up.
@@ -1223,26 +1239,23 @@ impl Job {
 
     /// Waits until the primary reports a stream from the new mirror, so that
     /// the fault tolerance service never sees an 'up' mirror without one.
-    fn connecting(&mut self) -> Step {
-        if self.deadline.is_none() {
-            // A demoted primary that cannot follow the new timeline is
-            // rewound after 30 s instead of failing.
-            let wait = if self.kind == JobKind::Rebalance && !self.rewound {
-                Duration::from_secs(30)
-            } else {
-                gucs::seconds(&gucs::JOB_CONNECT_TIMEOUT)
-            };
-            self.deadline = Some(Instant::now() + wait);
-        }
+    fn await_stream(&mut self, s: &mut Wait) -> Step {
+        // A demoted primary that cannot follow the new timeline is rewound
+        // after 30 s instead of failing.
+        let rewind_instead = self.kind == JobKind::Rebalance && !self.rewound;
+        let deadline = *s.deadline.get_or_insert_with(|| {
+            let wait = if rewind_instead { Duration::from_secs(30) } else { gucs::seconds(&gucs::JOB_CONNECT_TIMEOUT) };
+            Instant::now() + wait
+        });
         if let Some(Ok(p)) = self.probe_source() {
             if let Some(r) = p.mirror_replication() {
                 self.wal_remaining = r.bytes_behind;
                 return next();
             }
         }
-        if self.deadline.is_some_and(|d| Instant::now() > d) {
+        if Instant::now() > deadline {
             self.task = None;
-            if self.kind == JobKind::Rebalance && !self.rewound {
+            if rewind_instead {
                 log!(
                     "gp_recovery: job {}: dbid {} does not follow the new primary; rewinding it",
                     self.id(),
@@ -1260,7 +1273,7 @@ impl Job {
 
     /// The target becomes an up mirror, and the fault tolerance service
     /// watches the pair again; committed with the next phase.
-    fn marking_up(&mut self) -> Step {
+    fn mark_up(&mut self) -> Step {
         let (target, job_id) = (self.target.clone(), self.id());
         next_with(Box::new(move || {
             job_table::release_hold(job_id)?;
@@ -1279,10 +1292,10 @@ impl Job {
 
     /// Until the stream reaches 'streaming'; fails after
     /// gp_recovery.job_catchup_timeout without progress.
-    fn catching_up(&mut self) -> Step {
-        if self.sub == 0 {
+    fn await_streaming(&mut self, s: &mut Wait) -> Step {
+        if !s.asked {
             fts::request_round();
-            self.sub = 1;
+            s.asked = true;
         }
         let limit = gucs::seconds(&gucs::JOB_CATCHUP_TIMEOUT);
         if let Some(Ok(p)) = self.probe_source() {
@@ -1294,15 +1307,15 @@ impl Job {
                         return next();
                     }
                     let now = r.bytes_behind.unwrap_or(i64::MAX);
-                    match self.behind {
+                    match s.behind {
                         Some((before, _)) if now >= before => {}
-                        _ => self.behind = Some((now, Instant::now())),
+                        _ => s.behind = Some((now, Instant::now())),
                     }
                 }
                 None => self.wal_remaining = None,
             }
         }
-        let since = self.behind.get_or_insert((i64::MAX, Instant::now())).1;
+        let since = s.behind.get_or_insert((i64::MAX, Instant::now())).1;
         if since.elapsed() > limit {
             return self.fail_with_log(Failure::other(format!(
                 "the mirror made no progress catching up for {} s; it stays up and the fault tolerance service watches it",
@@ -1314,9 +1327,9 @@ impl Job {
 
     /// The fault tolerance service turns synchronous replication on and
     /// marks the pair 's'; the job ends when it has.
-    fn synchronizing(&mut self) -> Step {
+    fn await_synchronized(&mut self, s: &mut Wait) -> Step {
         let limit = gucs::seconds(&gucs::JOB_SYNC_TIMEOUT);
-        let deadline = *self.deadline.get_or_insert(Instant::now() + limit);
+        let deadline = *s.deadline.get_or_insert(Instant::now() + limit);
         if Instant::now() < self.next_check {
             return Step::Stay;
         }
@@ -1340,25 +1353,27 @@ impl Job {
         Step::Stay
     }
 
-    fn removing_old(&mut self) -> Step {
+    fn remove_old(&mut self) -> Step {
         let dir = self.target.datadir.clone();
-        if self.sub == 0 {
-            match self.target_tool("remove_old", |s| s.remove_old(&dir), Some(SHORT_STEP)) {
-                None => return Step::Stay,
-                Some(Ok(_)) => self.sub = 1,
-                Some(Err(e)) => return failed(format!("could not remove the old data directory: {}", e.message)),
-            }
+        match self.target_tool("remove_old", |s| s.remove_old(&dir), Some(SHORT_STEP)) {
+            None => Step::Stay,
+            Some(Ok(_)) => next(),
+            Some(Err(e)) => failed(format!("could not remove the old data directory: {}", e.message)),
         }
+    }
+
+    /// The old host's lines in the acting primary's pg_hba.conf go once no
+    /// segment is on it (only lines gp_recovery added).
+    fn forget_old_host(&mut self) -> Step {
         if !self.moves_host() || self.hba_file.is_empty() {
             return next();
         }
-        // The old host's lines in the acting primary's pg_hba.conf go once
-        // no segment is on it (only lines gp_recovery added).
         let old_host = self.rec.original.hostname.clone();
-        if self.sub == 1 {
+        // Looked at once, before the script starts.
+        if self.tool.is_none() {
             match try_transaction(|| Ok(catalog::load())) {
                 Ok(c) if c.iter().any(|s| s.hostname.eq_ignore_ascii_case(&old_host)) => return next(),
-                Ok(_) => self.sub = 2,
+                Ok(_) => {}
                 Err(e) => return failed(e),
             }
         }
@@ -1397,10 +1412,6 @@ fn user_conninfo(source: &Segment, application_name: &str) -> String {
 /// new place (same dbid) and a full recovery records that it replaces the
 /// segment, as gprecoverseg does. The row must still be what was planned.
 fn start_in_catalog(rec: &JobRecord, kind: JobKind) -> Result<(), String> {
-    if kind == JobKind::Rebalance {
-        // Checked in full by the next phase.
-        return Ok(());
-    }
     let rows = catalog::lock_rows(&[rec.dbid]);
     let now = rows.first().ok_or_else(|| format!("dbid {} is no longer in gp_segment_configuration", rec.dbid))?;
     if now.status != Status::Down {
@@ -1442,7 +1453,8 @@ impl Job {
             t.kill();
         }
         self.task = None;
-        self.backup = None;
+        // Drops a differential copy's backup session, which ends the backup.
+        self.scratch = Scratch::Empty;
         self.diagnosing = None;
         let backout = job::backout(self.kind, self.phase);
         let steps: VecDeque<Undo> = backout.undo(self.mirror_lagged).iter().copied().collect();
@@ -1459,7 +1471,6 @@ impl Job {
             )),
             _ => {}
         }
-        self.sub = 0;
         self.ending =
             Some(Ending { state, failure, steps, notes, success_after_all: backout == Backout::Finish, retry: false });
     }
@@ -1478,7 +1489,6 @@ impl Job {
             }?;
             let ending = self.ending.as_mut()?;
             ending.steps.pop_front();
-            self.sub = 0;
             if let Err(e) = result {
                 ending.notes.push(e);
             }
@@ -1591,7 +1601,8 @@ impl Job {
     /// standby that does not stream. A recovery brings the mirror back.
     fn undo_give_up_mirror(&mut self) -> Option<Result<(), String>> {
         let (primary, mirror) = (self.rec.original.clone(), self.source.clone());
-        if self.sub == 0 {
+        // Marked once, before the call below starts.
+        if self.task.is_none() {
             let marked = try_transaction(|| {
                 let now = catalog::lock_rows(&[primary.dbid, mirror.dbid]);
                 let find = |dbid: i16| now.iter().find(|s| s.dbid == dbid);
@@ -1613,7 +1624,6 @@ impl Job {
             if let Err(e) = marked {
                 return Some(Err(format!("could not mark dbid {} down: {e}", mirror.dbid)));
             }
-            self.sub = 1;
         }
         let t = Target::new(&primary, call_timeout());
         match self.call(|| Box::pin(async move { t.disable_sync_rep().await.map(|()| Answer::Done) }))? {
@@ -1649,6 +1659,6 @@ impl Job {
             t.kill();
         }
         self.task = None;
-        self.backup = None;
+        self.scratch = Scratch::Empty;
     }
 }

@@ -10,9 +10,12 @@
 //! - before a server is stopped or fenced, its database system identifier
 //!   and data directory must be the pair's and the row's ([`Member`]).
 
+use std::collections::HashMap;
 use std::fmt;
 
 use crate::error::CoreError;
+use crate::recovery::ActiveJob;
+use crate::segment::Segment;
 
 /// PostgreSQL's MAXPGPATH is 1024 bytes, and it writes files up to about
 /// 64 bytes deep inside a data directory (pg_wal/archive_status/...).
@@ -326,6 +329,124 @@ pub fn check_target(target: &str, machine: &str, path: &PathId, protected: &[Pro
     Ok(())
 }
 
+/// One host's part of a relocation's identity check: the directories it
+/// is asked about (on the new host, the new directory first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAsk {
+    pub hostname: String,
+    pub paths: Vec<String>,
+    /// Each path's owner, for an error; the new directory's is empty.
+    pub names: Vec<String>,
+    /// The catalog rows among the paths, with the machine last recorded
+    /// for their host: compared by path when the host does not answer.
+    pub recorded: Vec<(String, Option<String>)>,
+}
+
+/// What a relocation's new directory is checked against, host by host:
+/// every segment's data directory (the coordinator's included) and other
+/// jobs' targets. `recorded`: the machine each dbid's host was last found
+/// to be.
+pub fn identity_asks(
+    target: &Segment,
+    job_id: i64,
+    catalog: &[Segment],
+    active: &[ActiveJob],
+    recorded: &HashMap<i16, String>,
+) -> Vec<HostAsk> {
+    let mut asks = vec![HostAsk {
+        hostname: target.hostname.clone(),
+        paths: vec![target.datadir.clone()],
+        names: vec![String::new()],
+        recorded: Vec::new(),
+    }];
+    let mut add = |hostname: &str, path: &str, name: String, machine: Option<Option<String>>| {
+        let i = match asks.iter().position(|c| c.hostname.eq_ignore_ascii_case(hostname)) {
+            Some(i) => i,
+            None => {
+                asks.push(HostAsk {
+                    hostname: hostname.to_string(),
+                    paths: Vec::new(),
+                    names: Vec::new(),
+                    recorded: Vec::new(),
+                });
+                asks.len() - 1
+            }
+        };
+        asks[i].paths.push(path.to_string());
+        if let Some(m) = machine {
+            asks[i].recorded.push((path.to_string(), m));
+        }
+        asks[i].names.push(name);
+    };
+    for seg in catalog {
+        let what = if seg.is_coordinator() { ", the coordinator" } else { "" };
+        let name = format!("dbid {} (content {}{what}) at {}", seg.dbid, seg.content, seg.location());
+        add(&seg.hostname, &seg.datadir, name, Some(recorded.get(&seg.dbid).cloned()));
+    }
+    for j in active.iter().filter(|j| j.job_id != job_id) {
+        let name = format!("the target of recovery job {} for dbid {}", j.job_id, j.dbid);
+        add(&j.target.hostname, &j.target.datadir, name, None);
+    }
+    asks
+}
+
+/// A relocation's identity check that passed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Judged {
+    /// The machine each host that answered turned out to be.
+    pub machines: Vec<(String, String)>,
+    /// Hosts that did not answer (compared by path only), with why.
+    pub unanswered: Vec<(String, String)>,
+}
+
+/// Decides on the hosts' reports (`reports[i]` answers `asks[i]`): on one
+/// machine, the new directory must not be, lie inside or hold any asked
+/// directory or its tablespace locations, by device and inode; and it must
+/// fit the new host's PATH_MAX and NAME_MAX. A host that does not answer is
+/// compared by path, if it was last found to be the new host's machine.
+pub fn judge(target: &str, asks: &[HostAsk], reports: &[Result<String, String>]) -> Result<Judged, String> {
+    let (Some(first), Some(first_report)) = (asks.first(), reports.first()) else {
+        return Err("no identity check ran".into());
+    };
+    let report = first_report
+        .clone()
+        .and_then(|out| HostReport::parse(&out, first.paths.len()))
+        .map_err(|e| format!("could not resolve the new data directory on host {}: {e}", first.hostname))?;
+    if let Some((path_max, name_max)) = report.limits {
+        check_host_limits(target, path_max, name_max)?;
+    }
+    let machine = report.machine.clone();
+    let target_path = report.dirs[0].path.clone();
+    let beside = HostReport { dirs: report.dirs[1..].to_vec(), ..report.clone() };
+    let mut protected = protected_from(&beside, &first.names[1..]);
+    let mut judged = Judged { machines: vec![(first.hostname.clone(), machine.clone())], ..Judged::default() };
+    for (ask, result) in asks.iter().zip(reports).skip(1) {
+        match result.clone().and_then(|out| HostReport::parse(&out, ask.paths.len())) {
+            Ok(r) => {
+                judged.machines.push((ask.hostname.clone(), r.machine.clone()));
+                protected.extend(protected_from(&r, &ask.names));
+            }
+            Err(e) => {
+                for ((path, m), name) in ask.recorded.iter().zip(&ask.names) {
+                    if m.as_deref() == Some(machine.as_str()) {
+                        if let Some(o) = path_overlap(target, path) {
+                            return Err(format!(
+                                "the new data directory {target} {} the data directory of {name} (host {} does \
+                                 not answer, and was last found to be the new host's machine); nothing was changed",
+                                o.verb(),
+                                ask.hostname
+                            ));
+                        }
+                    }
+                }
+                judged.unanswered.push((ask.hostname.clone(), e));
+            }
+        }
+    }
+    check_target(target, &machine, &target_path, &protected)?;
+    Ok(judged)
+}
+
 /// This machine's host name.
 pub fn own_host_name() -> String {
     let mut buf = [0u8; 256];
@@ -387,6 +508,7 @@ impl Member<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::segment::{Mode, Role, Status};
 
     #[test]
     fn only_one_spelling_of_a_directory_is_accepted() {
@@ -490,6 +612,78 @@ mod tests {
         assert!(HostReport::parse("dir 0 1 5:30\n", 1).is_err(), "no machine");
         assert!(HostReport::parse("machine a\ndir 0 1 x\n", 1).is_err());
         assert!(HostReport::parse("machine a\ndir 7 1 5:1\n", 1).is_err());
+    }
+
+    fn segment(dbid: i16, hostname: &str, datadir: &str) -> Segment {
+        Segment {
+            dbid,
+            content: dbid - 2,
+            hostname: hostname.into(),
+            address: hostname.into(),
+            datadir: datadir.into(),
+            role: Role::Primary,
+            preferred_role: Role::Primary,
+            mode: Mode::Synchronized,
+            status: Status::Up,
+            port: 7000 + i32::from(dbid),
+        }
+    }
+
+    #[test]
+    fn a_relocation_asks_every_host_about_every_directory_but_its_own_job() {
+        let catalog =
+            [segment(1, "cdw", "/data/coordinator"), segment(2, "sdw1", "/data/p0"), segment(3, "SDW2", "/data/m0")];
+        let active = [
+            ActiveJob {
+                job_id: 9,
+                dbid: 3,
+                content: 1,
+                state: "running".into(),
+                target: segment(3, "sdw2", "/new/m0"),
+            },
+            ActiveJob { job_id: 4, dbid: 5, content: 3, state: "queued".into(), target: segment(5, "sdw1", "/new/x") },
+        ];
+        let recorded = HashMap::from([(2, "m-sdw1".to_string())]);
+        let asks = identity_asks(&segment(3, "sdw2", "/new/m0"), 9, &catalog, &active, &recorded);
+        let hosts: Vec<&str> = asks.iter().map(|a| a.hostname.as_str()).collect();
+        assert_eq!(hosts, ["sdw2", "cdw", "sdw1"], "one ask per host, the new host first, names compared without case");
+        assert_eq!(asks[0].paths, ["/new/m0", "/data/m0"], "the new directory first");
+        assert!(asks[1].names[0].contains("the coordinator"), "{:?}", asks[1].names);
+        assert_eq!(asks[2].paths, ["/data/p0", "/new/x"], "another job's target, not this job's");
+        assert_eq!(asks[2].recorded, [("/data/p0".to_string(), Some("m-sdw1".to_string()))]);
+    }
+
+    #[test]
+    fn a_relocation_into_a_directory_another_host_name_reaches_is_refused() {
+        let catalog = [segment(1, "cdw", "/data/coordinator"), segment(2, "sdw1", "/data/p0")];
+        let recorded = HashMap::from([(1, "m1".to_string()), (2, "m2".to_string())]);
+        let target = segment(3, "alias", "/srv/x");
+        let asks = identity_asks(&target, 9, &catalog, &[], &recorded);
+        let limits = "limits 4096 255\n";
+        // "alias" is cdw's machine; /srv/x is a link into the coordinator's directory.
+        let inside = Ok(format!("machine m1\ndir 0 0 8:1 8:2\n{limits}"));
+        let coordinator = Ok("machine m1\ndir 0 1 8:1 8:2\n".to_string());
+        let primary = Ok("machine m2\ndir 0 1 8:1 8:2\n".to_string());
+        let e = judge("/srv/x", &asks, &[inside, coordinator.clone(), primary.clone()]).unwrap_err();
+        assert!(e.contains("the coordinator") && e.contains("lies inside"), "{e}");
+        // The same inode numbers on another machine are another directory.
+        let elsewhere = Ok(format!("machine m3\ndir 0 0 8:1 8:2\n{limits}"));
+        let judged = judge("/srv/x", &asks, &[elsewhere, coordinator, primary]).unwrap();
+        assert_eq!(judged.machines.len(), 3);
+        // A host that does not answer is compared by path, on its last known machine.
+        let dead = Err("unreachable".to_string());
+        let asks = identity_asks(&segment(3, "alias", "/data/p0/sub"), 9, &catalog, &[], &recorded);
+        let on_m2 = Ok(format!("machine m2\ndir 0 0 9:1\n{limits}"));
+        let e =
+            judge("/data/p0/sub", &asks, &[on_m2, Ok("machine m1\ndir 0 1 8:1\n".into()), dead.clone()]).unwrap_err();
+        assert!(e.contains("does not answer"), "{e}");
+        let on_m3 = Ok(format!("machine m3\ndir 0 0 9:1\n{limits}"));
+        let judged = judge("/data/p0/sub", &asks, &[on_m3, Ok("machine m1\ndir 0 1 8:1\n".into()), dead]).unwrap();
+        assert_eq!(judged.unanswered, [("sdw1".to_string(), "unreachable".to_string())]);
+        // The new host must answer, and its limits hold.
+        assert!(judge("/srv/x", &asks, &[Err("down".into())]).unwrap_err().contains("could not resolve"));
+        let tight = Ok("machine m3\ndir 0 0 9:1\nlimits 20 255\n".to_string());
+        assert!(judge("/srv/x", &asks[..1], &[tight]).unwrap_err().contains("PATH_MAX"));
     }
 
     #[test]

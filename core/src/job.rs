@@ -179,12 +179,114 @@ impl Backout {
     }
 }
 
+/// One step of a phase. A phase runs the steps of its row in order, each
+/// until it is done, within one phase on record: a step is a part of the
+/// phase's effect, and a crash anywhere in it is backed out as the phase's.
+/// The jobs worker has one function for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Run a check on the target's host: it answers and has the server programs.
+    CheckHost,
+    /// Read how much the acting primary's databases hold.
+    MeasureSource,
+    /// The copy fits on the target's file system.
+    CheckSpace,
+    /// A relocation's new directory is no other segment's, by identity on every host.
+    CheckIdentity,
+    /// Nothing accepts connections at a relocation's new host and port.
+    CheckPort,
+    /// Catalog: the row as a copy replaces it, committed with the next phase.
+    StartInCatalog,
+    /// Stop the failed segment (rebalance: the acting primary).
+    StopSegment,
+    /// The catalog's acting primary of the content is still the job's source.
+    FindSource,
+    /// Probe the source, create its slot (and CHECKPOINT before a rewind).
+    PrepareSource,
+    /// Onto another host: the source's pg_hba.conf lets that host in.
+    AllowNewHost,
+    /// Rebalance: the catalog still shows the pair switched, up and synchronized.
+    FindPair,
+    /// Rebalance: CHECKPOINT on the acting primary, so its shutdown checkpoint is short.
+    CheckpointPrimary,
+    /// Rebalance: both members probed; the mirror is the pair's and replays promptly.
+    LastLook,
+    /// Rebalance: stop the old primary that could not follow.
+    StopTarget,
+    /// Rebalance: CHECKPOINT on the new primary, so its control file shows the new timeline.
+    CheckpointSource,
+    /// pg_rewind against the acting primary.
+    Rewind,
+    /// pg_basebackup from the acting primary.
+    BaseBackup,
+    /// pg_backup_start on the acting primary, in a session kept open.
+    StartBackup,
+    /// rsync from the acting primary into the target, in place.
+    Rsync,
+    /// pg_backup_stop, which returns the backup label and tablespace map.
+    StopBackup,
+    /// Write the backup label and tablespace map into the target.
+    InstallLabel,
+    /// Move the old directory aside and the complete copy in its place.
+    Swap,
+    /// Rebalance: pg_controldata of the stopped primary for its final checkpoint.
+    ReadCheckpoint,
+    /// Rebalance: wait until the mirror replayed it; catalog: the roles swap.
+    AwaitReplay,
+    /// Rebalance: pg_promote() of the new primary.
+    Promote,
+    /// Read the target's postgresql.auto.conf.
+    ReadAutoConf,
+    /// Write standby.signal and the rewritten postgresql.auto.conf.
+    Configure,
+    /// pg_ctl start of the target.
+    Start,
+    /// Wait for the acting primary to report the target's stream.
+    AwaitStream,
+    /// Catalog: the target becomes an up mirror.
+    MarkUp,
+    /// Wait for the stream to reach 'streaming'.
+    AwaitStreaming,
+    /// Wait for the fault tolerance service to mark the pair synchronized.
+    AwaitSynchronized,
+    /// Remove the old directory, or a relocation's mark.
+    RemoveOld,
+    /// After moving off a host no segment uses any more: its lines leave the source's pg_hba.conf.
+    ForgetOldHost,
+}
+
+/// The steps a phase takes in every kind of job that has it, unless its row says otherwise.
+const fn phase_steps(phase: Phase) -> &'static [Action] {
+    use Action::*;
+    match phase {
+        Phase::CheckingHost => &[CheckHost, StartInCatalog],
+        Phase::Stopping => &[StopSegment],
+        Phase::CheckingSource => &[FindSource, PrepareSource],
+        Phase::CheckingPair => &[FindPair, CheckpointPrimary, LastLook],
+        Phase::Rewinding => &[Rewind],
+        Phase::Copying => &[BaseBackup],
+        Phase::Swapping => &[Swap],
+        Phase::SwitchingRoles => &[ReadCheckpoint, AwaitReplay],
+        Phase::Promoting => &[Promote],
+        Phase::Configuring => &[ReadAutoConf, Configure],
+        Phase::Starting => &[Start],
+        Phase::Connecting => &[AwaitStream],
+        Phase::MarkingUp => &[MarkUp],
+        Phase::CatchingUp => &[AwaitStreaming],
+        Phase::Synchronizing => &[AwaitSynchronized],
+        Phase::RemovingOld => &[RemoveOld],
+        Phase::Queued | Phase::Done => &[],
+    }
+}
+
 /// One row of a job kind's table.
 #[derive(Debug, Clone, Copy)]
 pub struct Transition {
     pub phase: Phase,
     /// The side effect the phase performs, committed as the job's intent before it starts.
     pub effect: &'static str,
+    /// The steps that carry the effect out, in order.
+    pub steps: &'static [Action],
     /// The phase after success.
     pub next: Phase,
     /// Another way on, taken when the phase says so (rebalance: rewind an old primary that
@@ -195,8 +297,19 @@ pub struct Transition {
 }
 
 const fn t(phase: Phase, effect: &'static str, next: Phase, on_failure: Backout, comment: &'static str) -> Transition {
-    Transition { phase, effect, next, alternative: None, on_failure, comment }
+    Transition { phase, effect, steps: phase_steps(phase), next, alternative: None, on_failure, comment }
 }
+
+impl Transition {
+    /// A row whose phase takes other steps in this kind of job.
+    const fn taking(self, steps: &'static [Action]) -> Transition {
+        Transition { steps, ..self }
+    }
+}
+
+/// A copy must fit: the source's size against the target's free space.
+const COPY_HOST_STEPS: &[Action] =
+    &[Action::CheckHost, Action::MeasureSource, Action::CheckSpace, Action::StartInCatalog];
 
 const CHECK_HOST: &str = "run a check on the target's host (ssh for other hosts)";
 const STOP_TARGET: &str = "pg_ctl stop -m fast of the failed segment, if it runs";
@@ -246,7 +359,7 @@ const INCREMENTAL: &[Transition] = &[
 ];
 
 const DIFFERENTIAL: &[Transition] = &[
-    t(Phase::CheckingHost, CHECK_HOST, Phase::Stopping, Backout::Nothing, C_CHECK_HOST),
+    t(Phase::CheckingHost, CHECK_HOST, Phase::Stopping, Backout::Nothing, C_CHECK_HOST).taking(COPY_HOST_STEPS),
     t(Phase::Stopping, STOP_TARGET, Phase::CheckingSource, Backout::LeaveDown, "a stopped segment cannot diverge further"),
     t(
         Phase::CheckingSource,
@@ -261,7 +374,8 @@ const DIFFERENTIAL: &[Transition] = &[
         Phase::Configuring,
         Backout::LeaveDown,
         "an interrupted copy leaves the directory marked incomplete: never started, only differential or full recover it",
-    ),
+    )
+    .taking(&[Action::StartBackup, Action::Rsync, Action::StopBackup, Action::InstallLabel]),
     t(Phase::Configuring, CONFIGURE, Phase::Starting, Backout::LeaveDown, C_CONFIGURE),
     t(Phase::Starting, START, Phase::Connecting, Backout::LeaveDown, C_START),
     t(Phase::Connecting, CONNECT, Phase::MarkingUp, Backout::LeaveDown, C_CONNECT),
@@ -277,7 +391,8 @@ const FULL: &[Transition] = &[
         Phase::Stopping,
         Backout::Nothing,
         C_CHECK_HOST,
-    ),
+    )
+    .taking(COPY_HOST_STEPS),
     t(Phase::Stopping, STOP_TARGET, Phase::CheckingSource, Backout::RestoreCopy, "the old directory is untouched"),
     t(
         Phase::CheckingSource,
@@ -322,7 +437,15 @@ const RELOCATION: &[Transition] = &[
         Phase::Stopping,
         Backout::Nothing,
         C_CHECK_HOST,
-    ),
+    )
+    .taking(&[
+        Action::CheckHost,
+        Action::MeasureSource,
+        Action::CheckSpace,
+        Action::CheckIdentity,
+        Action::CheckPort,
+        Action::StartInCatalog,
+    ]),
     t(
         Phase::Stopping,
         "pg_ctl stop of the failed segment at its old place (skipped when its host is unreachable)",
@@ -338,7 +461,8 @@ const RELOCATION: &[Transition] = &[
         Backout::RestoreCopy,
         "no acting primary answering: a double fault, nothing is copied; pg_hba.conf lines added stay (they only \
          let the new host in)",
-    ),
+    )
+    .taking(&[Action::FindSource, Action::PrepareSource, Action::AllowNewHost]),
     t(
         Phase::Copying,
         "mark the new directory relocating and incomplete, pg_basebackup into it (an existing empty directory is \
@@ -360,7 +484,8 @@ const RELOCATION: &[Transition] = &[
         Phase::Done,
         Backout::Finish,
         "the relocated segment is synchronized; a leftover mark is only warned about",
-    ),
+    )
+    .taking(&[Action::RemoveOld, Action::ForgetOldHost]),
 ];
 
 const REBALANCE: &[Transition] = &[
@@ -370,7 +495,8 @@ const REBALANCE: &[Transition] = &[
         Phase::CheckingPair,
         Backout::Nothing,
         C_CHECK_HOST,
-    ),
+    )
+    .taking(&[Action::CheckHost]),
     t(
         Phase::CheckingPair,
         "the catalog: still switched, up, synchronized; CHECKPOINT on the acting primary, so its shutdown \
@@ -417,6 +543,7 @@ const REBALANCE: &[Transition] = &[
     Transition {
         phase: Phase::Connecting,
         effect: CONNECT,
+        steps: phase_steps(Phase::Connecting),
         next: Phase::MarkingUp,
         alternative: Some(Phase::Rewinding),
         on_failure: Backout::KeepNewPrimary,
@@ -428,7 +555,8 @@ const REBALANCE: &[Transition] = &[
         Phase::Configuring,
         Backout::KeepNewPrimary,
         "a failed rewind leaves the old primary down and marked for differential or full recovery",
-    ),
+    )
+    .taking(&[Action::StopTarget, Action::CheckpointSource, Action::Rewind]),
     t(
         Phase::MarkingUp,
         "catalog: the old primary becomes an up mirror; the fault tolerance service watches the pair again",
@@ -458,6 +586,11 @@ pub fn row(kind: JobKind, phase: Phase) -> Option<&'static Transition> {
 
 /// The phase a claimed job starts in.
 pub const FIRST: Phase = Phase::CheckingHost;
+
+/// The steps of `phase` in a job of `kind`, in order; none for a phase the kind does not have.
+pub fn steps(kind: JobKind, phase: Phase) -> &'static [Action] {
+    row(kind, phase).map_or(&[], |r| r.steps)
+}
 
 /// How a job interrupted in `phase` (failed, canceled, or found running
 /// after a restart) is backed out.
@@ -802,6 +935,52 @@ mod tests {
                 assert!(!r.effect.is_empty() && !r.comment.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn every_phase_takes_steps_and_each_step_belongs_to_one_phase() {
+        let mut phase_of: Vec<(Action, Phase)> = Vec::new();
+        for &kind in JobKind::ALL {
+            for r in table(kind) {
+                assert!(!r.steps.is_empty(), "{kind}: {} takes no step", r.phase);
+                for (i, a) in r.steps.iter().enumerate() {
+                    assert!(!r.steps[..i].contains(a), "{kind}: {} takes {a:?} twice", r.phase);
+                    match phase_of.iter().find(|(b, _)| b == a) {
+                        Some((_, p)) => assert_eq!(*p, r.phase, "{a:?} is a step of {p} and of {}", r.phase),
+                        None => phase_of.push((*a, r.phase)),
+                    }
+                }
+            }
+        }
+        assert!(steps(JobKind::Incremental, Phase::Copying).is_empty(), "a phase the kind lacks");
+    }
+
+    #[test]
+    fn a_job_proves_its_target_fits_and_is_its_own_before_the_catalog_changes() {
+        use Action::*;
+        for &kind in JobKind::ALL {
+            let host = steps(kind, Phase::CheckingHost);
+            assert_eq!(host.first(), Some(&CheckHost), "{kind}");
+            let copies = matches!(kind, JobKind::Differential | JobKind::Full | JobKind::Relocation);
+            let relocates = kind == JobKind::Relocation;
+            let position = |a: Action| host.iter().position(|b| *b == a);
+            assert_eq!(position(CheckSpace).is_some(), copies, "{kind}");
+            assert_eq!(position(CheckIdentity).is_some(), relocates, "{kind}");
+            assert_eq!(position(CheckPort).is_some(), relocates, "{kind}");
+            // Rebalance changes the catalog only once the pair is checked.
+            match position(StartInCatalog) {
+                Some(p) => assert_eq!(p, host.len() - 1, "{kind}: the catalog changes last"),
+                None => assert_eq!(kind, JobKind::Rebalance),
+            }
+            if copies {
+                assert!(position(MeasureSource) < position(CheckSpace), "{kind}: measured before compared");
+            }
+        }
+        let source = steps(JobKind::Relocation, Phase::CheckingSource);
+        assert_eq!(source.last(), Some(&AllowNewHost), "the new host is let in once the source is proven");
+        let rewind = steps(JobKind::Rebalance, Phase::Rewinding);
+        assert_eq!(rewind.first(), Some(&StopTarget), "an old primary is stopped before it is rewound");
+        assert_eq!(steps(JobKind::Incremental, Phase::Rewinding), &[Rewind]);
     }
 
     #[test]
