@@ -154,9 +154,7 @@ impl Tool {
             }
         };
         let output = self.output();
-        // rsync's 24: some source files vanished while copying (dropped
-        // tables); the WAL replayed from the backup start covers them.
-        let result = if status.success() || (self.name == "rsync" && status.code() == Some(24)) {
+        let result = if gp_recovery_core::host::exit_ok(self.name, status.code()) {
             Ok(())
         } else {
             let mut e = self.host.failure(self.name, status, &output);

@@ -130,6 +130,17 @@ pub fn output(cmd: &mut std::process::Command) -> std::io::Result<std::process::
     out
 }
 
+/// rsync's exit code for "some source files vanished before they could be
+/// transferred": dropped tables during a differential copy.
+pub const RSYNC_VANISHED: i32 = 24;
+
+/// Whether a step's tool ended well by its exit code. rsync's
+/// [`RSYNC_VANISHED`] is a success: the WAL replayed from the backup start
+/// covers whatever vanished.
+pub fn exit_ok(tool: &str, code: Option<i32>) -> bool {
+    code == Some(0) || (tool == "rsync" && code == Some(RSYNC_VANISHED))
+}
+
 /// The last `n` non-empty lines of a step's output, for error texts
 /// (progress output separates its lines with carriage returns).
 pub fn last_lines(output: &str, n: usize) -> String {
@@ -800,6 +811,17 @@ impl Scripts {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_rsync_may_end_with_vanished_files() {
+        assert!(exit_ok("rsync", Some(0)));
+        assert!(exit_ok("rsync", Some(RSYNC_VANISHED)));
+        assert!(!exit_ok("pg_basebackup", Some(RSYNC_VANISHED)));
+        assert!(!exit_ok("rsync", Some(23)));
+        // Killed by a signal: no exit code.
+        assert!(!exit_ok("rsync", None));
+    }
+
     use super::*;
     use std::path::{Path, PathBuf};
     use std::process::Command;
