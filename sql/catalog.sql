@@ -17,9 +17,10 @@ CREATE TABLE gp_segment_configuration (
     -- own siblings.
     datadir        text     NOT NULL CHECK (datadir LIKE '/_%' AND datadir !~ '(//|/\.\.?(/|$)|/$)'
                                             AND strpos(datadir, '.gp_recovery') = 0),
-    -- The coordinator is dbid 1, content -1, and always the primary.
+    -- Content -1 is the coordinator (dbid 1 when it was registered) and,
+    -- once gp_init_standby built one, its standby in the mirror role.
     CONSTRAINT gp_segment_configuration_coordinator_check
-        CHECK ((content = -1) = (dbid = 1) AND (content <> -1 OR role = 'p')),
+        CHECK (dbid <> 1 OR content = -1),
     -- One primary and one mirror per content. Deferrable, so that a failover
     -- can swap the two roles inside one transaction.
     CONSTRAINT gp_segment_configuration_content_role_key

@@ -76,6 +76,12 @@ pub fn insert(h: &History) {
     history(h);
 }
 
+/// Deletes a row (its identity, hold and backoff rows go with it), with its history row.
+pub fn remove(h: &History) {
+    Spi::run_with_args("DELETE FROM public.gp_segment_configuration WHERE dbid = $1", &[h.row.dbid.into()]).or_raise();
+    history(h);
+}
+
 /// Sets the mode of one row, with its history row.
 pub fn set_mode(row: &Segment, mode: Mode, program: &str) {
     Spi::run_with_args(
@@ -272,9 +278,12 @@ pub fn set_double_fault(content: i16, on: bool) {
 }
 
 /// Both workers run as the bootstrap superuser: nothing a user can create
-/// may be on their search path.
-pub fn set_worker_search_path() {
+/// may be on their search path. Their commits do not wait for the
+/// coordinator's standby: a dead standby is marked down, and synchronous
+/// replication turned off, by a commit of the fault tolerance service.
+pub fn set_worker_session() {
     Spi::run("SET search_path = pg_catalog, pg_temp").or_raise();
+    Spi::run("SET synchronous_commit = local").or_raise();
 }
 
 /// Whether CREATE EXTENSION gp_recovery has run in this database (the

@@ -23,7 +23,7 @@ use gp_recovery_core::fts::{self, Observation, Plan, PrimaryHealth, SegmentOp};
 use gp_recovery_core::fts_tracker::{Members, OpResult, ProbeOrder, Probed, RoundDone, Tracker, TrackerSettings};
 use gp_recovery_core::identity::Member;
 use gp_recovery_core::segment::{Pair, Segment};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic, PgLwLock, PgSqlErrorCode};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -131,6 +131,8 @@ pub fn init() {
         .set_library("gp_recovery")
         .set_function("gp_recovery_fts_main")
         .enable_spi_access()
+        // Also on a hot standby, where it waits and says so (src/standby.rs).
+        .set_start_time(BgWorkerStartTime::ConsistentState)
         // Restarted 5 s after it exits for any reason other than shutdown.
         .set_restart_time(Some(Duration::from_secs(5)))
         .load();
@@ -352,7 +354,7 @@ impl Fts {
         let (catalog, held, identities) = BackgroundWorker::transaction(|| {
             (catalog::load(), catalog::contents_on_fts_hold(), catalog::system_identifiers())
         });
-        let pairs: Vec<Members> = Pair::all(&catalog)
+        let pairs: Vec<Members> = Pair::watched(&catalog)
             .into_iter()
             .map(|p| Members {
                 primary: p.primary.clone(),
@@ -654,9 +656,14 @@ pub extern "C-unwind" fn gp_recovery_fts_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // Nothing below may run on a standby: SPI writes need a transaction id.
+    if !crate::standby::wait_while_in_recovery("fault tolerance service") {
+        // SAFETY: ends this worker; restarted after its restart time unless shutting down.
+        unsafe { pg_sys::proc_exit(1) };
+    }
     // SAFETY: MyProcPid is set for every backend before this runs.
     WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
-    BackgroundWorker::transaction(catalog::set_worker_search_path);
+    BackgroundWorker::transaction(catalog::set_worker_session);
     Fts::new().run();
     WORKER_PID.get().store(0, Ordering::SeqCst);
     log!("gp_recovery fault tolerance service stopped");

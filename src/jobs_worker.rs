@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use gp_recovery_core::job::{self, Failure, FailureKind, FaultPoint, JobState, Phase};
 use gp_recovery_core::recovery::{self, Attempt};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic};
 
@@ -35,6 +35,8 @@ pub fn init() {
         .set_library("gp_recovery")
         .set_function("gp_recovery_jobs_main")
         .enable_spi_access()
+        // Also on a hot standby, where it waits and says so (src/standby.rs).
+        .set_start_time(BgWorkerStartTime::ConsistentState)
         .set_restart_time(Some(Duration::from_secs(5)))
         .load();
 }
@@ -91,6 +93,7 @@ impl Worker {
             // SAFETY: ends this process; the postmaster restarts the coordinator.
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
         }
+        // SAFETY: ends this worker; restarted after its restart time unless shutting down.
         unsafe { pg_sys::proc_exit(1) };
     }
 
@@ -416,6 +419,10 @@ impl Worker {
 pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
+    // Nothing below may run on a standby: SPI writes need a transaction id.
+    if !crate::standby::wait_while_in_recovery("recovery worker") {
+        unsafe { pg_sys::proc_exit(1) };
+    }
     crate::latch::wake_on_child_exit();
     // SAFETY: MyProcPid is set for every backend before this runs.
     JOBS_WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
@@ -432,7 +439,7 @@ pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
     // No statement of the worker waits long for a lock: a submitter holding
     // its transaction open, or a DBA's lock, fails one write, not the loop.
     if let Err(e) = try_transaction(|| {
-        catalog::set_worker_search_path();
+        catalog::set_worker_session();
         Spi::run("SET lock_timeout = '2s'").map_err(|e| e.to_string())?;
         Spi::run("SET statement_timeout = '30s'").map_err(|e| e.to_string())
     }) {

@@ -25,6 +25,7 @@ mod recovery;
 mod segment_client;
 mod segment_host;
 mod selfheal;
+mod standby;
 mod supervise;
 
 ::pgrx::pg_module_magic!();

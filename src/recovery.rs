@@ -15,7 +15,7 @@ use pgrx::PgSqlErrorCode;
 use crate::error::{raise, required, OrRaise};
 use crate::{catalog, job_table, jobs_worker, latch, segment_client};
 
-fn require_worker() {
+pub(crate) fn require_worker() {
     if !crate::preloaded() {
         pgrx::ereport!(
             ERROR,
@@ -50,7 +50,7 @@ fn planned(spec: &JobSpec) -> ActiveJob {
 
 /// Validates the jobs, checks their sources live, and queues them all (or
 /// none) in this transaction; the worker is woken at commit time or sooner.
-fn submit(specs: Vec<JobSpec>) -> Vec<i64> {
+pub(crate) fn submit(specs: Vec<JobSpec>) -> Vec<i64> {
     verify_sources(&specs).or_raise();
     let ids: Vec<i64> = specs.iter().map(|s| job_table::insert(s, None)).collect();
     for (id, spec) in ids.iter().zip(&specs) {
@@ -86,7 +86,7 @@ pub(crate) fn plan_all(mode: &str) -> Vec<JobSpec> {
     let hosts = segment_client::resolving_hosts(&catalog, &[]);
     let mut active = job_table::active();
     let mut specs = Vec::new();
-    for s in catalog.iter().filter(|s| !s.is_coordinator() && s.status == Status::Down) {
+    for s in catalog.iter().filter(|s| s.is_segment() && s.status == Status::Down) {
         match plan_recovery(&catalog, &active, s.dbid.into(), mode, &NewLocation::default(), &hosts) {
             Ok(spec) => {
                 active.push(planned(&spec));

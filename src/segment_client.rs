@@ -345,6 +345,32 @@ impl Target {
         .await
     }
 
+    /// Drops the slot a stopped mirror streamed from, waiting up to `wait`
+    /// for its walsender to end.
+    pub async fn drop_slot(&self, wait: Duration) -> Result<(), String> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let active = self
+                .with_client(|client| async move {
+                    let row = client
+                        .query_one(
+                            "SELECT count(*) FILTER (WHERE active),                                     count(pg_drop_replication_slot(slot_name)) FILTER (WHERE NOT active)                                FROM pg_replication_slots WHERE slot_name = $1",
+                            &[&SLOT_NAME],
+                        )
+                        .await?;
+                    Ok(row.get::<_, i64>(0) > 0)
+                })
+                .await?;
+            if !active {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(format!("slot {SLOT_NAME} is still in use after {} s", wait.as_secs()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Immediate shutdown of a writable server through its own connection
     /// (it may be on any host): SIGQUIT to the postmaster named in its
     /// postmaster.pid, but only when it is `member` (the pair's database

@@ -184,13 +184,13 @@ impl SelfHealing {
         let host_answers = |s: &Segment| {
             catalog
                 .iter()
-                .any(|o| !o.is_coordinator() && o.status == Status::Up && o.hostname.eq_ignore_ascii_case(&s.hostname))
+                .any(|o| o.is_segment() && o.status == Status::Up && o.hostname.eq_ignore_ascii_case(&s.hostname))
         };
         let source_up =
             |s: &Segment| catalog.iter().any(|o| o.content == s.content && o.dbid != s.dbid && o.status == Status::Up);
         let mut watched: Vec<(Watched, &Segment, Option<&Segment>)> = catalog
             .iter()
-            .filter(|s| !s.is_coordinator() && s.status == Status::Down)
+            .filter(|s| s.is_segment() && s.status == Status::Down)
             .map(|s| (Watched::Down(s.dbid), s, None))
             .collect();
         watched.extend(
@@ -306,10 +306,10 @@ fn hold_row(function: &str, dbid: Option<i32>) -> Segment {
     let dbid = required(function, "dbid", dbid);
     let catalog = catalog::load();
     match i16::try_from(dbid).ok().and_then(|d| catalog.into_iter().find(|s| s.dbid == d)) {
-        Some(s) if s.is_coordinator() => raise(CoreError::InvalidValue {
+        Some(s) if !s.is_segment() => raise(CoreError::InvalidValue {
             what: "dbid",
             value: dbid.to_string(),
-            expected: "it is the coordinator; self-healing never acts on it",
+            expected: "it is the coordinator or its standby; self-healing never acts on them",
         }),
         Some(s) => s,
         None => raise(CoreError::InvalidValue {

@@ -18,8 +18,9 @@ named_enum!(
         DoubleFault => "double_fault",
         DoubleFaultEnd => "double_fault_end",
         Fenced => "fenced",
-        // gp_add_segment, recovery and rebalance jobs.
+        // gp_add_segment, gp_init_standby and gp_remove_standby, recovery and rebalance jobs.
         SegmentAdded => "segment_added",
+        SegmentRemoved => "segment_removed",
         FullRecovery => "full_recovery",
         SegmentUp => "segment_up",
         Backout => "backout",

@@ -303,6 +303,23 @@ impl FlushWatch {
 
 /// The decision table. Order matters: the first rule whose `when` holds wins.
 pub const RULES: &[Rule] = &[
+    // The coordinator's own pair: the service watches its standby like a
+    // mirror (marked down, synchronous replication off, marked
+    // synchronized), but never promotes or stops either member of it.
+    Rule {
+        name: "standby_writable",
+        reason: "the coordinator's standby answers as a writable primary (activated, or started without standby.signal): this coordinator neither stops nor marks it over that; the DBA must decide which coordinator is the cluster's",
+        when: |o, _| o.primary.is_coordinator() && o.mirror_probe.as_ref().is_ok_and(|m| !m.in_recovery),
+        action: Action::Warn,
+        next_look: NextLook::Round,
+    },
+    Rule {
+        name: "coordinator_not_answering",
+        reason: "the coordinator does not answer its own probe at its catalog host and port: the service never promotes the standby (gp_activate_standby() is the DBA's call); check the coordinator's row and pg_hba.conf",
+        when: |o, _| o.primary.is_coordinator() && !matches!(o.primary_health, PrimaryHealth::Alive(_)),
+        action: Action::Warn,
+        next_look: NextLook::Round,
+    },
     Rule {
         name: "down_member_writable",
         reason: "a member that is down in the catalog answers as a writable primary (failed over while hung, then resumed, or started by hand): stopping it at once (immediate shutdown) so no session commits on it",
@@ -771,6 +788,42 @@ mod tests {
         o.mirror.mode = Mode::NotInSync;
         let plan = decide(&o, &SETTINGS);
         assert_eq!(notes(&plan.catalog).iter().map(|n| (n.0, n.1)).collect::<Vec<_>>(), vec![(5, "mirror_down")]);
+    }
+
+    #[test]
+    fn the_coordinators_standby_is_marked_down_like_a_mirror_but_never_promoted_or_stopped() {
+        let coordinator_pair = || {
+            let mut o = healthy();
+            o.primary.content = -1;
+            o.mirror.content = -1;
+            o
+        };
+        // Gone past the grace period: down, and the coordinator's commits stop waiting for it.
+        let mut o = coordinator_pair();
+        o.primary_health = PrimaryHealth::Alive(primary_probe(None, "gp_walreceiver"));
+        o.mirror_probe = Err("connection refused".into());
+        o.mirror_gone_for = Some(Duration::from_secs(30));
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.action, Action::MarkMirrorDown);
+        assert_eq!(plan.after_catalog, vec![SegmentOp::DisableSyncRep(o.primary.clone())]);
+        // The coordinator not answering its own probe: no promotion of the standby.
+        let mut o = coordinator_pair();
+        o.primary_health = PrimaryHealth::Unreachable("timeout".into());
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.action, Action::Warn);
+        assert!(!plan.changes_anything());
+        // A standby down in the catalog that answers writable (activated elsewhere): not fenced.
+        let mut o = coordinator_pair();
+        o.mirror.status = Status::Down;
+        o.mirror_probe = Ok(member(false, "/d/5"));
+        let plan = decide(&o, &SETTINGS);
+        assert_eq!(plan.rule.action, Action::Warn);
+        assert!(!plan.changes_anything());
+        // The same for a segment's pair is fenced.
+        let mut o = healthy();
+        o.mirror.status = Status::Down;
+        o.mirror_probe = Ok(member(false, "/d/5"));
+        assert_eq!(decide(&o, &SETTINGS).rule.action, Action::Fence);
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub fn mirror_list(statuses: &[SegmentStatus]) -> Vec<MirrorStatus> {
     let pairs = Pair::all(&catalog);
     statuses
         .iter()
-        .filter(|s| !s.segment.is_coordinator() && s.segment.preferred_role == Role::Mirror)
+        .filter(|s| s.segment.is_segment() && s.segment.preferred_role == Role::Mirror)
         .map(|s| {
             let seg = &s.segment;
             let synchronized =

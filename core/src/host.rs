@@ -308,8 +308,21 @@ impl Scripts {
             quote(&self.owner.system_identifier),
             quote(&c.machine),
             quote(&chain.join(" ")),
-            quote(&c.system_identifier),
+            quote(self.guarded_system_identifier()),
         )
+    }
+
+    /// The database system no step touches: the coordinator's, except in a
+    /// job for its standby, which holds that system by design (the
+    /// coordinator's directory is still refused by device and inode, and a
+    /// server is stopped only when it runs in the job's directory).
+    fn guarded_system_identifier(&self) -> &str {
+        let c = &self.coordinator.system_identifier;
+        if *c == self.owner.system_identifier {
+            ""
+        } else {
+            c
+        }
     }
 
     /// The preamble of a step that changes files or processes: it refuses
@@ -1374,6 +1387,10 @@ mod tests {
             assert_eq!(rc, REFUSED, "{target}: {out}");
             assert!(out.contains("the coordinator's data directory"), "{target}: {out}");
         }
+        // A job for the coordinator's standby shares its database system, never its directory.
+        let standby_job = Scripts { owner: Owner { job: 1, dbid: 3, system_identifier: "1".into() }, ..s.clone() };
+        let (rc, out) = run_local(&standby_job.configure_standby(&format!("{d}/link"), "x"));
+        assert_eq!(rc, REFUSED, "{out}");
         assert!(!coordinator.join("standby.signal").exists() && !coordinator.join("postgresql.auto.conf").exists());
         assert_eq!(run_local(&s.configure_standby(&format!("{d}/other"), "x")).0, 0, "another directory");
         // Another machine's inode numbers say nothing here.

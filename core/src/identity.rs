@@ -379,7 +379,13 @@ pub fn identity_asks(
         asks[i].names.push(name);
     };
     for seg in catalog {
-        let what = if seg.is_coordinator() { ", the coordinator" } else { "" };
+        let what = if seg.is_coordinator() {
+            ", the coordinator"
+        } else if seg.is_standby() {
+            ", the coordinator's standby"
+        } else {
+            ""
+        };
         let name = format!("dbid {} (content {}{what}) at {}", seg.dbid, seg.content, seg.location());
         add(&seg.hostname, &seg.datadir, name, Some(recorded.get(&seg.dbid).cloned()));
     }

@@ -377,7 +377,7 @@ pub fn config_line_segment<'a>(catalog: &'a [Segment], l: &ConfigLine) -> Result
 
 /// The gprecoverseg -o output for the segments now down.
 pub fn config_for_down_segments(catalog: &[Segment]) -> String {
-    let mut down: Vec<&Segment> = catalog.iter().filter(|s| !s.is_coordinator() && s.status == Status::Down).collect();
+    let mut down: Vec<&Segment> = catalog.iter().filter(|s| s.is_segment() && s.status == Status::Down).collect();
     down.sort_by_key(|s| (s.content, s.dbid));
     let mut out = String::from(
         "# gp_recover_from_config() input: one down segment a line, [I|D|F|]address|port|datadir\n\
@@ -932,7 +932,7 @@ pub fn verify_claimed(
     let mode = rec.mode()?;
     let others: Vec<ActiveJob> = active.iter().filter(|j| j.job_id != rec.job_id).cloned().collect();
     let plan = if mode == RecoveryMode::Rebalance {
-        let acting = catalog.iter().find(|s| s.dbid == rec.dbid && !s.is_coordinator()).ok_or_else(|| {
+        let acting = catalog.iter().find(|s| s.dbid == rec.dbid && s.is_segment()).ok_or_else(|| {
             CoreError::WrongState(format!("dbid {} is not a segment in gp_segment_configuration", rec.dbid))
         })?;
         let preferred = catalog

@@ -118,6 +118,53 @@ pub fn check_location_free(
 /// Checks a registration request against the catalog and returns the row to
 /// insert (mode still 'n': [`verify_claim`] decides whether the pair is in sync).
 pub fn plan(catalog: &[Segment], req: &SegmentRequest, hosts: &dyn HostNames) -> Result<Segment, CoreError> {
+    if req.content == i32::from(COORDINATOR_CONTENT) && req.role == Role::Mirror.letter() {
+        return Err(CoreError::InvalidValue {
+            what: "role",
+            value: req.role.to_string(),
+            expected: "the coordinator (content -1) is registered as 'p'; its standby is built with gp_init_standby()",
+        });
+    }
+    new_row(catalog, req, hosts)
+}
+
+/// The row `gp_init_standby` registers for the coordinator's standby: a
+/// down mirror of content -1 at a location no other instance uses, which
+/// a full recovery job then builds and marks up.
+pub fn plan_standby(
+    catalog: &[Segment],
+    hostname: &str,
+    port: i32,
+    datadir: &str,
+    hosts: &dyn HostNames,
+) -> Result<Segment, CoreError> {
+    if let Some(s) = catalog.iter().find(|s| s.is_standby()) {
+        return Err(CoreError::Duplicate(format!(
+            "the coordinator already has a standby: dbid {} at {} {}; remove it first with gp_remove_standby()",
+            s.dbid,
+            s.location(),
+            s.datadir
+        )));
+    }
+    if !catalog.iter().any(Segment::is_coordinator) {
+        return Err(CoreError::WrongState(
+            "the coordinator is not registered in gp_segment_configuration; register it with gp_add_segment first"
+                .into(),
+        ));
+    }
+    let req = SegmentRequest {
+        content: COORDINATOR_CONTENT.into(),
+        role: Role::Mirror.letter(),
+        hostname: hostname.to_string(),
+        port,
+        datadir: datadir.to_string(),
+        address: None,
+    };
+    Ok(Segment { status: Status::Down, ..new_row(catalog, &req, hosts)? })
+}
+
+/// The checks every registration shares, and the row they allow.
+fn new_row(catalog: &[Segment], req: &SegmentRequest, hosts: &dyn HostNames) -> Result<Segment, CoreError> {
     let role = Role::from_letter(req.role)?;
     let content = i16::try_from(req.content).ok().filter(|c| *c >= COORDINATOR_CONTENT).ok_or_else(|| {
         CoreError::InvalidValue {
@@ -132,13 +179,6 @@ pub fn plan(catalog: &[Segment], req: &SegmentRequest, hosts: &dyn HostNames) ->
     validate_port(req.port)?;
     validate_location(&req.datadir)?;
 
-    if content == COORDINATOR_CONTENT && role == Role::Mirror {
-        return Err(CoreError::InvalidValue {
-            what: "role",
-            value: role.letter().to_string(),
-            expected: "the coordinator (content -1) must be registered as 'p'; a standby coordinator is not supported",
-        });
-    }
     if let Some(same) = catalog.iter().find(|s| s.content == content && s.role == role) {
         return Err(CoreError::Duplicate(format!(
             "content {content} already has a {}: dbid {} at {}",
@@ -154,7 +194,7 @@ pub fn plan(catalog: &[Segment], req: &SegmentRequest, hosts: &dyn HostNames) ->
     }
     check_location_free(catalog, None, &req.hostname, &address, req.port, &req.datadir, hosts)?;
 
-    let dbid = if content == COORDINATOR_CONTENT {
+    let dbid = if content == COORDINATOR_CONTENT && role == Role::Primary {
         COORDINATOR_DBID
     } else {
         let max = catalog.iter().map(|s| s.dbid).max().unwrap_or(COORDINATOR_DBID);
@@ -187,7 +227,7 @@ pub fn verify_system_identifier(row: &Segment, system_identifier: &str, coordina
              register the coordinator from itself"
         )));
     }
-    if !row.is_coordinator() && system_identifier == coordinators {
+    if row.is_segment() && system_identifier == coordinators {
         return Err(CoreError::WrongState(format!(
             "{here} has the coordinator's database system identifier {system_identifier}: it is a copy of the \
              coordinator, and a segment must be a database system of its own"
@@ -301,6 +341,34 @@ mod tests {
     }
 
     #[test]
+    fn a_standby_is_a_down_mirror_of_content_minus_one_at_a_free_location() {
+        let row = plan_standby(&catalog(), "smdw", 7100, "/d/standby", &HOSTS).unwrap();
+        assert_eq!((row.dbid, row.content, row.role, row.status), (3, -1, Role::Mirror, Status::Down));
+        assert!(row.is_standby() && !row.is_coordinator() && !row.is_segment());
+        // The coordinator's own directory and port, under any spelling of its host.
+        let e = plan_standby(&catalog(), "CDW", 7100, "/d/coordinator", &HOSTS).unwrap_err().to_string();
+        assert!(e.contains("coordinator's data directory"), "{e}");
+        let e = plan_standby(&catalog(), "localhost", 7001, "/d/s", &HOSTS).unwrap_err().to_string();
+        assert!(e.contains("already used by dbid 2"), "{e}");
+        let mut with = catalog();
+        with.push(row);
+        let e = plan_standby(&with, "other", 7200, "/d/s2", &HOSTS).unwrap_err().to_string();
+        assert!(e.contains("already has a standby: dbid 3") && e.contains("gp_remove_standby"), "{e}");
+        let e = plan_standby(&catalog()[1..], "smdw", 7100, "/d/standby", &HOSTS).unwrap_err().to_string();
+        assert!(e.contains("coordinator is not registered"), "{e}");
+        // gp_add_segment never registers one.
+        let req = SegmentRequest {
+            content: -1,
+            role: 'm',
+            hostname: "smdw".into(),
+            port: 7100,
+            datadir: "/d/standby".into(),
+            address: None,
+        };
+        assert!(plan(&catalog(), &req, &HOSTS).unwrap_err().to_string().contains("gp_init_standby"));
+    }
+
+    #[test]
     fn hosts_that_a_shell_or_ssh_would_misread_are_refused() {
         for bad in ["", "-oProxyCommand=touch${IFS}x", "a b", "a\tb", "a\u{7}b", "x\n"] {
             assert!(validate_host("host name", bad).is_err(), "{bad:?}");
@@ -380,7 +448,7 @@ mod tests {
         assert!(msg(req(1, 'p', 7009, "/d/primary/gpseg0/")).contains("must not end in /"));
         assert_eq!(msg(req(0, 'p', 7009, "/x")), "content 0 already has a primary: dbid 2 at localhost:7001");
         assert!(msg(req(5, 'm', 7009, "/x")).contains("content 5 has no primary"));
-        assert!(msg(req(-1, 'm', 7009, "/x")).contains("standby coordinator is not supported"));
+        assert!(msg(req(-1, 'm', 7009, "/x")).contains("built with gp_init_standby()"));
         let e = plan(&c, &req(0, 'p', 7009, "/x"), &HOSTS).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Duplicate);
     }

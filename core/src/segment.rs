@@ -76,8 +76,19 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// The acting coordinator: content -1 in the primary role.
     pub fn is_coordinator(&self) -> bool {
-        self.content == COORDINATOR_CONTENT
+        self.content == COORDINATOR_CONTENT && self.role == Role::Primary
+    }
+
+    /// The coordinator's standby (gp_init_standby): content -1 in the mirror role.
+    pub fn is_standby(&self) -> bool {
+        self.content == COORDINATOR_CONTENT && self.role == Role::Mirror
+    }
+
+    /// A segment of the cluster, neither the coordinator nor its standby.
+    pub fn is_segment(&self) -> bool {
+        self.content != COORDINATOR_CONTENT
     }
 
     /// "host:port" as used in messages.
@@ -108,12 +119,23 @@ pub struct Pair<'a> {
 }
 
 impl<'a> Pair<'a> {
-    /// Every content (other than the coordinator) that has both a primary and
-    /// a mirror, ordered by content.
+    /// Every content (other than the coordinator's) that has both a primary
+    /// and a mirror, ordered by content.
     pub fn all(catalog: &'a [Segment]) -> Vec<Pair<'a>> {
+        Self::of(catalog, Segment::is_segment)
+    }
+
+    /// What the fault tolerance service watches: every pair of
+    /// [`Pair::all`], and first the coordinator with its standby when there
+    /// is one.
+    pub fn watched(catalog: &'a [Segment]) -> Vec<Pair<'a>> {
+        Self::of(catalog, |_| true)
+    }
+
+    fn of(catalog: &'a [Segment], with: fn(&Segment) -> bool) -> Vec<Pair<'a>> {
         let mut pairs: Vec<Pair<'a>> = catalog
             .iter()
-            .filter(|s| !s.is_coordinator() && s.role == Role::Primary)
+            .filter(|s| with(s) && s.role == Role::Primary)
             .filter_map(|primary| {
                 catalog
                     .iter()

@@ -524,6 +524,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// Builds a standby coordinator in `standby/` of the cluster's directory,
+    /// on `port` of the coordinator's host, and waits until the job ends;
+    /// returns its data directory.
+    pub fn init_standby(&self, port: u16) -> Result<PathBuf> {
+        let datadir = self.dir.join("standby");
+        let mut c = self.coordinator.connect()?;
+        let path = datadir.to_string_lossy().into_owned();
+        let job: i64 = c
+            .query_one("SELECT gp_init_standby($1, $2, $3)", &[&HOSTNAME, &i32::from(port), &path])
+            .map_err(sql_err("could not queue the standby's build"))?
+            .get(0);
+        c.query_one("SELECT gp_recovery_wait($1, '600s')", &[&job])
+            .map_err(sql_err(format!("the standby's build (job {job}) failed")))?;
+        Ok(datadir)
+    }
+
     /// The libpq environment that reaches the coordinator.
     pub fn env_lines(&self) -> String {
         format!(

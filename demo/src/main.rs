@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use gpdemo::{server_user, wait_for_sync_mirror, Cluster, DemoError, Result, ADDRESS};
 
 const USAGE: &str = "\
-usage: gpdemo create  [--dir DIR] [--pairs N] [--port BASE] [--hosts H1,H2,...]
+usage: gpdemo create  [--dir DIR] [--pairs N] [--port BASE] [--hosts H1,H2,...] [--standby]
        gpdemo destroy [--dir DIR]
        gpdemo fail-host HOST [--dir DIR]
        gpdemo restart-host HOST [--dir DIR]
@@ -21,7 +21,8 @@ create   a coordinator on BASE with gp_recovery, N primaries on BASE+1..BASE+N,
          and their mirrors on BASE+N+1..BASE+2N (defaults: 3 pairs, port 7000);
          with --hosts (loopback addresses such as 127.0.0.2,127.0.0.3; needs
          root) the segments are spread over those hosts, each with its own
-         sshd, and the coordinator reaches them only through ssh
+         sshd, and the coordinator reaches them only through ssh; with
+         --standby a standby coordinator on BASE+2N+1 (gp_init_standby)
 fail-host     kill every segment on HOST and stop its sshd (a dead host)
 restart-host  start HOST's sshd again; its segments wait for recovery
 add-host      a new empty host (a loopback address), with its sshd, to relocate segments onto
@@ -42,13 +43,14 @@ struct Args {
     hosts: Vec<String>,
     /// fail-host / restart-host / add-host: the host.
     target: Option<String>,
+    standby: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
     let usage = |msg: String| DemoError::Usage(format!("{msg}\n{USAGE}"));
     let mut it = args.iter();
     let command = it.next().cloned().ok_or_else(|| usage("no command given".into()))?;
-    let mut parsed = Args { command, dir: None, pairs: 3, port: None, hosts: Vec::new(), target: None };
+    let mut parsed = Args { command, dir: None, pairs: 3, port: None, hosts: Vec::new(), target: None, standby: false };
     while let Some(flag) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| usage(format!("{flag} needs a value")));
         match flag.as_str() {
@@ -70,6 +72,7 @@ fn parse(args: &[String]) -> Result<Args> {
                         .ok_or_else(|| usage(format!("--port takes a port number from 1024 to 65535, not {v}")))?,
                 );
             }
+            "--standby" => parsed.standby = true,
             "--hosts" => {
                 parsed.hosts = value()?.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect()
             }
@@ -417,7 +420,13 @@ fn main_result(argv: &[String]) -> Result<()> {
     match args.command.as_str() {
         "create" => {
             let dir = args.dir.unwrap_or_else(|| default_dir(""));
-            let cluster = Cluster::create_on(&dir, args.pairs, args.port.unwrap_or(7000), &args.hosts)?;
+            let base = args.port.unwrap_or(7000);
+            let cluster = Cluster::create_on(&dir, args.pairs, base, &args.hosts)?;
+            if args.standby {
+                let port = base + 2 * args.pairs + 1;
+                let standby = cluster.init_standby(port)?;
+                println!("  {:<12} {:<10} port {:<5} {}", "standby", gpdemo::HOSTNAME, port, standby.display());
+            }
             print_connect(&cluster);
             Ok(())
         }

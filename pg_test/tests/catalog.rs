@@ -165,7 +165,8 @@ fn constraints_reject_impossible_rows() {
             "gp_segment_configuration_hostname_datadir_key",
         ),
         ("1, -1, 'p', 'p', 's', 'u', 9001, 'h', 'h', '/d9'".to_string(), "gp_segment_configuration_pkey"),
-        ("9, -1, 'p', 'p', 's', 'u', 9001, 'h', 'h', '/d9'".to_string(), "gp_segment_configuration_coordinator_check"),
+        // A second coordinator; a standby is content -1's mirror.
+        ("9, -1, 'p', 'p', 's', 'u', 9001, 'h', 'h', '/d9'".to_string(), "gp_segment_configuration_content_role_key"),
     ] {
         let (code, message) = expect_error(&mut c, &insert(&vals));
         assert!(message.contains(fragment), "{vals}: {message}");

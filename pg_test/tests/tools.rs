@@ -489,3 +489,39 @@ fn a_dead_host_s_segment_moves_onto_a_new_host_with_p() {
     };
     gp_recovery_pg_test::assert_same_data(tc.primary(0), &moved);
 }
+
+#[test]
+fn gpinitstandby_builds_and_removes_the_standby_and_gpstate_f_shows_it() {
+    let tc = TestCluster::new(1);
+    let port = gpdemo::free_port_range(1).expect("a free port").to_string();
+    let dir = tc.dir().join("standby").display().to_string();
+    let (code, out) = run(Some(&tc), "gpstate", &["-f"], "");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Standby coordinator instance not configured"), "{out}");
+    // No at the prompt: nothing is built.
+    let (code, out) = run(Some(&tc), "gpinitstandby", &["-s", "localhost", "-P", &port, "-S", &dir], "n\n");
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("Greenplum standby coordinator port") && !Path::new(&dir).exists(), "{out}");
+    let (code, out) = run(Some(&tc), "gpinitstandby", &["-s", "localhost", "-P", &port, "-S", &dir, "-a"], "");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Successfully created standby coordinator on localhost"), "{out}");
+    let mut c = tc.coordinator();
+    wait_for(60, "the standby to be synchronized", || {
+        c.query_one("SELECT mode::text FROM gp_segment_configuration WHERE content = -1 AND role = 'm'", &[])
+            .map(|r| r.get::<_, String>(0) == "s")
+            .unwrap_or(false)
+    });
+    let (code, out) = run(Some(&tc), "gpstate", &["-f"], "");
+    assert_eq!(code, 0, "{out}");
+    let text = squash(&out);
+    assert!(text.contains("Standby status = Standby host passive"), "{out}");
+    assert!(text.contains("-WAL Sender State: streaming") && text.contains("-Sync state: sync"), "{out}");
+    let (code, out) = run(Some(&tc), "gpinitstandby", &["-s", "localhost", "-P", "7999", "-S", "/tmp/x", "-a"], "");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("already configured"), "{out}");
+    let (code, out) = run(Some(&tc), "gpinitstandby", &["-r", "-a"], "");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Successfully removed standby coordinator"), "{out}");
+    let (code, out) = run(Some(&tc), "gpstate", &["-f"], "");
+    assert!(code == 0 && out.contains("Standby coordinator instance not configured"), "{out}");
+}

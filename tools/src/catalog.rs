@@ -49,7 +49,7 @@ fn segment(dbid: i16, content: i16, letters: [String; 4], port: i32, place: [Str
 
 /// Some segment is configured as a mirror.
 pub fn has_mirrors(catalog: &[Segment]) -> bool {
-    catalog.iter().any(|s| !s.is_coordinator() && s.preferred_role == Role::Mirror)
+    catalog.iter().any(|s| s.is_segment() && s.preferred_role == Role::Mirror)
 }
 
 #[cfg(test)]

@@ -62,6 +62,9 @@ pub struct Args {
     /// Show summary of segments needing attention
     #[arg(short = 'e', help_heading = "Output Options")]
     pub attention: bool,
+    /// Show standby coordinator details
+    #[arg(short = 'f', help_heading = "Output Options")]
+    pub standby: bool,
 
     /// Arguments that are not options, refused as Greenplum refuses them.
     #[arg(hide = true)]
@@ -76,6 +79,7 @@ pub enum View {
     MirrorList,
     ClusterConfig,
     Status,
+    Standby,
 }
 
 pub fn view(args: &Args) -> Result<View, ToolError> {
@@ -88,6 +92,7 @@ pub fn view(args: &Args) -> Result<View, ToolError> {
         (args.status, View::Status),
         (args.statistics, View::Statistics),
         (args.attention, View::Attention),
+        (args.standby, View::Standby),
     ]
     .into_iter()
     .filter_map(|(on, v)| on.then_some(v))
@@ -191,7 +196,7 @@ pub fn attention_lines(report: &[String], recovering: &[InRecovery]) -> (Lines, 
 /// preferred roles).
 pub fn mirror_type(catalog: &[Segment]) -> &'static str {
     let mut mirror_hosts: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for p in catalog.iter().filter(|s| !s.is_coordinator() && s.preferred_role == Role::Primary) {
+    for p in catalog.iter().filter(|s| s.is_segment() && s.preferred_role == Role::Primary) {
         if let Some(m) = catalog.iter().find(|m| m.content == p.content && m.preferred_role == Role::Mirror) {
             mirror_hosts.entry(p.hostname.as_str()).or_default().insert(m.hostname.as_str());
         }
@@ -281,7 +286,7 @@ fn place(s: &Segment) -> [String; 3] {
 /// the other is available, from the catalog.
 pub fn cluster_config_lines(catalog: &[Segment]) -> Lines {
     let primaries: Vec<&Segment> =
-        catalog.iter().filter(|s| !s.is_coordinator() && s.preferred_role == Role::Primary).collect();
+        catalog.iter().filter(|s| s.is_segment() && s.preferred_role == Role::Primary).collect();
     if !catalog::has_mirrors(catalog) {
         let rows: Vec<Vec<String>> = primaries.iter().map(|p| place(p).to_vec()).collect();
         let mut lines = vec![info(LONG_RULE), info("-Primary list [Mirror not used]"), info(LONG_RULE)];
@@ -335,6 +340,7 @@ pub struct Live {
     pub answering: bool,
     pub probe_error: Option<String>,
     pub replication_state: Option<String>,
+    pub sync_state: Option<String>,
     pub sent_lsn: Option<String>,
     pub flush_lsn: Option<String>,
     pub replay_lsn: Option<String>,
@@ -429,12 +435,15 @@ pub fn status_lines(coordinator: &Coordinator, catalog: &[Segment], live: &HashM
         Entry::new("Coordinator current role", "dispatch"),
         Entry::new("gp_recovery version", &coordinator.extension_version),
         Entry::new("Postgres version", &coordinator.postgres_version),
-        Entry::new("Coordinator standby", "No coordinator standby configured"),
+        Entry::new(
+            "Coordinator standby",
+            catalog.iter().find(|s| s.is_standby()).map_or("No coordinator standby configured", |s| &s.hostname),
+        ),
     ])));
     lines.push(info(SHORT_RULE));
     lines.push(info("Segment Instance Status Report"));
     let entries: Vec<Entry> =
-        catalog.iter().filter(|s| !s.is_coordinator()).flat_map(|s| segment_entries(s, catalog, live)).collect();
+        catalog.iter().filter(|s| s.is_segment()).flat_map(|s| segment_entries(s, catalog, live)).collect();
     let warned = entries.iter().any(|e| e.warn);
     lines.extend(infos(key_values(&entries)));
     if warned {
@@ -452,8 +461,46 @@ pub fn status_lines(coordinator: &Coordinator, catalog: &[Segment], live: &HashM
 /// gpstate -b (the default): counts per configured role. The postmaster
 /// counts are whether each segment answers now; pid and lock files, which
 /// only a shell on the segment hosts could see, are not counted.
+/// gpstate -f: the standby coordinator and its stream as the coordinator
+/// reports it; exit 1 when it needs attention (down, or not streaming).
+pub fn standby_lines(standby: Option<&Segment>, live: Option<&Live>) -> (Lines, u8) {
+    let Some(s) = standby else {
+        return (vec![info("Standby coordinator instance not configured")], exit::OK);
+    };
+    let streaming = live.and_then(|l| l.replication_state.as_deref()) == Some("streaming");
+    let status = match (s.status, live.is_some_and(|l| l.answering)) {
+        (Status::Up, true) if streaming => "Standby host passive",
+        (_, true) => "Standby process running but not streaming",
+        (_, false) => "Standby process not running",
+    };
+    let unknown = || "Unknown".to_string();
+    let field = |v: Option<&Option<String>>| v.cloned().flatten().unwrap_or_else(unknown);
+    let mut lines: Lines = vec![info("Standby coordinator details"), info("-----------------------")];
+    let passive = status == "Standby host passive";
+    lines.extend(infos(key_values(&[
+        Entry::new("Standby address", &s.address),
+        Entry::new("Standby data directory", &s.datadir),
+        Entry::new("Standby port", s.port),
+        Entry::new("Standby status", status).warn_if(!passive),
+    ])));
+    lines.push(info(LONG_RULE));
+    lines.push(info("--pg_stat_replication"));
+    lines.push(info(LONG_RULE));
+    if live.and_then(|l| l.replication_state.as_ref()).is_none() {
+        lines.push(warn("No entries found."));
+    } else {
+        lines.push(info(format!("-WAL Sender State: {}", field(live.map(|l| &l.replication_state)))));
+        lines.push(info(format!("-Sync state: {}", field(live.map(|l| &l.sync_state)))));
+        lines.push(info(format!("-Sent Location: {}", field(live.map(|l| &l.sent_lsn)))));
+        lines.push(info(format!("-Flush Location: {}", field(live.map(|l| &l.flush_lsn)))));
+        lines.push(info(format!("-Replay Location: {}", field(live.map(|l| &l.replay_lsn)))));
+    }
+    lines.push(info(LONG_RULE));
+    (lines, if passive { exit::OK } else { exit::FAILED })
+}
+
 pub fn statistics_lines(catalog: &[Segment], live: &HashMap<i16, Live>) -> Lines {
-    let segments: Vec<&Segment> = catalog.iter().filter(|s| !s.is_coordinator()).collect();
+    let segments: Vec<&Segment> = catalog.iter().filter(|s| s.is_segment()).collect();
     let mut e = vec![
         Entry::rule(),
         Entry::new("Coordinator instance", "Active"),
@@ -569,6 +616,12 @@ fn run(args: &Args, log: &Log) -> Result<u8, ToolError> {
             };
             status_lines(&coordinator, &catalog, &live)
         }
+        View::Standby => {
+            log.info("Gathering data from segments...");
+            let live = live(&mut db, log)?;
+            let standby = catalog.iter().find(|s| s.is_standby());
+            standby_lines(standby, standby.and_then(|s| live.get(&s.dbid)))
+        }
         View::Statistics => {
             log.info("Gathering data from segments...");
             let live = live(&mut db, log)?;
@@ -587,7 +640,8 @@ fn live(db: &mut Db, log: &Log) -> Result<HashMap<i16, Live>, ToolError> {
             log,
             "SELECT dbid, answering, probe_error, replication_state, sent_lsn::text, flush_lsn::text, \
                     replay_lsn::text, wal_sync_remaining_bytes, \
-                    pg_wal_lsn_diff(sent_lsn, flush_lsn)::bigint, pg_wal_lsn_diff(flush_lsn, replay_lsn)::bigint \
+                    pg_wal_lsn_diff(sent_lsn, flush_lsn)::bigint, pg_wal_lsn_diff(flush_lsn, replay_lsn)::bigint, \
+                    sync_state \
                FROM gp_segment_status",
             &[],
         )?
@@ -605,6 +659,7 @@ fn live(db: &mut Db, log: &Log) -> Result<HashMap<i16, Live>, ToolError> {
                     wal_sync_remaining: r.get(7),
                     flush_left: r.get(8),
                     replay_left: r.get(9),
+                    sync_state: r.get(10),
                 },
             )
         })
@@ -617,6 +672,42 @@ mod tests {
 
     fn args(list: &[&str]) -> Args {
         Args::try_parse_from(std::iter::once("gpstate").chain(list.iter().copied())).expect("flags parse")
+    }
+
+    #[test]
+    fn standby_details_say_whether_it_streams() {
+        let (lines, code) = standby_lines(None, None);
+        assert_eq!((lines[0].1.as_str(), code), ("Standby coordinator instance not configured", exit::OK));
+        let standby = Segment {
+            dbid: 9,
+            content: -1,
+            role: Role::Mirror,
+            preferred_role: Role::Mirror,
+            mode: Mode::Synchronized,
+            status: Status::Up,
+            port: 6432,
+            hostname: "smdw".into(),
+            address: "smdw".into(),
+            datadir: "/data/standby".into(),
+        };
+        let streaming = Live {
+            answering: true,
+            replication_state: Some("streaming".into()),
+            sync_state: Some("sync".into()),
+            sent_lsn: Some("0/3000060".into()),
+            ..Live::default()
+        };
+        let (lines, code) = standby_lines(Some(&standby), Some(&streaming));
+        let text: Vec<&str> = lines.iter().map(|l| l.1.as_str()).collect();
+        assert_eq!(code, exit::OK);
+        assert!(text.iter().any(|l| l.contains("Standby status") && l.ends_with("= Standby host passive")), "{text:?}");
+        assert!(text.contains(&"-WAL Sender State: streaming") && text.contains(&"-Sync state: sync"), "{text:?}");
+        let down = Segment { status: Status::Down, mode: Mode::NotInSync, ..standby };
+        let dead = Live { answering: false, probe_error: Some("connection refused".into()), ..Live::default() };
+        let (lines, code) = standby_lines(Some(&down), Some(&dead));
+        assert_eq!(code, exit::FAILED);
+        assert!(lines.iter().any(|l| l.1.contains("= Standby process not running")));
+        assert!(lines.iter().any(|l| l.0 == Level::Warning && l.1 == "No entries found."));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! gprecoverseg and gpstate as a Greenplum DBA types them, over the
+//! gprecoverseg, gpstate and gpinitstandby as a Greenplum DBA types them, over the
 //! extension's SQL API only: every decision and every effect on the cluster
 //! is the extension's; these commands parse flags, show what the functions
 //! and views return in Greenplum's layout, ask, submit and watch.
@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod conn;
 pub mod gpstate;
+pub mod initstandby;
 pub mod jobs;
 pub mod layout;
 pub mod log;

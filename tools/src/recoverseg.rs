@@ -443,8 +443,7 @@ pub fn plan_lines(kind: &PlanKind, rows: &[PlanRow]) -> Vec<(Level, String)> {
 /// The segments -r would move back to their preferred role, as Greenplum
 /// lists them before asking.
 pub fn rebalance_lines(catalog: &[Segment]) -> Vec<(Level, String)> {
-    let unbalanced: Vec<&Segment> =
-        catalog.iter().filter(|s| !s.is_coordinator() && s.role != s.preferred_role).collect();
+    let unbalanced: Vec<&Segment> = catalog.iter().filter(|s| s.is_segment() && s.role != s.preferred_role).collect();
     let info = |s: &str| (Level::Info, s.to_string());
     let mut lines = vec![
         info("Greenplum instance recovery parameters"),

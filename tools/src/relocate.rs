@@ -37,8 +37,7 @@ pub struct Relocation {
 
 /// Where each failed segment goes; see the module's rule.
 pub fn relocation(catalog: &[Segment], new_hosts: &[String]) -> Result<Relocation, ToolError> {
-    let mut failed: Vec<&Segment> =
-        catalog.iter().filter(|s| !s.is_coordinator() && s.status == Status::Down).collect();
+    let mut failed: Vec<&Segment> = catalog.iter().filter(|s| s.is_segment() && s.status == Status::Down).collect();
     failed.sort_by(|a, b| (&a.hostname, a.content, a.dbid).cmp(&(&b.hostname, b.content, b.dbid)));
     let failed_hosts: BTreeSet<&str> = failed.iter().map(|s| s.hostname.as_str()).collect();
     if failed_hosts.len() > new_hosts.len() {
