@@ -17,4 +17,4 @@ cargo build -q -p gpdemo -p gp_recovery_tools
 BIN="${CARGO_TARGET_DIR:-target}/debug"
 AS_ROOT=()
 if [ "$(id -u)" != 0 ]; then AS_ROOT=(sudo); fi
-"${AS_ROOT[@]}" install -m 0755 "$BIN/gprecoverseg" "$BIN/gpstate" "$BIN/gpinitstandby" /usr/local/bin/
+"${AS_ROOT[@]}" install -m 0755 "$BIN/gprecoverseg" "$BIN/gpstate" "$BIN/gpinitstandby" "$BIN/gpactivatestandby" /usr/local/bin/

@@ -117,6 +117,7 @@ REVOKE ALL ON FUNCTION gp_recovery_hold(integer, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gp_recovery_release(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gp_init_standby(text, integer, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gp_remove_standby() FROM PUBLIC;
+REVOKE ALL ON FUNCTION gp_activate_standby(boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION gp_recover_segment(integer, text, text, integer, text),
                           gp_recover_all(text),
                           gp_recover_from_config(text),
@@ -126,7 +127,8 @@ GRANT EXECUTE ON FUNCTION gp_recover_segment(integer, text, text, integer, text)
                           gp_recovery_hold(integer, text),
                           gp_recovery_release(integer),
                           gp_init_standby(text, integer, text),
-                          gp_remove_standby() TO gp_recovery_admin;
+                          gp_remove_standby(),
+                          gp_activate_standby(boolean) TO gp_recovery_admin;
 
 -- The functions are the only way in: nobody but a superuser writes the job,
 -- catalog or history tables. The functions that write run as the
@@ -142,6 +144,7 @@ ALTER FUNCTION gp_recovery_hold(integer, text) SECURITY DEFINER;
 ALTER FUNCTION gp_recovery_release(integer) SECURITY DEFINER;
 ALTER FUNCTION gp_init_standby(text, integer, text) SECURITY DEFINER;
 ALTER FUNCTION gp_remove_standby() SECURITY DEFINER;
+ALTER FUNCTION gp_activate_standby(boolean) SECURITY DEFINER;
 DO $$
 DECLARE f regprocedure;
 BEGIN

@@ -10,15 +10,22 @@ use pgrx::prelude::*;
 use crate::error::{internal, required, OrRaise};
 use crate::{segment_client, segment_host};
 
+const CATALOG_SQL: &str = "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(c) ORDER BY c.dbid), '[]'::jsonb) \
+     FROM public.gp_segment_configuration c";
+
 /// The whole catalog, ordered by dbid.
 pub fn load() -> Vec<Segment> {
-    let json = Spi::get_one::<pgrx::JsonB>(
-        "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(c) ORDER BY c.dbid), '[]'::jsonb) \
-           FROM public.gp_segment_configuration c",
-    )
-    .or_raise()
-    .map(|j| j.0)
-    .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+    parse_catalog(Spi::get_one::<pgrx::JsonB>(CATALOG_SQL).or_raise())
+}
+
+/// As load, without asking for a transaction id (pgrx's read/write
+/// statements do), so that it works on a hot standby.
+pub fn load_in_recovery() -> Vec<Segment> {
+    parse_catalog(Spi::connect(|c| c.select(CATALOG_SQL, Some(1), &[])?.first().get_one::<pgrx::JsonB>()).or_raise())
+}
+
+fn parse_catalog(json: Option<pgrx::JsonB>) -> Vec<Segment> {
+    let json = json.map(|j| j.0).unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
     serde_json::from_value(json).unwrap_or_else(|e| internal("unexpected gp_segment_configuration row", e))
 }
 

@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use gp_recovery_core::coordinator;
 use gp_recovery_core::fts::{self, Observation, Plan, PrimaryHealth, SegmentOp};
 use gp_recovery_core::fts_tracker::{Members, OpResult, ProbeOrder, Probed, RoundDone, Tracker, TrackerSettings};
 use gp_recovery_core::identity::Member;
@@ -41,6 +42,9 @@ static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"gp_recovery_ft
 /// For monitoring (gp_fts_stats): how long the last finished round took,
 /// and probes that found a member not answering, since the server started.
 static LAST_ROUND_MICROS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"gp_recovery_fts_last_round_micros") };
+/// Set once a probe found a coordinator epoch above this coordinator's:
+/// another coordinator was activated, and neither worker acts any more.
+static SUPERSEDED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"gp_recovery_fts_superseded") };
 static PROBE_ERRORS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"gp_recovery_fts_probe_errors") };
 
 /// The stream to each content's mirror as the last probe of its primary
@@ -125,6 +129,7 @@ pub fn init() {
     pg_shmem_init!(WORKER_PID);
     pg_shmem_init!(LAST_ROUND_MICROS);
     pg_shmem_init!(PROBE_ERRORS);
+    pg_shmem_init!(SUPERSEDED);
     pg_shmem_init!(STREAMS);
     BackgroundWorkerBuilder::new("gp_recovery fts")
         .set_type("gp_recovery fts")
@@ -136,6 +141,18 @@ pub fn init() {
         // Restarted 5 s after it exits for any reason other than shutdown.
         .set_restart_time(Some(Duration::from_secs(5)))
         .load();
+}
+
+/// Whether the service has seen this coordinator replaced (a higher
+/// coordinator epoch), and whether it has finished a round since the
+/// server started, so that the jobs worker acts only once it is known not
+/// to be.
+pub fn superseded() -> bool {
+    SUPERSEDED.get().load(Ordering::SeqCst)
+}
+
+pub fn a_round_finished() -> bool {
+    ROUNDS_FINISHED.get().load(Ordering::SeqCst) > 0
 }
 
 /// Asks for a probe round without waiting for it (used by recovery jobs).
@@ -283,6 +300,8 @@ struct Fts {
     watches: HashMap<i16, Watch>,
     /// (content, dbid) of each watch that was lost.
     lost: (UnboundedSender<Lost>, UnboundedReceiver<Lost>),
+    /// This coordinator's epoch (crate::standby::record_activation).
+    epoch: i64,
 }
 
 impl Fts {
@@ -294,6 +313,7 @@ impl Fts {
             stopping: false,
             watches: HashMap::new(),
             lost: unbounded_channel(),
+            epoch: 0,
         }
     }
 
@@ -304,6 +324,7 @@ impl Fts {
             }
             self.reload_config_if_asked();
         }
+        self.epoch = crate::standby::record_activation();
         let double_faults = BackgroundWorker::transaction(catalog::contents_in_double_fault);
         self.tracker = Tracker::new(Instant::now(), double_faults);
         let s = settings();
@@ -461,12 +482,16 @@ impl Fts {
             let stream = fts::mirror_stream(&p.primary_health);
             record_stream(content, p.members.mirror.dbid, stream.and_then(|r| r.bytes_behind));
         }
+        self.mind_epochs(&p);
         let d = self.tracker.probed(Instant::now(), p, &settings());
         if d.probe_errors > 0 {
             PROBE_ERRORS.get().fetch_add(d.probe_errors, Ordering::SeqCst);
         }
         if let Some(r) = d.round_done {
             round_done(r);
+        }
+        if superseded() {
+            return;
         }
         let (o, plan) = (d.observation, d.plan);
         if plan.warning {
@@ -484,6 +509,40 @@ impl Fts {
             } else {
                 self.spawn_ops(content, Stage::BeforeCatalog, ops);
             }
+        }
+    }
+
+    /// A probe that found a higher coordinator epoch ends this service's
+    /// decisions; a writable primary with a lower one gets this
+    /// coordinator's (it keeps the highest it has seen).
+    fn mind_epochs(&mut self, p: &Probed) {
+        let primary = match &p.primary_health {
+            PrimaryHealth::Alive(probe) => Some((p.members.primary.dbid, probe)),
+            _ => None,
+        };
+        let mirror = p.mirror_probe.as_ref().ok().map(|probe| (p.members.mirror.dbid, probe));
+        let seen = primary.iter().chain(mirror.iter()).map(|(dbid, probe)| (*dbid, probe.coordinator_epoch));
+        if let Some((dbid, epoch)) = coordinator::superseded_by(self.epoch, seen) {
+            if !SUPERSEDED.get().swap(true, Ordering::SeqCst) {
+                pgrx::warning!(
+                    "gp_recovery: dbid {dbid} has seen coordinator epoch {epoch}, above this coordinator's {}: another \
+                     coordinator was activated (gp_activate_standby); this one promotes, marks and recovers nothing from now on",
+                    self.epoch
+                );
+            }
+            return;
+        }
+        if let Some((dbid, probe)) =
+            primary.filter(|(_, probe)| !probe.in_recovery && probe.coordinator_epoch < self.epoch)
+        {
+            log!(
+                "gp_recovery: raising the coordinator epoch of dbid {dbid} from {} to {}",
+                probe.coordinator_epoch,
+                self.epoch
+            );
+            let (t, epoch) = (Target::new(&p.members.primary, settings().timeout), self.epoch);
+            // Checked again by the next probe: a failure needs no answer here.
+            runtime().spawn(async move { t.raise_epoch(epoch).await });
         }
     }
 

@@ -40,6 +40,9 @@ pub static HBA_HOSTNAMES: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// 30 days, in seconds.
 pub static JOB_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 86400);
 pub static FAULT_POINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Only declared, so that ALTER DATABASE may set it where the prefix is
+/// reserved; its value is read from pg_db_role_setting (crate::coordinator).
+pub static COORDINATOR_EPOCH: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// gp_recovery.auto_recover's values.
@@ -337,6 +340,16 @@ pub fn define() {
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         define_database();
     }
+    GucRegistry::define_int_guc(
+        c"gp_recovery.coordinator_epoch",
+        c"The highest coordinator epoch this instance has seen; set by gp_recovery, never by hand.",
+        c"Kept as a setting of the database postgres on every instance (ALTER DATABASE postgres SET); a standby coordinator raises it everywhere when it is activated, and a coordinator that finds a higher one takes no decision.",
+        &COORDINATOR_EPOCH,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::DISALLOW_IN_FILE,
+    );
     // Typos such as gp_recovery.fts_probe_intervall are rejected instead of
     // silently creating a placeholder.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"gp_recovery".as_ptr()) };

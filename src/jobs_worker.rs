@@ -388,6 +388,10 @@ impl Worker {
 
     fn run(&mut self) {
         while !self.stopping {
+            if crate::fts::superseded() {
+                warning!("gp_recovery recovery worker: another coordinator was activated (a higher coordinator epoch); no job takes a step here any more");
+                break;
+            }
             if BackgroundWorker::sighup_received() {
                 // SAFETY: on the worker's main thread, outside a transaction.
                 unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -450,6 +454,18 @@ pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
             worker.stopping = true;
             break;
         }
+    }
+    // A coordinator that was replaced must not back out or resume a job:
+    // the fault tolerance service's first round tells.
+    while !worker.stopping && !crate::fts::a_round_finished() && !crate::fts::superseded() {
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
+            worker.stopping = true;
+        }
+    }
+    if !worker.stopping && crate::fts::superseded() {
+        warning!("gp_recovery recovery worker: another coordinator was activated (a higher coordinator epoch); taking no step here");
+        while BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {}
+        worker.stopping = true;
     }
     if !worker.stopping {
         worker.reconcile();

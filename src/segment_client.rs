@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use gp_recovery_core::coordinator;
 use gp_recovery_core::fts::PrimaryHealth;
 use gp_recovery_core::identity::{ByName, HostNames, Member};
 use gp_recovery_core::probe::{
@@ -371,6 +372,19 @@ impl Target {
         }
     }
 
+    /// Raises the coordinator epoch the server keeps to `epoch`, unless it
+    /// keeps a higher one already.
+    pub async fn raise_epoch(&self, epoch: i64) -> Result<(), String> {
+        self.with_client(|client| async move {
+            let kept: i64 = client.query_one(coordinator::EPOCH_SQL, &[]).await?.try_get(0)?;
+            if kept < epoch {
+                client.batch_execute(&coordinator::raise_epoch_sql(epoch)).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Immediate shutdown of a writable server through its own connection
     /// (it may be on any host): SIGQUIT to the postmaster named in its
     /// postmaster.pid, but only when it is `member` (the pair's database
@@ -470,12 +484,17 @@ impl Target {
     }
 }
 
-const IDENTITY_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('data_directory'), \
-     (SELECT system_identifier::text FROM pg_control_system()), \
-     current_setting('synchronous_standby_names'), \
-     ARRAY(SELECT spcname::text FROM pg_tablespace WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY oid), \
-     ARRAY(SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY oid), \
-     current_setting('hba_file')";
+static IDENTITY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT pg_is_in_recovery(), current_setting('data_directory'), \
+         (SELECT system_identifier::text FROM pg_control_system()), \
+         current_setting('synchronous_standby_names'), \
+         ARRAY(SELECT spcname::text FROM pg_tablespace WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY oid), \
+         ARRAY(SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY oid), \
+         current_setting('hba_file'), ({})",
+        coordinator::EPOCH_SQL
+    )
+});
 const STANDBY_SQL: &str = "SELECT pg_get_wal_replay_pause_state() <> 'not paused', \
      (SELECT setting::bigint FROM pg_settings WHERE name = 'recovery_min_apply_delay')";
 const WAL_RECEIVER_SQL: &str = "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver";
@@ -492,7 +511,7 @@ const REPLICATION_SQL: &str = "SELECT r.application_name, r.state, r.sync_state,
      ORDER BY r.pid";
 
 async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe, tokio_postgres::Error> {
-    let row = client.query_one(IDENTITY_SQL, &[]).await?;
+    let row = client.query_one(IDENTITY_SQL.as_str(), &[]).await?;
     let in_recovery: bool = row.try_get(0)?;
     let wal_receiver = client
         .query_opt(WAL_RECEIVER_SQL, &[])
@@ -551,6 +570,7 @@ async fn query_instance(client: &tokio_postgres::Client) -> Result<InstanceProbe
         hba_file: row.try_get(6)?,
         replay_paused,
         min_apply_delay_ms,
+        coordinator_epoch: row.try_get(7)?,
     })
 }
 

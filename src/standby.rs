@@ -1,16 +1,20 @@
-//! The standby coordinator (gpinitstandby): gp_init_standby() registers it
-//! and queues the full copy that builds it, gp_remove_standby() takes it
-//! away; and the workers' wait while this instance is itself a standby, in
-//! recovery, where gp_recovery takes no decision.
+//! The standby coordinator (gpinitstandby, gpactivatestandby):
+//! gp_init_standby() registers it and queues the full copy that builds it,
+//! gp_remove_standby() takes it away, gp_activate_standby() promotes it;
+//! the workers' wait while this instance is itself a standby, in recovery,
+//! where gp_recovery takes no decision; and what an activated standby
+//! records when its fault tolerance service starts: the catalog change and
+//! a higher coordinator epoch on every instance (core/src/coordinator.rs).
 
 use std::time::Duration;
 
+use gp_recovery_core::coordinator::{self, Own};
 use gp_recovery_core::events::{History, SegmentEvent};
 use gp_recovery_core::host::{self, Owner};
 use gp_recovery_core::job::FailureKind;
 use gp_recovery_core::recovery::{plan_recovery, NewLocation, RecoveryMode};
 use gp_recovery_core::registration;
-use gp_recovery_core::segment::{Segment, COORDINATOR_CONTENT};
+use gp_recovery_core::segment::{Role, Segment, COORDINATOR_CONTENT};
 use gp_recovery_core::CoreError;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
@@ -157,4 +161,100 @@ pub fn wait_while_in_recovery(worker: &str) -> bool {
         log!("gp_recovery {worker}: this instance was promoted; starting");
     }
     true
+}
+
+/// This instance as the catalog names it: its port and data directory.
+fn own() -> Own {
+    // SAFETY: both are set at server start, before any backend or worker runs.
+    let (port, datadir) = unsafe { (pg_sys::PostPortNumber, std::ffi::CStr::from_ptr(pg_sys::DataDir)) };
+    Own { port, datadir: datadir.to_string_lossy().into_owned() }
+}
+
+/// Promotes this standby to be the coordinator (gpactivatestandby), after
+/// proving the old coordinator no longer answers as this cluster's writable
+/// coordinator (unless `force`, with a WARNING). Its fault tolerance
+/// service records the change in the catalog as it starts, raises the
+/// coordinator epoch on every instance, and fences the old coordinator
+/// should it answer again (gp_configuration_history shows each step).
+#[pg_extern]
+fn gp_activate_standby(force: default!(Option<bool>, "false")) -> String {
+    let force = required("gp_activate_standby", "force", force);
+    recovery::require_worker();
+    let own = own();
+    let catalog = catalog::load_in_recovery();
+    // SAFETY: reads shared memory the startup process maintains.
+    let in_recovery = unsafe { pg_sys::RecoveryInProgress() };
+    let old: Vec<Segment> = catalog.iter().filter(|s| s.is_coordinator()).cloned().collect();
+    let probes = segment_client::probe_all(&old);
+    let sysid = segment_host::coordinator().system_identifier.clone();
+    let activation = coordinator::check_activation(
+        &catalog,
+        &own,
+        in_recovery,
+        &sysid,
+        old.first().and_then(|c| probes.get(&c.dbid)),
+        force,
+    )
+    .or_raise();
+    if let Some(w) = &activation.warning {
+        warning!("{w}");
+    }
+    let promoted =
+        Spi::connect(|c| c.select("SELECT pg_catalog.pg_promote(true, 60)", Some(1), &[])?.first().get_one::<bool>())
+            .or_raise()
+            .unwrap_or(false);
+    if !promoted {
+        Err::<(), _>(CoreError::WrongState("the promotion did not finish within 60 s; see the server log".into()))
+            .or_raise();
+    }
+    let dbid = activation.standby.dbid;
+    notice!("standby dbid {dbid} promoted; its fault tolerance service now records it as the coordinator and raises the coordinator epoch");
+    format!("standby dbid {dbid} promoted")
+}
+
+/// Run by the fault tolerance service as it starts: on an activated
+/// standby, the catalog change (this instance the coordinator, the old one
+/// its down mirror) and a coordinator epoch above any instance's, committed
+/// together; then the epoch on every primary. Returns this coordinator's
+/// epoch.
+pub fn record_activation() -> i64 {
+    let own = own();
+    let (changes, catalog) = BackgroundWorker::transaction(|| {
+        let catalog = catalog::load();
+        (coordinator::activation_changes(&catalog, &own), catalog)
+    });
+    let epoch =
+        || BackgroundWorker::transaction(|| Spi::get_one::<i64>(coordinator::EPOCH_SQL).or_raise().unwrap_or_default());
+    let Some(changes) = changes else {
+        return epoch();
+    };
+    let timeout = gucs::seconds(&gucs::FTS_PROBE_TIMEOUT);
+    let others: Vec<Segment> = catalog.iter().filter(|s| !own.is(s)).cloned().collect();
+    let seen = segment_client::call_all(&others, timeout, "probe", |t| async move { t.probe().await });
+    let next =
+        coordinator::next_epoch(epoch(), seen.values().filter_map(|p| p.as_ref().ok()).map(|p| p.coordinator_epoch));
+    BackgroundWorker::transaction(|| {
+        catalog::update_rows(&changes);
+        Spi::run(&coordinator::raise_epoch_sql(next)).or_raise();
+    });
+    log!(
+        "gp_recovery: this instance (dbid {}) was activated and is the coordinator now; coordinator epoch {next}",
+        changes[0].row.dbid
+    );
+    let primaries: Vec<Segment> =
+        catalog.iter().filter(|s| s.is_segment() && s.role == Role::Primary).cloned().collect();
+    let raised =
+        segment_client::call_all(
+            &primaries,
+            timeout,
+            "raise the epoch",
+            move |t| async move { t.raise_epoch(next).await },
+        );
+    for (dbid, result) in raised {
+        match result {
+            Ok(()) => log!("gp_recovery: dbid {dbid} keeps coordinator epoch {next}"),
+            Err(e) => warning!("gp_recovery: could not raise the coordinator epoch of dbid {dbid} to {next}: {e}; the fault tolerance service raises it when it reaches it"),
+        }
+    }
+    next
 }

@@ -18,6 +18,8 @@ named_enum!(
         DoubleFault => "double_fault",
         DoubleFaultEnd => "double_fault_end",
         Fenced => "fenced",
+        // gp_activate_standby: the standby became the coordinator.
+        StandbyActivated => "standby_activated",
         // gp_add_segment, gp_init_standby and gp_remove_standby, recovery and rebalance jobs.
         SegmentAdded => "segment_added",
         SegmentRemoved => "segment_removed",

@@ -307,6 +307,17 @@ pub const RULES: &[Rule] = &[
     // mirror (marked down, synchronous replication off, marked
     // synchronized), but never promotes or stops either member of it.
     Rule {
+        name: "old_coordinator_writable",
+        reason: "the coordinator this one replaced (gp_activate_standby) answers as a writable primary with a lower coordinator epoch: stopping it at once (immediate shutdown) so no session commits on it",
+        when: |o, _| {
+            o.primary.is_coordinator()
+                && down_member_writable(o)
+                && primary_writable(o).zip(o.mirror_probe.as_ref().ok()).is_some_and(|(p, m)| m.coordinator_epoch < p.coordinator_epoch)
+        },
+        action: Action::Fence,
+        next_look: NextLook::Round,
+    },
+    Rule {
         name: "standby_writable",
         reason: "the coordinator's standby answers as a writable primary (activated, or started without standby.signal): this coordinator neither stops nor marks it over that; the DBA must decide which coordinator is the cluster's",
         when: |o, _| o.primary.is_coordinator() && o.mirror_probe.as_ref().is_ok_and(|m| !m.in_recovery),
@@ -819,6 +830,13 @@ mod tests {
         let plan = decide(&o, &SETTINGS);
         assert_eq!(plan.rule.action, Action::Warn);
         assert!(!plan.changes_anything());
+        // The coordinator this one replaced, with a lower epoch: fenced.
+        if let PrimaryHealth::Alive(p) = &mut o.primary_health {
+            p.coordinator_epoch = 2;
+        }
+        assert_eq!(decide(&o, &SETTINGS).rule.action, Action::Fence);
+        o.mirror_probe = Ok(InstanceProbe { coordinator_epoch: 2, ..member(false, "/d/5") });
+        assert_eq!(decide(&o, &SETTINGS).rule.action, Action::Warn, "an equal epoch is not an older coordinator");
         // The same for a segment's pair is fenced.
         let mut o = healthy();
         o.mirror.status = Status::Down;

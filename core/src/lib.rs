@@ -46,6 +46,7 @@ macro_rules! named_enum {
     };
 }
 
+pub mod coordinator;
 pub mod error;
 pub mod events;
 pub mod fts;

@@ -92,6 +92,9 @@ pub struct InstanceProbe {
     /// A standby's recovery_min_apply_delay, in milliseconds.
     #[serde(default)]
     pub min_apply_delay_ms: i64,
+    /// The highest coordinator epoch it has seen (crate::coordinator).
+    #[serde(default)]
+    pub coordinator_epoch: i64,
 }
 
 /// A tablespace with an absolute location (not in place).

@@ -378,7 +378,7 @@ fn rule_table_is_visible_in_sql() {
     assert!(rows.len() >= 10);
     let first: String = rows[0].get(1);
     let last: String = rows[rows.len() - 1].get(1);
-    assert_eq!((first.as_str(), last.as_str()), ("down_member_writable", "healthy_or_catching_up"));
+    assert_eq!((first.as_str(), last.as_str()), ("old_coordinator_writable", "healthy_or_catching_up"));
     assert!(rows.iter().any(|r| r.get::<_, String>(2) == "FailOver"));
 }
 

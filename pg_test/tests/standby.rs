@@ -156,3 +156,98 @@ fn a_standby_is_never_built_over_a_live_instance() {
     assert!(coordinator.writable(), "the coordinator still runs");
     assert_eq!(gp_recovery_pg_test::catalog_snapshot(&mut c).0, before.0);
 }
+
+/// role, status and mode of a dbid as `c`'s catalog has them.
+fn row_state(c: &mut Client, dbid: i16) -> String {
+    c.query_one(
+        "SELECT role::text || ' ' || status::text || ' ' || mode::text FROM gp_segment_configuration WHERE dbid = $1",
+        &[&dbid],
+    )
+    .map(|r| r.get(0))
+    .unwrap_or_default()
+}
+
+fn epoch(instance: &Instance) -> i64 {
+    let sql =
+        "SELECT coalesce(max(split_part(c, '=', 2)::bigint), 0) FROM pg_db_role_setting s, unnest(s.setconfig) c \
+               WHERE s.setdatabase = (SELECT oid FROM pg_database WHERE datname = 'postgres') \
+                 AND c LIKE 'gp_recovery.coordinator_epoch=%'";
+    instance.connect().unwrap().query_one(sql, &[]).unwrap().get(0)
+}
+
+fn log_says(instance: &Instance, text: &str) -> bool {
+    std::fs::read_to_string(&instance.logfile).unwrap_or_default().contains(text)
+}
+
+#[test]
+fn an_activated_standby_takes_over_and_the_old_coordinator_never_acts_again() {
+    let tc = TestCluster::new(1);
+    tc.set_fts(1, 2, 1, 2);
+    let mut c = tc.coordinator();
+    c.batch_execute("CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
+    let (standby, standby_dbid) = build_standby(&tc);
+    let (primary, mirror) = (tc.dbid_of(tc.primary(0)), tc.dbid_of(tc.mirror(0)));
+    let mut s = standby.connect().unwrap();
+
+    // While the coordinator answers as this cluster's: refused, nothing changed.
+    let (_, e) = expect_error(&mut s, "SELECT gp_activate_standby()");
+    assert!(e.contains("dbid 1") && e.contains("still answers as this cluster's writable coordinator"), "{e}");
+    assert!(standby.in_recovery());
+    let (_, e) = expect_error(&mut c, "SELECT gp_activate_standby()");
+    assert!(e.contains("not in recovery"), "on the coordinator itself: {e}");
+
+    // The coordinator SIGKILLed while a client commits to it; then activated.
+    let coordinator = tc.cluster.coordinator.clone();
+    let writer = Writer::start([coordinator.clone(), coordinator.clone()]);
+    wait_for(10, "commits to the coordinator", || writer.acked().len() > 20);
+    kill9(&coordinator);
+    let (acked, _) = writer.stop();
+    drop(c);
+    let said: String = s.query_one("SELECT gp_activate_standby()", &[]).unwrap().get(0);
+    assert!(said.contains(&format!("standby dbid {standby_dbid} promoted")), "{said}");
+    let mut n = standby.connect().unwrap();
+    wait_for(30, "the activation to be recorded", || row_state(&mut n, standby_dbid) == "p u n");
+    assert_eq!(row_state(&mut n, 1), "m d n", "the old coordinator is the new one's down mirror");
+    assert_acked_present(&mut n, &acked, "a commit the old coordinator acknowledged is missing after activation");
+    assert_eq!(epoch(&standby), 1);
+    wait_for(10, "the primary to keep the new epoch", || epoch(tc.primary(0)) == 1);
+    let (_, e) = expect_error(&mut n, "SELECT gp_activate_standby()");
+    assert!(e.contains("not in recovery"), "a second activation: {e}");
+
+    // A primary killed now is failed over by the new coordinator.
+    kill9(tc.primary(0));
+    wait_for(60, "the new coordinator's failover", || row_state(&mut n, mirror) == "p u n");
+    wait_for(30, "the promoted mirror to keep the new epoch", || epoch(tc.mirror(0)) == 1);
+
+    // The old coordinator started again, with the new one's service held still:
+    // it finds a higher epoch, and promotes, marks and recovers nothing.
+    let fts: i32 =
+        n.query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'gp_recovery fts'", &[]).unwrap().get(0);
+    let held = gp_recovery_pg_test::Stopped::new(fts);
+    // Its orphaned backends and workers must first notice their postmaster is gone.
+    wait_for(60, "the old coordinator to start again", || coordinator.start().is_ok());
+    for worker in [
+        "this one promotes, marks and recovers nothing",
+        "gp_recovery recovery worker: another coordinator was activated",
+    ] {
+        wait_for(30, worker, || log_says(&coordinator, worker));
+    }
+    let mut old = coordinator.connect().unwrap();
+    assert_eq!(row_state(&mut old, primary), "p u s", "the old coordinator did not fail the dead primary over");
+    assert_eq!(row_state(&mut old, standby_dbid), "m u s");
+    drop(old);
+    // Released, the new coordinator fences it: the old coordinator's database system, in its directory.
+    drop(held);
+    wait_for(30, "the old coordinator to be fenced", || coordinator.postmaster_pid().is_none());
+    assert!(standby.writable(), "the new coordinator runs");
+    let history: Vec<String> = n
+        .query("SELECT \"desc\" FROM gp_configuration_history ORDER BY time", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        history.iter().any(|h| h.starts_with("gpactivatestandby: update role, status, and mode for dbid")),
+        "{history:?}"
+    );
+}

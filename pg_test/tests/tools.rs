@@ -524,4 +524,22 @@ fn gpinitstandby_builds_and_removes_the_standby_and_gpstate_f_shows_it() {
     assert!(out.contains("Successfully removed standby coordinator"), "{out}");
     let (code, out) = run(Some(&tc), "gpstate", &["-f"], "");
     assert!(code == 0 && out.contains("Standby coordinator instance not configured"), "{out}");
+
+    // Built again, then activated with gpactivatestandby run against the standby.
+    let (code, out) = run(Some(&tc), "gpinitstandby", &["-s", "localhost", "-P", &port, "-S", &dir, "-a"], "");
+    assert_eq!(code, 0, "{out}");
+    let on_standby = |args: &[&str]| {
+        let mut c = command(Some(&tc), "gpactivatestandby", args);
+        c.env("PGPORT", &port).stdin(Stdio::null());
+        let out = c.output().expect("gpactivatestandby");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    };
+    let (code, out) = on_standby(&["-a"]);
+    assert_eq!(code, 2, "refused while the coordinator answers: {out}");
+    assert!(out.contains("still answers as this cluster's writable coordinator"), "{out}");
+    kill9(&tc.cluster.coordinator);
+    let (code, out) = on_standby(&["-a"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("The activation of the standby coordinator (dbid"), "{out}");
 }

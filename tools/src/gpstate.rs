@@ -26,27 +26,8 @@ use crate::{catalog, exit, ToolError};
     disable_help_flag = true
 )]
 pub struct Args {
-    /// show this help message and exit
-    #[arg(short = 'h', long = "help", visible_short_alias = '?', action = clap::ArgAction::Help)]
-    pub help: Option<bool>,
-
-    /// debug output.
-    #[arg(short, long, help_heading = "Logging Options")]
-    pub verbose: bool,
-    /// suppress status messages
-    #[arg(short, long, help_heading = "Logging Options")]
-    pub quiet: bool,
-    // Accepted as Greenplum's gpstate accepts it; gpstate never asks anything.
-    /// quiet mode, do not require user input for confirmations
-    #[arg(short = 'a', help_heading = "Logging Options")]
-    pub no_prompt: bool,
-
-    /// The coordinator, as a libpq connection string or URL (Greenplum's -d
-    /// names the coordinator data directory). Default: PGHOST, PGPORT, PGUSER,
-    /// PGDATABASE.
-    #[arg(short = 'd', value_name = "conninfo", help_heading = "Connection Options")]
-    pub conninfo: Option<String>,
-
+    #[command(flatten)]
+    pub common: crate::CommonArgs,
     /// Show mirror list from configuration
     #[arg(short = 'm', help_heading = "Output Options")]
     pub mirror_list: bool,
@@ -541,13 +522,12 @@ pub fn statistics_lines(catalog: &[Segment], live: &HashMap<i16, Live>) -> Lines
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let log = Log::new("gpstate", args.quiet, args.verbose);
-    crate::simple_main(&log, args.conninfo.as_deref(), || run(&args, &log))
+    args.common.main("gpstate", |log| run(&args, log))
 }
 
 fn run(args: &Args, log: &Log) -> Result<u8, ToolError> {
     let view = view(args)?;
-    let mut db = Db::connect_as(args.conninfo.as_deref(), "gpstate")?;
+    let mut db = Db::connect_as(args.common.conninfo.as_deref(), "gpstate")?;
     let catalog = catalog::load(&mut db, log)?;
     let (lines, code) = match view {
         View::ClusterConfig => (cluster_config_lines(&catalog), exit::OK),

@@ -23,21 +23,8 @@ use crate::{catalog, exit, jobs, prompt, ToolError};
     disable_help_flag = true
 )]
 pub struct Args {
-    /// show this help message and exit
-    #[arg(short = 'h', long = "help", visible_short_alias = '?', action = clap::ArgAction::Help)]
-    pub help: Option<bool>,
-    /// debug output.
-    #[arg(short = 'D', long = "debug", help_heading = "Logging Options")]
-    pub verbose: bool,
-    /// suppress status messages
-    #[arg(short, long, help_heading = "Logging Options")]
-    pub quiet: bool,
-    /// do not prompt for confirmation
-    #[arg(short = 'a', help_heading = "Logging Options")]
-    pub no_prompt: bool,
-    /// The coordinator, as a libpq connection string or URL. Default: PGHOST, PGPORT, PGUSER, PGDATABASE.
-    #[arg(short = 'd', value_name = "conninfo", help_heading = "Connection Options")]
-    pub conninfo: Option<String>,
+    #[command(flatten)]
+    pub common: crate::CommonArgs,
     /// hostname of the standby coordinator
     #[arg(short = 's', value_name = "standby_hostname")]
     pub host: Option<String>,
@@ -91,13 +78,12 @@ pub fn parameter_lines(coordinator: &Segment, host: &str, port: i32, datadir: &s
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let log = Log::new("gpinitstandby", args.quiet, args.verbose);
-    crate::simple_main(&log, args.conninfo.as_deref(), || run(&args, &log))
+    args.common.main("gpinitstandby", |log| run(&args, log))
 }
 
 fn run(args: &Args, log: &Log) -> Result<u8, ToolError> {
     let request = validate(args)?;
-    let mut db = Db::connect_as(args.conninfo.as_deref(), "gpinitstandby")?;
+    let mut db = Db::connect_as(args.common.conninfo.as_deref(), "gpinitstandby")?;
     let catalog = catalog::load(&mut db, log)?;
     let coordinator =
         catalog.iter().find(|s| s.is_coordinator()).cloned().ok_or_else(|| {
@@ -110,7 +96,7 @@ fn run(args: &Args, log: &Log) -> Result<u8, ToolError> {
                 return Err(ToolError::Refused("No standby coordinator is configured".into()));
             };
             log.info(&format!("Removing standby coordinator from host {} data directory {}", s.hostname, s.datadir));
-            if !args.no_prompt
+            if !args.common.no_prompt
                 && !prompt::ask(None, "Do you want to continue with deleting the standby coordinator?", false)?
             {
                 return Ok(exit::ABORTED);
@@ -133,7 +119,7 @@ fn run(args: &Args, log: &Log) -> Result<u8, ToolError> {
             for line in parameter_lines(&coordinator, &host, port, &datadir) {
                 log.info(&line);
             }
-            if !args.no_prompt
+            if !args.common.no_prompt
                 && !prompt::ask(None, "Do you want to continue with standby coordinator initialization?", false)?
             {
                 return Ok(exit::ABORTED);

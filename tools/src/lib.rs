@@ -1,4 +1,4 @@
-//! gprecoverseg, gpstate and gpinitstandby as a Greenplum DBA types them, over the
+//! gprecoverseg, gpstate, gpinitstandby and gpactivatestandby as a Greenplum DBA types them, over the
 //! extension's SQL API only: every decision and every effect on the cluster
 //! is the extension's; these commands parse flags, show what the functions
 //! and views return in Greenplum's layout, ask, submit and watch.
@@ -6,6 +6,7 @@
 //! Formatting and parsing are plain functions, unit tested here; the
 //! effects (SQL, terminal, signals) are kept thin around them.
 
+pub mod activatestandby;
 pub mod catalog;
 pub mod conn;
 pub mod gpstate;
@@ -18,6 +19,40 @@ pub mod recoverseg;
 pub mod redact;
 pub mod relocate;
 pub mod watch;
+
+/// The options every command takes, as Greenplum's utilities spell them.
+#[derive(clap::Args, Debug)]
+pub struct CommonArgs {
+    /// show this help message and exit
+    #[arg(short = 'h', long = "help", visible_short_alias = '?', action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+    /// debug output.
+    #[arg(short, long, help_heading = "Logging Options")]
+    pub verbose: bool,
+    /// suppress status messages
+    #[arg(short, long, help_heading = "Logging Options")]
+    pub quiet: bool,
+    /// quiet mode, do not require user input for confirmations
+    #[arg(short = 'a', help_heading = "Logging Options")]
+    pub no_prompt: bool,
+    /// The coordinator (for gpactivatestandby: the standby), as a libpq
+    /// connection string or URL (Greenplum's -d names a data directory).
+    /// Default: PGHOST, PGPORT, PGUSER, PGDATABASE.
+    #[arg(short = 'd', value_name = "conninfo", help_heading = "Connection Options")]
+    pub conninfo: Option<String>,
+}
+
+impl CommonArgs {
+    /// The command's log, and its main as simple_main runs it.
+    pub fn main(
+        &self,
+        program: &'static str,
+        body: impl FnOnce(&log::Log) -> Result<u8, ToolError>,
+    ) -> std::process::ExitCode {
+        let log = log::Log::new(program, self.quiet, self.verbose);
+        simple_main(&log, self.conninfo.as_deref(), || body(&log))
+    }
+}
 
 /// Exit codes, as Greenplum's management utilities use them.
 pub mod exit {

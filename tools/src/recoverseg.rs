@@ -34,31 +34,14 @@ pub const ALLOWED_REPLAY_LAG_GB: f64 = 10.0;
     disable_help_flag = true
 )]
 pub struct Args {
-    /// show this help message and exit
-    #[arg(short = 'h', long = "help", visible_short_alias = '?', action = clap::ArgAction::Help)]
-    pub help: Option<bool>,
-
-    /// debug output.
-    #[arg(short, long, help_heading = "Logging Options")]
-    pub verbose: bool,
-    /// suppress status messages
-    #[arg(short, long, help_heading = "Logging Options")]
-    pub quiet: bool,
-    /// quiet mode, do not require user input for confirmations
-    #[arg(short = 'a', help_heading = "Logging Options")]
-    pub no_prompt: bool,
+    #[command(flatten)]
+    pub common: crate::CommonArgs,
     /// Show pg_basebackup/pg_rewind progress sequentially instead of inplace
     #[arg(short = 's', help_heading = "Logging Options")]
     pub sequential: bool,
     /// Suppress pg_basebackup/pg_rewind progress output
     #[arg(long = "no-progress", help_heading = "Logging Options")]
     pub no_progress: bool,
-
-    /// The coordinator, as a libpq connection string or URL (Greenplum's -d
-    /// names the coordinator data directory). Default: PGHOST, PGPORT, PGUSER,
-    /// PGDATABASE.
-    #[arg(short = 'd', value_name = "conninfo", help_heading = "Connection Options")]
-    pub conninfo: Option<String>,
 
     /// Recovery configuration file
     #[arg(short = 'i', value_name = "configFile", help_heading = "Recovery Source Options")]
@@ -254,14 +237,14 @@ pub fn validate(args: &Args, stdout_is_terminal: bool) -> Result<Request, ToolEr
         };
         Action::Recover { mode, source }
     };
-    let progress = if args.no_progress || args.quiet {
+    let progress = if args.no_progress || args.common.quiet {
         Progress::Off
     } else if args.sequential || !stdout_is_terminal {
         Progress::Lines
     } else {
         Progress::Bars
     };
-    Ok(Request { action, prompt: !args.no_prompt, progress })
+    Ok(Request { action, prompt: !args.common.no_prompt, progress })
 }
 
 /// -B and -b do not change one run: the server's settings decide. Says so
@@ -465,13 +448,12 @@ pub fn rebalance_lines(catalog: &[Segment]) -> Vec<(Level, String)> {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let log = Log::new("gprecoverseg", args.quiet, args.verbose);
-    crate::simple_main(&log, args.conninfo.as_deref(), || run(&args, &log))
+    args.common.main("gprecoverseg", |log| run(&args, log))
 }
 
 fn run(args: &Args, log: &Log) -> Result<u8, ToolError> {
     let request = validate(args, std::io::stdout().is_terminal())?;
-    let mut db = Db::connect_as(args.conninfo.as_deref(), "gprecoverseg")?;
+    let mut db = Db::connect_as(args.common.conninfo.as_deref(), "gprecoverseg")?;
     let catalog = catalog::load(&mut db, log)?;
     if !catalog::has_mirrors(&catalog) {
         return Err(ToolError::Refused(
