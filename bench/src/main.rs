@@ -591,6 +591,88 @@ fn curve(dir: &Path, _scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
     Ok(rows)
 }
 
+/// The coordinator SIGKILLed, then gp_activate_standby() on its standby:
+/// the time from the call until the new coordinator's fault tolerance
+/// service has made its first decision (the activation recorded in its
+/// catalog), and until it has failed over a primary killed with the
+/// coordinator. A fresh cluster and standby each run.
+fn activation(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
+    const RUNS: usize = 3;
+    eprintln!("== activation of the standby coordinator");
+    let (mut recorded, mut failed_over) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let base = gpdemo::free_port_range(4).map_err(err)?;
+        let cluster = Cluster::create(dir, 1, base).map_err(err)?;
+        let b = Bench { cluster, runs: RUNS, scale };
+        b.fts(FAST)?;
+        let standby_dir = b.cluster.init_standby(base + 3).map_err(err)?;
+        let standby = gpdemo::Instance {
+            content: -1,
+            role: 'm',
+            host: gpdemo::ADDRESS.into(),
+            port: base + 3,
+            datadir: standby_dir.clone(),
+            logfile: standby_dir.with_extension("log"),
+            namespace: None,
+        };
+        wait_until(Duration::from_secs(60), "the standby to be synchronized", || {
+            b.value::<String>("SELECT mode::text FROM gp_segment_configuration WHERE content = -1 AND role = 'm'")
+                .is_ok_and(|m| m == "s")
+        })
+        .map_err(err)?;
+        let ((primary, _), (mirror, mirror_dbid)) = b.members()?;
+        primary.connect().map_err(err)?.batch_execute("CREATE TABLE bench_probe (x int)").map_err(err)?;
+        let mut s = standby.connect().map_err(err)?;
+        let pids: Vec<i32> = [&b.cluster.coordinator, &primary].iter().filter_map(|i| i.postmaster_pid()).collect();
+        signal_all(&pids, libc::SIGKILL);
+        let started = Instant::now();
+        s.batch_execute("SELECT gp_activate_standby()").map_err(err)?;
+        let mut n = standby.connect().map_err(err)?;
+        let state = |n: &mut postgres::Client, sql: &str| -> String {
+            n.query_one(sql, &[]).map(|r| r.get::<_, String>(0)).unwrap_or_default()
+        };
+        let own = "SELECT role::text FROM gp_segment_configuration WHERE content = -1 AND port = current_setting('port')::int";
+        wait_until(Duration::from_secs(60), "the activation to be recorded", || state(&mut n, own) == "p")
+            .map_err(err)?;
+        recorded.push(started.elapsed().as_secs_f64());
+        let promoted = format!("SELECT role::text FROM gp_segment_configuration WHERE dbid = {mirror_dbid}");
+        wait_until(Duration::from_secs(60), "the new coordinator's failover", || {
+            state(&mut n, &promoted) == "p" && commits_on(&mirror)
+        })
+        .map_err(err)?;
+        failed_over.push(started.elapsed().as_secs_f64());
+        drop((s, n));
+        Cluster::destroy(dir).map_err(err)?;
+    }
+    let worst = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let (first, takeover) = (worst(&recorded), worst(&failed_over));
+    let (recorded, failed_over) = (median(recorded), median(failed_over));
+    Ok(vec![
+        Row {
+            what: format!(
+                "Activation: coordinator SIGKILLed → first decision of the new coordinator (the activation in its catalog), from the gp_activate_standby() call (probe 1 s; median of {RUNS}, worst {:.2} s)",
+                first
+            ),
+            ours: secs(recorded),
+            baseline: "Greenplum: no fencing of an old coordinator but its postmaster.pid; pg_auto_failover: the monitor has no standby (its issue #1040)".into(),
+            ratio: None,
+            target: "—".into(),
+            met: None,
+        },
+        Row {
+            what: format!(
+                "Activation: coordinator and a primary SIGKILLed together → first commit on the mirror the new coordinator promoted, from the gp_activate_standby() call (median of {RUNS}, worst {:.2} s)",
+                takeover
+            ),
+            ours: secs(failed_over),
+            baseline: "—".into(),
+            ratio: None,
+            target: "≤ 5 s".into(),
+            met: Some(failed_over <= 5.0),
+        },
+    ])
+}
+
 /// The recovery rows alone (--only recovery), at the scale asked for.
 fn recovery(dir: &Path, scale: u32, _probe_pairs: u16) -> Res<Vec<Row>> {
     // One run each: a quick look at the phases; ./bench/run takes medians.
@@ -633,6 +715,7 @@ fn run_bench(dir: &Path, scale: u32, runs: usize, probe_pairs: u16) -> Res<Vec<R
         ("jobs latency", job_latency),
         ("hung mirror", hung_mirror),
         ("switchover guard", switchover_guard),
+        ("activation of the standby", activation),
     ] {
         let section_dir = dir.with_file_name(format!("gp-bench-{}", name.split(' ').next().unwrap_or("x")));
         let _ = Cluster::destroy(&section_dir);
@@ -1159,7 +1242,7 @@ fn main() {
             }
         }
     }
-    // --only jobs | hung-mirror | failover | recovery | probe | curve | switchover: that section alone, its
+    // --only jobs | hung-mirror | failover | recovery | probe | curve | switchover | activation: that section alone, its
     // rows merged into results.md; only recovery runs at --scale, the others at 5 at most.
     if let Some(name) = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)) {
         let section: fn(&Path, u32, u16) -> Res<Vec<Row>> = match name.as_str() {
@@ -1170,9 +1253,10 @@ fn main() {
             "probe" => probe_cost,
             "curve" => curve,
             "switchover" => switchover_guard,
+            "activation" => activation,
             other => {
                 eprintln!(
-                    "gp_bench: --only takes jobs, hung-mirror, failover, recovery, probe, curve or switchover, not {other}"
+                    "gp_bench: --only takes jobs, hung-mirror, failover, recovery, probe, curve, switchover or activation, not {other}"
                 );
                 std::process::exit(2);
             }
