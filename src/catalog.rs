@@ -117,7 +117,7 @@ pub fn update_rows(changes: &[History]) {
         let row = &h.row;
         Spi::run_with_args(
             "UPDATE public.gp_segment_configuration SET role = $2, status = $3, mode = $4, \
-                    hostname = $5, address = $6, port = $7, datadir = $8 WHERE dbid = $1",
+                    hostname = $5, address = $6, port = $7, datadir = $8, preferred_role = $9 WHERE dbid = $1",
             &[
                 row.dbid.into(),
                 letter(row.role.letter()).into(),
@@ -127,6 +127,7 @@ pub fn update_rows(changes: &[History]) {
                 row.address.as_str().into(),
                 row.port.into(),
                 row.datadir.as_str().into(),
+                letter(row.preferred_role.letter()).into(),
             ],
         )
         .or_raise();

@@ -139,6 +139,33 @@ fn psql(cluster: &Cluster, sql: &str) -> Result<()> {
     }
 }
 
+/// pgbench's tables on an instance, at a scale (about 15 MB a unit).
+fn pgbench_init(instance: &gpdemo::Instance, scale: u32) -> Result<()> {
+    let (port, scale) = (instance.port.to_string(), scale.to_string());
+    gpdemo::run(Command::new(gpdemo::pg_bindir().join("pgbench")).args([
+        "-h",
+        ADDRESS,
+        "-p",
+        &port,
+        "-U",
+        &server_user(),
+        "-i",
+        "-q",
+        "-s",
+        &scale,
+        "postgres",
+    ]))?;
+    Ok(())
+}
+
+/// kill -9 of an instance's postmaster; returns its pid.
+fn kill9(instance: &gpdemo::Instance, what: &str) -> Result<i32> {
+    let pid = instance.postmaster_pid().ok_or_else(|| DemoError::Usage(format!("{what} is not running")))?;
+    // SAFETY: kills a postmaster this demo started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    Ok(pid)
+}
+
 fn step(title: &str) {
     println!("\n==> {title}\n");
 }
@@ -180,28 +207,13 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
 
     let victim = &cluster.primaries[1];
     step("Some data on content 1: pgbench -i -s 5 (about 80 MB)");
-    gpdemo::run(Command::new(gpdemo::pg_bindir().join("pgbench")).args([
-        "-h",
-        ADDRESS,
-        "-p",
-        &victim.port.to_string(),
-        "-U",
-        &server_user(),
-        "-i",
-        "-q",
-        "-s",
-        "5",
-        "postgres",
-    ]))?;
+    pgbench_init(victim, 5)?;
     step(&format!(
         "A real failure: kill -9 of the primary of content 1 (port {}). The fault tolerance\n\
          service (probe interval 2 s, timeout 2 s, 2 retries in this demo) promotes its mirror",
         victim.port
     ));
-    let pid =
-        victim.postmaster_pid().ok_or_else(|| DemoError::Usage("the primary of content 1 is not running".into()))?;
-    // SAFETY: kills a postmaster this demo started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    kill9(victim, "the primary of content 1")?;
     let killed = Instant::now();
     let new_primary = &cluster.mirrors[1];
     gpdemo::wait_until(Duration::from_secs(60), "the failover", || new_primary.writable())?;
@@ -303,6 +315,8 @@ fn tour(dir: &Path, port: u16) -> Result<()> {
 
     step("Done: every segment in its preferred role, up and synchronized");
     psql(&cluster, "SELECT * FROM gp_state_report();")?;
+    let standby_dir = dir.with_file_name(format!("{}-standby", dir.file_name().unwrap_or_default().to_string_lossy()));
+    standby_tour(&standby_dir, port + 80)?;
     if gpdemo::running_as_root() {
         let other = dir.with_file_name(format!("{}-hosts", dir.file_name().unwrap_or_default().to_string_lossy()));
         hosts_tour(&other, port + 50)?;
@@ -346,10 +360,7 @@ fn dba_tools_tour(cluster: &Cluster) -> Result<()> {
           (progress bars on a terminal, lines otherwise) and gpstate -e; both only call the SQL API",
     );
     let mirror = &cluster.mirrors[2];
-    let pid =
-        mirror.postmaster_pid().ok_or_else(|| DemoError::Usage("the mirror of content 2 is not running".into()))?;
-    // SAFETY: kills a postmaster this demo started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    kill9(mirror, "the mirror of content 2")?;
     let down = "SELECT count(*) FROM gp_segment_configuration WHERE content = 2 AND status = 'd'";
     gpdemo::wait_until(Duration::from_secs(60), "the mirror to be marked down", || {
         first_value(cluster, down).is_ok_and(|v| v == "1")
@@ -368,6 +379,98 @@ fn dba_tools_tour(cluster: &Cluster) -> Result<()> {
     for l in &lines {
         println!("{l}");
     }
+    Ok(())
+}
+
+/// A part of the tour: a standby coordinator built, the coordinator killed
+/// during a recovery, the standby activated, the job reconciled and a
+/// failover by the new coordinator.
+fn standby_tour(dir: &Path, port: u16) -> Result<()> {
+    step("No single point of failure: a cluster with a standby coordinator (gpinitstandby as gp_init_standby())");
+    Cluster::destroy(dir)?;
+    let cluster = Cluster::create(dir, 1, port)?;
+    let standby_port = port + 3;
+    let standby_datadir = cluster.init_standby(standby_port)?;
+    psql(
+        &cluster,
+        "SELECT dbid, content, role, mode, status, port, datadir FROM gp_segment_configuration ORDER BY dbid;",
+    )?;
+    psql(&cluster, "SHOW synchronous_standby_names;")?;
+    dba_command(&cluster, "gpstate", &["-f"], true)?;
+
+    step("A recovery is running (a full copy of the mirror, slowed to 5 MB/s) when the coordinator is killed with kill -9");
+    let primary = &cluster.primaries[0];
+    pgbench_init(primary, 2)?;
+    let mirror = first_value(&cluster, "SELECT dbid FROM gp_segment_configuration WHERE content = 0 AND role = 'm'")?;
+    kill9(&cluster.mirrors[0], "the mirror")?;
+    gpdemo::wait_until(Duration::from_secs(60), "the mirror to be marked down", || {
+        first_value(&cluster, &format!("SELECT status FROM gp_segment_configuration WHERE dbid = {mirror}"))
+            .is_ok_and(|s| s == "d")
+    })?;
+    psql(&cluster, "ALTER SYSTEM SET gp_recovery.max_rate = '5MB';")?;
+    psql(&cluster, "SELECT pg_reload_conf();")?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let job = first_value(&cluster, &format!("SELECT gp_recover_segment({mirror}, 'full')"))?;
+    println!("postgres=# SELECT gp_recover_segment({mirror}, 'full');\n job {job}\n");
+    let copying = format!("SELECT phase FROM gp_recovery_job WHERE job_id = {job}");
+    gpdemo::wait_until(Duration::from_secs(60), "the copy to start", || {
+        first_value(&cluster, &copying).is_ok_and(|p| p == "copying")
+    })?;
+    psql(
+        &cluster,
+        &format!("SELECT job_id, dbid, phase, bytes_done, bytes_total FROM gp_recovery_progress WHERE job_id = {job};"),
+    )?;
+    let pid = kill9(&cluster.coordinator, "the coordinator")?;
+    println!("kill -9 {pid}: the coordinator is gone.\n");
+
+    step("gpactivatestandby as gp_activate_standby(), on the standby: it proves the old coordinator no longer answers, promotes, and its fault tolerance service records the change and raises the coordinator epoch");
+    let mut new = cluster.clone();
+    new.coordinator = gpdemo::Instance {
+        content: -1,
+        role: 'm',
+        host: ADDRESS.into(),
+        port: standby_port,
+        datadir: standby_datadir.clone(),
+        logfile: standby_datadir.with_extension("gp_recovery.log"),
+        namespace: None,
+    };
+    psql(&new, "SELECT gp_activate_standby();")?;
+    gpdemo::wait_until(Duration::from_secs(60), "the activation to be recorded", || {
+        first_value(&new, &format!("SELECT role FROM gp_segment_configuration WHERE port = {standby_port}"))
+            .is_ok_and(|r| r == "p")
+    })?;
+    psql(
+        &new,
+        "SELECT dbid, content, role, preferred_role, mode, status, port FROM gp_segment_configuration ORDER BY dbid;",
+    )?;
+    println!("The job the old coordinator left is reconciled by the new one's jobs worker, by probing what is there:");
+    gpdemo::wait_until(Duration::from_secs(120), "the job to end", || {
+        first_value(&new, &format!("SELECT state FROM gp_recovery_job WHERE job_id = {job}"))
+            .is_ok_and(|s| s != "running" && s != "queued")
+    })?;
+    psql(&new, &format!("SELECT job_id, state, phase, error FROM gp_recovery_job WHERE job_id = {job};"))?;
+    psql(&new, "ALTER SYSTEM RESET gp_recovery.max_rate;")?;
+    psql(&new, "SELECT pg_reload_conf();")?;
+    let again = first_value(&new, &format!("SELECT gp_recover_segment({mirror}, 'full')"))?;
+    println!("postgres=# SELECT gp_recover_segment({mirror}, 'full');\n job {again}\n");
+    psql(&new, &format!("SELECT gp_recovery_wait({again});"))?;
+    gpdemo::wait_until(Duration::from_secs(60), "the pair to be synchronized", || {
+        first_value(&new, &format!("SELECT mode FROM gp_segment_configuration WHERE dbid = {mirror}"))
+            .is_ok_and(|m| m == "s")
+    })?;
+
+    step("The new coordinator's fault tolerance service at work: kill -9 of the primary, its mirror promoted");
+    kill9(primary, "the primary")?;
+    let killed = Instant::now();
+    gpdemo::wait_until(Duration::from_secs(60), "the failover", || cluster.mirrors[0].writable())?;
+    println!("The mirror accepts writes {:.1} s after the kill.\n", killed.elapsed().as_secs_f64());
+    psql(
+        &new,
+        "SELECT dbid, content, role, preferred_role, mode, status, port FROM gp_segment_configuration ORDER BY dbid;",
+    )?;
+    psql(&new, "SELECT \"time\", dbid, \"desc\" FROM gp_configuration_history WHERE \"desc\" LIKE 'gpactivatestandby%' OR \"desc\" LIKE 'FTS%' ORDER BY \"time\";")?;
+    Cluster::destroy(dir)?;
+    println!("(The standby cluster is removed again.)");
     Ok(())
 }
 

@@ -208,6 +208,13 @@ fn an_activated_standby_takes_over_and_the_old_coordinator_never_acts_again() {
     let mut n = standby.connect().unwrap();
     wait_for(30, "the activation to be recorded", || row_state(&mut n, standby_dbid) == "p u n");
     assert_eq!(row_state(&mut n, 1), "m d n", "the old coordinator is the new one's down mirror");
+    let preferred: Vec<String> = n
+        .query("SELECT preferred_role::text FROM gp_segment_configuration WHERE content = -1 ORDER BY dbid", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(preferred, ["m", "p"], "preferred roles follow: there is no way back but another activation");
     assert_acked_present(&mut n, &acked, "a commit the old coordinator acknowledged is missing after activation");
     assert_eq!(epoch(&standby), 1);
     wait_for(10, "the primary to keep the new epoch", || epoch(tc.primary(0)) == 1);
