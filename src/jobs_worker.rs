@@ -390,6 +390,11 @@ impl Worker {
         while !self.stopping {
             if crate::fts::superseded() {
                 warning!("gp_recovery recovery worker: another coordinator was activated (a higher coordinator epoch); no job takes a step here any more");
+                for job in &mut self.jobs {
+                    job.abandon();
+                }
+                // Restarting would only say it again: wait for the shutdown.
+                while BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {}
                 break;
             }
             if BackgroundWorker::sighup_received() {
@@ -425,6 +430,7 @@ pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
     // Nothing below may run on a standby: SPI writes need a transaction id.
     if !crate::standby::wait_while_in_recovery("recovery worker") {
+        // SAFETY: ends this worker; restarted after its restart time unless shutting down.
         unsafe { pg_sys::proc_exit(1) };
     }
     crate::latch::wake_on_child_exit();
@@ -462,14 +468,12 @@ pub extern "C-unwind" fn gp_recovery_jobs_main(_arg: pg_sys::Datum) {
             worker.stopping = true;
         }
     }
-    if !worker.stopping && crate::fts::superseded() {
-        warning!("gp_recovery recovery worker: another coordinator was activated (a higher coordinator epoch); taking no step here");
-        while BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {}
-        worker.stopping = true;
-    }
     if !worker.stopping {
-        worker.reconcile();
-        log!("gp_recovery recovery worker started");
+        // A replaced coordinator reconciles nothing; run() says why and waits.
+        if !crate::fts::superseded() {
+            worker.reconcile();
+            log!("gp_recovery recovery worker started");
+        }
         worker.run();
     }
     JOBS_WORKER_PID.get().store(0, Ordering::SeqCst);

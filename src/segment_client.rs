@@ -355,7 +355,9 @@ impl Target {
                 .with_client(|client| async move {
                     let row = client
                         .query_one(
-                            "SELECT count(*) FILTER (WHERE active),                                     count(pg_drop_replication_slot(slot_name)) FILTER (WHERE NOT active)                                FROM pg_replication_slots WHERE slot_name = $1",
+                            "SELECT count(*) FILTER (WHERE active), \
+                                    count(pg_drop_replication_slot(slot_name)) FILTER (WHERE NOT active) \
+                               FROM pg_replication_slots WHERE slot_name = $1",
                             &[&SLOT_NAME],
                         )
                         .await?;

@@ -165,6 +165,18 @@ pub fn catalog_snapshot(client: &mut Client) -> (Vec<String>, i64) {
     (rows, history)
 }
 
+/// role, status, mode of a dbid in the catalog of the coordinator `client`
+/// is connected to (after an activation, not the cluster's first one).
+pub fn row_state_on(client: &mut Client, dbid: i16) -> String {
+    client
+        .query_one(
+            "SELECT role::text || ' ' || status::text || ' ' || mode::text FROM gp_segment_configuration WHERE dbid = $1",
+            &[&dbid],
+        )
+        .unwrap()
+        .get(0)
+}
+
 /// Runs a statement that must fail; returns (SQLSTATE, message).
 pub fn expect_error(client: &mut Client, sql: &str) -> (String, String) {
     match client.batch_execute(sql) {
@@ -230,14 +242,7 @@ impl TestCluster {
 
     /// role, status, mode of a dbid, e.g. "p u s".
     pub fn row_state(&self, dbid: i16) -> String {
-        let row = self
-            .coordinator()
-            .query_one(
-                "SELECT role::text || ' ' || status::text || ' ' || mode::text FROM gp_segment_configuration WHERE dbid = $1",
-                &[&dbid],
-            )
-            .unwrap();
-        row.get(0)
+        row_state_on(&mut self.coordinator(), dbid)
     }
 
     /// The dbid of an instance, from the catalog.

@@ -2,7 +2,9 @@
 //! commits, watched like a mirror (SIGKILL: marked down, the coordinator's
 //! commits go on), recovered like one, idle while in recovery, and removed.
 
-use gp_recovery_pg_test::{assert_acked_present, expect_error, kill9, wait_for, Instance, TestCluster, Writer};
+use gp_recovery_pg_test::{
+    assert_acked_present, expect_error, kill9, row_state_on, wait_for, Instance, TestCluster, Writer,
+};
 use postgres::Client;
 
 /// The standby's row state ("m u s"), or "" when there is none.
@@ -157,16 +159,6 @@ fn a_standby_is_never_built_over_a_live_instance() {
     assert_eq!(gp_recovery_pg_test::catalog_snapshot(&mut c).0, before.0);
 }
 
-/// role, status and mode of a dbid as `c`'s catalog has them.
-fn row_state(c: &mut Client, dbid: i16) -> String {
-    c.query_one(
-        "SELECT role::text || ' ' || status::text || ' ' || mode::text FROM gp_segment_configuration WHERE dbid = $1",
-        &[&dbid],
-    )
-    .map(|r| r.get(0))
-    .unwrap_or_default()
-}
-
 fn epoch(instance: &Instance) -> i64 {
     let sql =
         "SELECT coalesce(max(split_part(c, '=', 2)::bigint), 0) FROM pg_db_role_setting s, unnest(s.setconfig) c \
@@ -206,8 +198,8 @@ fn an_activated_standby_takes_over_and_the_old_coordinator_never_acts_again() {
     let said: String = s.query_one("SELECT gp_activate_standby()", &[]).unwrap().get(0);
     assert!(said.contains(&format!("standby dbid {standby_dbid} promoted")), "{said}");
     let mut n = standby.connect().unwrap();
-    wait_for(30, "the activation to be recorded", || row_state(&mut n, standby_dbid) == "p u n");
-    assert_eq!(row_state(&mut n, 1), "m d n", "the old coordinator is the new one's down mirror");
+    wait_for(30, "the activation to be recorded", || row_state_on(&mut n, standby_dbid) == "p u n");
+    assert_eq!(row_state_on(&mut n, 1), "m d n", "the old coordinator is the new one's down mirror");
     let preferred: Vec<String> = n
         .query("SELECT preferred_role::text FROM gp_segment_configuration WHERE content = -1 ORDER BY dbid", &[])
         .unwrap()
@@ -223,7 +215,7 @@ fn an_activated_standby_takes_over_and_the_old_coordinator_never_acts_again() {
 
     // A primary killed now is failed over by the new coordinator.
     kill9(tc.primary(0));
-    wait_for(60, "the new coordinator's failover", || row_state(&mut n, mirror) == "p u n");
+    wait_for(60, "the new coordinator's failover", || row_state_on(&mut n, mirror) == "p u n");
     wait_for(30, "the promoted mirror to keep the new epoch", || epoch(tc.mirror(0)) == 1);
 
     // The old coordinator started again, with the new one's service held still:
@@ -240,8 +232,8 @@ fn an_activated_standby_takes_over_and_the_old_coordinator_never_acts_again() {
         wait_for(30, worker, || log_says(&coordinator, worker));
     }
     let mut old = coordinator.connect().unwrap();
-    assert_eq!(row_state(&mut old, primary), "p u s", "the old coordinator did not fail the dead primary over");
-    assert_eq!(row_state(&mut old, standby_dbid), "m u s");
+    assert_eq!(row_state_on(&mut old, primary), "p u s", "the old coordinator did not fail the dead primary over");
+    assert_eq!(row_state_on(&mut old, standby_dbid), "m u s");
     drop(old);
     // Released, the new coordinator fences it: the old coordinator's database system, in its directory.
     drop(held);
