@@ -297,6 +297,12 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
         (format!("SELECT gp_recover_segment({m}, 'full', new_datadir => '{long_dir}')"), "22023", "bytes"),
         (format!("SELECT gp_recover_segment({m}, 'full', new_datadir => '{long_component}')"), "22023", "bytes"),
         (format!("SELECT gp_recover_segment({m}, 'full', new_hostname => '{long_host}')"), "22023", "253"),
+        ("SELECT gp_init_standby(NULL, 7999, '/tmp/s')".into(), "22004", "hostname"),
+        ("SELECT gp_init_standby('localhost', NULL, '/tmp/s')".into(), "22004", "port"),
+        ("SELECT gp_init_standby('localhost', 7999, NULL)".into(), "22004", "datadir"),
+        (format!("SELECT gp_init_standby('localhost', 7999, '{long_dir}')"), "22023", "bytes"),
+        (format!("SELECT gp_init_standby('{long_host}', 7999, '/tmp/s')"), "22023", "253"),
+        ("SELECT gp_activate_standby(NULL)".into(), "22004", "force"),
     ];
     for (sql, code, names) in cases {
         match dba.batch_execute(&sql) {
